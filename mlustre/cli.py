@@ -1,0 +1,333 @@
+"""cli.py - the `mlustre` command: local clusters, mounts, single servers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import registry
+from .procs import DaemonFailed, spawn, stop_pid, wait_ready
+from .protocol.nid import Nid, format_spec, parse_spec
+
+READY_TIMEOUT = 30.0
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one message, exit status 1."""
+
+
+def default_data_dir(fsname: str) -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/mlustre") / fsname
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(base) / "mlustre" / fsname
+
+
+def check_mountpoint(mnt: str) -> str:
+    path = os.path.realpath(mnt)
+    if registry.is_mounted(path):
+        raise CliError(f"mount point {mnt} is busy: something is already mounted there")
+    if not os.path.exists(path):
+        raise CliError(f"mount point {mnt} does not exist")
+    if not os.path.isdir(path):
+        raise CliError(f"mount point {mnt} is not a directory")
+    if os.listdir(path):
+        raise CliError(f"mount point {mnt} is not empty")
+    return path
+
+
+# -- servers --
+def cmd_server(args: argparse.Namespace) -> int:
+    from .servers.target import serve_forever
+
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        host, port = ("127.0.0.1", 0) if not args.listen else Nid.parse(args.listen)
+        mgs = [Nid.parse(n) for n in args.mgs.split(",")] if args.mgs else []
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    common: dict[str, Any] = {"host": host, "port": port, "release": args.release,
+                              "commit_interval": args.commit_interval}
+    if args.kind == "mgs":
+        from .servers.mgs import MgsServer
+        server: Any = MgsServer(args.fsname, args.data, **common)
+    elif args.kind == "mdt":
+        from .servers.mdt import MdtServer
+        server = MdtServer(args.fsname, args.index, args.data, mgs=mgs, ost_count=args.osts,
+                           failover_nids=args.failover_nid, **common)
+    else:
+        from .servers.ost import OstServer
+        server = OstServer(args.fsname, args.index, args.data, mgs=mgs,
+                           failover_nids=args.failover_nid, **common)
+    if args.kind != "mgs" and not mgs:
+        raise CliError(f"a {args.kind} needs --mgs HOST:PORT")
+    return serve_forever(server)
+
+
+def _start(args: list[str], log: Path, what: str) -> tuple[int, str]:
+    proc = spawn(args, log)
+    line = wait_ready(proc, log, what, READY_TIMEOUT)
+    fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+    return proc.pid, fields.get("nid", "")
+
+
+# -- clusters --
+def cmd_up(args: argparse.Namespace) -> int:
+    mnt = check_mountpoint(args.mountpoint)
+    if not 1 <= args.osts <= 64:
+        raise CliError("--osts must be between 1 and 64")
+    if not args.fsname.isidentifier() or len(args.fsname) > 8:
+        raise CliError("--fsname must be a short identifier (at most 8 characters)")
+    data = Path(args.data or default_data_dir(args.fsname)).resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    cluster_file = data / "cluster.json"
+    if cluster_file.exists():
+        old = json.loads(cluster_file.read_text())
+        alive = [s for s in old.get("servers", []) if registry.pid_alive(s.get("pid"))]
+        if alive:
+            raise CliError(f"the cluster in {data} is already running "
+                           f"(servers {', '.join(s['name'] for s in alive)}); "
+                           f"use `mlustre down {old.get('first_mount')}` first")
+    print(f"data and logs: {data}")
+    servers: list[dict[str, Any]] = []
+    base = ["--fsname", args.fsname, "--release", args.release,
+            "--commit-interval", str(args.commit_interval)]
+    try:
+        pid, mgs_nid = _start(["server", "mgs", "--data", str(data / "mgs"), *base],
+                              data / "mgs.log", "MGS")
+        servers.append({"name": f"{args.fsname}-MGS", "kind": "mgs", "nid": mgs_nid,
+                        "pid": pid, "data": str(data / "mgs"), "log": str(data / "mgs.log")})
+        procs = []
+        specs = [("mdt", 0)] + [("ost", i) for i in range(args.osts)]
+        for kind, idx in specs:
+            name = f"{args.fsname}-{kind.upper()}{idx:04X}"
+            tdir = data / name
+            extra = ["--osts", str(args.osts)] if kind == "mdt" else []
+            log = data / f"{name}.log"
+            procs.append((name, kind, tdir, log, spawn(
+                ["server", kind, "--index", str(idx), "--data", str(tdir), "--mgs", mgs_nid,
+                 *extra, *base], log)))
+        for name, kind, tdir, log, proc in procs:
+            servers.append({"name": name, "kind": kind, "pid": proc.pid, "data": str(tdir),
+                            "log": str(log), "nid": ""})
+        for (name, _kind, _tdir, log, proc), entry in zip(procs, servers[1:], strict=True):
+            line = wait_ready(proc, log, name, READY_TIMEOUT)
+            entry["nid"] = dict(f.split("=", 1) for f in line.split() if "=" in f)["nid"]
+        spec = format_spec([Nid.parse(mgs_nid)], args.fsname)
+        registry.write_json(cluster_file, {"fsname": args.fsname, "spec": spec,
+                                           "data": str(data), "servers": servers,
+                                           "first_mount": mnt, "started": time.time()})
+        client_pid = _mount(spec, mnt, data, args)
+    except (DaemonFailed, CliError) as e:
+        for s in reversed(servers):
+            stop_pid(s["pid"], timeout=5)
+        raise CliError(str(e)) from None
+    for s in servers:
+        print(f"{s['name']:<16} {s['kind']:<4} nid={s['nid']:<22} pid={s['pid']}")
+    print(f"client           pid={client_pid} mounted on {mnt}")
+    print(f"spec: {spec}")
+    return 0
+
+
+def _mount(spec: str, mnt: str, cluster_data: Path | None, args: argparse.Namespace) -> int:
+    logdir = cluster_data or Path(registry.state_dir()) / "logs"
+    log = logdir / f"client-{os.path.basename(mnt) or 'root'}-{os.getpid()}.log"
+    cmd = ["client", spec, mnt, "--max-dirty-mb", str(args.max_dirty_mb),
+           "--max-cached-mb", str(args.max_cached_mb), "--release", args.release]
+    if cluster_data:
+        cmd += ["--cluster-data", str(cluster_data)]
+    proc = spawn(cmd, log)
+    try:
+        wait_ready(proc, log, f"client of {spec}", READY_TIMEOUT + 10)
+    except DaemonFailed as e:
+        if registry.is_mounted(mnt):
+            subprocess.run(["fusermount3", "-uz", mnt], timeout=10, check=False)
+        raise CliError(str(e)) from None
+    return proc.pid
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    from .fuse_client import mount_main
+
+    argv = [args.spec, args.mountpoint, "--release", args.release,
+            "--max-dirty-mb", str(args.max_dirty_mb), "--max-cached-mb", str(args.max_cached_mb)]
+    if args.cluster_data:
+        argv += ["--cluster-data", args.cluster_data]
+    return mount_main.main(argv)
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    try:
+        parse_spec(args.spec)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    mnt = check_mountpoint(args.mountpoint)
+    pid = _mount(args.spec, mnt, None, args)
+    print(f"mounted {args.spec} on {mnt} (client pid {pid})")
+    return 0
+
+
+def _unmount(mnt: str, timeout: float = 60.0) -> None:
+    info = registry.find_mount(mnt)
+    if not registry.is_mounted(mnt):
+        if info is None:
+            raise CliError(f"{mnt} is not an mlustre mount")
+        registry.unregister_mount(mnt)
+        return
+    r = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        raise CliError(f"cannot unmount {mnt}: {r.stderr.strip() or r.returncode}")
+    pid = info.get("pid") if info else None
+    deadline = time.monotonic() + timeout
+    while pid and registry.pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if pid and registry.pid_alive(pid):
+        stop_pid(pid, timeout=5)
+    registry.unregister_mount(mnt)
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    _unmount(args.mountpoint)
+    return 0
+
+
+def _cluster_of(mnt: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    info = registry.find_mount(mnt)
+    if info is None:
+        raise CliError(f"{mnt} is not an mlustre mount on this machine")
+    data = info.get("cluster_data")
+    if not data:
+        spec = info.get("spec")
+        for other in registry.all_mounts():
+            if other.get("spec") == spec and other.get("cluster_data"):
+                data = other["cluster_data"]
+                break
+    if not data or not (Path(data) / "cluster.json").exists():
+        raise CliError(f"{mnt} is a client of {info.get('spec')}, not of a local cluster")
+    return info, json.loads((Path(data) / "cluster.json").read_text())
+
+
+def _clients_of(cluster: dict[str, Any]) -> list[dict[str, Any]]:
+    return [m for m in registry.all_mounts()
+            if (m.get("cluster_data") == cluster["data"] or m.get("spec") == cluster["spec"])
+            and registry.pid_alive(m.get("pid"))]
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    _, cluster = _cluster_of(args.mountpoint)
+    servers = [{"name": s["name"], "kind": s["kind"], "nid": s["nid"], "pid": s["pid"],
+                "state": "running" if registry.pid_alive(s["pid"]) else "stopped"}
+               for s in cluster["servers"]]
+    clients = [{"mountpoint": m["mountpoint"], "pid": m["pid"]} for m in _clients_of(cluster)]
+    if args.json:
+        print(json.dumps({"fsname": cluster["fsname"], "spec": cluster["spec"],
+                          "data": cluster["data"], "servers": servers, "clients": clients}))
+        return 0
+    print(f"filesystem {cluster['fsname']}  spec {cluster['spec']}  data {cluster['data']}")
+    for s in servers:
+        print(f"  {s['name']:<16} {s['kind']:<4} {s['nid']:<22} pid {s['pid']:<8} {s['state']}")
+    for c in clients:
+        print(f"  client {c['mountpoint']} pid {c['pid']}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    _, cluster = _cluster_of(args.mountpoint)
+    errors = []
+    for m in _clients_of(cluster):
+        try:
+            _unmount(m["mountpoint"])
+        except CliError as e:
+            errors.append(str(e))
+    if errors:
+        raise CliError("; ".join(errors) + " (servers left running)")
+    order = {"mdt": 0, "ost": 1, "mgs": 2}
+    for s in sorted(cluster["servers"], key=lambda s: order.get(s["kind"], 3)):
+        if not stop_pid(s["pid"], timeout=30):
+            print(f"warning: {s['name']} (pid {s['pid']}) had to be killed", file=sys.stderr)
+    print(f"stopped {cluster['fsname']}: {len(cluster['servers'])} servers")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mlustre", description="A Lustre-like filesystem.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def client_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--max-dirty-mb", type=int, default=256, help="dirty data limit")
+        sp.add_argument("--max-cached-mb", type=int, default=1024, help="data cache limit")
+        sp.add_argument("--release", default="2.0", choices=["1.8", "2.0"])
+
+    up = sub.add_parser("up", help="start a local cluster and mount it")
+    up.add_argument("mountpoint")
+    up.add_argument("--osts", type=int, default=2)
+    up.add_argument("--data", help="state and logs (default: /var/lib/mlustre/FSNAME as root)")
+    up.add_argument("--fsname", default="mlustre")
+    up.add_argument("--commit-interval", type=float, default=1.0)
+    client_opts(up)
+    up.set_defaults(fn=cmd_up)
+
+    m = sub.add_parser("mount", help="mount an existing filesystem (one more client)")
+    m.add_argument("spec", help="MGSNID:/FSNAME, e.g. 127.0.0.1:40001:/mlustre")
+    m.add_argument("mountpoint")
+    client_opts(m)
+    m.set_defaults(fn=cmd_mount)
+
+    um = sub.add_parser("umount", help="unmount one client")
+    um.add_argument("mountpoint")
+    um.set_defaults(fn=cmd_umount)
+
+    st = sub.add_parser("status", help="targets, NIDs, PIDs, states and clients")
+    st.add_argument("mountpoint")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(fn=cmd_status)
+
+    dn = sub.add_parser("down", help="unmount every client of a local cluster and stop it")
+    dn.add_argument("mountpoint")
+    dn.set_defaults(fn=cmd_down)
+
+    sv = sub.add_parser("server", help="run one server in the foreground")
+    sv.add_argument("kind", choices=["mgs", "mdt", "ost"])
+    sv.add_argument("--fsname", required=True)
+    sv.add_argument("--data", required=True, help="the target's storage directory")
+    sv.add_argument("--index", type=int, default=0)
+    sv.add_argument("--mgs", help="MGS NID(s), HOST:PORT[,HOST:PORT]")
+    sv.add_argument("--listen", help="HOST:PORT to serve on (default 127.0.0.1, any port)")
+    sv.add_argument("--osts", type=int, default=None, help="(mdt) number of OSTs")
+    sv.add_argument("--failover-nid", action="append", default=[],
+                    help="NID of the failover partner (repeatable)")
+    sv.add_argument("--release", default="2.0", choices=["1.8", "2.0"])
+    sv.add_argument("--commit-interval", type=float, default=1.0)
+    sv.add_argument("--log-level", default="info")
+    sv.set_defaults(fn=cmd_server)
+
+    cl = sub.add_parser("client", help="(internal) run a client process in the foreground")
+    cl.add_argument("spec")
+    cl.add_argument("mountpoint")
+    cl.add_argument("--cluster-data")
+    client_opts(cl)
+    cl.set_defaults(fn=cmd_client)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except CliError as e:
+        print(f"mlustre: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

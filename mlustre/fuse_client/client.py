@@ -1,0 +1,92 @@
+"""client.py - a client node: MGS configuration, the MDT and OST imports.
+
+Shared by the FUSE mount (llite) and by library-mode clients that speak to a
+filesystem without mounting it (tests, scale benchmarks).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid as uuidlib
+from typing import Any
+
+import trio
+
+from ..protocol import constants as C
+from ..protocol.errors import ConnectionLost
+from ..protocol.nid import Nid, parse_spec
+from ..protocol.session import Session
+from .imports import Import
+from .mdc import Mdc
+from .osc import Osc
+
+log = logging.getLogger(__name__)
+
+
+class ClientNode:
+    """Everything a client knows of one filesystem.
+
+    :mdc: requests to the MDT; :oscs: OST index -> requests to that OST.
+    """
+
+    def __init__(self, spec: str, *, release: str = "2.0", client_uuid: str | None = None,
+                 connect_timeout: float = 5.0, mount_timeout: float = 20.0) -> None:
+        self.spec = spec
+        self.mgs_nids, self.fsname = parse_spec(spec)
+        self.release = release
+        self.uuid = client_uuid or str(uuidlib.uuid4())
+        self.connect_timeout = connect_timeout
+        self.mount_timeout = mount_timeout
+        self.config: dict[str, Any] = {}
+        self.imports: list[Import] = []
+        self.mdc: Mdc | None = None
+        self.oscs: dict[int, Osc] = {}
+
+    async def read_config(self, nursery: trio.Nursery) -> dict[str, Any]:
+        deadline = trio.current_time() + self.mount_timeout
+        while True:
+            try:
+                session = await Session.open(nursery, self.mgs_nids,
+                                             target=f"{self.fsname}-MGS",
+                                             connect_opc=C.MGS_CONNECT, client_uuid=self.uuid,
+                                             timeout=self.connect_timeout)
+                break
+            except ConnectionLost as e:
+                if trio.current_time() >= deadline:
+                    raise ConnectionLost(f"MGS unreachable: {e}") from None
+                await trio.sleep(0.5)
+        try:
+            return (await session.call(C.MGS_CONFIG_READ)).body
+        finally:
+            await session.close()
+
+    async def connect(self, nursery: trio.Nursery) -> None:
+        """Read the configuration and connect to every target (ConnectionLost if one
+        stays unreachable for mount_timeout)."""
+        self.config = await self.read_config(nursery)
+        targets = self.config["targets"]
+        mdts = [t for t in targets if t["kind"] == "mdt"]
+        if not mdts:
+            raise ConnectionLost(f"filesystem {self.fsname} has no MDT registered yet")
+        osts = sorted((t for t in targets if t["kind"] == "ost"), key=lambda t: t["index"])
+        mdt = mdts[0]
+        imp = self._import(mdt, C.MDS_CONNECT)
+        self.mdc = Mdc(imp)
+        for t in osts:
+            self.oscs[t["index"]] = Osc(t["index"], self._import(t, C.OST_CONNECT))
+        async with trio.open_nursery() as connecting:
+            for imp in self.imports:
+                connecting.start_soon(lambda i=imp: i.connect(
+                    nursery, first_timeout=self.mount_timeout))
+
+    def _import(self, target: dict[str, Any], opc: int) -> Import:
+        imp = Import(target["name"], [Nid.parse(n) for n in target["nids"]], connect_opc=opc,
+                     client_uuid=self.uuid, release=self.release,
+                     connect_timeout=self.connect_timeout)
+        self.imports.append(imp)
+        return imp
+
+    async def close(self) -> None:
+        for imp in self.imports:
+            opc = C.MDS_DISCONNECT if self.mdc and imp is self.mdc.imp else C.OST_DISCONNECT
+            await imp.close(opc)

@@ -1,0 +1,204 @@
+"""imports.py - the client's connection to one target (Lustre's "import").
+
+An import knows every NID of its target and keeps one connection. Requests
+wait while the import is not FULL and are resent (flag RESENT, same xid) when a
+connection dies before their reply came, so application calls block across a
+server restart instead of failing. The full recovery protocol (replay of
+uncommitted requests, lock replay, eviction) builds on this state machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from enum import Enum
+from typing import Any
+
+import trio
+
+from ..protocol import constants as C
+from ..protocol.errors import ConnectionLost, RpcError, RpcTimeout
+from ..protocol.message import Message
+from ..protocol.nid import Nid
+from ..protocol.rpc import Endpoint, Handler, connect_stream
+
+log = logging.getLogger(__name__)
+
+
+class ImportState(Enum):
+    NEW = "NEW"
+    CONNECTING = "CONNECTING"
+    FULL = "FULL"
+    DISCONN = "DISCONN"
+    EVICTED = "EVICTED"
+    CLOSED = "CLOSED"
+
+
+class ImportClosed(Exception):
+    """The import was closed (unmount): no request can be sent any more."""
+
+
+class Import:
+    """One target as seen by this client.
+
+    :nids: the target's NIDs, tried in turn (failover partners included).
+    :state: ImportState; `history` keeps the last transitions with times.
+    :peer_committed: highest last_committed the target has reported.
+    """
+
+    def __init__(self, target: str, nids: list[Nid], *, connect_opc: int, client_uuid: str,
+                 release: str = "2.0", flags: int = 0, handler: Handler | None = None,
+                 request_timeout: float = 30.0, connect_timeout: float = 5.0) -> None:
+        self.target = target
+        self.nids = nids
+        self.connect_opc = connect_opc
+        self.client_uuid = client_uuid
+        self.release = release
+        self.flags = flags
+        self.handler = handler
+        self.request_timeout = request_timeout
+        self.connect_timeout = connect_timeout
+        self.state = ImportState.NEW
+        self.history: list[tuple[float, str]] = []
+        self.endpoint: Endpoint | None = None
+        self.server: dict[str, Any] = {}
+        self.conn_cnt = 0
+        self.peer_committed = 0
+        self.last_error = ""
+        self._full = trio.Event()
+        self._reconnect_wanted = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._nid_idx = 0
+        self._next_xid = 1
+
+    def _set_state(self, state: ImportState) -> None:
+        if state is not self.state:
+            log.info("%s: %s -> %s", self.target, self.state.value, state.value)
+            self.state = state
+            self.history = (self.history + [(time.time(), state.value)])[-16:]
+        if state is ImportState.FULL:
+            self._full.set()
+        elif self._full.is_set():
+            self._full = trio.Event()
+
+    async def connect(self, nursery: trio.Nursery, *, first_timeout: float | None = None) -> None:
+        """Connect now (raising ConnectionLost if no NID answers within first_timeout),
+        then keep the connection up in the background."""
+        self._nursery = nursery
+        deadline = trio.current_time() + (first_timeout or self.connect_timeout * 2)
+        while True:
+            if await self._try_all_nids():
+                break
+            if trio.current_time() >= deadline:
+                raise ConnectionLost(f"cannot reach {self.target} at "
+                                     f"{', '.join(map(str, self.nids))}: {self.last_error}")
+            await trio.sleep(0.2)
+        nursery.start_soon(self._keeper)
+
+    async def _try_all_nids(self) -> bool:
+        for _ in range(len(self.nids)):
+            nid = self.nids[self._nid_idx % len(self.nids)]
+            if await self._try_connect(nid):
+                return True
+            self._nid_idx += 1
+        return False
+
+    async def _try_connect(self, nid: Nid) -> bool:
+        assert self._nursery is not None
+        self._set_state(ImportState.CONNECTING)
+        try:
+            stream = await connect_stream(nid.host, nid.port, self.connect_timeout)
+        except (OSError, trio.TooSlowError) as e:
+            self.last_error = f"{nid}: {e or 'connect timed out'}"
+            self._set_state(ImportState.DISCONN)
+            return False
+        self.conn_cnt += 1
+        endpoint = Endpoint(stream, codec=self.release, handler=self.handler,
+                            name=f"{self.target}@{nid}")
+        endpoint._next_xid = 1 << 62  # connect requests never collide with the import's xids
+        await self._nursery.start(endpoint.serve)
+        try:
+            reply = await endpoint.call(self.connect_opc, {
+                "uuid": self.client_uuid, "target": self.target, "release": self.release,
+                "flags": self.flags}, timeout=self.connect_timeout, conn_cnt=self.conn_cnt)
+        except (ConnectionLost, RpcTimeout) as e:
+            self.last_error = f"{nid}: {e}"
+            await endpoint.aclose()
+            self._set_state(ImportState.DISCONN)
+            return False
+        if reply.status:
+            self.last_error = f"{nid}: connect refused: {reply.body.get('error', reply.status)}"
+            await endpoint.aclose()
+            self._set_state(ImportState.DISCONN)
+            return False
+        self.endpoint = endpoint
+        self.server = reply.body
+        self._note_committed(reply)
+        self._set_state(ImportState.FULL)
+        log.info("%s: connected to %s (release %s, instance %s)", self.target, nid,
+                 reply.body.get("release"), reply.body.get("instance"))
+        return True
+
+    async def _keeper(self) -> None:
+        """Reconnect whenever the connection dies, with backoff, until closed."""
+        delay = 0.05
+        while self.state is not ImportState.CLOSED:
+            endpoint = self.endpoint
+            if endpoint is not None and self.state is ImportState.FULL:
+                await endpoint.wait_closed()
+                if self.state is ImportState.CLOSED:
+                    return
+                log.warning("%s: connection lost (%s); reconnecting", self.target,
+                            endpoint.close_reason)
+                self._set_state(ImportState.DISCONN)
+                delay = 0.05
+            if await self._try_all_nids():
+                continue
+            await trio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def _note_committed(self, reply: Message) -> None:
+        if reply.last_committed > self.peer_committed:
+            self.peer_committed = reply.last_committed
+
+    async def call(self, opc: int, body: dict[str, Any] | None = None, *,
+                   timeout: float | None = None) -> Message:
+        """Send a request, waiting through disconnections; RpcError on a failed status."""
+        flags = 0
+        xid: int | None = None
+        while True:
+            if self.state is ImportState.CLOSED:
+                raise ImportClosed(self.target)
+            await self._full.wait()
+            endpoint = self.endpoint
+            assert endpoint is not None
+            if xid is None:
+                xid = self._next_xid  # per import, so a resend keeps it across connections
+                self._next_xid += 1
+            try:
+                reply = await endpoint.call(opc, body, timeout=timeout or self.request_timeout,
+                                            flags=flags, conn_cnt=self.conn_cnt, xid=xid)
+            except (ConnectionLost, RpcTimeout) as e:
+                log.info("%s: request opc %d xid %d: %s; will resend", self.target, opc, xid, e)
+                if not endpoint.closed:
+                    await endpoint.aclose(f"request timed out: {e}")
+                flags |= C.MSG_RESENT
+                await trio.sleep(0)
+                continue
+            self._note_committed(reply)
+            if reply.status:
+                raise RpcError(reply.status, str(reply.body.get("error", "")))
+            return reply
+
+    async def close(self, disconnect_opc: int | None = None) -> None:
+        endpoint = self.endpoint
+        if disconnect_opc is not None and endpoint is not None and self.state is ImportState.FULL:
+            with trio.move_on_after(2):
+                try:
+                    await endpoint.call(disconnect_opc, {}, timeout=2)
+                except (ConnectionLost, RpcTimeout):
+                    pass
+        self._set_state(ImportState.CLOSED)
+        self._full.set()  # wake waiters so they see CLOSED
+        if endpoint is not None:
+            await endpoint.aclose("import closed")

@@ -1,0 +1,648 @@
+"""llite.py - the POSIX face of the client: pyfuse3 Operations.
+
+FUSE inode numbers are the MDT's inode numbers (the root is 1 on both sides),
+so no translation table is needed, only per-inode client state: the last
+attributes, the layout, the size as this client knows it (dirty data can make
+it larger than the MDT's), lookup and open counts.
+
+Every handler converts failures to FUSEError: any other exception would end
+pyfuse3's main loop and leave a dead mount.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import pyfuse3
+import trio
+
+from ..protocol import constants as C
+from ..protocol.errors import RpcError
+from .client import ClientNode
+from .imports import ImportClosed
+from .lov import Layout
+from .open_handles import OpenFile, OpenHandles
+from .page_cache import CHUNK, PageCache
+from .writeback import Writeback
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+ATTR_TIMEOUT = 1.0
+ENTRY_TIMEOUT = 1.0
+READDIR_BATCH = 512
+READAHEAD_MAX = 8  # chunks ahead of a sequential reader
+BLKSIZE = 1 << 20  # tools size their I/O buffers from st_blksize
+NOW_SLACK_NS = 100_000_000  # a time this close to "now" was most likely UTIME_NOW
+
+
+def fuse_errors(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Turn every failure of a handler into a FUSEError errno."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kw: Any) -> T:
+        try:
+            return await fn(*args, **kw)
+        except pyfuse3.FUSEError:
+            raise
+        except RpcError as e:
+            raise pyfuse3.FUSEError(e.errno) from None
+        except ImportClosed:
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception:
+            log.exception("%s failed", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+class Inode:
+    __slots__ = ("ino", "attr", "layout", "size", "mtime_ns", "ctime_ns", "meta_dirty",
+                 "lookups", "opens", "write_error", "meta_lock", "fetching")
+
+    def __init__(self, ino: int, attr: dict[str, Any]) -> None:
+        self.ino = ino
+        self.attr = attr
+        self.layout = Layout.from_dict(attr["layout"]) if attr.get("layout") else None
+        self.size = attr["size"]
+        self.mtime_ns = attr["mtime_ns"]
+        self.ctime_ns = attr["ctime_ns"]
+        self.meta_dirty = False  # size/mtime changed here, not yet told to the MDT
+        self.lookups = 0
+        self.opens = 0
+        self.write_error = 0
+        self.meta_lock = trio.Lock()
+        self.fetching: dict[int, trio.Event] = {}
+
+
+class Groups:
+    """Supplementary groups of callers, read from /proc (FUSE passes only uid/gid)."""
+
+    def __init__(self, ttl: float = 2.0) -> None:
+        self.ttl = ttl
+        self._cache: dict[int, tuple[float, list[int]]] = {}
+
+    def of(self, pid: int) -> list[int]:
+        now = time.monotonic()
+        hit = self._cache.get(pid)
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
+        groups: list[int] = []
+        try:
+            with open(f"/proc/{pid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Groups:"):
+                        groups = [int(g) for g in line.split()[1:]]
+                        break
+        except OSError:
+            pass
+        if len(self._cache) > 4096:
+            self._cache.clear()
+        self._cache[pid] = (now, groups)
+        return groups
+
+
+class Llite(pyfuse3.Operations):
+    """pyfuse3 operations over a ClientNode."""
+
+    enable_writeback_cache = False  # a multi-client fs must own size and mtime itself
+
+    def __init__(self, node: ClientNode, *, max_dirty_mb: int = 256,
+                 max_cached_mb: int = 1024) -> None:
+        super().__init__()
+        assert node.mdc is not None
+        self.node = node
+        self.mdc = node.mdc
+        self.cache = PageCache(max_dirty_mb << 20, max_cached_mb << 20)
+        self.inodes: dict[int, Inode] = {}
+        self.handles = OpenHandles()
+        self.groups = Groups()
+        self.writeback = Writeback(self.cache, node.oscs, self._layout_of, self._write_failed)
+        self._nursery: trio.Nursery | None = None
+        self.flush_interval = 1.0
+
+    # -- lifecycle --
+    def start(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self.writeback.start(nursery)
+        nursery.start_soon(self._flusher)
+
+    async def _flusher(self) -> None:
+        """Periodic write-back of dirty data, then of sizes/mtimes to the MDT."""
+        while True:
+            await trio.sleep(self.flush_interval)
+            self.writeback.queue_all()
+            for inode in list(self.inodes.values()):
+                if inode.meta_dirty and self._data_settled(inode.ino):
+                    try:
+                        await self._push_meta(inode)
+                    except (RpcError, ImportClosed) as e:
+                        log.warning("size update of inode %d failed: %s", inode.ino, e)
+
+    async def shutdown(self) -> None:
+        """Write back everything before the client goes away."""
+        await self.writeback.flush_all()
+        for inode in list(self.inodes.values()):
+            if inode.meta_dirty:
+                await self._push_meta(inode)
+
+    # -- helpers --
+    def _cred(self, ctx: pyfuse3.RequestContext) -> list[Any]:
+        return [ctx.uid, ctx.gid, self.groups.of(ctx.pid)]
+
+    def _layout_of(self, ino: int) -> Layout | None:
+        inode = self.inodes.get(ino)
+        return inode.layout if inode else None
+
+    def _write_failed(self, ino: int, err: int) -> None:
+        inode = self.inodes.get(ino)
+        if inode is not None:
+            inode.write_error = err
+
+    def _data_settled(self, ino: int) -> bool:
+        fc = self.cache.files.get(ino)
+        return fc is None or (not fc.dirty and not fc.busy)
+
+    def _update(self, attr: dict[str, Any]) -> Inode:
+        """Merge attributes from the MDT into the inode table."""
+        ino = attr["ino"]
+        inode = self.inodes.get(ino)
+        if inode is None:
+            inode = self.inodes[ino] = Inode(ino, attr)
+            return inode
+        inode.attr = attr
+        if attr.get("layout"):
+            layout = Layout.from_dict(attr["layout"])
+            if inode.layout is None or layout != inode.layout:
+                inode.layout = layout
+        if not inode.meta_dirty and self._data_settled(ino):
+            inode.size = attr["size"]
+            inode.mtime_ns = attr["mtime_ns"]
+            inode.ctime_ns = attr["ctime_ns"]
+        return inode
+
+    def _entry(self, inode: Inode, *, count_lookup: bool = True) -> pyfuse3.EntryAttributes:
+        a = inode.attr
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = inode.ino
+        e.generation = a["gen"]
+        e.st_mode = a["mode"]
+        e.st_nlink = a["nlink"]
+        e.st_uid = a["uid"]
+        e.st_gid = a["gid"]
+        e.st_rdev = a["rdev"]
+        e.st_size = inode.size
+        e.st_blocks = max(a["blocks"], (inode.size + 511) // 512) if inode.layout else a["blocks"]
+        e.st_blksize = BLKSIZE
+        e.st_atime_ns = a["atime_ns"]
+        e.st_mtime_ns = inode.mtime_ns
+        e.st_ctime_ns = max(inode.ctime_ns, a["ctime_ns"])
+        e.attr_timeout = ATTR_TIMEOUT
+        e.entry_timeout = ENTRY_TIMEOUT
+        if count_lookup:
+            inode.lookups += 1
+        return e
+
+    def _inode(self, ino: int) -> Inode:
+        inode = self.inodes.get(ino)
+        if inode is None:
+            raise pyfuse3.FUSEError(errno.ESTALE)
+        return inode
+
+    async def _push_meta(self, inode: Inode) -> None:
+        """Tell the MDT the size and mtime that written data gave the file."""
+        async with inode.meta_lock:
+            if not inode.meta_dirty:
+                return
+            inode.meta_dirty = False
+            try:
+                attr = await self.mdc.write_update(inode.ino, inode.size, inode.mtime_ns)
+            except BaseException:
+                inode.meta_dirty = True
+                raise
+            inode.attr = attr
+
+    def _maybe_forget(self, inode: Inode) -> None:
+        if inode.lookups <= 0 and inode.opens <= 0 and inode.ino != pyfuse3.ROOT_INODE \
+                and not inode.meta_dirty and self._data_settled(inode.ino):
+            self.cache.drop_clean(inode.ino)
+            self.inodes.pop(inode.ino, None)
+
+    # -- namespace --
+    @fuse_errors
+    async def lookup(self, parent_inode: int, name: bytes,
+                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if name == b".":
+            return self._entry(self._update(await self.mdc.getattr(parent_inode)))
+        if name == b"..":
+            raise pyfuse3.FUSEError(errno.ENOTSUP)
+        attr = await self.mdc.lookup(self._cred(ctx), parent_inode, name)
+        return self._entry(self._update(attr))
+
+    def forget(self, inode_list: list[tuple[int, int]]) -> None:  # type: ignore[override]
+        for ino, nlookup in inode_list:
+            inode = self.inodes.get(ino)
+            if inode is not None:
+                inode.lookups -= nlookup
+                self._maybe_forget(inode)
+
+    @fuse_errors
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        attr = await self.mdc.getattr(inode)
+        return self._entry(self._update(attr), count_lookup=False)
+
+    @fuse_errors
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields, fh: int | None,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = self._inode(inode) if inode in self.inodes else self._update(
+            await self.mdc.getattr(inode))
+        attrs: dict[str, Any] = {}
+        if fields.update_mode:
+            attrs["mode"] = stat.S_IMODE(attr.st_mode)
+        if fields.update_uid:
+            attrs["uid"] = attr.st_uid
+        if fields.update_gid:
+            attrs["gid"] = attr.st_gid
+        now = time.time_ns()
+        for which in ("atime", "mtime"):
+            if getattr(fields, f"update_{which}"):
+                t = getattr(attr, f"st_{which}_ns")
+                if abs(t - now) < NOW_SLACK_NS:
+                    attrs[f"{which}_now"] = True
+                else:
+                    attrs[f"{which}_ns"] = max(t, 0)
+        cred = self._cred(ctx)
+        if fields.update_size:
+            size = attr.st_size
+            async with node.meta_lock:
+                # The MDT checks permission and sets the size first; only then is data dropped.
+                if node.meta_dirty or not self._data_settled(inode):
+                    await self.writeback.wait_idle(inode)
+                new = await self.mdc.setattr(cred, inode, {**attrs, "size": size},
+                                             via_handle=fh is not None)
+                await self._truncate_data(node, size)
+                node.meta_dirty = False
+                node.size = size
+                node.mtime_ns = new["mtime_ns"]
+                node.ctime_ns = new["ctime_ns"]
+                node.attr = new
+        else:
+            if "mtime_ns" in attrs or "mtime_now" in attrs:
+                # Explicit times must not be overwritten by a later size update.
+                await self.writeback.flush_file(inode)
+                await self._push_meta(node)
+            new = await self.mdc.setattr(cred, inode, attrs, via_handle=fh is not None)
+            node.attr = new
+            node.mtime_ns = new["mtime_ns"]
+            node.ctime_ns = new["ctime_ns"]
+        return self._entry(node, count_lookup=False)
+
+    async def _truncate_data(self, node: Inode, size: int) -> None:
+        await self.writeback.wait_idle(node.ino)
+        self.cache.truncate(node.ino, size)
+        layout = node.layout
+        if layout is None:
+            return
+        async with trio.open_nursery() as n:
+            for stripe, (ost_idx, oid) in enumerate(layout.objects):
+                n.start_soon(self.node.oscs[ost_idx].punch, oid,
+                             layout.object_size_at(stripe, size))
+
+    @fuse_errors
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        return await self.mdc.readlink(inode)
+
+    @fuse_errors
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        result = await self.mdc.create(self._cred(ctx), parent_inode, name, mode, rdev)
+        return self._entry(self._update(result["attr"]))
+
+    @fuse_errors
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        attr = await self.mdc.mkdir(self._cred(ctx), parent_inode, name, mode)
+        return self._entry(self._update(attr))
+
+    @fuse_errors
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        attr = await self.mdc.symlink(self._cred(ctx), parent_inode, name, target)
+        return self._entry(self._update(attr))
+
+    @fuse_errors
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        attr = await self.mdc.link(self._cred(ctx), inode, new_parent_inode, new_name)
+        return self._entry(self._update(attr))
+
+    @fuse_errors
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        result = await self.mdc.unlink(self._cred(ctx), parent_inode, name)
+        self._after_remove(result.get("ino"))
+
+    @fuse_errors
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.mdc.rmdir(self._cred(ctx), parent_inode, name)
+
+    def _after_remove(self, ino: int | None) -> None:
+        inode = self.inodes.get(ino) if ino else None
+        if inode is not None:
+            inode.attr = {**inode.attr, "nlink": max(inode.attr["nlink"] - 1, 0)}
+
+    @fuse_errors
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+        result = await self.mdc.rename(self._cred(ctx), parent_inode_old, name_old,
+                                       parent_inode_new, name_new, flags)
+        self._after_remove(result.get("replaced"))
+
+    # -- directories --
+    @fuse_errors
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        return self.handles.add_dir(inode, self._cred(ctx))
+
+    @fuse_errors
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        ino, cred = self.handles.dir(fh)
+        cookie = start_id
+        while True:
+            page = await self.mdc.readdir(cred, ino, cookie, READDIR_BATCH)
+            for name, attr, next_cookie in page["entries"]:
+                inode = self._update(attr)
+                if not pyfuse3.readdir_reply(token, name, self._entry(inode, count_lookup=False),
+                                             next_cookie):
+                    return
+                inode.lookups += 1
+                cookie = next_cookie
+            if page["end"]:
+                return
+
+    @fuse_errors
+    async def releasedir(self, fh: int) -> None:
+        self.handles.remove_dir(fh)
+
+    @fuse_errors
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        await self.mdc.sync()
+
+    # -- files --
+    def _file_info(self, of: OpenFile, keep_cache: bool) -> pyfuse3.FileInfo:
+        return pyfuse3.FileInfo(fh=of.fh, keep_cache=keep_cache, direct_io=False)
+
+    async def _opened(self, node: Inode, result: dict[str, Any], flags: int) -> OpenFile:
+        node.opens += 1
+        of = self.handles.add_file(node.ino, result["handle"], flags)
+        if result.get("truncated"):
+            async with node.meta_lock:
+                await self._truncate_data(node, 0)
+                node.size = 0
+                node.meta_dirty = False
+        return of
+
+    @fuse_errors
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        result = await self.mdc.open(self._cred(ctx), inode, flags)
+        node = self.inodes.get(inode)
+        # Close-to-open: data cached by an earlier open is kept only if the file is unchanged.
+        fresh = result["attr"]
+        unchanged = node is not None and node.attr["mtime_ns"] == fresh["mtime_ns"] \
+            and node.attr["size"] == fresh["size"]
+        if node is not None and not unchanged:
+            self.cache.drop_clean(inode)
+        node = self._update(fresh)
+        of = await self._opened(node, result, flags)
+        return self._file_info(of, keep_cache=unchanged and not result.get("truncated"))
+
+    @fuse_errors
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo,
+                                                           pyfuse3.EntryAttributes]:
+        result = await self.mdc.create(self._cred(ctx), parent_inode, name, mode,
+                                       open_flags=flags, exclusive=bool(flags & os.O_EXCL))
+        node = self._update(result["attr"])
+        of = await self._opened(node, result, flags)
+        return self._file_info(of, keep_cache=False), self._entry(node)
+
+    async def _fetch(self, node: Inode, idx: int) -> None:
+        """Read chunk idx of a file from its OST objects into the cache."""
+        event = node.fetching.get(idx)
+        if event is not None:
+            await event.wait()
+            return
+        if self.cache.get(node.ino, idx) is not None:
+            return
+        event = node.fetching[idx] = trio.Event()
+        try:
+            start = idx * CHUNK
+            length = min(CHUNK, node.size - start)
+            buf = bytearray(length) if length > 0 else bytearray()
+            if length > 0 and node.layout is not None:
+                segments = node.layout.map_extent(start, length)
+
+                async def one(seg: Any) -> None:
+                    data = await self.node.oscs[seg.ost_idx].read(seg.oid, seg.obj_offset,
+                                                                  seg.length)
+                    a = seg.file_offset - start
+                    buf[a:a + len(data)] = data
+
+                async with trio.open_nursery() as n:
+                    for seg in segments:
+                        n.start_soon(one, seg)
+            if len(buf) > length:  # the object was longer than the file (stale tail)
+                del buf[length:]
+            self.cache.put(node.ino, idx, buf)
+            self.cache.evict()
+        finally:
+            del node.fetching[idx]
+            event.set()
+
+    async def _readahead(self, node: Inode, idx: int) -> None:
+        try:
+            await self._fetch(node, idx)
+        except Exception as e:  # read-ahead is a hint; the real read reports errors
+            log.debug("read-ahead of inode %d chunk %d failed: %s", node.ino, idx, e)
+
+    @fuse_errors
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        of = self.handles.file(fh)
+        node = self._inode(of.ino)
+        end = min(off + size, node.size)
+        if off >= end:
+            return b""
+        first, last = off // CHUNK, (end - 1) // CHUNK
+        # Sequential access: keep up to READAHEAD_MAX chunks in flight ahead of the reader.
+        if off == of.next_read and self._nursery is not None:
+            of.ra_window = min(max(of.ra_window * 2, 2), READAHEAD_MAX)
+            max_idx = (node.size - 1) // CHUNK
+            for idx in range(last + 1, min(last + of.ra_window, max_idx) + 1):
+                if self.cache.get(node.ino, idx) is None and idx not in node.fetching:
+                    self._nursery.start_soon(self._readahead, node, idx)
+        else:
+            of.ra_window = 0
+        of.next_read = end
+        parts = []
+        for idx in range(first, last + 1):
+            chunk = self.cache.get(node.ino, idx)
+            if chunk is None:
+                await self._fetch(node, idx)
+                chunk = self.cache.get(node.ino, idx)
+                if chunk is None:  # evicted at once under memory pressure: read again
+                    await self._fetch(node, idx)
+                    chunk = self.cache.get(node.ino, idx)
+                    if chunk is None:
+                        raise pyfuse3.FUSEError(errno.EIO)
+            base = idx * CHUNK
+            a = max(off, base) - base
+            b = min(end, base + CHUNK) - base
+            data = chunk.data[a:b]
+            if len(data) < b - a:  # a hole the cache has not materialised
+                data = data + bytes(b - a - len(data))
+            parts.append(data)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    @fuse_errors
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        of = self.handles.file(fh)
+        node = self._inode(of.ino)
+        if node.layout is None:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        if of.flags & os.O_APPEND:
+            off = node.size
+        await self.writeback.wait_for_space(len(buf))
+        view = memoryview(buf)
+        pos = off
+        end = off + len(buf)
+        while pos < end:
+            idx, lo = divmod(pos, CHUNK)
+            n = min(CHUNK - lo, end - pos)
+            if self.cache.needs_fill(node.ino, idx, lo, lo + n, node.size):
+                await self._fetch(node, idx)
+            if self.cache.get(node.ino, idx) is None and lo != 0:
+                # Nothing of this chunk exists yet (beyond EOF): start it with a hole.
+                self.cache.put(node.ino, idx, bytearray(lo))
+            self.cache.write(node.ino, idx, lo, view[pos - off:pos - off + n])
+            chunk = self.cache.get(node.ino, idx)
+            if chunk is not None and chunk.dirty_hi == CHUNK:
+                self.writeback.queue(node.ino, idx)
+            pos += n
+        node.size = max(node.size, end)
+        node.mtime_ns = node.ctime_ns = time.time_ns()
+        node.meta_dirty = True
+        return len(buf)
+
+    async def _flush_inode(self, node: Inode) -> None:
+        await self.writeback.flush_file(node.ino)
+        await self._push_meta(node)
+        if node.write_error:
+            err, node.write_error = node.write_error, 0
+            raise pyfuse3.FUSEError(err)
+
+    @fuse_errors
+    async def flush(self, fh: int) -> None:
+        of = self.handles.file(fh)
+        node = self._inode(of.ino)
+        if node.meta_dirty or not self._data_settled(node.ino):
+            await self._flush_inode(node)
+
+    @fuse_errors
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        of = self.handles.file(fh)
+        node = self._inode(of.ino)
+        await self._flush_inode(node)
+        async with trio.open_nursery() as n:
+            if node.layout is not None:
+                for ost_idx in {o for o, _ in node.layout.objects}:
+                    n.start_soon(self.node.oscs[ost_idx].sync)
+            n.start_soon(self.mdc.sync)
+
+    @fuse_errors
+    async def release(self, fh: int) -> None:
+        of = self.handles.remove_file(fh)
+        node = self.inodes.get(of.ino)
+        try:
+            if node is not None and (node.meta_dirty or not self._data_settled(node.ino)):
+                await self._flush_inode(node)
+        finally:
+            await self.mdc.close(of.handle)
+            if node is not None:
+                node.opens -= 1
+                self._maybe_forget(node)
+
+    # -- xattrs, statfs, access --
+    @fuse_errors
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        try:
+            return await self.mdc.getxattr(self._cred(ctx), inode, name)
+        except RpcError as e:
+            if e.errno == errno.ENODATA:
+                raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
+            raise
+
+    @fuse_errors
+    async def setxattr(self, inode: int, name: bytes, value: bytes,
+                       ctx: pyfuse3.RequestContext) -> None:
+        result = await self.mdc.setxattr(self._cred(ctx), inode, name, value, 0)
+        if "attr" in result:
+            self._update(result["attr"])
+
+    @fuse_errors
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return await self.mdc.listxattr(self._cred(ctx), inode)
+
+    @fuse_errors
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        try:
+            await self.mdc.removexattr(self._cred(ctx), inode, name)
+        except RpcError as e:
+            if e.errno == errno.ENODATA:
+                raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
+            raise
+
+    @fuse_errors
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        try:
+            await self.mdc.imp.call(C.MDS_ACCESS, {"cred": self._cred(ctx), "ino": inode,
+                                              "mask": mode})
+        except RpcError as e:
+            if e.errno == errno.EACCES:
+                return False
+            raise
+        return True
+
+    @fuse_errors
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        results: dict[int, dict[str, Any]] = {}
+        mdt: dict[str, Any] = {}
+
+        async def ost(idx: int) -> None:
+            results[idx] = await self.node.oscs[idx].statfs()
+
+        async def md() -> None:
+            mdt.update(await self.mdc.statfs())
+
+        async with trio.open_nursery() as n:
+            n.start_soon(md)
+            for idx in self.node.oscs:
+                n.start_soon(ost, idx)
+        frsize = 4096
+        st = pyfuse3.StatvfsData()
+        st.f_bsize = BLKSIZE
+        st.f_frsize = frsize
+        st.f_blocks = sum(r["blocks"] * r["bsize"] for r in results.values()) // frsize
+        st.f_bfree = sum(r["bfree"] * r["bsize"] for r in results.values()) // frsize
+        st.f_bavail = sum(r["bavail"] * r["bsize"] for r in results.values()) // frsize
+        st.f_files = mdt.get("files", 0) + mdt.get("ffree", 0)
+        st.f_ffree = mdt.get("ffree", 0)
+        st.f_favail = st.f_ffree
+        st.f_namemax = mdt.get("namemax", 255)
+        return st

@@ -1,0 +1,106 @@
+"""mdc.py - metadata requests to the MDT, built from neutral arguments.
+
+Every method returns the reply body (or raises RpcError with the errno). The
+caller's credentials travel with each request: the MDT checks permissions
+itself rather than trusting the client's kernel.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..protocol import constants as C
+from .imports import Import
+
+Cred = list[Any]  # [uid, gid, [groups]]
+
+
+class Mdc:
+    def __init__(self, imp: Import) -> None:
+        self.imp = imp
+
+    async def _call(self, opc: int, body: dict[str, Any]) -> dict[str, Any]:
+        return (await self.imp.call(opc, body)).body
+
+    async def _reint(self, op: int, cred: Cred, **fields: Any) -> dict[str, Any]:
+        return await self._call(C.MDS_REINT, {"op": op, "cred": cred, **fields})
+
+    async def getattr(self, ino: int) -> dict[str, Any]:
+        return (await self._call(C.MDS_GETATTR, {"ino": ino}))["attr"]
+
+    async def lookup(self, cred: Cred, parent: int, name: bytes) -> dict[str, Any]:
+        return (await self._call(C.MDS_GETATTR_NAME,
+                                 {"cred": cred, "parent": parent, "name": name}))["attr"]
+
+    async def readlink(self, ino: int) -> bytes:
+        return (await self._call(C.MDS_READLINK, {"ino": ino}))["target"]
+
+    async def readdir(self, cred: Cred, ino: int, cookie: int, count: int) -> dict[str, Any]:
+        return await self._call(C.MDS_READPAGE,
+                                {"cred": cred, "ino": ino, "cookie": cookie, "count": count})
+
+    async def getxattr(self, cred: Cred, ino: int, name: bytes) -> bytes:
+        return (await self._call(C.MDS_GETXATTR, {"cred": cred, "ino": ino, "name": name}))[
+            "value"]
+
+    async def listxattr(self, cred: Cred, ino: int) -> list[bytes]:
+        return (await self._call(C.MDS_GETXATTR, {"cred": cred, "ino": ino}))["names"]
+
+    async def statfs(self) -> dict[str, Any]:
+        return await self._call(C.MDS_STATFS, {})
+
+    async def sync(self) -> None:
+        await self._call(C.MDS_SYNC, {})
+
+    async def close(self, handle: int) -> None:
+        await self._call(C.MDS_CLOSE, {"handle": handle})
+
+    async def create(self, cred: Cred, parent: int, name: bytes, mode: int, rdev: int = 0,
+                     open_flags: int | None = None, exclusive: bool = True) -> dict[str, Any]:
+        body: dict[str, Any] = {"parent": parent, "name": name, "mode": mode, "rdev": rdev,
+                                "exclusive": exclusive}
+        if open_flags is not None:
+            body["open_flags"] = open_flags
+        return await self._reint(C.REINT_CREATE, cred, **body)
+
+    async def mkdir(self, cred: Cred, parent: int, name: bytes, mode: int) -> dict[str, Any]:
+        return (await self._reint(C.REINT_MKDIR, cred, parent=parent, name=name, mode=mode))[
+            "attr"]
+
+    async def symlink(self, cred: Cred, parent: int, name: bytes, target: bytes) -> dict[str, Any]:
+        return (await self._reint(C.REINT_SYMLINK, cred, parent=parent, name=name,
+                                  target=target))["attr"]
+
+    async def link(self, cred: Cred, ino: int, parent: int, name: bytes) -> dict[str, Any]:
+        return (await self._reint(C.REINT_LINK, cred, ino=ino, parent=parent, name=name))["attr"]
+
+    async def unlink(self, cred: Cred, parent: int, name: bytes) -> dict[str, Any]:
+        return await self._reint(C.REINT_UNLINK, cred, parent=parent, name=name)
+
+    async def rmdir(self, cred: Cred, parent: int, name: bytes) -> dict[str, Any]:
+        return await self._reint(C.REINT_RMDIR, cred, parent=parent, name=name)
+
+    async def rename(self, cred: Cred, parent: int, name: bytes, new_parent: int,
+                     new_name: bytes, flags: int) -> dict[str, Any]:
+        return await self._reint(C.REINT_RENAME, cred, parent=parent, name=name,
+                                 new_parent=new_parent, new_name=new_name, flags=flags)
+
+    async def setattr(self, cred: Cred, ino: int, attrs: dict[str, Any],
+                      via_handle: bool = False) -> dict[str, Any]:
+        return (await self._reint(C.REINT_SETATTR, cred, ino=ino, attrs=attrs,
+                                  via_handle=via_handle))["attr"]
+
+    async def open(self, cred: Cred, ino: int, flags: int) -> dict[str, Any]:
+        return await self._reint(C.REINT_OPEN, cred, ino=ino, flags=flags)
+
+    async def setxattr(self, cred: Cred, ino: int, name: bytes, value: bytes,
+                       flags: int) -> dict[str, Any]:
+        return await self._reint(C.REINT_SETXATTR, cred, ino=ino, name=name, value=value,
+                                 flags=flags)
+
+    async def removexattr(self, cred: Cred, ino: int, name: bytes) -> None:
+        await self._reint(C.REINT_REMOVEXATTR, cred, ino=ino, name=name)
+
+    async def write_update(self, ino: int, size: int, mtime_ns: int) -> dict[str, Any]:
+        return (await self._reint(C.REINT_WRITE_UPDATE, [0, 0, []], ino=ino, size=size,
+                                  mtime_ns=mtime_ns))["attr"]

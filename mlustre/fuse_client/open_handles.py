@@ -1,0 +1,69 @@
+"""open_handles.py - the client's table of open files and directories.
+
+A FUSE file handle maps to the MDT open handle it holds, the flags it was
+opened with and its read-ahead state. (The open request is what recovery will
+replay after an MDT restart; it is kept here with the handle.)
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+from typing import Any
+
+import pyfuse3
+
+
+@dataclass(slots=True)
+class OpenFile:
+    fh: int
+    ino: int
+    handle: int
+    flags: int
+    next_read: int = -1
+    ra_window: int = 0
+
+
+class OpenHandles:
+    def __init__(self) -> None:
+        self._files: dict[int, OpenFile] = {}
+        self._dirs: dict[int, tuple[int, list[Any]]] = {}
+        self._next = 1
+
+    def _fh(self) -> int:
+        fh = self._next
+        self._next += 1
+        return fh
+
+    def add_file(self, ino: int, handle: int, flags: int) -> OpenFile:
+        of = OpenFile(self._fh(), ino, handle, flags)
+        self._files[of.fh] = of
+        return of
+
+    def file(self, fh: int) -> OpenFile:
+        try:
+            return self._files[fh]
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.EBADF) from None
+
+    def remove_file(self, fh: int) -> OpenFile:
+        of = self.file(fh)
+        del self._files[fh]
+        return of
+
+    def files(self) -> list[OpenFile]:
+        return list(self._files.values())
+
+    def add_dir(self, ino: int, cred: list[Any]) -> int:
+        fh = self._fh()
+        self._dirs[fh] = (ino, cred)
+        return fh
+
+    def dir(self, fh: int) -> tuple[int, list[Any]]:
+        try:
+            return self._dirs[fh]
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.EBADF) from None
+
+    def remove_dir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)

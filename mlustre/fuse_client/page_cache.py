@@ -1,0 +1,211 @@
+"""page_cache.py - the client's data cache: per-file chunks, dirty tracking, LRU.
+
+Data is cached in CHUNK-sized pieces (bytearrays), never per 4 KiB page: a
+FUSE request already costs ~65 us, so per-page work in Python would dominate.
+A cached chunk holds the file's true content from its start up to the end of
+the chunk or the end of the file, whichever is first; a chunk that is not
+cached is fetched whole before a partial write into it (unless nothing beyond
+EOF would be overwritten). Each chunk has one dirty range; a chunk being
+written back is "busy" and is not sent again until that RPC is done, so two
+writebacks of one chunk can never reach the OST out of order.
+
+No I/O here: the write-back engine and llite drive it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+CHUNK = 1 << 20
+
+
+class Chunk:
+    __slots__ = ("data", "dirty_lo", "dirty_hi", "busy")
+
+    def __init__(self, data: bytearray) -> None:
+        self.data = data
+        self.dirty_lo = 0
+        self.dirty_hi = 0
+        self.busy = False
+
+    @property
+    def dirty(self) -> bool:
+        return self.dirty_hi > self.dirty_lo
+
+
+@dataclass
+class FileCache:
+    chunks: dict[int, Chunk] = field(default_factory=dict)
+    dirty: set[int] = field(default_factory=set)  # chunk indexes with a dirty range
+    busy: int = 0  # chunks of this file in flight
+
+
+class PageCache:
+    """All cached chunks of one client, with dirty and total byte limits."""
+
+    def __init__(self, max_dirty: int = 256 << 20, max_cached: int = 512 << 20) -> None:
+        self.max_dirty = max_dirty
+        self.max_cached = max_cached
+        self.files: dict[int, FileCache] = {}
+        self.dirty_bytes = 0
+        self.cached_bytes = 0
+        self._lru: OrderedDict[tuple[int, int], None] = OrderedDict()
+
+    def file(self, ino: int) -> FileCache:
+        fc = self.files.get(ino)
+        if fc is None:
+            fc = self.files[ino] = FileCache()
+        return fc
+
+    def get(self, ino: int, idx: int) -> Chunk | None:
+        fc = self.files.get(ino)
+        chunk = fc.chunks.get(idx) if fc else None
+        if chunk is not None:
+            key = (ino, idx)
+            if key in self._lru:
+                self._lru.move_to_end(key)
+        return chunk
+
+    def put(self, ino: int, idx: int, data: bytearray) -> Chunk:
+        """Insert a clean chunk (fetched, or about to be fully written)."""
+        fc = self.file(ino)
+        old = fc.chunks.get(idx)
+        if old is not None:
+            if old.dirty or old.busy:
+                return old  # never replace data not yet on the OST
+            self.cached_bytes -= len(old.data)
+        chunk = Chunk(data)
+        fc.chunks[idx] = chunk
+        self.cached_bytes += len(data)
+        self._lru[(ino, idx)] = None
+        self._lru.move_to_end((ino, idx))
+        return chunk
+
+    def needs_fill(self, ino: int, idx: int, lo: int, hi: int, file_size: int) -> bool:
+        """Must chunk idx be fetched before writing [lo, hi) of it?"""
+        if self.get(ino, idx) is not None:
+            return False
+        start = idx * CHUNK
+        valid = min(CHUNK, max(file_size - start, 0))  # bytes of file data in this chunk
+        return not (lo == 0 and hi >= valid) and valid > 0
+
+    def write(self, ino: int, idx: int, lo: int, data: bytes | memoryview) -> None:
+        """Copy data into chunk idx at lo (the chunk must be cached or fetched first)."""
+        fc = self.file(ino)
+        chunk = fc.chunks.get(idx)
+        hi = lo + len(data)
+        if chunk is None:
+            assert lo == 0
+            chunk = self.put(ino, idx, bytearray(data))
+        else:
+            buf = chunk.data
+            if lo > len(buf):
+                self.cached_bytes += lo - len(buf)
+                buf.extend(bytes(lo - len(buf)))  # a hole before EOF-extending data
+            grow = max(hi - len(buf), 0)
+            buf[lo:hi] = data
+            self.cached_bytes += grow
+        before = chunk.dirty_hi - chunk.dirty_lo
+        if chunk.dirty:
+            chunk.dirty_lo = min(chunk.dirty_lo, lo)
+            chunk.dirty_hi = max(chunk.dirty_hi, hi)
+        else:
+            chunk.dirty_lo, chunk.dirty_hi = lo, hi
+        self.dirty_bytes += (chunk.dirty_hi - chunk.dirty_lo) - before
+        fc.dirty.add(idx)
+        self._lru.pop((ino, idx), None)  # dirty chunks are not evictable
+
+    def take_dirty(self, ino: int, idx: int) -> tuple[int, bytes] | None:
+        """Snapshot chunk idx's dirty range for write-back and mark it busy.
+
+        Returns (offset in chunk, data) or None if it is clean or already busy.
+        The bytes stay counted as dirty until `writeback_done`.
+        """
+        fc = self.files.get(ino)
+        chunk = fc.chunks.get(idx) if fc else None
+        if chunk is None or chunk.busy or not chunk.dirty:
+            return None
+        lo, hi = chunk.dirty_lo, chunk.dirty_hi
+        chunk.busy = True
+        chunk.dirty_lo = chunk.dirty_hi = 0
+        fc.dirty.discard(idx)
+        fc.busy += 1
+        return lo, bytes(chunk.data[lo:hi])
+
+    def writeback_done(self, ino: int, idx: int, lo: int, length: int, ok: bool) -> None:
+        fc = self.file(ino)
+        chunk = fc.chunks.get(idx)
+        fc.busy -= 1
+        if chunk is None:  # truncated away meanwhile
+            self.dirty_bytes -= length
+            return
+        chunk.busy = False
+        if ok:
+            self.dirty_bytes -= length
+        else:  # put the range back, merged with anything written since
+            hi = lo + length
+            if chunk.dirty:
+                old = chunk.dirty_hi - chunk.dirty_lo
+                chunk.dirty_lo, chunk.dirty_hi = min(chunk.dirty_lo, lo), max(chunk.dirty_hi, hi)
+                self.dirty_bytes += (chunk.dirty_hi - chunk.dirty_lo) - old - length
+            else:
+                chunk.dirty_lo, chunk.dirty_hi = lo, hi
+            fc.dirty.add(idx)
+        if not chunk.dirty and not chunk.busy:
+            self._lru[(ino, idx)] = None
+
+    def truncate(self, ino: int, size: int) -> None:
+        """Drop cached data beyond size (dirty data included: it no longer exists)."""
+        fc = self.files.get(ino)
+        if fc is None:
+            return
+        for idx in list(fc.chunks):
+            start = idx * CHUNK
+            chunk = fc.chunks[idx]
+            if start >= size:
+                self._drop_chunk(ino, fc, idx)
+            elif start + len(chunk.data) > size:
+                keep = size - start
+                self.cached_bytes -= len(chunk.data) - keep
+                del chunk.data[keep:]
+                if chunk.dirty:
+                    old = chunk.dirty_hi - chunk.dirty_lo
+                    chunk.dirty_hi = min(chunk.dirty_hi, keep)
+                    if chunk.dirty_hi <= chunk.dirty_lo:
+                        chunk.dirty_lo = chunk.dirty_hi = 0
+                        fc.dirty.discard(idx)
+                    self.dirty_bytes -= old - (chunk.dirty_hi - chunk.dirty_lo)
+
+    def _drop_chunk(self, ino: int, fc: FileCache, idx: int) -> None:
+        chunk = fc.chunks.pop(idx)
+        self.cached_bytes -= len(chunk.data)
+        if chunk.dirty:
+            self.dirty_bytes -= chunk.dirty_hi - chunk.dirty_lo
+        fc.dirty.discard(idx)
+        self._lru.pop((ino, idx), None)
+        # A busy chunk's bytes are released by writeback_done (it finds the chunk gone).
+
+    def drop_clean(self, ino: int) -> None:
+        """Forget cached data of ino that is neither dirty nor in flight."""
+        fc = self.files.get(ino)
+        if fc is None:
+            return
+        for idx, chunk in list(fc.chunks.items()):
+            if not chunk.dirty and not chunk.busy:
+                self._drop_chunk(ino, fc, idx)
+        if not fc.chunks and not fc.busy:
+            del self.files[ino]
+
+    def evict(self) -> int:
+        """Drop least recently used clean chunks until under max_cached; bytes freed."""
+        freed = 0
+        while self.cached_bytes > self.max_cached and self._lru:
+            (ino, idx), _ = self._lru.popitem(last=False)
+            fc = self.files.get(ino)
+            chunk = fc.chunks.get(idx) if fc else None
+            if fc is None or chunk is None or chunk.dirty or chunk.busy:
+                continue
+            freed += len(chunk.data)
+            self._drop_chunk(ino, fc, idx)
+        return freed

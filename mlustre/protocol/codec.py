@@ -1,0 +1,152 @@
+"""codec.py - wire encodings of `Message` for each release, and the frame format.
+
+Release "2.0" encodes a message as a msgpack map; release "1.8" as a positional
+msgpack array (as 1.8's fixed structs were). A frame is a 4-byte big-endian
+length followed by the msgpack bytes, so an oversized message is refused before
+it is buffered and a malformed one does not desynchronise the stream.
+
+Decoding trusts nothing: every header field is type- and range-checked, and
+msgpack's limits follow from the frame length (msgpack.unpackb).
+"""
+
+from __future__ import annotations
+
+import struct
+from abc import ABC, abstractmethod
+from typing import Any
+
+import msgpack
+
+from .constants import ERR, MAX_FRAME, REPLY, REQUEST
+from .errors import ProtocolError
+from .message import Message
+
+_LEN = struct.Struct(">I")
+_U64 = (1 << 64) - 1
+_TYPES = (REQUEST, REPLY, ERR)
+MAGIC_18 = 0x0BD00BD3  # lustre_msg magic, first element of a 1.8 array
+
+
+class Codec(ABC):
+    """Encodes and decodes messages for one release."""
+
+    release = ""
+
+    @abstractmethod
+    def to_wire(self, msg: Message) -> Any:
+        """The msgpack-able object for msg."""
+
+    @abstractmethod
+    def from_wire(self, obj: Any) -> Message:
+        """The message an unpacked object holds; ProtocolError if it holds none."""
+
+    def encode(self, msg: Message) -> bytes:
+        """One frame: length prefix and packed message."""
+        payload = msgpack.packb(self.to_wire(msg), use_bin_type=True)
+        if len(payload) > MAX_FRAME:
+            raise ProtocolError(f"message of {len(payload)} bytes exceeds {MAX_FRAME}")
+        return _LEN.pack(len(payload)) + payload
+
+
+def _check_header(type_: Any, opc: Any, xid: Any, flags: Any, conn_cnt: Any, transno: Any,
+                  last_committed: Any, status: Any, body: Any) -> Message:
+    for name, value in (("opc", opc), ("xid", xid), ("flags", flags), ("conn_cnt", conn_cnt),
+                        ("transno", transno), ("last_committed", last_committed),
+                        ("status", status)):
+        if type(value) is not int or not 0 <= value <= _U64:
+            raise ProtocolError(f"header field {name} is not a u64: {value!r:.40}")
+    if type_ not in _TYPES:
+        raise ProtocolError(f"bad message type {type_!r:.40}")
+    if type(body) is not dict:
+        raise ProtocolError("message body is not a map")
+    return Message(type_, opc, xid, flags, conn_cnt, transno, last_committed, status, body)
+
+
+class Codec20(Codec):
+    """Release 2.0: a map with named header fields."""
+
+    release = "2.0"
+
+    def to_wire(self, msg: Message) -> Any:
+        return {"type": msg.type, "opc": msg.opc, "xid": msg.xid, "flags": msg.flags,
+                "conn_cnt": msg.conn_cnt, "transno": msg.transno,
+                "last_committed": msg.last_committed, "status": msg.status, "body": msg.body}
+
+    def from_wire(self, obj: Any) -> Message:
+        if type(obj) is not dict:
+            raise ProtocolError("a 2.0 message is a map")
+        try:
+            return _check_header(obj["type"], obj["opc"], obj["xid"], obj.get("flags", 0),
+                                 obj.get("conn_cnt", 0), obj.get("transno", 0),
+                                 obj.get("last_committed", 0), obj.get("status", 0),
+                                 obj.get("body", {}))
+        except KeyError as e:
+            raise ProtocolError(f"2.0 header lacks {e}") from None
+
+
+class Codec18(Codec):
+    """Release 1.8: a positional array, magic first."""
+
+    release = "1.8"
+
+    def to_wire(self, msg: Message) -> Any:
+        return [MAGIC_18, msg.type, msg.opc, msg.xid, msg.flags, msg.conn_cnt, msg.transno,
+                msg.last_committed, msg.status, msg.body]
+
+    def from_wire(self, obj: Any) -> Message:
+        if type(obj) is not list or len(obj) != 10 or obj[0] != MAGIC_18:
+            raise ProtocolError("a 1.8 message is a 10-element array starting with the magic")
+        return _check_header(*obj[1:])
+
+
+CODECS: dict[str, Codec] = {"2.0": Codec20(), "1.8": Codec18()}
+RELEASES = tuple(CODECS)
+
+
+def codec_for(release: str) -> Codec:
+    try:
+        return CODECS[release]
+    except KeyError:
+        raise ValueError(f"unknown release {release!r}; known: {', '.join(RELEASES)}") from None
+
+
+def decode_payload(payload: bytes) -> tuple[Message, Codec]:
+    """Decode one frame's payload into a message and the codec of its release."""
+    try:
+        obj = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+    except Exception as e:  # msgpack raises several types for corrupt input
+        raise ProtocolError(f"undecodable message: {e}") from None
+    codec = CODECS["2.0"] if type(obj) is dict else CODECS["1.8"]
+    return codec.from_wire(obj), codec
+
+
+class FrameDecoder:
+    """Sans-IO splitter of a byte stream into frame payloads."""
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self.max_frame = max_frame
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def wanted(self) -> int:
+        """How many more bytes complete the current frame (at least 1 when idle)."""
+        if len(self._buf) < 4:
+            return 4 - len(self._buf)
+        (n,) = _LEN.unpack_from(self._buf)
+        return max(1, 4 + n - len(self._buf))
+
+    def next_frame(self) -> bytes | None:
+        """The next complete payload, or None if more bytes are needed."""
+        buf = self._buf
+        if len(buf) < 4:
+            return None
+        (n,) = _LEN.unpack_from(buf)
+        if n > self.max_frame:
+            raise ProtocolError(f"frame of {n} bytes exceeds the limit of {self.max_frame}")
+        if len(buf) < 4 + n:
+            return None
+        payload = bytes(buf[4:4 + n])
+        del buf[:4 + n]
+        return payload

@@ -1,0 +1,220 @@
+"""rpc.py - one bidirectional RPC endpoint over a trio stream.
+
+Either side may send requests; replies are matched to waiting callers by xid
+by the single reader task. Incoming requests are each handled in their own
+task, so a slow request (or an AST the other side must answer first) never
+blocks the connection. One send lock per connection keeps frames whole.
+
+A malformed message gets an EPROTO reply (when its frame was intact) and the
+connection goes on; a broken frame (oversized) gets an ERR message and the
+connection is closed. Nothing a peer sends can raise out of `serve`.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from .codec import Codec, FrameDecoder, codec_for, decode_payload
+from .constants import ERR, MAX_FRAME, REPLY, REQUEST
+from .errors import ConnectionLost, ProtocolError, RpcTimeout
+from .message import Message
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[["Endpoint", Message], Awaitable["Message | None"]]
+
+_RECV_CHUNK = 1 << 20
+
+
+class _Waiter:
+    __slots__ = ("event", "reply", "error")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.reply: Message | None = None
+        self.error: BaseException | None = None
+
+
+class Endpoint:
+    """An RPC connection: `call` sends requests, `serve` reads and dispatches.
+
+    :codec: the release encoding used for what this side sends.
+    :handler: coroutine answering the peer's requests (None: answer EOPNOTSUPP).
+    :context: free-form per-connection state of the layer above (e.g. the export).
+    """
+
+    def __init__(self, stream: trio.abc.Stream, *, codec: Codec | str = "2.0",
+                 handler: Handler | None = None, name: str = "",
+                 max_frame: int = MAX_FRAME, follow_peer_release: bool = False) -> None:
+        self.stream = stream
+        self.codec = codec_for(codec) if isinstance(codec, str) else codec
+        self.handler = handler
+        self.name = name
+        self.max_frame = max_frame
+        self.follow_peer_release = follow_peer_release
+        self.context: dict[str, Any] = {}
+        self._next_xid = 1
+        self._waiters: dict[int, _Waiter] = {}
+        self._send_lock = trio.Lock()
+        self._closed = trio.Event()
+        self.close_reason: str | None = None
+        self.requests_in = 0
+        self.requests_out = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def new_xid(self) -> int:
+        xid = self._next_xid
+        self._next_xid += 1
+        return xid
+
+    async def call(self, opc: int, body: dict[str, Any] | None = None, *,
+                   timeout: float | None = 30.0, flags: int = 0, conn_cnt: int = 0,
+                   xid: int | None = None) -> Message:
+        """Send a request and wait for its reply (status is not checked here)."""
+        if self.closed:
+            raise ConnectionLost(self.close_reason or "connection closed")
+        msg = Message.request(opc, self.new_xid() if xid is None else xid, body, flags, conn_cnt)
+        waiter = _Waiter()
+        self._waiters[msg.xid] = waiter
+        self.requests_out += 1
+        try:
+            await self._send(msg)
+            with trio.move_on_after(timeout if timeout is not None else float("inf")):
+                await waiter.event.wait()
+        finally:
+            self._waiters.pop(msg.xid, None)
+        if waiter.error is not None:
+            raise waiter.error
+        if waiter.reply is None:
+            raise RpcTimeout(f"{self.name}: no reply to opc {opc} xid {msg.xid} in {timeout}s")
+        return waiter.reply
+
+    async def _send(self, msg: Message) -> None:
+        frame = self.codec.encode(msg)
+        try:
+            async with self._send_lock:
+                await self.stream.send_all(frame)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+            self._mark_closed(f"send failed: {e}")
+            raise ConnectionLost(self.close_reason) from None
+        except trio.Cancelled:
+            # A frame may have been cut: the stream cannot be trusted any more.
+            self._mark_closed("send cancelled mid-frame")
+            raise
+
+    async def send_reply(self, reply: Message) -> None:
+        try:
+            await self._send(reply)
+        except ConnectionLost:
+            log.debug("%s: reply to xid %d lost: connection closed", self.name, reply.xid)
+
+    def _mark_closed(self, reason: str) -> None:
+        if self._closed.is_set():
+            return
+        self.close_reason = reason
+        self._closed.set()
+        for waiter in self._waiters.values():
+            waiter.error = ConnectionLost(reason)
+            waiter.event.set()
+
+    async def aclose(self, reason: str = "closed locally") -> None:
+        self._mark_closed(reason)
+        with trio.CancelScope(shield=True):
+            try:
+                await self.stream.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Read frames until the connection ends; dispatch replies and requests."""
+        decoder = FrameDecoder(self.max_frame)
+        task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                try:
+                    await self._read_loop(decoder, nursery)
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            await self.aclose(self.close_reason or "connection ended")
+
+    async def _read_loop(self, decoder: FrameDecoder, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                data = await self.stream.receive_some(max(_RECV_CHUNK, decoder.wanted()))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+                self._mark_closed(f"receive failed: {e}")
+                return
+            if not data:
+                self._mark_closed("peer closed the connection")
+                return
+            decoder.feed(data)
+            while True:
+                try:
+                    payload = decoder.next_frame()
+                except ProtocolError as e:
+                    log.warning("%s: %s; closing", self.name, e)
+                    await self.send_reply(Message(ERR, 0, 0, status=errno.EMSGSIZE,
+                                                  body={"error": str(e)}))
+                    self._mark_closed(str(e))
+                    return
+                if payload is None:
+                    break
+                self._dispatch(payload, nursery)
+
+    def _dispatch(self, payload: bytes, nursery: trio.Nursery) -> None:
+        try:
+            msg, codec = decode_payload(payload)
+        except ProtocolError as e:
+            log.warning("%s: malformed message: %s", self.name, e)
+            nursery.start_soon(self.send_reply, Message(ERR, 0, 0, status=errno.EPROTO,
+                                                        body={"error": str(e)}))
+            return
+        if msg.type == REQUEST:
+            if self.follow_peer_release:
+                self.codec = codec
+            self.requests_in += 1
+            nursery.start_soon(self._handle, msg)
+            return
+        waiter = self._waiters.get(msg.xid)
+        if waiter is None:
+            if msg.type == ERR:
+                log.warning("%s: peer reports error %d: %s", self.name, msg.status,
+                            msg.body.get("error"))
+            else:
+                log.debug("%s: reply to unknown xid %d dropped", self.name, msg.xid)
+            return
+        waiter.reply = msg
+        waiter.event.set()
+
+    async def _handle(self, msg: Message) -> None:
+        try:
+            if self.handler is None:
+                reply: Message | None = msg.reply(status=errno.EOPNOTSUPP)
+            else:
+                reply = await self.handler(self, msg)
+        except ConnectionLost:
+            return
+        except Exception:
+            log.exception("%s: handler failed on opc %d xid %d", self.name, msg.opc, msg.xid)
+            reply = msg.reply(status=errno.EIO)
+        if reply is not None:
+            reply.type = REPLY if reply.type != ERR else ERR
+            await self.send_reply(reply)
+
+
+async def connect_stream(host: str, port: int, timeout: float = 5.0) -> trio.SocketStream:
+    """Open a TCP stream within a timeout (trio sets TCP_NODELAY by default)."""
+    with trio.fail_after(timeout):
+        return await trio.open_tcp_stream(host, port)

@@ -1,0 +1,108 @@
+"""registry.py - where the CLI finds clusters and mounts on this machine.
+
+Each client process records its mount in the state directory (/run/mlustre for
+root, else $XDG_RUNTIME_DIR/mlustre or /tmp/mlustre-UID); a cluster started
+with `mlustre up` records its servers in DATA/cluster.json and its first mount
+point points to it, so `mlustre status|down MNT` need no other bookkeeping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def state_dir() -> Path:
+    if os.geteuid() == 0:
+        base = Path("/run/mlustre")
+    elif os.environ.get("XDG_RUNTIME_DIR"):
+        base = Path(os.environ["XDG_RUNTIME_DIR"]) / "mlustre"
+    else:
+        base = Path(f"/tmp/mlustre-{os.getuid()}")
+    (base / "mounts").mkdir(parents=True, exist_ok=True)
+    return base
+
+
+def _key(mountpoint: str | os.PathLike[str]) -> str:
+    return _key_of_real(os.path.realpath(mountpoint))
+
+
+def _key_of_real(real: str | os.PathLike[str]) -> str:
+    return hashlib.sha1(os.fsencode(real)).hexdigest()[:16]
+
+
+def mount_file(mountpoint: str | os.PathLike[str]) -> Path:
+    return state_dir() / "mounts" / f"{_key(mountpoint)}.json"
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def register_mount(mountpoint: str, info: dict[str, Any]) -> None:
+    """Record a mount; mountpoint must already be a real path (it may be mounted now)."""
+    write_json(state_dir() / "mounts" / f"{_key_of_real(mountpoint)}.json",
+               {"mountpoint": mountpoint, **info})
+
+
+def unregister_mount(mountpoint: str, pid: int | None = None, *, real: bool = False) -> None:
+    f = (state_dir() / "mounts" / f"{_key_of_real(mountpoint)}.json") if real \
+        else mount_file(mountpoint)
+    try:
+        if pid is not None and json.loads(f.read_text()).get("pid") != pid:
+            return  # another client mounted here since
+        f.unlink()
+    except (FileNotFoundError, json.JSONDecodeError):
+        pass
+
+
+def find_mount(mountpoint: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(mount_file(mountpoint).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def all_mounts() -> list[dict[str, Any]]:
+    out = []
+    for f in sorted((state_dir() / "mounts").glob("*.json")):
+        try:
+            out.append(json.loads(f.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return out
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def is_mounted(mountpoint: str) -> bool:
+    """From /proc/mounts, never touching the (maybe hung) mount point itself."""
+    real = os.path.realpath(mountpoint)
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 1 and fields[1].replace("\\040", " ") == real:
+                    return True
+    except OSError:
+        pass
+    return False

@@ -1,0 +1,358 @@
+"""mdt.py - the metadata target: namespace, attributes, layouts, opens.
+
+The POSIX logic and its storage live in `MdtStore` (SQLite, no I/O besides
+the database); this layer checks request fields, maps opcodes to the store,
+keeps the periodic commit going and, like Lustre's OSP, destroys the OST
+objects of removed files once their removal is committed.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from typing import Any
+
+import trio
+
+from ..protocol import constants as C
+from ..protocol.message import Message
+from ..protocol.nid import Nid
+from ..protocol.session import Session
+from .layout_xattr import LOV_XATTR, format_layout, parse_layout
+from .mdt_store import Cred, MdtError, MdtStore
+from .mgs import target_name
+from .ost import register_with_mgs
+from .target import Export, ServiceError, TargetServer, body_field
+
+log = logging.getLogger(__name__)
+
+MAX_NAME = 255
+MAX_XATTR_VALUE = 64 << 10
+READDIR_MAX = 1024
+
+
+def _cred(body: dict[str, Any]) -> Cred:
+    raw = body.get("cred")
+    if (type(raw) is not list or len(raw) != 3 or type(raw[0]) is not int
+            or type(raw[1]) is not int or type(raw[2]) is not list or len(raw[2]) > 65536
+            or not all(type(g) is int for g in raw[2])):
+        raise ServiceError(errno.EINVAL, "bad credentials")
+    return Cred(raw[0], raw[1], tuple(raw[2]))
+
+
+def _name(body: dict[str, Any], field: str = "name") -> bytes:
+    name = body_field(body, field, bytes)
+    if len(name) > MAX_NAME:
+        raise ServiceError(errno.ENAMETOOLONG)
+    return name
+
+
+def _ino(body: dict[str, Any], field: str = "ino") -> int:
+    ino = body_field(body, field, int)
+    if not 0 < ino < (1 << 63):
+        raise ServiceError(errno.EINVAL, "inode number out of range")
+    return ino
+
+
+def _int(body: dict[str, Any], field: str, default: Any = ...) -> int:
+    value = body_field(body, field, int, default)
+    if value is not None and not -(1 << 63) <= value < (1 << 64):
+        raise ServiceError(errno.EINVAL, f"{field} out of range")
+    return value
+
+
+class MdtServer(TargetServer):
+    kind = "mdt"
+    connect_opcodes = (C.MDS_CONNECT,)
+    disconnect_opcodes = (C.MDS_DISCONNECT,)
+
+    def __init__(self, fsname: str, index: int, data_dir: str, *, mgs: list[Nid] | None = None,
+                 failover_nids: list[str] | None = None, ost_count: int | None = None,
+                 **kw: Any) -> None:
+        super().__init__(target_name(fsname, "mdt", index), data_dir, **kw)
+        self.fsname = fsname
+        self.index = index
+        self.mgs = mgs or []
+        self.failover_nids = failover_nids or []
+        self.ost_count = ost_count
+        self.store: MdtStore | None = None
+        self.osts: dict[int, list[Nid]] = {}
+        self._ost_sessions: dict[int, Session] = {}
+        self._destroy_wanted = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self.handlers = {
+            C.MDS_GET_ROOT: self.get_root, C.MDS_GETATTR: self.getattr,
+            C.MDS_GETATTR_NAME: self.lookup, C.MDS_READLINK: self.readlink,
+            C.MDS_READPAGE: self.readdir, C.MDS_GETXATTR: self.getxattr,
+            C.MDS_STATFS: self.statfs, C.MDS_ACCESS: self.access, C.MDS_SYNC: self.sync,
+            C.MDS_CLOSE: self.close, C.MDS_REINT: self.reint,
+        }
+        self.reint_ops = {
+            C.REINT_CREATE: self.r_create, C.REINT_MKDIR: self.r_mkdir,
+            C.REINT_SYMLINK: self.r_symlink, C.REINT_LINK: self.r_link,
+            C.REINT_UNLINK: self.r_unlink, C.REINT_RMDIR: self.r_rmdir,
+            C.REINT_RENAME: self.r_rename, C.REINT_SETATTR: self.r_setattr,
+            C.REINT_OPEN: self.r_open, C.REINT_SETXATTR: self.r_setxattr,
+            C.REINT_REMOVEXATTR: self.r_removexattr, C.REINT_WRITE_UPDATE: self.r_write_update,
+            C.REINT_SETLAYOUT: self.r_setlayout,
+        }
+
+    # -- storage and commits --
+    def open_storage(self) -> None:
+        super().open_storage()
+        cfg = self.storage.read_json("mdt.json", {}) or {}
+        if self.ost_count is None:
+            self.ost_count = int(cfg.get("ost_count", 1))
+        elif cfg and int(cfg.get("ost_count", self.ost_count)) != self.ost_count:
+            log.info("%s: OST count changes from %s to %d", self.name, cfg.get("ost_count"),
+                     self.ost_count)
+        self.storage.write_atomic("mdt.json", f'{{"ost_count": {self.ost_count}}}'.encode())
+        self.store = MdtStore(str(self.storage.path / "mdt.sqlite"), ost_count=self.ost_count,
+                              default_stripe_count=int(cfg.get("stripe_count", 1)))
+        orphans = self.store.cleanup_orphans()
+        if orphans:
+            log.info("%s: removed %d orphan inodes left by the last run", self.name, orphans)
+        self.store.commit()
+
+    def close_storage(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        super().close_storage()
+
+    @property
+    def last_transno(self) -> int:
+        return self.store.last_transno if self.store else 0
+
+    @property
+    def last_committed(self) -> int:
+        return self.store.last_committed if self.store else 0
+
+    async def do_commit(self) -> None:
+        assert self.store is not None
+        self.store.commit()
+        self._destroy_wanted.set()
+
+    async def started(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        if self.mgs:
+            await register_with_mgs(nursery, self.mgs, self.fsname, self.name, "mdt", self.index,
+                                    self.nid, self.failover_nids, self.storage.instance)
+            nursery.start_soon(self._destroy_loop)
+
+    # -- OSP: destroying objects of removed files --
+    async def _refresh_osts(self) -> None:
+        assert self._nursery is not None
+        session = await Session.open(self._nursery, self.mgs, target=f"{self.fsname}-MGS",
+                                     connect_opc=C.MGS_CONNECT, client_uuid=self.name)
+        try:
+            cfg = (await session.call(C.MGS_CONFIG_READ)).body
+        finally:
+            await session.close()
+        self.osts = {t["index"]: [Nid.parse(n) for n in t["nids"]]
+                     for t in cfg["targets"] if t["kind"] == "ost"}
+
+    async def _ost_session(self, idx: int) -> Session:
+        assert self._nursery is not None
+        session = self._ost_sessions.get(idx)
+        if session is not None and not session.endpoint.closed:
+            return session
+        if idx not in self.osts:
+            await self._refresh_osts()
+        session = await Session.open(self._nursery, self.osts[idx],
+                                     target=target_name(self.fsname, "ost", idx),
+                                     connect_opc=C.OST_CONNECT, client_uuid=f"{self.name}-osp")
+        self._ost_sessions[idx] = session
+        return session
+
+    async def _destroy_loop(self) -> None:
+        while True:
+            await self._destroy_wanted.wait()
+            self._destroy_wanted = trio.Event()
+            try:
+                await self._destroy_committed()
+            except Exception as e:  # an OST is down: keep the log, try again later
+                log.info("%s: object destroys postponed: %s", self.name, e)
+                self._ost_sessions.clear()
+                self.osts.clear()
+                await trio.sleep(2.0)
+                self._destroy_wanted.set()
+
+    async def _destroy_committed(self) -> None:
+        assert self.store is not None
+        # Called right after a commit with no checkpoint in between: every row is committed.
+        pending = self.store.pending_destroys(1024)
+        by_ost: dict[int, list[tuple[int, int]]] = {}
+        for log_id, ost_idx, oid in pending:
+            by_ost.setdefault(ost_idx, []).append((log_id, oid))
+        for idx, items in by_ost.items():
+            session = await self._ost_session(idx)
+            await session.call(C.OST_DESTROY, {"oids": [oid for _, oid in items]})
+            self.store.destroys_done([log_id for log_id, _ in items])
+        if len(pending) == 1024:
+            self._commit_wanted.set()
+
+    # -- request handlers --
+    def _store(self) -> MdtStore:
+        if self.store is None:
+            raise ServiceError(errno.ENODEV, "target is stopping")
+        return self.store
+
+    def _call(self, fn: Any, *args: Any, **kw: Any) -> Any:
+        try:
+            return fn(*args, **kw)
+        except MdtError as e:
+            raise ServiceError(e.errno, str(e)) from None
+
+    async def get_root(self, export: Export, req: Message) -> dict[str, Any]:
+        return {"attr": self._call(self._store().getattr, 1)}
+
+    async def getattr(self, export: Export, req: Message) -> dict[str, Any]:
+        return {"attr": self._call(self._store().getattr, _ino(req.body))}
+
+    async def lookup(self, export: Export, req: Message) -> dict[str, Any]:
+        b = req.body
+        return {"attr": self._call(self._store().lookup, _cred(b), _ino(b, "parent"), _name(b))}
+
+    async def readlink(self, export: Export, req: Message) -> dict[str, Any]:
+        return {"target": self._call(self._store().readlink, _ino(req.body))}
+
+    async def readdir(self, export: Export, req: Message) -> dict[str, Any]:
+        b = req.body
+        count = min(max(_int(b, "count", 256), 1), READDIR_MAX)
+        entries = self._call(self._store().readdir, _cred(b), _ino(b), _int(b, "cookie", 0),
+                             count)
+        return {"entries": [[n, a, c] for n, a, c in entries], "end": len(entries) < count}
+
+    async def getxattr(self, export: Export, req: Message) -> dict[str, Any]:
+        b = req.body
+        store = self._store()
+        name = body_field(b, "name", bytes, default=None)
+        if name is None:
+            return {"names": self._call(store.listxattr, _cred(b), _ino(b))}
+        if name == LOV_XATTR:
+            ino = _ino(b)
+            attr = self._call(store.getattr, ino)
+            layout = attr["layout"] or self._call(store.get_dir_layout, ino)
+            if layout is None:
+                raise ServiceError(errno.ENODATA)
+            return {"value": format_layout(layout)}
+        return {"value": self._call(store.getxattr, _cred(b), _ino(b), name)}
+
+    async def statfs(self, export: Export, req: Message) -> dict[str, Any]:
+        return self._store().statfs()
+
+    async def access(self, export: Export, req: Message) -> dict[str, Any]:
+        b = req.body
+        self._call(self._store().access, _cred(b), _ino(b), _int(b, "mask") & 7)
+        return {}
+
+    async def sync(self, export: Export, req: Message) -> dict[str, Any]:
+        await self.commit()
+        return {}
+
+    async def close(self, export: Export, req: Message) -> tuple[int, dict[str, Any]]:
+        result = self._call(self._store().close, _int(req.body, "handle"))
+        self._forget_handle(export, req.body["handle"])
+        return result
+
+    async def reint(self, export: Export, req: Message) -> tuple[int, dict[str, Any]]:
+        op = self.reint_ops.get(_int(req.body, "op"))
+        if op is None:
+            raise ServiceError(errno.EOPNOTSUPP, "unknown REINT operation")
+        return op(export, req.body)
+
+    def r_create(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        open_flags = body_field(b, "open_flags", int, default=None)
+        layout = body_field(b, "layout", dict, default=None)
+        transno, result = self._call(
+            self._store().create, _cred(b), _ino(b, "parent"), _name(b), _int(b, "mode"),
+            _int(b, "rdev", 0), open_flags=open_flags,
+            exclusive=body_field(b, "exclusive", bool, default=True), layout=layout)
+        if result.get("handle") is not None:
+            self._remember_handle(export, result["handle"])
+        return transno, result
+
+    def r_mkdir(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        transno, attr = self._call(self._store().mkdir, _cred(b), _ino(b, "parent"), _name(b),
+                                   _int(b, "mode"))
+        return transno, {"attr": attr}
+
+    def r_symlink(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        target = body_field(b, "target", bytes)
+        transno, attr = self._call(self._store().symlink, _cred(b), _ino(b, "parent"), _name(b),
+                                   target)
+        return transno, {"attr": attr}
+
+    def r_link(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        transno, attr = self._call(self._store().link, _cred(b), _ino(b), _ino(b, "parent"),
+                                   _name(b))
+        return transno, {"attr": attr}
+
+    def r_unlink(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        return self._call(self._store().unlink, _cred(b), _ino(b, "parent"), _name(b))
+
+    def r_rmdir(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        return self._call(self._store().rmdir, _cred(b), _ino(b, "parent"), _name(b))
+
+    def r_rename(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        return self._call(self._store().rename, _cred(b), _ino(b, "parent"), _name(b),
+                          _ino(b, "new_parent"), _name(b, "new_name"), _int(b, "flags", 0))
+
+    def r_setattr(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        attrs = body_field(b, "attrs", dict)
+        allowed = {"mode", "uid", "gid", "size", "atime_ns", "mtime_ns", "atime_now",
+                   "mtime_now"}
+        if not set(attrs) <= allowed:
+            raise ServiceError(errno.EINVAL, "unknown attribute")
+        for k, v in attrs.items():
+            if k.endswith("_now"):
+                if type(v) is not bool:
+                    raise ServiceError(errno.EINVAL, f"{k} must be a bool")
+            elif type(v) is not int or not 0 <= v < (1 << 63):
+                raise ServiceError(errno.EINVAL, f"{k} out of range")
+        transno, attr = self._call(self._store().setattr, _cred(b), _ino(b), attrs,
+                                   via_handle=body_field(b, "via_handle", bool, default=False))
+        return transno, {"attr": attr}
+
+    def r_open(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        transno, result = self._call(self._store().open, _cred(b), _ino(b), _int(b, "flags"))
+        self._remember_handle(export, result["handle"])
+        return transno, result
+
+    def r_setxattr(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        name = _name(b)
+        value = body_field(b, "value", bytes)
+        if len(value) > MAX_XATTR_VALUE:
+            raise ServiceError(errno.E2BIG)
+        if name == LOV_XATTR:
+            try:
+                layout = parse_layout(value)
+            except ValueError as e:
+                raise ServiceError(errno.EINVAL, str(e)) from None
+            transno, attr = self._call(self._store().set_layout, _cred(b), _ino(b), layout)
+            return transno, {"attr": attr}
+        return self._call(self._store().setxattr, _cred(b), _ino(b), name, value,
+                          _int(b, "flags", 0))
+
+    def r_removexattr(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        return self._call(self._store().removexattr, _cred(b), _ino(b), _name(b))
+
+    def r_write_update(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        transno, attr = self._call(self._store().write_update, _ino(b), _int(b, "size"),
+                                   _int(b, "mtime_ns"))
+        return transno, {"attr": attr}
+
+    def r_setlayout(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        layout = body_field(b, "layout", dict)
+        transno, attr = self._call(self._store().set_layout, _cred(b), _ino(b), layout)
+        return transno, {"attr": attr}
+
+    # -- open handles belong to the export that made them --
+    @staticmethod
+    def _remember_handle(export: Export, handle: int) -> None:
+        export.__dict__.setdefault("handles", set()).add(handle)
+
+    @staticmethod
+    def _forget_handle(export: Export, handle: int) -> None:
+        export.__dict__.setdefault("handles", set()).discard(handle)

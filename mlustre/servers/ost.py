@@ -1,0 +1,204 @@
+"""ost.py - an object storage target: objects as files, BRW, punch, destroy.
+
+Data goes to the object file as soon as a write arrives; a commit fsyncs every
+object written since the last one (in a worker thread, off the event loop) and
+then records the transno as committed. Replies carry transno and
+last_committed like the MDT's, so clients know which written pages could still
+be lost to a crash.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from typing import Any
+
+import trio
+
+from ..protocol import constants as C
+from ..protocol.message import Message
+from ..protocol.nid import Nid
+from ..protocol.session import Session
+from .mgs import target_name
+from .object_store import ObjectStore
+from .target import Export, ServiceError, TargetServer, body_field
+
+log = logging.getLogger(__name__)
+
+THREAD_IO_MIN = 64 << 10  # below this, a syscall is cheaper than a thread hop
+
+
+class OstServer(TargetServer):
+    kind = "ost"
+    connect_opcodes = (C.OST_CONNECT,)
+    disconnect_opcodes = (C.OST_DISCONNECT,)
+
+    def __init__(self, fsname: str, index: int, data_dir: str, *, mgs: list[Nid] | None = None,
+                 failover_nids: list[str] | None = None, **kw: Any) -> None:
+        super().__init__(target_name(fsname, "ost", index), data_dir, **kw)
+        self.fsname = fsname
+        self.index = index
+        self.mgs = mgs or []
+        self.failover_nids = failover_nids or []
+        self.objects: ObjectStore | None = None
+        self._last_transno = 0
+        self._last_committed = 0
+        self.handlers = {
+            C.OST_WRITE: self.write, C.OST_READ: self.read, C.OST_PUNCH: self.punch,
+            C.OST_GETATTR: self.getattr, C.OST_DESTROY: self.destroy,
+            C.OST_STATFS: self.statfs, C.OST_SYNC: self.sync,
+        }
+
+    @property
+    def last_transno(self) -> int:
+        return self._last_transno
+
+    @property
+    def last_committed(self) -> int:
+        return self._last_committed
+
+    def open_storage(self) -> None:
+        super().open_storage()
+        self.objects = ObjectStore(self.storage.path)
+        rcvd = self.storage.read_json("last_rcvd", {}) or {}
+        self._last_transno = self._last_committed = int(rcvd.get("last_committed", 0))
+
+    def close_storage(self) -> None:
+        if self.objects is not None:
+            self.objects.close()
+        super().close_storage()
+
+    def _transno(self) -> int:
+        self._last_transno += 1
+        return self._last_transno
+
+    async def do_commit(self) -> None:
+        assert self.objects is not None
+        target = self._last_transno
+        oids = self.objects.take_dirty()
+        fds = [self.objects.fd(oid, create=True) for oid in oids]
+        try:
+            await trio.to_thread.run_sync(self._sync_fds, fds)
+        finally:
+            for oid in oids:
+                self.objects.unpin(oid)
+        self.storage.write_atomic("last_rcvd", f'{{"last_committed": {target}}}'.encode())
+        self._last_committed = target
+
+    @staticmethod
+    def _sync_fds(fds: list[int | None]) -> None:
+        for fd in fds:
+            if fd is not None:
+                os.fsync(fd)
+
+    async def started(self, nursery: trio.Nursery) -> None:
+        if self.mgs:
+            await register_with_mgs(nursery, self.mgs, self.fsname, self.name, "ost", self.index,
+                                    self.nid, self.failover_nids, self.storage.instance)
+
+    def _oid(self, body: dict[str, Any]) -> int:
+        oid = body_field(body, "oid", int)
+        if not 0 <= oid < (1 << 63):
+            raise ServiceError(errno.EINVAL, "object id out of range")
+        return oid
+
+    @staticmethod
+    def _range(offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > (1 << 62):
+            raise ServiceError(errno.EINVAL, "offset/length out of range")
+        if length > C.BRW_MAX:
+            raise ServiceError(errno.EMSGSIZE, f"bulk of {length} bytes exceeds {C.BRW_MAX}")
+
+    async def write(self, export: Export, req: Message) -> tuple[int, dict[str, Any]]:
+        assert self.objects is not None
+        oid = self._oid(req.body)
+        offset = body_field(req.body, "offset", int)
+        data = body_field(req.body, "data", bytes)
+        self._range(offset, len(data))
+        fd = self.objects.fd(oid, create=True)
+        assert fd is not None
+        if len(data) >= THREAD_IO_MIN:
+            self.objects.pin(oid)
+            try:
+                await trio.to_thread.run_sync(os.pwrite, fd, data, offset)
+            finally:
+                self.objects.unpin(oid)
+        else:
+            os.pwrite(fd, data, offset)
+        self.objects.mark_dirty(oid)
+        self.count("write_bytes", len(data))
+        return self._transno(), {}
+
+    async def read(self, export: Export, req: Message) -> dict[str, Any]:
+        assert self.objects is not None
+        oid = self._oid(req.body)
+        offset = body_field(req.body, "offset", int)
+        length = body_field(req.body, "length", int)
+        self._range(offset, length)
+        fd = self.objects.fd(oid, create=False)
+        if fd is None:
+            return {"data": b""}
+        if length >= THREAD_IO_MIN:
+            self.objects.pin(oid)
+            try:
+                data = await trio.to_thread.run_sync(os.pread, fd, length, offset)
+            finally:
+                self.objects.unpin(oid)
+        else:
+            data = os.pread(fd, length, offset)
+        self.count("read_bytes", len(data))
+        return {"data": data}
+
+    async def punch(self, export: Export, req: Message) -> tuple[int, dict[str, Any]]:
+        assert self.objects is not None
+        oid = self._oid(req.body)
+        size = body_field(req.body, "size", int)
+        self._range(size, 0)
+        self.objects.punch(oid, size)
+        return self._transno(), {}
+
+    async def getattr(self, export: Export, req: Message) -> dict[str, Any]:
+        assert self.objects is not None
+        size = self.objects.size(self._oid(req.body))
+        return {"size": size}
+
+    async def destroy(self, export: Export, req: Message) -> tuple[int, dict[str, Any]]:
+        assert self.objects is not None
+        oids = body_field(req.body, "oids", list)
+        if len(oids) > 4096 or not all(type(o) is int for o in oids):
+            raise ServiceError(errno.EINVAL, "bad object list")
+        for oid in oids:
+            self.objects.destroy(self._oid({"oid": oid}))
+        return self._transno(), {}
+
+    async def statfs(self, export: Export, req: Message) -> dict[str, Any]:
+        st = os.statvfs(self.storage.path)
+        return {"bsize": st.f_frsize, "blocks": st.f_blocks, "bfree": st.f_bfree,
+                "bavail": st.f_bavail, "files": st.f_files, "ffree": st.f_ffree}
+
+    async def sync(self, export: Export, req: Message) -> dict[str, Any]:
+        await self.commit()
+        return {}
+
+
+async def register_with_mgs(nursery: trio.Nursery, mgs: list[Nid], fsname: str, name: str,
+                            kind: str, index: int, nid: str, failover_nids: list[str],
+                            instance: int) -> None:
+    """Tell the MGS this target now serves at nid (retrying while it is unreachable)."""
+    delay = 0.2
+    while True:
+        try:
+            session = await Session.open(nursery, mgs, target=f"{fsname}-MGS",
+                                         connect_opc=C.MGS_CONNECT, client_uuid=name)
+            try:
+                await session.call(C.MGS_TARGET_REG, {
+                    "name": name, "kind": kind, "index": index, "nid": nid,
+                    "failover_nids": failover_nids, "instance": instance})
+            finally:
+                await session.close()
+            return
+        except Exception as e:  # the MGS may start later; keep trying, loudly
+            log.warning("%s: cannot register with the MGS (%s); retrying", name, e)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 5.0)

@@ -1,0 +1,269 @@
+"""target.py - what MGS, MDT and OST servers share: listening, connect and
+exports, opcode dispatch, transnos and the commit loop.
+
+A subclass provides `handlers` (opcode -> coroutine taking (export, request)
+and returning a reply body) and the storage-specific `do_commit`. Replies to
+updates carry the transno given to them and every reply carries the target's
+last_committed, so clients can tell which of their requests could still be lost.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import sys
+import time
+import uuid as uuidlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import trio
+
+from ..procs import detach_stdout_to_stderr
+from ..protocol import constants as C
+from ..protocol.errors import ConnectionLost
+from ..protocol.message import Message
+from ..protocol.rpc import Endpoint
+from .storage import StorageBusy, TargetStorage
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """A request failed with a positive errno; becomes the reply's status."""
+
+    def __init__(self, err: int, msg: str = "") -> None:
+        self.errno = err
+        super().__init__(msg or os.strerror(err))
+
+
+@dataclass
+class Export:
+    """The server side of one client's connection to this target."""
+
+    uuid: str
+    endpoint: Endpoint
+    connected_at: float = field(default_factory=time.time)
+    nid: str = ""
+    release: str = "2.0"
+    flags: int = 0
+    handle: int = 0
+    requests: int = 0
+
+
+Handler = Callable[[Export, Message], Awaitable[dict[str, Any] | tuple[int, dict[str, Any]]]]
+
+
+def body_field(body: dict[str, Any], name: str, typ: type | tuple[type, ...],
+               default: Any = ...) -> Any:
+    """A type-checked request field: a wrong or missing one is EINVAL, never a crash."""
+    value = body.get(name, default)
+    if value is ...:
+        raise ServiceError(errno.EINVAL, f"request lacks field {name!r}")
+    if value is default and default is not ...:
+        return value
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise ServiceError(errno.EINVAL, f"field {name!r} has the wrong type")
+    return value
+
+
+class TargetServer:
+    """Base of every server process: one target, many client exports."""
+
+    kind = "target"
+    connect_opcodes: tuple[int, ...] = ()
+    disconnect_opcodes: tuple[int, ...] = ()
+
+    def __init__(self, name: str, data_dir: str, *, host: str = "127.0.0.1", port: int = 0,
+                 release: str = "2.0", commit_interval: float = 1.0) -> None:
+        self.name = name
+        self.storage = TargetStorage(data_dir)
+        self.host = host
+        self.port = port
+        self.release = release
+        self.commit_interval = commit_interval
+        self.exports: dict[str, Export] = {}
+        self.handlers: dict[int, Handler] = {}
+        self.stats: dict[str, int] = {}
+        self.nid = ""
+        self._commit_wanted = trio.Event()
+        self._commit_lock = trio.Lock()
+        self._stopping = trio.Event()
+        self._next_handle = 1
+
+    # -- transactions (overridden by targets that have them) --
+    @property
+    def last_transno(self) -> int:
+        return 0
+
+    @property
+    def last_committed(self) -> int:
+        return 0
+
+    async def do_commit(self) -> None:
+        """Make every update so far durable (subclasses)."""
+
+    async def commit(self) -> int:
+        async with self._commit_lock:
+            if self.last_committed < self.last_transno:
+                await self.do_commit()
+            return self.last_committed
+
+    async def _commit_loop(self) -> None:
+        while True:
+            with trio.move_on_after(self.commit_interval):
+                await self._commit_wanted.wait()
+            self._commit_wanted = trio.Event()
+            await self.commit()
+
+    # -- lifecycle --
+    def open_storage(self) -> None:
+        """Claim the storage and load it (subclasses extend)."""
+        self.storage.claim(self.name)
+
+    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        if not self.storage.claimed:
+            self.open_storage()
+        try:
+            async with trio.open_nursery() as nursery:
+                listeners = await nursery.start(
+                    partial(trio.serve_tcp, self._serve_connection, self.port, host=self.host))
+                sockname = listeners[0].socket.getsockname()
+                self.nid = f"{sockname[0]}:{sockname[1]}"
+                nursery.start_soon(self._commit_loop)
+                await self.started(nursery)
+                log.info("%s (%s, release %s) serving on %s, instance %d", self.name, self.kind,
+                         self.release, self.nid, self.storage.instance)
+                task_status.started(self.nid)
+                await self._stopping.wait()
+                await self.shutdown()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.close_storage()
+
+    async def started(self, nursery: trio.Nursery) -> None:
+        """Hook run once listening (subclasses: register with the MGS, start tasks)."""
+
+    async def shutdown(self) -> None:
+        """Graceful stop: commit everything (subclasses extend)."""
+        with trio.CancelScope(shield=True):
+            await self.commit()
+
+    def close_storage(self) -> None:
+        self.storage.release()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    # -- connections --
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+        try:
+            peer = stream.socket.getpeername()
+            peer_nid = f"{peer[0]}:{peer[1]}"
+        except OSError:
+            peer_nid = "?"
+        endpoint = Endpoint(stream, codec=self.release, handler=self._handle,
+                            name=f"{self.name}<-{peer_nid}", follow_peer_release=True)
+        endpoint.context["nid"] = peer_nid
+        try:
+            await endpoint.serve()
+        except Exception:  # never let one connection take the server down
+            log.exception("%s: connection from %s failed", self.name, peer_nid)
+        finally:
+            export = endpoint.context.get("export")
+            if export is not None and self.exports.get(export.uuid) is export:
+                self.exports.pop(export.uuid, None)
+                await self.export_disconnected(export)
+
+    async def export_disconnected(self, export: Export) -> None:
+        """Hook: a client's connection ended (subclasses clean up its state)."""
+
+    def count(self, what: str, n: int = 1) -> None:
+        self.stats[what] = self.stats.get(what, 0) + n
+
+    async def _handle(self, endpoint: Endpoint, req: Message) -> Message | None:
+        self.count(f"req.{C.OPCODE_NAMES.get(req.opc, req.opc)}")
+        try:
+            if req.opc in self.connect_opcodes:
+                body = await self._connect(endpoint, req)
+                return req.reply(body, last_committed=self.last_committed)
+            if req.opc == C.OBD_PING:
+                return req.reply(last_committed=self.last_committed)
+            export: Export | None = endpoint.context.get("export")
+            if export is None:
+                raise ServiceError(errno.ENOTCONN, "not connected")
+            if req.opc in self.disconnect_opcodes:
+                await self.commit()
+                self.exports.pop(export.uuid, None)
+                endpoint.context.pop("export", None)
+                await self.export_disconnected(export)
+                return req.reply(last_committed=self.last_committed)
+            handler = self.handlers.get(req.opc)
+            if handler is None:
+                raise ServiceError(errno.EOPNOTSUPP, f"opcode {req.opc} not served by {self.kind}")
+            export.requests += 1
+            result = await handler(export, req)
+        except ServiceError as e:
+            self.count("errors")
+            return req.reply({"error": str(e)}, status=e.errno,
+                             last_committed=self.last_committed)
+        except ConnectionLost:
+            return None
+        transno, body = result if isinstance(result, tuple) else (0, result)
+        return req.reply(body, transno=transno, last_committed=self.last_committed)
+
+    async def _connect(self, endpoint: Endpoint, req: Message) -> dict[str, Any]:
+        body = req.body
+        client_uuid = body_field(body, "uuid", str, default="") or str(uuidlib.uuid4())
+        target = body_field(body, "target", str, default=self.name)
+        if target != self.name:
+            raise ServiceError(errno.ENODEV, f"this server serves {self.name}, not {target}")
+        old = self.exports.get(client_uuid)
+        export = Export(client_uuid, endpoint, nid=endpoint.context.get("nid", ""),
+                        release=body_field(body, "release", str, default="2.0"),
+                        flags=body_field(body, "flags", int, default=0),
+                        handle=self._next_handle)
+        self._next_handle += 1
+        if old is not None and old.endpoint is not endpoint:
+            # The client reconnected: the old connection is dead to it.
+            await old.endpoint.aclose("replaced by a reconnect")
+        self.exports[client_uuid] = export
+        endpoint.context["export"] = export
+        return {"target": self.name, "release": self.release, "instance": self.storage.instance,
+                "flags": export.flags, "handle": export.handle, "kind": self.kind,
+                "reconnect": old is not None}
+
+
+def serve_forever(server: TargetServer) -> int:
+    """Run a server in this process until SIGTERM/SIGINT; print READY once listening."""
+    import signal
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                nid = await nursery.start(server.run)
+                print(f"READY {server.kind} {server.name} nid={nid} pid={os.getpid()}", flush=True)
+                detach_stdout_to_stderr()
+                async for _ in signals:
+                    log.info("%s: stopping on signal", server.name)
+                    server.stop()
+                    break
+
+    try:
+        server.open_storage()
+        trio.run(main)
+    except (StorageBusy, OSError) as e:  # startup failures print one clear line
+
+        print(f"error: {server.name}: {e}", file=sys.stderr, flush=True)
+        return 1
+    except BaseExceptionGroup as eg:
+
+        for e in eg.exceptions:
+            if isinstance(e, OSError):  # e.g. the port is in use
+                print(f"error: {server.name}: {e}", file=sys.stderr, flush=True)
+                return 1
+        raise
+    return 0
