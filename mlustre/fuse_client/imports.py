@@ -162,7 +162,8 @@ class Import:
             self.peer_committed = reply.last_committed
 
     async def call(self, opc: int, body: dict[str, Any] | None = None, *,
-                   timeout: float | None = None) -> Message:
+                   timeout: float | None = None,
+                   bulk: bytes | bytearray | memoryview | None = None) -> Message:
         """Send a request, waiting through disconnections; RpcError on a failed status."""
         flags = 0
         xid: int | None = None
@@ -177,7 +178,8 @@ class Import:
                 self._next_xid += 1
             try:
                 reply = await endpoint.call(opc, body, timeout=timeout or self.request_timeout,
-                                            flags=flags, conn_cnt=self.conn_cnt, xid=xid)
+                                            flags=flags, conn_cnt=self.conn_cnt, xid=xid,
+                                            bulk=bulk)
             except (ConnectionLost, RpcTimeout) as e:
                 log.info("%s: request opc %d xid %d: %s; will resend", self.target, opc, xid, e)
                 if not endpoint.closed:

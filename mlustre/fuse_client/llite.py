@@ -240,10 +240,6 @@ class Llite(pyfuse3.Operations):
     @fuse_errors
     async def lookup(self, parent_inode: int, name: bytes,
                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        if name == b".":
-            return self._entry(self._update(await self.mdc.getattr(parent_inode)))
-        if name == b"..":
-            raise pyfuse3.FUSEError(errno.ENOTSUP)
         attr = await self.mdc.lookup(self._cred(ctx), parent_inode, name)
         return self._entry(self._update(attr))
 
@@ -373,14 +369,26 @@ class Llite(pyfuse3.Operations):
 
     @fuse_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        # Offsets: 1 after ".", 2 after "..", then the MDT's stable cookies + 2.
         ino, cred = self.handles.dir(fh)
-        cookie = start_id
+        if start_id < 2:
+            dots = [(b".", ino, 1), (b"..", None, 2)][start_id:]
+            for name, dot_ino, next_id in dots:
+                attr = (await self.mdc.getattr(dot_ino) if dot_ino is not None
+                        else await self.mdc.lookup(cred, ino, b".."))
+                # Not counted as lookups: the kernel does not forget . and ..
+                if not pyfuse3.readdir_reply(token, name,
+                                             self._entry(self._update(attr), count_lookup=False),
+                                             next_id):
+                    return
+            start_id = 2
+        cookie = start_id - 2
         while True:
             page = await self.mdc.readdir(cred, ino, cookie, READDIR_BATCH)
             for name, attr, next_cookie in page["entries"]:
                 inode = self._update(attr)
                 if not pyfuse3.readdir_reply(token, name, self._entry(inode, count_lookup=False),
-                                             next_cookie):
+                                             next_cookie + 2):
                     return
                 inode.lookups += 1
                 cookie = next_cookie
@@ -446,8 +454,16 @@ class Llite(pyfuse3.Operations):
             start = idx * CHUNK
             length = min(CHUNK, node.size - start)
             buf = bytearray(length) if length > 0 else bytearray()
-            if length > 0 and node.layout is not None:
-                segments = node.layout.map_extent(start, length)
+            segments = node.layout.map_extent(start, length) if length > 0 and node.layout \
+                else []
+            if len(segments) == 1:  # the common case: use the received buffer as the chunk
+                seg = segments[0]
+                data = await self.node.oscs[seg.ost_idx].read(seg.oid, seg.obj_offset, length)
+                if len(data) == length and isinstance(data, bytearray):
+                    buf = data
+                else:
+                    buf[:len(data)] = data
+            elif segments:
 
                 async def one(seg: Any) -> None:
                     data = await self.node.oscs[seg.ost_idx].read(seg.oid, seg.obj_offset,

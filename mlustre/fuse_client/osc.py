@@ -15,15 +15,15 @@ class Osc:
         self.write_bytes = 0
         self.read_bytes = 0
 
-    async def write(self, oid: int, offset: int, data: bytes) -> int:
+    async def write(self, oid: int, offset: int, data: bytes | bytearray) -> int:
         """Write data; returns the transno (uncommitted until last_committed covers it)."""
-        reply = await self.imp.call(C.OST_WRITE, {"oid": oid, "offset": offset, "data": data})
+        reply = await self.imp.call(C.OST_WRITE, {"oid": oid, "offset": offset}, bulk=data)
         self.write_bytes += len(data)
         return reply.transno
 
-    async def read(self, oid: int, offset: int, length: int) -> bytes:
-        data = (await self.imp.call(C.OST_READ, {"oid": oid, "offset": offset,
-                                                 "length": length})).body["data"]
+    async def read(self, oid: int, offset: int, length: int) -> bytes | bytearray:
+        reply = await self.imp.call(C.OST_READ, {"oid": oid, "offset": offset, "length": length})
+        data = reply.bulk if reply.bulk is not None else b""
         self.read_bytes += len(data)
         return data
 

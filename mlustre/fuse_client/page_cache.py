@@ -131,7 +131,8 @@ class PageCache:
         chunk.dirty_lo = chunk.dirty_hi = 0
         fc.dirty.discard(idx)
         fc.busy += 1
-        return lo, bytes(chunk.data[lo:hi])
+        with memoryview(chunk.data) as view:
+            return lo, bytes(view[lo:hi])
 
     def writeback_done(self, ino: int, idx: int, lo: int, length: int, ok: bool) -> None:
         fc = self.file(ino)

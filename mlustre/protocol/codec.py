@@ -1,9 +1,13 @@
 """codec.py - wire encodings of `Message` for each release, and the frame format.
 
 Release "2.0" encodes a message as a msgpack map; release "1.8" as a positional
-msgpack array (as 1.8's fixed structs were). A frame is a 4-byte big-endian
-length followed by the msgpack bytes, so an oversized message is refused before
-it is buffered and a malformed one does not desynchronise the stream.
+msgpack array (as 1.8's fixed structs were). A frame is an 8-byte prefix
+(header length, bulk length; big-endian u32s), the msgpack header, then the
+bulk bytes. Bulk data (BRW payloads) travels outside msgpack, as Lustre's bulk
+does outside its message buffers: it is neither packed nor copied by the codec,
+and the reader can receive it straight into its final buffer. The prefix lets
+an oversized message be refused before it is buffered, and a malformed one
+cannot desynchronise the stream.
 
 Decoding trusts nothing: every header field is type- and range-checked, and
 msgpack's limits follow from the frame length (msgpack.unpackb).
@@ -17,11 +21,11 @@ from typing import Any
 
 import msgpack
 
-from .constants import ERR, MAX_FRAME, REPLY, REQUEST
+from .constants import ERR, MAX_BULK, MAX_HEADER, REPLY, REQUEST
 from .errors import ProtocolError
 from .message import Message
 
-_LEN = struct.Struct(">I")
+PREFIX = struct.Struct(">II")
 _U64 = (1 << 64) - 1
 _TYPES = (REQUEST, REPLY, ERR)
 MAGIC_18 = 0x0BD00BD3  # lustre_msg magic, first element of a 1.8 array
@@ -40,12 +44,18 @@ class Codec(ABC):
     def from_wire(self, obj: Any) -> Message:
         """The message an unpacked object holds; ProtocolError if it holds none."""
 
+    def encode_header(self, msg: Message) -> bytes:
+        """Prefix and packed header of msg's frame (its bulk follows on the wire)."""
+        header = msgpack.packb(self.to_wire(msg), use_bin_type=True)
+        bulk_len = len(msg.bulk) if msg.bulk is not None else 0
+        if len(header) > MAX_HEADER or bulk_len > MAX_BULK:
+            raise ProtocolError(f"message too large ({len(header)} + {bulk_len} bytes)")
+        return PREFIX.pack(len(header), bulk_len) + header
+
     def encode(self, msg: Message) -> bytes:
-        """One frame: length prefix and packed message."""
-        payload = msgpack.packb(self.to_wire(msg), use_bin_type=True)
-        if len(payload) > MAX_FRAME:
-            raise ProtocolError(f"message of {len(payload)} bytes exceeds {MAX_FRAME}")
-        return _LEN.pack(len(payload)) + payload
+        """One whole frame as bytes."""
+        head = self.encode_header(msg)
+        return head + bytes(msg.bulk) if msg.bulk else head
 
 
 def _check_header(type_: Any, opc: Any, xid: Any, flags: Any, conn_cnt: Any, transno: Any,
@@ -110,21 +120,32 @@ def codec_for(release: str) -> Codec:
         raise ValueError(f"unknown release {release!r}; known: {', '.join(RELEASES)}") from None
 
 
-def decode_payload(payload: bytes) -> tuple[Message, Codec]:
-    """Decode one frame's payload into a message and the codec of its release."""
+def decode_payload(payload: bytes | bytearray, bulk: bytes | bytearray | None = None
+                   ) -> tuple[Message, Codec]:
+    """Decode one frame's header (and attach its bulk) into a message and its codec."""
     try:
         obj = msgpack.unpackb(payload, raw=False, strict_map_key=True)
     except Exception as e:  # msgpack raises several types for corrupt input
         raise ProtocolError(f"undecodable message: {e}") from None
     codec = CODECS["2.0"] if type(obj) is dict else CODECS["1.8"]
-    return codec.from_wire(obj), codec
+    msg = codec.from_wire(obj)
+    msg.bulk = bulk
+    return msg, codec
+
+
+def check_prefix(header_len: int, bulk_len: int, max_header: int = MAX_HEADER,
+                 max_bulk: int = MAX_BULK) -> None:
+    if header_len > max_header or bulk_len > max_bulk:
+        raise ProtocolError(f"frame of {header_len} + {bulk_len} bytes exceeds the limits "
+                            f"({max_header} + {max_bulk})")
 
 
 class FrameDecoder:
-    """Sans-IO splitter of a byte stream into frame payloads."""
+    """Sans-IO splitter of a byte stream into (header, bulk) frames."""
 
-    def __init__(self, max_frame: int = MAX_FRAME) -> None:
-        self.max_frame = max_frame
+    def __init__(self, max_header: int = MAX_HEADER, max_bulk: int = MAX_BULK) -> None:
+        self.max_header = max_header
+        self.max_bulk = max_bulk
         self._buf = bytearray()
 
     def feed(self, data: bytes) -> None:
@@ -132,21 +153,23 @@ class FrameDecoder:
 
     def wanted(self) -> int:
         """How many more bytes complete the current frame (at least 1 when idle)."""
-        if len(self._buf) < 4:
-            return 4 - len(self._buf)
-        (n,) = _LEN.unpack_from(self._buf)
-        return max(1, 4 + n - len(self._buf))
+        if len(self._buf) < PREFIX.size:
+            return PREFIX.size - len(self._buf)
+        h, b = PREFIX.unpack_from(self._buf)
+        return max(1, PREFIX.size + h + b - len(self._buf))
 
-    def next_frame(self) -> bytes | None:
-        """The next complete payload, or None if more bytes are needed."""
+    def next_frame(self) -> tuple[bytes, bytes | None] | None:
+        """The next complete (header, bulk or None), or None if more bytes are needed."""
         buf = self._buf
-        if len(buf) < 4:
+        if len(buf) < PREFIX.size:
             return None
-        (n,) = _LEN.unpack_from(buf)
-        if n > self.max_frame:
-            raise ProtocolError(f"frame of {n} bytes exceeds the limit of {self.max_frame}")
-        if len(buf) < 4 + n:
+        h, b = PREFIX.unpack_from(buf)
+        check_prefix(h, b, self.max_header, self.max_bulk)
+        end = PREFIX.size + h + b
+        if len(buf) < end:
             return None
-        payload = bytes(buf[4:4 + n])
-        del buf[:4 + n]
-        return payload
+        with memoryview(buf) as mv:
+            header = bytes(mv[PREFIX.size:PREFIX.size + h])
+            bulk = bytes(mv[PREFIX.size + h:end]) if b else None
+        del buf[:end]
+        return header, bulk

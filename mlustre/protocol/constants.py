@@ -99,5 +99,6 @@ FID_SEQ_UPDATE_LOCK = FID_SEQ_START + 3
 UPDATE_LOCK_OID = 0x0BA771E7
 
 # Sizes
-MAX_FRAME = 16 << 20  # largest message accepted on the wire (BRW payloads are <= 4 MiB)
+MAX_HEADER = 1 << 20  # largest msgpack header accepted (directory pages, xattrs, layouts)
+MAX_BULK = 16 << 20  # largest bulk accepted on the wire
 BRW_MAX = 4 << 20  # largest bulk read/write payload in one RPC

@@ -26,6 +26,7 @@ class Message:
     :last_committed: on replies, the highest transno the target has committed.
     :status: 0, or a positive errno.
     :body: opcode-specific fields, a dict with str keys.
+    :bulk: bulk data (BRW payloads), carried beside the encoded header.
     """
 
     type: int
@@ -37,14 +38,17 @@ class Message:
     last_committed: int = 0
     status: int = 0
     body: dict[str, Any] = field(default_factory=dict)
+    bulk: bytes | bytearray | memoryview | None = None
 
     @classmethod
     def request(cls, opc: int, xid: int, body: dict[str, Any] | None = None,
-                flags: int = 0, conn_cnt: int = 0) -> Message:
-        return cls(REQUEST, opc, xid, flags, conn_cnt, 0, 0, 0, body or {})
+                flags: int = 0, conn_cnt: int = 0,
+                bulk: bytes | bytearray | memoryview | None = None) -> Message:
+        return cls(REQUEST, opc, xid, flags, conn_cnt, 0, 0, 0, body or {}, bulk)
 
     def reply(self, body: dict[str, Any] | None = None, *, status: int = 0, transno: int = 0,
-              last_committed: int = 0) -> Message:
+              last_committed: int = 0,
+              bulk: bytes | bytearray | memoryview | None = None) -> Message:
         """The reply to this request."""
         return Message(REPLY, self.opc, self.xid, 0, self.conn_cnt, transno, last_committed,
-                       status, body or {})
+                       status, body or {}, bulk)

@@ -19,8 +19,8 @@ from typing import Any
 
 import trio
 
-from .codec import Codec, FrameDecoder, codec_for, decode_payload
-from .constants import ERR, MAX_FRAME, REPLY, REQUEST
+from .codec import PREFIX, Codec, check_prefix, codec_for, decode_payload
+from .constants import ERR, MAX_BULK, MAX_HEADER, REPLY, REQUEST
 from .errors import ConnectionLost, ProtocolError, RpcTimeout
 from .message import Message
 
@@ -28,7 +28,65 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[["Endpoint", Message], Awaitable["Message | None"]]
 
-_RECV_CHUNK = 1 << 20
+_RECV_CHUNK = 256 << 10
+_SMALL_BULK = 64 << 10  # below this, header and bulk go out in one send
+SOCKET_BUFFER = 4 << 20
+
+
+def tune_socket(stream: trio.abc.Stream) -> None:
+    """Large socket buffers: a 4 MiB BRW should not need dozens of wakeups."""
+    import socket
+
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        return
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+        except OSError:
+            pass
+
+
+class _Reader:
+    """Reads exact byte counts from a stream; large ones straight into their buffer."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.sock = getattr(stream, "socket", None)  # trio socket: recv_into available
+        self.buf = bytearray()
+        self.pos = 0
+
+    async def _more(self) -> None:
+        data = await self.stream.receive_some(_RECV_CHUNK)
+        if not data:
+            raise EOFError
+        if self.pos:
+            del self.buf[:self.pos]
+            self.pos = 0
+        self.buf += data
+
+    async def exactly(self, n: int) -> bytearray:
+        avail = len(self.buf) - self.pos
+        if avail >= n:
+            out = self.buf[self.pos:self.pos + n]
+            self.pos += n
+            return out
+        if n < _SMALL_BULK or self.sock is None:
+            while len(self.buf) - self.pos < n:
+                await self._more()
+            return await self.exactly(n)
+        out = bytearray(n)
+        out[:avail] = self.buf[self.pos:]
+        self.buf.clear()
+        self.pos = 0
+        got = avail
+        with memoryview(out) as view:
+            while got < n:
+                k = await self.sock.recv_into(view[got:])
+                if not k:
+                    raise EOFError
+                got += k
+        return out
 
 
 class _Waiter:
@@ -50,12 +108,15 @@ class Endpoint:
 
     def __init__(self, stream: trio.abc.Stream, *, codec: Codec | str = "2.0",
                  handler: Handler | None = None, name: str = "",
-                 max_frame: int = MAX_FRAME, follow_peer_release: bool = False) -> None:
+                 max_header: int = MAX_HEADER, max_bulk: int = MAX_BULK,
+                 follow_peer_release: bool = False) -> None:
         self.stream = stream
+        tune_socket(stream)
         self.codec = codec_for(codec) if isinstance(codec, str) else codec
         self.handler = handler
         self.name = name
-        self.max_frame = max_frame
+        self.max_header = max_header
+        self.max_bulk = max_bulk
         self.follow_peer_release = follow_peer_release
         self.context: dict[str, Any] = {}
         self._next_xid = 1
@@ -77,11 +138,13 @@ class Endpoint:
 
     async def call(self, opc: int, body: dict[str, Any] | None = None, *,
                    timeout: float | None = 30.0, flags: int = 0, conn_cnt: int = 0,
-                   xid: int | None = None) -> Message:
+                   xid: int | None = None,
+                   bulk: bytes | bytearray | memoryview | None = None) -> Message:
         """Send a request and wait for its reply (status is not checked here)."""
         if self.closed:
             raise ConnectionLost(self.close_reason or "connection closed")
-        msg = Message.request(opc, self.new_xid() if xid is None else xid, body, flags, conn_cnt)
+        msg = Message.request(opc, self.new_xid() if xid is None else xid, body, flags, conn_cnt,
+                              bulk)
         waiter = _Waiter()
         self._waiters[msg.xid] = waiter
         self.requests_out += 1
@@ -98,10 +161,15 @@ class Endpoint:
         return waiter.reply
 
     async def _send(self, msg: Message) -> None:
-        frame = self.codec.encode(msg)
+        head = self.codec.encode_header(msg)
+        bulk = msg.bulk
+        if bulk is not None and len(bulk) < _SMALL_BULK:
+            head, bulk = head + bytes(bulk), None
         try:
             async with self._send_lock:
-                await self.stream.send_all(frame)
+                await self.stream.send_all(head)
+                if bulk:
+                    await self.stream.send_all(bulk)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             self._mark_closed(f"send failed: {e}")
             raise ConnectionLost(self.close_reason) from None
@@ -138,44 +206,42 @@ class Endpoint:
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Read frames until the connection ends; dispatch replies and requests."""
-        decoder = FrameDecoder(self.max_frame)
         task_status.started()
         try:
             async with trio.open_nursery() as nursery:
                 try:
-                    await self._read_loop(decoder, nursery)
+                    await self._read_loop(_Reader(self.stream), nursery)
                 finally:
                     nursery.cancel_scope.cancel()
         finally:
             await self.aclose(self.close_reason or "connection ended")
 
-    async def _read_loop(self, decoder: FrameDecoder, nursery: trio.Nursery) -> None:
+    async def _read_loop(self, reader: _Reader, nursery: trio.Nursery) -> None:
         while True:
             try:
-                data = await self.stream.receive_some(max(_RECV_CHUNK, decoder.wanted()))
+                prefix = await reader.exactly(PREFIX.size)
+                header_len, bulk_len = PREFIX.unpack(prefix)
+                check_prefix(header_len, bulk_len, self.max_header, self.max_bulk)
+                header = await reader.exactly(header_len)
+                bulk = await reader.exactly(bulk_len) if bulk_len else None
+            except ProtocolError as e:
+                log.warning("%s: %s; closing", self.name, e)
+                await self.send_reply(Message(ERR, 0, 0, status=errno.EMSGSIZE,
+                                              body={"error": str(e)}))
+                self._mark_closed(str(e))
+                return
+            except EOFError:
+                self._mark_closed("peer closed the connection")
+                return
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
                 self._mark_closed(f"receive failed: {e}")
                 return
-            if not data:
-                self._mark_closed("peer closed the connection")
-                return
-            decoder.feed(data)
-            while True:
-                try:
-                    payload = decoder.next_frame()
-                except ProtocolError as e:
-                    log.warning("%s: %s; closing", self.name, e)
-                    await self.send_reply(Message(ERR, 0, 0, status=errno.EMSGSIZE,
-                                                  body={"error": str(e)}))
-                    self._mark_closed(str(e))
-                    return
-                if payload is None:
-                    break
-                self._dispatch(payload, nursery)
+            self._dispatch(header, bulk, nursery)
 
-    def _dispatch(self, payload: bytes, nursery: trio.Nursery) -> None:
+    def _dispatch(self, header: bytes | bytearray, bulk: bytearray | None,
+                  nursery: trio.Nursery) -> None:
         try:
-            msg, codec = decode_payload(payload)
+            msg, codec = decode_payload(header, bulk)
         except ProtocolError as e:
             log.warning("%s: malformed message: %s", self.name, e)
             nursery.start_soon(self.send_reply, Message(ERR, 0, 0, status=errno.EPROTO,

@@ -114,7 +114,7 @@ class OstServer(TargetServer):
         assert self.objects is not None
         oid = self._oid(req.body)
         offset = body_field(req.body, "offset", int)
-        data = body_field(req.body, "data", bytes)
+        data = req.bulk if req.bulk is not None else b""
         self._range(offset, len(data))
         fd = self.objects.fd(oid, create=True)
         assert fd is not None
@@ -130,7 +130,7 @@ class OstServer(TargetServer):
         self.count("write_bytes", len(data))
         return self._transno(), {}
 
-    async def read(self, export: Export, req: Message) -> dict[str, Any]:
+    async def read(self, export: Export, req: Message) -> tuple[int, dict[str, Any], bytes]:
         assert self.objects is not None
         oid = self._oid(req.body)
         offset = body_field(req.body, "offset", int)
@@ -138,7 +138,7 @@ class OstServer(TargetServer):
         self._range(offset, length)
         fd = self.objects.fd(oid, create=False)
         if fd is None:
-            return {"data": b""}
+            return 0, {}, b""
         if length >= THREAD_IO_MIN:
             self.objects.pin(oid)
             try:
@@ -148,7 +148,7 @@ class OstServer(TargetServer):
         else:
             data = os.pread(fd, length, offset)
         self.count("read_bytes", len(data))
-        return {"data": data}
+        return 0, {}, data
 
     async def punch(self, export: Export, req: Message) -> tuple[int, dict[str, Any]]:
         assert self.objects is not None

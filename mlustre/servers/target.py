@@ -54,7 +54,8 @@ class Export:
     requests: int = 0
 
 
-Handler = Callable[[Export, Message], Awaitable[dict[str, Any] | tuple[int, dict[str, Any]]]]
+# A handler returns a reply body, (transno, body) for updates, or (transno, body, bulk).
+Handler = Callable[[Export, Message], Awaitable[Any]]
 
 
 def body_field(body: dict[str, Any], name: str, typ: type | tuple[type, ...],
@@ -212,8 +213,13 @@ class TargetServer:
                              last_committed=self.last_committed)
         except ConnectionLost:
             return None
-        transno, body = result if isinstance(result, tuple) else (0, result)
-        return req.reply(body, transno=transno, last_committed=self.last_committed)
+        bulk = None
+        if isinstance(result, tuple):
+            transno, body, *rest = result
+            bulk = rest[0] if rest else None
+        else:
+            transno, body = 0, result
+        return req.reply(body, transno=transno, last_committed=self.last_committed, bulk=bulk)
 
     async def _connect(self, endpoint: Endpoint, req: Message) -> dict[str, Any]:
         body = req.body
