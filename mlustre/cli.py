@@ -125,6 +125,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         registry.write_json(cluster_file, {"fsname": args.fsname, "spec": spec,
                                            "data": str(data), "servers": servers,
                                            "first_mount": mnt, "started": time.time()})
+        registry.register_cluster(spec, str(data))
         client_pid = _mount(spec, mnt, data, args)
     except (DaemonFailed, CliError) as e:
         for s in reversed(servers):
@@ -203,13 +204,7 @@ def _cluster_of(mnt: str) -> tuple[dict[str, Any], dict[str, Any]]:
     info = registry.find_mount(mnt)
     if info is None:
         raise CliError(f"{mnt} is not an mlustre mount on this machine")
-    data = info.get("cluster_data")
-    if not data:
-        spec = info.get("spec")
-        for other in registry.all_mounts():
-            if other.get("spec") == spec and other.get("cluster_data"):
-                data = other["cluster_data"]
-                break
+    data = info.get("cluster_data") or registry.find_cluster_data(info.get("spec", ""))
     if not data or not (Path(data) / "cluster.json").exists():
         raise CliError(f"{mnt} is a client of {info.get('spec')}, not of a local cluster")
     return info, json.loads((Path(data) / "cluster.json").read_text())
@@ -263,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def client_opts(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--max-dirty-mb", type=int, default=256, help="dirty data limit")
-        sp.add_argument("--max-cached-mb", type=int, default=1024, help="data cache limit")
+        sp.add_argument("--max-cached-mb", type=int, default=512, help="data cache limit")
         sp.add_argument("--release", default="2.0", choices=["1.8", "2.0"])
 
     up = sub.add_parser("up", help="start a local cluster and mount it")

@@ -68,6 +68,23 @@ def find_mount(mountpoint: str) -> dict[str, Any] | None:
         return None
 
 
+def cluster_file(spec: str) -> Path:
+    (state_dir() / "clusters").mkdir(exist_ok=True)
+    return state_dir() / "clusters" / f"{hashlib.sha1(spec.encode()).hexdigest()[:16]}.json"
+
+
+def register_cluster(spec: str, data_dir: str) -> None:
+    """Remember which local cluster serves spec, for clients mounted later by spec."""
+    write_json(cluster_file(spec), {"spec": spec, "data": data_dir})
+
+
+def find_cluster_data(spec: str) -> str | None:
+    try:
+        return json.loads(cluster_file(spec).read_text()).get("data")
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
 def all_mounts() -> list[dict[str, Any]]:
     out = []
     for f in sorted((state_dir() / "mounts").glob("*.json")):

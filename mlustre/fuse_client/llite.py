@@ -128,6 +128,8 @@ class Llite(pyfuse3.Operations):
         self.writeback = Writeback(self.cache, node.oscs, self._layout_of, self._write_failed)
         self._nursery: trio.Nursery | None = None
         self.flush_interval = 1.0
+        self._closing = 0  # MDT closes in flight
+        self._closed_all = trio.Event()
 
     # -- lifecycle --
     def start(self, nursery: trio.Nursery) -> None:
@@ -148,7 +150,9 @@ class Llite(pyfuse3.Operations):
                         log.warning("size update of inode %d failed: %s", inode.ino, e)
 
     async def shutdown(self) -> None:
-        """Write back everything before the client goes away."""
+        """Write back everything and close every MDT handle before the client goes away."""
+        while self._closing:
+            await self._closed_all.wait()
         await self.writeback.flush_all()
         for inode in list(self.inodes.values()):
             if inode.meta_dirty:
@@ -589,10 +593,25 @@ class Llite(pyfuse3.Operations):
             if node is not None and (node.meta_dirty or not self._data_settled(node.ino)):
                 await self._flush_inode(node)
         finally:
-            await self.mdc.close(of.handle)
+            # Nobody waits for the MDT close (release has no caller to report to), so it
+            # goes in the background; shutdown waits for every one of them.
+            self._closing += 1
+            assert self._nursery is not None
+            self._nursery.start_soon(self._close_handle, of.handle)
             if node is not None:
                 node.opens -= 1
                 self._maybe_forget(node)
+
+    async def _close_handle(self, handle: int) -> None:
+        try:
+            await self.mdc.close(handle)
+        except (RpcError, ImportClosed) as e:
+            log.warning("close of MDT handle %d failed: %s", handle, e)
+        finally:
+            self._closing -= 1
+            if not self._closing:
+                self._closed_all.set()
+                self._closed_all = trio.Event()
 
     # -- xattrs, statfs, access --
     @fuse_errors

@@ -31,7 +31,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("mountpoint")
     p.add_argument("--release", default="2.0")
     p.add_argument("--max-dirty-mb", type=int, default=256)
-    p.add_argument("--max-cached-mb", type=int, default=1024)
+    p.add_argument("--max-cached-mb", type=int, default=512)
     p.add_argument("--cluster-data", default=None)
     p.add_argument("--debug", action="store_true")
     p.add_argument("--mount-timeout", type=float, default=20.0)
