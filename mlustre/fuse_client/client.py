@@ -42,8 +42,9 @@ class ClientNode:
         self.mdc: Mdc | None = None
         self.oscs: dict[int, Osc] = {}
 
-    async def read_config(self, nursery: trio.Nursery) -> dict[str, Any]:
-        deadline = trio.current_time() + self.mount_timeout
+    async def read_config(self, nursery: trio.Nursery,
+                          timeout: float | None = None) -> dict[str, Any]:
+        deadline = trio.current_time() + (timeout or self.mount_timeout)
         while True:
             try:
                 session = await Session.open(nursery, self.mgs_nids,
@@ -83,8 +84,18 @@ class ClientNode:
         imp = Import(target["name"], [Nid.parse(n) for n in target["nids"]], connect_opc=opc,
                      client_uuid=self.uuid, release=self.release,
                      connect_timeout=self.connect_timeout)
+        imp.nid_source = self.target_nids
         self.imports.append(imp)
         return imp
+
+    async def target_nids(self, name: str) -> list[Nid]:
+        """Where the MGS says target `name` serves now."""
+        async with trio.open_nursery() as nursery:
+            config = await self.read_config(nursery, timeout=self.connect_timeout)
+        for t in config["targets"]:
+            if t["name"] == name:
+                return [Nid.parse(n) for n in t["nids"]]
+        return []
 
     async def close(self) -> None:
         for imp in self.imports:

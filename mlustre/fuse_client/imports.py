@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from enum import Enum
 from typing import Any
 
@@ -70,6 +71,8 @@ class Import:
         self._nursery: trio.Nursery | None = None
         self._nid_idx = 0
         self._next_xid = 1
+        self.nid_source: Callable[[str], Awaitable[list[Nid]]] | None = None
+        self._nids_refreshed = -1e9
 
     def _set_state(self, state: ImportState) -> None:
         if state is not self.state:
@@ -154,8 +157,25 @@ class Import:
                 delay = 0.05
             if await self._try_all_nids():
                 continue
+            await self._refresh_nids()
             await trio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+    async def _refresh_nids(self) -> None:
+        """No NID answers: the target may have moved (a restart on a new port, a failover
+        partner); ask the MGS where it serves now."""
+        if self.nid_source is None or trio.current_time() - self._nids_refreshed < 2.0:
+            return
+        self._nids_refreshed = trio.current_time()
+        try:
+            nids = await self.nid_source(self.target)
+        except Exception as e:  # the MGS may be down too; keep the NIDs we have
+            log.debug("%s: cannot refresh NIDs from the MGS: %s", self.target, e)
+            return
+        if nids and nids != self.nids:
+            log.info("%s: NIDs now %s", self.target, ", ".join(map(str, nids)))
+            self.nids = nids
+            self._nid_idx = 0
 
     def _note_committed(self, reply: Message) -> None:
         if reply.last_committed > self.peer_committed:
@@ -184,8 +204,9 @@ class Import:
                 log.info("%s: request opc %d xid %d: %s; will resend", self.target, opc, xid, e)
                 if not endpoint.closed:
                     await endpoint.aclose(f"request timed out: {e}")
+                if self.endpoint is endpoint and self.state is ImportState.FULL:
+                    self._set_state(ImportState.DISCONN)  # the keeper reconnects
                 flags |= C.MSG_RESENT
-                await trio.sleep(0)
                 continue
             self._note_committed(reply)
             if reply.status:

@@ -89,6 +89,19 @@ class _Reader:
         return out
 
 
+def _salvage_xid(header: bytes | bytearray) -> int:
+    """The xid of a request whose header is invalid, if it can be read at all."""
+    import msgpack
+
+    try:
+        obj = msgpack.unpackb(header, raw=False, strict_map_key=False)
+    except Exception:  # undecodable: no xid to find
+        return 0
+    xid = obj.get("xid") if isinstance(obj, dict) else (
+        obj[3] if isinstance(obj, list) and len(obj) > 3 else None)
+    return xid if type(xid) is int and 0 <= xid < (1 << 64) else 0
+
+
 class _Waiter:
     __slots__ = ("event", "reply", "error")
 
@@ -244,7 +257,10 @@ class Endpoint:
             msg, codec = decode_payload(header, bulk)
         except ProtocolError as e:
             log.warning("%s: malformed message: %s", self.name, e)
-            nursery.start_soon(self.send_reply, Message(ERR, 0, 0, status=errno.EPROTO,
+            # Answer under the request's xid when it can be found, so its caller is not left
+            # waiting for a timeout; else under xid 0.
+            nursery.start_soon(self.send_reply, Message(ERR, 0, _salvage_xid(header),
+                                                        status=errno.EPROTO,
                                                         body={"error": str(e)}))
             return
         if msg.type == REQUEST:

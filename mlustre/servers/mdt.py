@@ -79,6 +79,7 @@ class MdtServer(TargetServer):
         self.osts: dict[int, list[Nid]] = {}
         self._ost_sessions: dict[int, Session] = {}
         self._destroy_wanted = trio.Event()
+        self._committed_destroys: list[tuple[int, int, int]] = []
         self._nursery: trio.Nursery | None = None
         self.handlers = {
             C.MDS_GET_ROOT: self.get_root, C.MDS_GETATTR: self.getattr,
@@ -128,10 +129,19 @@ class MdtServer(TargetServer):
     def last_committed(self) -> int:
         return self.store.last_committed if self.store else 0
 
+    def needs_commit(self) -> bool:
+        # Destroy-log cleanup changes the database without a transno.
+        return super().needs_commit() or bool(self.store and self.store.in_transaction)
+
     async def do_commit(self) -> None:
         assert self.store is not None
         self.store.commit()
-        self._destroy_wanted.set()
+        # Taken right after the commit, with no checkpoint in between: every row listed is
+        # committed, so destroying its objects can never outrun the unlink that logged it.
+        if not self._committed_destroys:
+            self._committed_destroys = self.store.pending_destroys(1024)
+        if self._committed_destroys:
+            self._destroy_wanted.set()
 
     async def started(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
@@ -176,12 +186,11 @@ class MdtServer(TargetServer):
                 self._ost_sessions.clear()
                 self.osts.clear()
                 await trio.sleep(2.0)
-                self._destroy_wanted.set()
+                self._destroy_wanted.set()  # retries the committed rows still listed
 
     async def _destroy_committed(self) -> None:
         assert self.store is not None
-        # Called right after a commit with no checkpoint in between: every row is committed.
-        pending = self.store.pending_destroys(1024)
+        pending = self._committed_destroys
         by_ost: dict[int, list[tuple[int, int]]] = {}
         for log_id, ost_idx, oid in pending:
             by_ost.setdefault(ost_idx, []).append((log_id, oid))
@@ -189,6 +198,8 @@ class MdtServer(TargetServer):
             session = await self._ost_session(idx)
             await session.call(C.OST_DESTROY, {"oids": [oid for _, oid in items]})
             self.store.destroys_done([log_id for log_id, _ in items])
+            done = {log_id for log_id, _ in items}
+            self._committed_destroys = [p for p in self._committed_destroys if p[0] not in done]
         if len(pending) == 1024:
             self._commit_wanted.set()
 

@@ -32,6 +32,7 @@ from typing import Any, overload
 log = logging.getLogger(__name__)
 
 ROOT_INO = 1
+OBJECT_ID_GAP = 1 << 24  # object ids skipped at each start (more than one run can lose)
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -255,7 +256,8 @@ class MdtStore:
         )
         db = self._db
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
+        # FULL: a COMMIT (periodic, or for an fsync) survives a machine crash, not only a kill.
+        db.execute("PRAGMA synchronous=FULL")
         db.execute("BEGIN IMMEDIATE")
         # Statement by statement: executescript() would commit behind our back.
         for stmt in _SCHEMA.split(";"):
@@ -281,6 +283,11 @@ class MdtStore:
             )
         # A boot counter in the high bits keeps handles from an earlier run from matching ours.
         self._meta["boots"] = self._meta.get("boots", 0) + 1
+        # Ids handed out after the last commit of an earlier run were lost with it but may
+        # already name objects on the OSTs: never hand them out again. The generation of new
+        # inodes is the boot count, so a reused inode number is a different (ino, gen).
+        for key in [k for k in self._meta if k.startswith("obj_next:")]:
+            self._meta[key] += OBJECT_ID_GAP
         db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", self._meta.items())
         db.execute("COMMIT")
         self._last_transno: int = self._meta.get("last_transno", 0)
@@ -295,6 +302,11 @@ class MdtStore:
         self._closed = False
 
     # ------------------------------------------------------------------ transactions
+
+    @property
+    def in_transaction(self) -> bool:
+        """Are there uncommitted changes (with or without a transno)?"""
+        return self._db.in_transaction
 
     @property
     def last_transno(self) -> int:
@@ -612,8 +624,9 @@ class MdtStore:
         dir_parent = parent[_INO] if is_dir else 0
         cur = self._db.execute(
             "INSERT INTO inodes (gen, mode, nlink, uid, gid, rdev, size, atime_ns, mtime_ns,"
-            " ctime_ns, target, layout, parent) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " ctime_ns, target, layout, parent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
+                self._meta["boots"],
                 mode,
                 nlink,
                 cred.uid,

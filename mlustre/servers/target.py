@@ -107,9 +107,12 @@ class TargetServer:
     async def do_commit(self) -> None:
         """Make every update so far durable (subclasses)."""
 
+    def needs_commit(self) -> bool:
+        return self.last_committed < self.last_transno
+
     async def commit(self) -> int:
         async with self._commit_lock:
-            if self.last_committed < self.last_transno:
+            if self.needs_commit():
                 await self.do_commit()
             return self.last_committed
 
