@@ -183,10 +183,15 @@ def _unmount(mnt: str, timeout: float = 60.0) -> None:
             raise CliError(f"{mnt} is not an mlustre mount")
         registry.unregister_mount(mnt)
         return
+    pid = info.get("pid") if info else None
     r = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True, timeout=30)
     if r.returncode != 0:
+        if pid and not registry.pid_alive(pid):
+            # The client died: its mount is dead ("Transport endpoint is not connected").
+            subprocess.run(["fusermount3", "-uz", mnt], capture_output=True, timeout=30)
+            registry.unregister_mount(mnt)
+            return
         raise CliError(f"cannot unmount {mnt}: {r.stderr.strip() or r.returncode}")
-    pid = info.get("pid") if info else None
     deadline = time.monotonic() + timeout
     while pid and registry.pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -210,10 +215,12 @@ def _cluster_of(mnt: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return info, json.loads((Path(data) / "cluster.json").read_text())
 
 
-def _clients_of(cluster: dict[str, Any]) -> list[dict[str, Any]]:
+def _clients_of(cluster: dict[str, Any], *, dead_too: bool = False) -> list[dict[str, Any]]:
+    """Clients of the cluster on this machine (with dead_too: crashed ones still mounted)."""
     return [m for m in registry.all_mounts()
             if (m.get("cluster_data") == cluster["data"] or m.get("spec") == cluster["spec"])
-            and registry.pid_alive(m.get("pid"))]
+            and (registry.pid_alive(m.get("pid"))
+                 or (dead_too and registry.is_mounted(m["mountpoint"])))]
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -237,7 +244,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     _, cluster = _cluster_of(args.mountpoint)
     errors = []
-    for m in _clients_of(cluster):
+    for m in _clients_of(cluster, dead_too=True):
         try:
             _unmount(m["mountpoint"])
         except CliError as e:

@@ -41,6 +41,7 @@ ENTRY_TIMEOUT = 1.0
 READDIR_BATCH = 512
 READAHEAD_MAX = 8  # chunks ahead of a sequential reader
 BLKSIZE = 1 << 20  # tools size their I/O buffers from st_blksize
+POSIX_ACL_PREFIX = b"system.posix_acl_"
 NOW_SLACK_NS = 100_000_000  # a time this close to "now" was most likely UTIME_NOW
 
 
@@ -66,7 +67,8 @@ def fuse_errors(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
 
 class Inode:
     __slots__ = ("ino", "attr", "layout", "size", "mtime_ns", "ctime_ns", "meta_dirty",
-                 "lookups", "opens", "write_error", "meta_lock", "fetching")
+                 "meta_inflight", "kill_priv", "lookups", "opens", "write_error", "meta_lock",
+                 "fetching")
 
     def __init__(self, ino: int, attr: dict[str, Any]) -> None:
         self.ino = ino
@@ -76,6 +78,8 @@ class Inode:
         self.mtime_ns = attr["mtime_ns"]
         self.ctime_ns = attr["ctime_ns"]
         self.meta_dirty = False  # size/mtime changed here, not yet told to the MDT
+        self.meta_inflight = 0  # size/mtime updates sent, not yet answered
+        self.kill_priv = False  # a non-root writer wrote: set-id bits must go
         self.lookups = 0
         self.opens = 0
         self.write_error = 0
@@ -171,6 +175,11 @@ class Llite(pyfuse3.Operations):
         if inode is not None:
             inode.write_error = err
 
+    def _local_meta_settled(self, inode: Inode) -> bool:
+        """May the MDT's size and mtime replace ours? Not while ours are newer."""
+        return not inode.meta_dirty and not inode.meta_inflight \
+            and self._data_settled(inode.ino)
+
     def _data_settled(self, ino: int) -> bool:
         fc = self.cache.files.get(ino)
         return fc is None or (not fc.dirty and not fc.busy)
@@ -187,7 +196,9 @@ class Llite(pyfuse3.Operations):
             layout = Layout.from_dict(attr["layout"])
             if inode.layout is None or layout != inode.layout:
                 inode.layout = layout
-        if not inode.meta_dirty and self._data_settled(ino):
+        if self._local_meta_settled(inode) and attr["mtime_ns"] >= inode.mtime_ns:
+            # (A reply sent before our last size update reached the MDT carries an older
+            # mtime than ours: its size is stale.)
             inode.size = attr["size"]
             inode.mtime_ns = attr["mtime_ns"]
             inode.ctime_ns = attr["ctime_ns"]
@@ -227,11 +238,17 @@ class Llite(pyfuse3.Operations):
             if not inode.meta_dirty:
                 return
             inode.meta_dirty = False
+            kill_priv, inode.kill_priv = inode.kill_priv, False
+            inode.meta_inflight += 1
             try:
-                attr = await self.mdc.write_update(inode.ino, inode.size, inode.mtime_ns)
+                attr = await self.mdc.write_update(inode.ino, inode.size, inode.mtime_ns,
+                                                   kill_priv)
             except BaseException:
                 inode.meta_dirty = True
+                inode.kill_priv |= kill_priv
                 raise
+            finally:
+                inode.meta_inflight -= 1
             inode.attr = attr
 
     def _maybe_forget(self, inode: Inode) -> None:
@@ -411,9 +428,10 @@ class Llite(pyfuse3.Operations):
     def _file_info(self, of: OpenFile, keep_cache: bool) -> pyfuse3.FileInfo:
         return pyfuse3.FileInfo(fh=of.fh, keep_cache=keep_cache, direct_io=False)
 
-    async def _opened(self, node: Inode, result: dict[str, Any], flags: int) -> OpenFile:
+    async def _opened(self, node: Inode, result: dict[str, Any], flags: int,
+                      uid: int) -> OpenFile:
         node.opens += 1
-        of = self.handles.add_file(node.ino, result["handle"], flags)
+        of = self.handles.add_file(node.ino, result["handle"], flags, uid)
         if result.get("truncated"):
             async with node.meta_lock:
                 await self._truncate_data(node, 0)
@@ -432,7 +450,7 @@ class Llite(pyfuse3.Operations):
         if node is not None and not unchanged:
             self.cache.drop_clean(inode)
         node = self._update(fresh)
-        of = await self._opened(node, result, flags)
+        of = await self._opened(node, result, flags, ctx.uid)
         return self._file_info(of, keep_cache=unchanged and not result.get("truncated"))
 
     @fuse_errors
@@ -442,7 +460,7 @@ class Llite(pyfuse3.Operations):
         result = await self.mdc.create(self._cred(ctx), parent_inode, name, mode,
                                        open_flags=flags, exclusive=bool(flags & os.O_EXCL))
         node = self._update(result["attr"])
-        of = await self._opened(node, result, flags)
+        of = await self._opened(node, result, flags, ctx.uid)
         return self._file_info(of, keep_cache=False), self._entry(node)
 
     async def _fetch(self, node: Inode, idx: int) -> None:
@@ -558,6 +576,8 @@ class Llite(pyfuse3.Operations):
         node.size = max(node.size, end)
         node.mtime_ns = node.ctime_ns = time.time_ns()
         node.meta_dirty = True
+        if of.uid != 0 and node.attr["mode"] & (stat.S_ISUID | stat.S_ISGID):
+            node.kill_priv = True
         return len(buf)
 
     async def _flush_inode(self, node: Inode) -> None:
@@ -616,6 +636,8 @@ class Llite(pyfuse3.Operations):
     # -- xattrs, statfs, access --
     @fuse_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if name.startswith(POSIX_ACL_PREFIX):
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         try:
             return await self.mdc.getxattr(self._cred(ctx), inode, name)
         except RpcError as e:
@@ -626,6 +648,10 @@ class Llite(pyfuse3.Operations):
     @fuse_errors
     async def setxattr(self, inode: int, name: bytes, value: bytes,
                        ctx: pyfuse3.RequestContext) -> None:
+        if name.startswith(POSIX_ACL_PREFIX):
+            # No POSIX ACLs: refusing makes cp/tar fall back to chmod, as on a filesystem
+            # mounted without ACL support.
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         result = await self.mdc.setxattr(self._cred(ctx), inode, name, value, 0)
         if "attr" in result:
             self._update(result["attr"])

@@ -101,6 +101,7 @@ class Mdc:
     async def removexattr(self, cred: Cred, ino: int, name: bytes) -> None:
         await self._reint(C.REINT_REMOVEXATTR, cred, ino=ino, name=name)
 
-    async def write_update(self, ino: int, size: int, mtime_ns: int) -> dict[str, Any]:
+    async def write_update(self, ino: int, size: int, mtime_ns: int,
+                           kill_priv: bool) -> dict[str, Any]:
         return (await self._reint(C.REINT_WRITE_UPDATE, [0, 0, []], ino=ino, size=size,
-                                  mtime_ns=mtime_ns))["attr"]
+                                  mtime_ns=mtime_ns, kill_priv=kill_priv))["attr"]

@@ -20,6 +20,7 @@ class OpenFile:
     ino: int
     handle: int
     flags: int
+    uid: int = 0  # the opener's: a write through a non-root opener drops set-id bits
     next_read: int = -1
     ra_window: int = 0
 
@@ -35,8 +36,8 @@ class OpenHandles:
         self._next += 1
         return fh
 
-    def add_file(self, ino: int, handle: int, flags: int) -> OpenFile:
-        of = OpenFile(self._fh(), ino, handle, flags)
+    def add_file(self, ino: int, handle: int, flags: int, uid: int = 0) -> OpenFile:
+        of = OpenFile(self._fh(), ino, handle, flags, uid)
         self._files[of.fh] = of
         return of
 

@@ -65,7 +65,7 @@ def _check_header(type_: Any, opc: Any, xid: Any, flags: Any, conn_cnt: Any, tra
                         ("status", status)):
         if type(value) is not int or not 0 <= value <= _U64:
             raise ProtocolError(f"header field {name} is not a u64: {value!r:.40}")
-    if type_ not in _TYPES:
+    if type(type_) is not int or type_ not in _TYPES:
         raise ProtocolError(f"bad message type {type_!r:.40}")
     if type(body) is not dict:
         raise ProtocolError("message body is not a map")

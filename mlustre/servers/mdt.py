@@ -351,7 +351,8 @@ class MdtServer(TargetServer):
 
     def r_write_update(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         transno, attr = self._call(self._store().write_update, _ino(b), _int(b, "size"),
-                                   _int(b, "mtime_ns"))
+                                   _int(b, "mtime_ns"),
+                                   body_field(b, "kill_priv", bool, default=True))
         return transno, {"attr": attr}
 
     def r_setlayout(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:

@@ -1194,11 +1194,13 @@ class MdtStore:
         self._hooks.append(unregister)
         return {}
 
-    def write_update(self, ino: int, size: int, mtime_ns: int) -> tuple[int, dict]:
-        """The client wrote data to the OSTs: grow size, set mtime/ctime, drop set-id bits."""
-        return self._run(self._write_update, ino, size, mtime_ns)
+    def write_update(self, ino: int, size: int, mtime_ns: int,
+                     kill_priv: bool = True) -> tuple[int, dict]:
+        """The client wrote data to the OSTs: grow size, set mtime/ctime, and drop set-id
+        bits if a non-root writer wrote (kill_priv; root keeps them, as on Linux)."""
+        return self._run(self._write_update, ino, size, mtime_ns, kill_priv)
 
-    def _write_update(self, ino: int, size: int, mtime_ns: int) -> dict:
+    def _write_update(self, ino: int, size: int, mtime_ns: int, kill_priv: bool) -> dict:
         r = list(self._row(ino))
         if stat.S_ISDIR(r[_MODE]):
             raise _fail(errno.EISDIR)
@@ -1208,7 +1210,8 @@ class MdtStore:
             raise _fail(errno.EINVAL, "negative size")
         r[_SIZE] = max(size, r[_SIZE])
         r[_MTIME] = r[_CTIME] = mtime_ns
-        r[_MODE] = _kill_suid(r[_MODE])
+        if kill_priv:
+            r[_MODE] = _kill_suid(r[_MODE])
         r[_WRITTEN] = 1
         self._db.execute(
             "UPDATE inodes SET size = ?, mtime_ns = ?, ctime_ns = ?, mode = ?, written = 1"

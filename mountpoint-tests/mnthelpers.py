@@ -1,0 +1,570 @@
+"""Helpers for the real-mount tests: running commands with hard timeouts, the
+`mlustre` CLI, /proc/mounts checks, process clean-up by PID and a Cluster
+object that always tears down what it started.
+
+Nothing here stats a possibly hung mount point: mount state comes from
+/proc/self/mountinfo and process state from /proc/PID/stat.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+CLI_TIMEOUT = 60
+SPEC_RE = re.compile(r"^\s*spec:\s*(\S+)\s*$", re.MULTILINE)
+
+
+# --------------------------------------------------------------------------
+# running commands
+
+
+@dataclass
+class Result:
+    cmd: list[str]
+    rc: int | None  # None: killed after the timeout
+    stdout: str
+    stderr: str
+    elapsed: float
+    timed_out: bool = False
+    pid: int = 0  # also the process group id (own session)
+    raw: bytes = b""  # stdout, undecoded
+
+    def describe(self) -> str:
+        return (
+            f"$ {shlex.join(self.cmd)}\n"
+            f"exit status: {'TIMEOUT' if self.timed_out else self.rc} "
+            f"after {self.elapsed:.1f}s\n"
+            f"--- stdout ---\n{self.stdout[-4000:]}\n--- stderr ---\n{self.stderr[-4000:]}"
+        )
+
+    def check(self) -> Result:
+        """Assert exit status 0; the assertion message holds the whole story."""
+        assert self.rc == 0, self.describe()
+        return self
+
+
+def run(
+    cmd: Sequence[str],
+    *,
+    timeout: float = 60,
+    cwd: str | os.PathLike | None = None,
+    input: bytes | str | None = None,
+    env: dict[str, str] | None = None,
+) -> Result:
+    """Run cmd in its own session, output to temporary files (not pipes: a
+    daemon that inherits a pipe must not make us wait), kill its whole process
+    group on timeout. Never raises for a failing or hanging command."""
+    cmd = [os.fspath(c) for c in cmd]
+    start = time.monotonic()
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.TemporaryFile() as inp,
+    ):
+        if input is not None:
+            inp.write(input.encode() if isinstance(input, str) else input)
+            inp.seek(0)
+        proc = subprocess.Popen(
+            cmd,
+            stdin=inp if input is not None else subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+        )
+        timed_out = False
+        try:
+            rc: int | None = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            rc = None
+            _kill_group(proc.pid)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass  # stuck in the kernel (a hung mount); leave it
+        out.seek(0)
+        err.seek(0)
+        raw = out.read()
+        return Result(
+            cmd,
+            rc,
+            raw.decode(errors="replace"),
+            err.read().decode(errors="replace"),
+            time.monotonic() - start,
+            timed_out,
+            proc.pid,
+            raw,
+        )
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def sh(
+    script: str,
+    *,
+    cwd: str | os.PathLike | None = None,
+    timeout: float = 120,
+    user: str | None = None,
+    input: bytes | str | None = None,
+    env: dict[str, str] | None = None,
+) -> Result:
+    """bash -c script with errexit/pipefail in the C locale; user="nobody"
+    runs it as uid/gid 65534 with no supplementary groups."""
+    cmd = ["bash", "-c", "set -eo pipefail\n" + script]
+    env = {**os.environ, "LC_ALL": "C", **(env or {})}
+    if user == "nobody":
+        cmd = NOBODY + cmd
+    elif user is not None:
+        raise ValueError(user)
+    return run(cmd, cwd=cwd, timeout=timeout, input=input, env=env)
+
+
+def sh_ok(script: str, **kw) -> str:
+    """sh() that must succeed; returns stdout."""
+    return sh(script, **kw).check().stdout
+
+
+def mlustre_cmd() -> list[str]:
+    """The CLI: $MLUSTRE_CMD if set, else the console script next to the
+    interpreter, else `python -m mlustre.cli`."""
+    if os.environ.get("MLUSTRE_CMD"):
+        return shlex.split(os.environ["MLUSTRE_CMD"])
+    script = Path(sys.executable).with_name("mlustre")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "mlustre.cli"]
+
+
+def cli(*args: str | os.PathLike, timeout: float = CLI_TIMEOUT) -> Result:
+    return run(mlustre_cmd() + [os.fspath(a) for a in args], timeout=timeout)
+
+
+# --------------------------------------------------------------------------
+# mounts and processes
+
+
+def _unescape_mount_path(text: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
+
+
+def mounts() -> list[tuple[str, str]]:
+    """(mount point, fs type) of every mount visible to us."""
+    result = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields = left.split()
+            result.append((_unescape_mount_path(fields[4]), right.split()[0]))
+    return result
+
+
+def is_mounted(path: str | os.PathLike) -> bool:
+    p = os.fspath(path).rstrip("/") or "/"
+    return any(m == p for m, _ in mounts())
+
+
+def mounts_under(path: str | os.PathLike) -> list[str]:
+    p = os.fspath(path).rstrip("/") + "/"
+    return [m for m, _ in mounts() if m.startswith(p)]
+
+
+def fstype(path: str | os.PathLike) -> str | None:
+    p = os.fspath(path).rstrip("/")
+    found = [t for m, t in mounts() if m == p]
+    return found[-1] if found else None
+
+
+def proc_starttime(pid: int) -> int | None:
+    """Start time (clock ticks after boot) of a live, non-zombie pid, else None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    rest = text[text.rindex(")") + 2 :].split()
+    if rest[0] in ("Z", "X"):
+        return None
+    return int(rest[19])
+
+
+def proc_pgid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return int(text[text.rindex(")") + 2 :].split()[2])
+
+
+def pids_in_group(pgid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid() and proc_pgid(int(entry)) == pgid:
+            found.append(int(entry))
+    return found
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Poll predicate until true or timeout; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+def terminate_pids(procs: dict[int, int], grace: float = 10) -> list[int]:
+    """SIGTERM, wait, SIGKILL each pid whose start time still matches (so a
+    recycled pid is never hit). Returns the pids that had to be signalled."""
+
+    def alive() -> list[int]:
+        return [p for p, t in procs.items() if t is not None and proc_starttime(p) == t]
+
+    signalled = alive()
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
+        for pid in alive():
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        wait_until(lambda: not alive(), wait)
+    return signalled
+
+
+def force_unmount(path: str | os.PathLike) -> list[str]:
+    """fusermount3 -u, then -uz, if still mounted. Returns what it had to do."""
+    done = []
+    for args in (["-u"], ["-uz"]):
+        if not is_mounted(path):
+            break
+        res = run(["fusermount3", *args, os.fspath(path)], timeout=30)
+        done.append(f"fusermount3 {' '.join(args)} {path}: rc={res.rc} {res.stderr.strip()}")
+    return done
+
+
+# --------------------------------------------------------------------------
+# logs
+
+
+def log_tail(data: str | os.PathLike, lines: int = 40, max_bytes: int = 60_000) -> str:
+    files = sorted(glob.glob(os.path.join(os.fspath(data), "**", "*.log"), recursive=True))
+    if not files:
+        return f"(no *.log files under {data})"
+    chunks = []
+    for name in files:
+        try:
+            with open(name, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                f.seek(max(0, size - 64 * 1024))
+                text = f.read().decode(errors="replace")
+        except OSError as e:
+            text = f"(unreadable: {e})"
+        tail = "\n".join(text.splitlines()[-lines:])
+        chunks.append(f"==> {name} <==\n{tail}")
+    out = "\n".join(chunks)
+    return out[-max_bytes:]
+
+
+# --------------------------------------------------------------------------
+# the cluster
+
+
+ACTIVE: list[Cluster] = []
+PIDS_FILE = "pids.json"
+OWNER_FILE = "owner.json"
+BASE_PREFIX = "mlustre-mnt-tests-"
+
+
+def claim_base(base: Path) -> None:
+    me = os.getpid()
+    (base / OWNER_FILE).write_text(json.dumps({"pid": me, "start": proc_starttime(me)}))
+
+
+def reap_stale(parent: str | os.PathLike) -> list[str]:
+    """Clean up after an earlier session that died without teardown (e.g. a
+    pytest-timeout in thread mode exits at once): for every scratch root of
+    ours whose owning pytest is gone, SIGTERM/SIGKILL the PIDs it recorded
+    (start time checked), lazily unmount what is mounted under it, delete it."""
+    done = []
+    for base in sorted(Path(parent).glob(BASE_PREFIX + "*")):
+        try:
+            owner = json.loads((base / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if owner.get("start") is not None and proc_starttime(owner["pid"]) == owner["start"]:
+            continue  # still running (a concurrent session)
+        procs: dict[int, int] = {}
+        for record in base.glob(f"*/{PIDS_FILE}"):
+            try:
+                data = json.loads(record.read_text())
+            except (OSError, ValueError):
+                continue
+            procs.update({int(p): t for p, t in data.get("procs", {}).items()})
+        killed = terminate_pids(procs, grace=5)
+        for mnt in sorted(mounts_under(base), key=len, reverse=True):
+            run(["fusermount3", "-uz", mnt], timeout=30)
+        remove_tree_if_unmounted(base)
+        done.append(f"reaped {base}: killed {killed}")
+    return done
+
+
+def make_world_dir(parent: str | os.PathLike, prefix: str) -> Path:
+    """A fresh directory that other users can traverse (mount points must be
+    reachable by uid 65534 for the permission tests)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=os.fspath(parent)))
+    path.chmod(0o755)
+    return path
+
+
+@dataclass
+class Cluster:
+    mnt: Path
+    data: Path
+    args: list[str] = field(default_factory=list)
+    spec: str | None = None
+    up_result: Result | None = None
+    initial_status: dict | None = None
+    procs: dict[int, int] = field(default_factory=dict)  # pid -> start time
+    clients: list[Path] = field(default_factory=list)  # extra mounts we made
+    up_pgid: int | None = None
+    group_procs: dict[int, int] = field(default_factory=dict)  # fallback only
+    problems: list[str] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, base: Path, args: Iterable[str] = ()) -> Cluster:
+        root = make_world_dir(base, "cl-")
+        mnt = root / "mnt"
+        mnt.mkdir()
+        mnt.chmod(0o755)
+        return cls(mnt=mnt, data=root / "data", args=list(args))
+
+    # ---- lifecycle
+
+    def up(self, mnt: Path | None = None, timeout: float = CLI_TIMEOUT) -> Result:
+        """`mlustre up`; raises AssertionError (with output) unless usable."""
+        if mnt is not None:
+            self.mnt = mnt
+        if self not in ACTIVE:
+            ACTIVE.append(self)
+        cmd = mlustre_cmd() + ["up", str(self.mnt), "--data", str(self.data), *self.args]
+        res = run(cmd, timeout=timeout)
+        self.up_result = res
+        self.up_pgid = res.pid
+        self._remember_group()
+        assert not res.timed_out, "mlustre up did not return in time\n" + res.describe()
+        assert res.rc == 0, "mlustre up failed\n" + res.describe()
+        match = SPEC_RE.search(res.stdout)
+        assert match, "mlustre up printed no 'spec: HOST:PORT:/FSNAME' line\n" + res.describe()
+        self.spec = match.group(1)
+        assert is_mounted(self.mnt), f"{self.mnt} not in /proc/self/mountinfo after up"
+        self.initial_status = self.status()
+        self.remember_pids(self.initial_status)
+        return res
+
+    def status(self, mnt: Path | None = None, timeout: float = 30) -> dict:
+        res = cli("status", mnt or self.mnt, "--json", timeout=timeout)
+        assert res.rc == 0, "mlustre status --json failed\n" + res.describe()
+        try:
+            return json.loads(res.stdout)
+        except json.JSONDecodeError as e:
+            raise AssertionError(f"status --json is not JSON ({e})\n{res.describe()}") from e
+
+    def remember_pids(self, status: dict) -> None:
+        for entry in list(status.get("servers", [])) + list(status.get("clients", [])):
+            pid = entry.get("pid")
+            if isinstance(pid, int) and pid > 0 and pid not in self.procs:
+                start = proc_starttime(pid)
+                if start is not None:
+                    self.procs[pid] = start
+        self._record()
+
+    def _record(self) -> None:
+        """PIDs on disk, for reap_stale() should this pytest be killed."""
+        record = {
+            "procs": {**self.group_procs, **self.procs},
+            "mounts": [str(self.mnt), *map(str, self.clients)],
+        }
+        try:
+            (self.data.parent / PIDS_FILE).write_text(json.dumps(record))
+        except OSError:
+            pass
+
+    def down(self, timeout: float = CLI_TIMEOUT) -> Result:
+        return cli("down", self.mnt, timeout=timeout)
+
+    def restart(self, mnt: Path | None = None) -> Result:
+        """down (must succeed), then up with the same --data."""
+        self.down().check()
+        return self.up(mnt=mnt)
+
+    def mount_client(self, mnt2: Path, spec: str | None = None) -> Result:
+        """`mlustre mount SPEC MNT2`; always unmounted in teardown."""
+        if mnt2 not in self.clients:
+            self.clients.append(mnt2)
+        res = cli("mount", spec or self.spec, mnt2)
+        if res.rc == 0:
+            try:
+                self.remember_pids(self.status())
+            except AssertionError as e:
+                self.problems.append(f"status after mount failed: {e}")
+        return res
+
+    def umount_client(self, mnt2: Path) -> Result:
+        return cli("umount", mnt2)
+
+    def cleanup_client(self, mnt2: Path) -> list[str]:
+        """Make sure an extra client is gone (for per-test fixtures)."""
+        problems = []
+        if is_mounted(mnt2):
+            res = self.umount_client(mnt2)
+            if res.rc != 0:
+                problems.append(f"mlustre umount {mnt2} failed:\n{res.describe()}")
+        problems += force_unmount(mnt2)
+        if mnt2 in self.clients and not is_mounted(mnt2):
+            self.clients.remove(mnt2)
+        return problems
+
+    def _remember_group(self) -> None:
+        if self.up_pgid and not self.procs:
+            for pid in pids_in_group(self.up_pgid):
+                start = proc_starttime(pid)
+                if start is not None:
+                    self.group_procs[pid] = start
+            self._record()
+
+    def alive_pids(self) -> list[int]:
+        return [p for p, t in self.procs.items() if proc_starttime(p) == t]
+
+    def logs(self) -> str:
+        parts = []
+        if self.up_result is not None and self.up_result.rc != 0:
+            parts.append(self.up_result.describe())
+        parts.append(log_tail(self.data))
+        return "\n".join(parts)
+
+    def teardown(self) -> list[str]:
+        """Never raises. Returns the abnormal things it had to do."""
+        problems = list(self.problems)
+        for mnt2 in self.clients:
+            if is_mounted(mnt2):
+                res = self.umount_client(mnt2)
+                if res.rc != 0:
+                    problems.append(f"mlustre umount {mnt2} failed:\n{res.describe()}")
+        if is_mounted(self.mnt) or self.alive_pids() or self.up_result is not None:
+            res = self.down()
+            if res.rc != 0 and (is_mounted(self.mnt) or self.alive_pids()):
+                problems.append(f"mlustre down {self.mnt} failed:\n{res.describe()}")
+        for path in [self.mnt, *self.clients]:
+            problems += force_unmount(path)
+        if not self.procs:
+            # status never worked: fall back to what is left of our `up` group
+            self._remember_group()
+        killed = terminate_pids(self.procs or self.group_procs)
+        if killed:
+            problems.append(f"had to signal leftover processes {killed}")
+        for path in [self.mnt, *self.clients]:
+            problems += force_unmount(path)
+        if self in ACTIVE:
+            ACTIVE.remove(self)
+        return problems
+
+
+def attempt_up(mnt: Path, data: Path, *args: str, timeout: float = CLI_TIMEOUT) -> Result:
+    """`mlustre up` that is expected to fail. Should it succeed (or hang),
+    whatever it started is torn down before returning."""
+    c = Cluster(mnt=mnt, data=data, args=list(args))
+    res = run(mlustre_cmd() + ["up", str(mnt), "--data", str(data), *args], timeout=timeout)
+    if res.rc == 0:
+        c.up_result, c.up_pgid = res, res.pid
+        try:
+            c.remember_pids(c.status())
+        except AssertionError:
+            c._remember_group()
+        c.teardown()
+    return res
+
+
+def remove_tree_if_unmounted(path: Path) -> None:
+    """rm -rf path, unless a mount is still under it (never recurse into a mount)."""
+    if path.exists() and not mounts_under(path) and not is_mounted(path):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------
+# file trees
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def snapshot(root: str | os.PathLike) -> dict[str, tuple]:
+    """Everything persistence must keep, per relative path: type, mode, uid,
+    gid, size, nlink, mtime (s), content hash or link target, user xattrs."""
+    root = os.fspath(root)
+    snap: dict[str, tuple] = {}
+
+    def fail(err: OSError) -> None:
+        raise err
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=fail):
+        dirnames.sort()
+        for name in sorted(dirnames) + sorted(filenames):
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root)
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                content = "->" + os.readlink(full)
+                xattrs: tuple = ()
+            else:
+                content = sha256_file(full) if stat.S_ISREG(st.st_mode) else ""
+                xattrs = tuple(
+                    sorted(
+                        (k, os.getxattr(full, k))
+                        for k in os.listxattr(full)
+                        if k.startswith("user.")
+                    )
+                )
+            size = st.st_size if not stat.S_ISDIR(st.st_mode) else None
+            snap[rel] = (
+                stat.S_IFMT(st.st_mode),
+                oct(stat.S_IMODE(st.st_mode)),
+                st.st_uid,
+                st.st_gid,
+                size,
+                st.st_nlink,
+                int(st.st_mtime),
+                content,
+                xattrs,
+            )
+    return snap
