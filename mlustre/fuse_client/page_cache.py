@@ -39,6 +39,7 @@ class FileCache:
     chunks: dict[int, Chunk] = field(default_factory=dict)
     dirty: set[int] = field(default_factory=set)  # chunk indexes with a dirty range
     busy: int = 0  # chunks of this file in flight
+    inflight: dict[int, Chunk] = field(default_factory=dict)  # idx -> the chunk being sent
 
 
 class PageCache:
@@ -124,34 +125,38 @@ class PageCache:
         """
         fc = self.files.get(ino)
         chunk = fc.chunks.get(idx) if fc else None
-        if chunk is None or chunk.busy or not chunk.dirty:
-            return None
+        if chunk is None or chunk.busy or not chunk.dirty or idx in fc.inflight:
+            return None  # (an older chunk at idx, since truncated away, may still be in flight)
         lo, hi = chunk.dirty_lo, chunk.dirty_hi
         chunk.busy = True
         chunk.dirty_lo = chunk.dirty_hi = 0
         fc.dirty.discard(idx)
         fc.busy += 1
+        fc.inflight[idx] = chunk
         with memoryview(chunk.data) as view:
             return lo, bytes(view[lo:hi])
 
     def writeback_done(self, ino: int, idx: int, lo: int, length: int, ok: bool) -> None:
         fc = self.file(ino)
-        chunk = fc.chunks.get(idx)
+        sent = fc.inflight.pop(idx, None)
         fc.busy -= 1
-        if chunk is None:  # truncated away meanwhile
-            self.dirty_bytes -= length
+        self.dirty_bytes -= length  # the snapshot's bytes; a failed range is re-added below
+        chunk = fc.chunks.get(idx)
+        if chunk is None or chunk is not sent:
+            # Truncated away meanwhile (and maybe written anew: that chunk is not ours).
+            if sent is not None:
+                sent.busy = False
             return
         chunk.busy = False
-        if ok:
-            self.dirty_bytes -= length
-        else:  # put the range back, merged with anything written since
-            hi = lo + length
+        hi = min(lo + length, len(chunk.data))  # a truncate may have cut the chunk since
+        if not ok and hi > lo:  # put the range back, merged with anything written since
             if chunk.dirty:
                 old = chunk.dirty_hi - chunk.dirty_lo
                 chunk.dirty_lo, chunk.dirty_hi = min(chunk.dirty_lo, lo), max(chunk.dirty_hi, hi)
-                self.dirty_bytes += (chunk.dirty_hi - chunk.dirty_lo) - old - length
+                self.dirty_bytes += (chunk.dirty_hi - chunk.dirty_lo) - old
             else:
                 chunk.dirty_lo, chunk.dirty_hi = lo, hi
+                self.dirty_bytes += hi - lo
             fc.dirty.add(idx)
         if not chunk.dirty and not chunk.busy:
             self._lru[(ino, idx)] = None
@@ -177,6 +182,8 @@ class PageCache:
                         chunk.dirty_lo = chunk.dirty_hi = 0
                         fc.dirty.discard(idx)
                     self.dirty_bytes -= old - (chunk.dirty_hi - chunk.dirty_lo)
+                    if not chunk.dirty and not chunk.busy:
+                        self._lru[(ino, idx)] = None  # clean now: evictable again
 
     def _drop_chunk(self, ino: int, fc: FileCache, idx: int) -> None:
         chunk = fc.chunks.pop(idx)

@@ -39,6 +39,8 @@ def fid_of(ino: int, gen: int, *, igif: bool = False) -> Fid:
     if ino == 1:
         return ROOT_FID
     if igif:
+        if not 12 <= ino <= IGIF_MAX_SEQ:
+            raise ValueError(f"inode {ino} has no IGIF FID (IGIF covers 12..{IGIF_MAX_SEQ})")
         return Fid(ino, gen, 0)
     return Fid(FID_SEQ_NORMAL + (ino >> 32), ino & 0xFFFFFFFF, 0)
 

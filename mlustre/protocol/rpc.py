@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[["Endpoint", Message], Awaitable["Message | None"]]
 
 _RECV_CHUNK = 256 << 10
+MAX_INFLIGHT = 64  # requests of one peer handled at once; the reader waits beyond that
 _SMALL_BULK = 64 << 10  # below this, header and bulk go out in one send
 SOCKET_BUFFER = 4 << 20
 
@@ -90,16 +91,25 @@ class _Reader:
 
 
 def _salvage_xid(header: bytes | bytearray) -> int:
-    """The xid of a request whose header is invalid, if it can be read at all."""
+    """The xid of a *request* whose header is invalid, if it can be read at all.
+
+    Never that of a reply: its xid belongs to our own numbering, and an ERR under it
+    would answer one of the peer's own calls."""
     import msgpack
 
     try:
         obj = msgpack.unpackb(header, raw=False, strict_map_key=False)
     except Exception:  # undecodable: no xid to find
         return 0
-    xid = obj.get("xid") if isinstance(obj, dict) else (
-        obj[3] if isinstance(obj, list) and len(obj) > 3 else None)
-    return xid if type(xid) is int and 0 <= xid < (1 << 64) else 0
+    if isinstance(obj, dict):
+        type_, xid = obj.get("type"), obj.get("xid")
+    elif isinstance(obj, list) and len(obj) > 3:
+        type_, xid = obj[1], obj[3]
+    else:
+        return 0
+    if type_ != REQUEST or type(type_) is not int:
+        return 0
+    return xid if type(xid) is int and 0 < xid < (1 << 64) else 0
 
 
 class _Waiter:
@@ -139,6 +149,10 @@ class Endpoint:
         self.close_reason: str | None = None
         self.requests_in = 0
         self.requests_out = 0
+        self.malformed = 0
+        # Backpressure: a peer that floods requests (or junk) and never reads the replies
+        # stalls its own connection, not the server's memory or its other clients.
+        self._slots = trio.Semaphore(MAX_INFLIGHT)
 
     @property
     def closed(self) -> bool:
@@ -162,8 +176,9 @@ class Endpoint:
         self._waiters[msg.xid] = waiter
         self.requests_out += 1
         try:
-            await self._send(msg)
+            # The timeout covers the send too: a peer that stops reading must not hang us.
             with trio.move_on_after(timeout if timeout is not None else float("inf")):
+                await self._send(msg)
                 await waiter.event.wait()
         finally:
             self._waiters.pop(msg.xid, None)
@@ -193,7 +208,14 @@ class Endpoint:
 
     async def send_reply(self, reply: Message) -> None:
         try:
-            await self._send(reply)
+            try:
+                await self._send(reply)
+            except (ProtocolError, TypeError, ValueError, OverflowError) as e:
+                # The handler built a reply that cannot be encoded: answer EIO instead.
+                log.error("%s: reply to xid %d cannot be encoded: %s", self.name, reply.xid, e)
+                await self._send(Message(reply.type if reply.type == ERR else REPLY, reply.opc,
+                                         reply.xid, conn_cnt=reply.conn_cnt, status=errno.EIO,
+                                         body={"error": "reply could not be encoded"}))
         except ConnectionLost:
             log.debug("%s: reply to xid %d lost: connection closed", self.name, reply.xid)
 
@@ -249,26 +271,30 @@ class Endpoint:
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
                 self._mark_closed(f"receive failed: {e}")
                 return
-            self._dispatch(header, bulk, nursery)
+            await self._slots.acquire()
+            if not self._dispatch(header, bulk, nursery):
+                self._slots.release()
 
     def _dispatch(self, header: bytes | bytearray, bulk: bytearray | None,
-                  nursery: trio.Nursery) -> None:
+                  nursery: trio.Nursery) -> bool:
+        """Route one message; True if a task now holds a slot (and will release it)."""
         try:
             msg, codec = decode_payload(header, bulk)
         except ProtocolError as e:
+            self.malformed += 1
             log.warning("%s: malformed message: %s", self.name, e)
             # Answer under the request's xid when it can be found, so its caller is not left
             # waiting for a timeout; else under xid 0.
-            nursery.start_soon(self.send_reply, Message(ERR, 0, _salvage_xid(header),
-                                                        status=errno.EPROTO,
-                                                        body={"error": str(e)}))
-            return
+            nursery.start_soon(self._reply_and_release,
+                               Message(ERR, 0, _salvage_xid(header), status=errno.EPROTO,
+                                       body={"error": str(e)}))
+            return True
         if msg.type == REQUEST:
             if self.follow_peer_release:
                 self.codec = codec
             self.requests_in += 1
             nursery.start_soon(self._handle, msg)
-            return
+            return True
         waiter = self._waiters.get(msg.xid)
         if waiter is None:
             if msg.type == ERR:
@@ -276,11 +302,24 @@ class Endpoint:
                             msg.body.get("error"))
             else:
                 log.debug("%s: reply to unknown xid %d dropped", self.name, msg.xid)
-            return
+            return False
         waiter.reply = msg
         waiter.event.set()
+        return False
+
+    async def _reply_and_release(self, reply: Message) -> None:
+        try:
+            await self.send_reply(reply)
+        finally:
+            self._slots.release()
 
     async def _handle(self, msg: Message) -> None:
+        try:
+            await self._handle_request(msg)
+        finally:
+            self._slots.release()
+
+    async def _handle_request(self, msg: Message) -> None:
         try:
             if self.handler is None:
                 reply: Message | None = msg.reply(status=errno.EOPNOTSUPP)

@@ -54,11 +54,17 @@ def _ino(body: dict[str, Any], field: str = "ino") -> int:
     return ino
 
 
-def _int(body: dict[str, Any], field: str, default: Any = ...) -> int:
+def _int(body: dict[str, Any], field: str, default: Any = ..., *, lo: int = 0,
+         hi: int = (1 << 63) - 1) -> int:
+    """An integer field within [lo, hi] (SQLite's integers are signed 64-bit)."""
     value = body_field(body, field, int, default)
-    if value is not None and not -(1 << 63) <= value < (1 << 64):
+    if value is not None and value is not default and not lo <= value <= hi:
         raise ServiceError(errno.EINVAL, f"{field} out of range")
     return value
+
+
+MODE_MAX = 0o177777
+RDEV_MAX = (1 << 32) - 1
 
 
 class MdtServer(TargetServer):
@@ -255,7 +261,7 @@ class MdtServer(TargetServer):
 
     async def access(self, export: Export, req: Message) -> dict[str, Any]:
         b = req.body
-        self._call(self._store().access, _cred(b), _ino(b), _int(b, "mask") & 7)
+        self._call(self._store().access, _cred(b), _ino(b), _int(b, "mask", hi=7))
         return {}
 
     async def sync(self, export: Export, req: Message) -> dict[str, Any]:
@@ -274,11 +280,11 @@ class MdtServer(TargetServer):
         return op(export, req.body)
 
     def r_create(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        open_flags = body_field(b, "open_flags", int, default=None)
+        open_flags = _int(b, "open_flags", None, hi=(1 << 32) - 1)
         layout = body_field(b, "layout", dict, default=None)
         transno, result = self._call(
-            self._store().create, _cred(b), _ino(b, "parent"), _name(b), _int(b, "mode"),
-            _int(b, "rdev", 0), open_flags=open_flags,
+            self._store().create, _cred(b), _ino(b, "parent"), _name(b),
+            _int(b, "mode", hi=MODE_MAX), _int(b, "rdev", 0, hi=RDEV_MAX), open_flags=open_flags,
             exclusive=body_field(b, "exclusive", bool, default=True), layout=layout)
         if result.get("handle") is not None:
             self._remember_handle(export, result["handle"])
@@ -286,7 +292,7 @@ class MdtServer(TargetServer):
 
     def r_mkdir(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         transno, attr = self._call(self._store().mkdir, _cred(b), _ino(b, "parent"), _name(b),
-                                   _int(b, "mode"))
+                                   _int(b, "mode", hi=MODE_MAX))
         return transno, {"attr": attr}
 
     def r_symlink(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -308,7 +314,7 @@ class MdtServer(TargetServer):
 
     def r_rename(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         return self._call(self._store().rename, _cred(b), _ino(b, "parent"), _name(b),
-                          _ino(b, "new_parent"), _name(b, "new_name"), _int(b, "flags", 0))
+                          _ino(b, "new_parent"), _name(b, "new_name"), _int(b, "flags", 0, hi=7))
 
     def r_setattr(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         attrs = body_field(b, "attrs", dict)
@@ -320,14 +326,15 @@ class MdtServer(TargetServer):
             if k.endswith("_now"):
                 if type(v) is not bool:
                     raise ServiceError(errno.EINVAL, f"{k} must be a bool")
-            elif type(v) is not int or not 0 <= v < (1 << 63):
+            elif type(v) is not int or not 0 <= v < (1 << 63) or (k == "mode" and v > 0o7777):
                 raise ServiceError(errno.EINVAL, f"{k} out of range")
         transno, attr = self._call(self._store().setattr, _cred(b), _ino(b), attrs,
                                    via_handle=body_field(b, "via_handle", bool, default=False))
         return transno, {"attr": attr}
 
     def r_open(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        transno, result = self._call(self._store().open, _cred(b), _ino(b), _int(b, "flags"))
+        transno, result = self._call(self._store().open, _cred(b), _ino(b),
+                                     _int(b, "flags", hi=(1 << 32) - 1))
         self._remember_handle(export, result["handle"])
         return transno, result
 
@@ -344,7 +351,7 @@ class MdtServer(TargetServer):
             transno, attr = self._call(self._store().set_layout, _cred(b), _ino(b), layout)
             return transno, {"attr": attr}
         return self._call(self._store().setxattr, _cred(b), _ino(b), name, value,
-                          _int(b, "flags", 0))
+                          _int(b, "flags", 0, hi=3))
 
     def r_removexattr(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         return self._call(self._store().removexattr, _cred(b), _ino(b), _name(b))

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..protocol import constants as C
 from ..protocol.message import Message
+from ..protocol.nid import Nid
 from .target import Export, ServiceError, TargetServer, body_field
 
 log = logging.getLogger(__name__)
@@ -53,20 +54,26 @@ class MgsServer(TargetServer):
         kind = body_field(body, "kind", str)
         index = body_field(body, "index", int)
         nid = body_field(body, "nid", str)
+        failover = body_field(body, "failover_nids", list, default=[])
+        instance = body_field(body, "instance", int, default=0)
         if kind not in TARGET_KINDS or not 0 <= index <= 0xFFFF:
             raise ServiceError(errno.EINVAL, "bad target kind or index")
         if name != target_name(self.fsname, kind, index):
             raise ServiceError(errno.EINVAL, f"target name {name!r} does not match its kind/index")
-        entry = self.config["targets"].setdefault(name, {"kind": kind, "index": index, "nids": []})
-        if entry["kind"] != kind or entry["index"] != index:
+        try:
+            nids = [str(Nid.parse(n)) for n in [nid, *failover] if isinstance(n, str)]
+        except ValueError as e:
+            raise ServiceError(errno.EINVAL, str(e)) from None
+        if len(nids) != 1 + len(failover) or len(nids) > 16:
+            raise ServiceError(errno.EINVAL, "bad failover NID list")
+        old = self.config["targets"].get(name)
+        if old is not None and (old["kind"] != kind or old["index"] != index):
             raise ServiceError(errno.EEXIST, f"{name} is registered as another target")
-        # The NID serving now goes first (clients try it first), then its failover partners.
-        nids = [nid]
-        for extra in body_field(body, "failover_nids", list, default=[]):
-            if isinstance(extra, str) and extra not in nids:
-                nids.append(extra)
-        entry["nids"] = nids
-        entry["instance"] = body_field(body, "instance", int, default=0)
+        # Every field checked: only now change anything. The NID serving now goes first
+        # (clients try it first), then its failover partners.
+        self.config["targets"][name] = {"kind": kind, "index": index,
+                                        "nids": list(dict.fromkeys(nids)),
+                                        "instance": instance}
         self._save()
         log.info("registered %s at %s", name, nid)
         return {"fsname": self.fsname}
