@@ -525,6 +525,20 @@ def test_touch_sets_times(workdir):
 
 
 @pytest.mark.timeout(60)
+def test_read_updates_atime_relatime(workdir):
+    """A read updates atime (relatime: when atime is not newer than mtime), not ctime."""
+    sh_ok("echo data > f && touch -a -d @1000000000 f", cwd=workdir)
+    ctime = stat_c("%Z", "f", cwd=workdir)
+    sh_ok("cat f > /dev/null", cwd=workdir)
+    deadline = time.monotonic() + 5
+    while int(stat_c("%X", "f", cwd=workdir)[0]) == 1000000000:
+        assert time.monotonic() < deadline, "atime not updated by a read"
+        time.sleep(0.2)
+    assert abs(int(stat_c("%X", "f", cwd=workdir)[0]) - time.time()) < 60
+    assert stat_c("%Z", "f", cwd=workdir) == ctime
+
+
+@pytest.mark.timeout(60)
 def test_touch_keeps_subsecond_times(workdir):
     sh_ok("touch -m -d @1234567890.123456789 f", cwd=workdir)
     assert stat_c("%.9Y", "f", cwd=workdir) == ["1234567890.123456789"]

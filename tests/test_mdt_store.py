@@ -1493,3 +1493,15 @@ def test_get_dir_layout_on_non_directory(store: MdtStore) -> None:
     assert store.get_dir_layout(f["ino"]) is None
     with raises(errno.ENOENT):
         store.get_dir_layout(8888)
+
+
+def test_touch_atime_changes_atime_only(tmp_path: Path) -> None:
+    store = MdtStore(str(tmp_path / "mdt.sqlite"), ost_count=1)
+    root = Cred(0, 0)
+    _, res = store.create(root, ROOT_INO, b"f", 0o100644)
+    before = res["attr"]
+    transno, attr = store.touch_atime(before["ino"], before["atime_ns"] + 10**9)
+    assert transno > 0
+    assert attr["atime_ns"] == before["atime_ns"] + 10**9
+    assert (attr["ctime_ns"], attr["mtime_ns"]) == (before["ctime_ns"], before["mtime_ns"])
+    assert store.getattr(before["ino"])["atime_ns"] == attr["atime_ns"]

@@ -42,7 +42,8 @@ READDIR_BATCH = 512
 READAHEAD_MAX = 8  # chunks ahead of a sequential reader
 BLKSIZE = 1 << 20  # tools size their I/O buffers from st_blksize
 POSIX_ACL_PREFIX = b"system.posix_acl_"
-NOW_SLACK_NS = 100_000_000  # a time this close to "now" was most likely UTIME_NOW
+NOW_SLACK_NS = 100_000_000
+DAY_NS = 86400 * 10**9  # a time this close to "now" was most likely UTIME_NOW
 
 
 def fuse_errors(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -514,6 +515,8 @@ class Llite(pyfuse3.Operations):
     async def read(self, fh: int, off: int, size: int) -> bytes:
         of = self.handles.file(fh)
         node = self._inode(of.ino)
+        if not of.atime_done:
+            self._relatime(of, node)
         end = min(off + size, node.size)
         if off >= end:
             return b""
@@ -547,6 +550,23 @@ class Llite(pyfuse3.Operations):
                 data = data + bytes(b - a - len(data))
             parts.append(data)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _relatime(self, of: OpenFile, node: Inode) -> None:
+        """Update atime on the first read of an open, as Linux's relatime does: when it is
+        not newer than mtime/ctime, or a day old. Sent in the background."""
+        of.atime_done = True
+        a = node.attr
+        now = time.time_ns()
+        if a["atime_ns"] <= max(node.mtime_ns, a["ctime_ns"]) or now - a["atime_ns"] > DAY_NS:
+            node.attr = {**a, "atime_ns": now}
+            assert self._nursery is not None
+            self._nursery.start_soon(self._send_atime, node.ino, now)
+
+    async def _send_atime(self, ino: int, atime_ns: int) -> None:
+        try:
+            await self.mdc.touch_atime(ino, atime_ns)
+        except (RpcError, ImportClosed) as e:
+            log.debug("atime update of inode %d failed: %s", ino, e)
 
     @fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:

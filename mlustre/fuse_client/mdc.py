@@ -101,6 +101,10 @@ class Mdc:
     async def removexattr(self, cred: Cred, ino: int, name: bytes) -> None:
         await self._reint(C.REINT_REMOVEXATTR, cred, ino=ino, name=name)
 
+    async def touch_atime(self, ino: int, atime_ns: int) -> dict[str, Any]:
+        return (await self._reint(C.REINT_ATIME, [0, 0, []], ino=ino, atime_ns=atime_ns))[
+            "attr"]
+
     async def write_update(self, ino: int, size: int, mtime_ns: int,
                            kill_priv: bool) -> dict[str, Any]:
         return (await self._reint(C.REINT_WRITE_UPDATE, [0, 0, []], ino=ino, size=size,

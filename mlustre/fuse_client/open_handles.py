@@ -22,6 +22,7 @@ class OpenFile:
     flags: int
     uid: int = 0  # the opener's: a write through a non-root opener drops set-id bits
     next_read: int = -1
+    atime_done: bool = False
     ra_window: int = 0
 
 

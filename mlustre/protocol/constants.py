@@ -53,6 +53,7 @@ REINT_RMDIR = 10
 REINT_WRITE_UPDATE = 11  # size/mtime after write-back (Lustre: SOM / close epoch)
 REINT_REMOVEXATTR = 12
 REINT_SETLAYOUT = 13
+REINT_ATIME = 14  # atime after a read (relatime), without touching ctime
 
 # DLM opcodes (used from the DLM issue on)
 LDLM_ENQUEUE = 101

@@ -101,7 +101,7 @@ class MdtServer(TargetServer):
             C.REINT_RENAME: self.r_rename, C.REINT_SETATTR: self.r_setattr,
             C.REINT_OPEN: self.r_open, C.REINT_SETXATTR: self.r_setxattr,
             C.REINT_REMOVEXATTR: self.r_removexattr, C.REINT_WRITE_UPDATE: self.r_write_update,
-            C.REINT_SETLAYOUT: self.r_setlayout,
+            C.REINT_SETLAYOUT: self.r_setlayout, C.REINT_ATIME: self.r_atime,
         }
 
     # -- storage and commits --
@@ -360,6 +360,10 @@ class MdtServer(TargetServer):
         transno, attr = self._call(self._store().write_update, _ino(b), _int(b, "size"),
                                    _int(b, "mtime_ns"),
                                    body_field(b, "kill_priv", bool, default=True))
+        return transno, {"attr": attr}
+
+    def r_atime(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        transno, attr = self._call(self._store().touch_atime, _ino(b), _int(b, "atime_ns"))
         return transno, {"attr": attr}
 
     def r_setlayout(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:

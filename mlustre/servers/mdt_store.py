@@ -1194,6 +1194,18 @@ class MdtStore:
         self._hooks.append(unregister)
         return {}
 
+    def touch_atime(self, ino: int, atime_ns: int) -> tuple[int, dict]:
+        """A client read the file: set its atime only (ctime stays, as for a read)."""
+        return self._run(self._touch_atime, ino, atime_ns)
+
+    def _touch_atime(self, ino: int, atime_ns: int) -> dict:
+        r = list(self._row(ino))
+        if atime_ns < 0:
+            raise _fail(errno.EINVAL, "negative time")
+        r[_ATIME] = atime_ns
+        self._db.execute("UPDATE inodes SET atime_ns = ? WHERE ino = ?", (atime_ns, ino))
+        return _attr(r)
+
     def write_update(self, ino: int, size: int, mtime_ns: int,
                      kill_priv: bool = True) -> tuple[int, dict]:
         """The client wrote data to the OSTs: grow size, set mtime/ctime, and drop set-id
