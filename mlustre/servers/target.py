@@ -265,14 +265,15 @@ def serve_forever(server: TargetServer) -> int:
         server.open_storage()
         trio.run(main)
     except (StorageBusy, OSError) as e:  # startup failures print one clear line
-
         print(f"error: {server.name}: {e}", file=sys.stderr, flush=True)
         return 1
     except BaseExceptionGroup as eg:
-
-        for e in eg.exceptions:
-            if isinstance(e, OSError):  # e.g. the port is in use
-                print(f"error: {server.name}: {e}", file=sys.stderr, flush=True)
-                return 1
-        raise
+        match, _ = eg.split(OSError)  # e.g. the port is in use, however deeply nested
+        if match is None:
+            raise
+        leaf: BaseException = match
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        print(f"error: {server.name}: {leaf}", file=sys.stderr, flush=True)
+        return 1
     return 0
