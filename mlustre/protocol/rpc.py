@@ -132,8 +132,12 @@ class Endpoint:
     def __init__(self, stream: trio.abc.Stream, *, codec: Codec | str = "2.0",
                  handler: Handler | None = None, name: str = "",
                  max_header: int = MAX_HEADER, max_bulk: int = MAX_BULK,
-                 follow_peer_release: bool = False) -> None:
+                 follow_peer_release: bool = False,
+                 inline_opcodes: frozenset[int] = frozenset()) -> None:
         self.stream = stream
+        # Requests whose handlers never wait (pure computation, e.g. SQLite lookups) are
+        # handled by the reader itself: a task spawn per request costs more than they do.
+        self.inline_opcodes = inline_opcodes
         tune_socket(stream)
         self.codec = codec_for(codec) if isinstance(codec, str) else codec
         self.handler = handler
@@ -272,12 +276,16 @@ class Endpoint:
                 self._mark_closed(f"receive failed: {e}")
                 return
             await self._slots.acquire()
-            if not self._dispatch(header, bulk, nursery):
+            routed = self._dispatch(header, bulk, nursery)
+            if isinstance(routed, Message):
+                await self._handle(routed)  # inline: no task to spawn (releases the slot)
+            elif not routed:
                 self._slots.release()
 
     def _dispatch(self, header: bytes | bytearray, bulk: bytearray | None,
-                  nursery: trio.Nursery) -> bool:
-        """Route one message; True if a task now holds a slot (and will release it)."""
+                  nursery: trio.Nursery) -> bool | Message:
+        """Route one message: True if a task now holds a slot (and will release it),
+        a request to handle inline, or False."""
         try:
             msg, codec = decode_payload(header, bulk)
         except ProtocolError as e:
@@ -293,6 +301,8 @@ class Endpoint:
             if self.follow_peer_release:
                 self.codec = codec
             self.requests_in += 1
+            if msg.opc in self.inline_opcodes:
+                return msg
             nursery.start_soon(self._handle, msg)
             return True
         waiter = self._waiters.get(msg.xid)

@@ -71,6 +71,9 @@ class MdtServer(TargetServer):
     kind = "mdt"
     connect_opcodes = (C.MDS_CONNECT,)
     disconnect_opcodes = (C.MDS_DISCONNECT,)
+    inline_opcodes = frozenset({
+        C.OBD_PING, C.MDS_GET_ROOT, C.MDS_GETATTR, C.MDS_GETATTR_NAME, C.MDS_READLINK,
+        C.MDS_READPAGE, C.MDS_GETXATTR, C.MDS_STATFS, C.MDS_ACCESS, C.MDS_CLOSE, C.MDS_REINT})
 
     def __init__(self, fsname: str, index: int, data_dir: str, *, mgs: list[Nid] | None = None,
                  failover_nids: list[str] | None = None, ost_count: int | None = None,

@@ -33,6 +33,8 @@ class OstServer(TargetServer):
     kind = "ost"
     connect_opcodes = (C.OST_CONNECT,)
     disconnect_opcodes = (C.OST_DISCONNECT,)
+    inline_opcodes = frozenset({C.OBD_PING, C.OST_GETATTR, C.OST_PUNCH, C.OST_DESTROY,
+                                C.OST_STATFS})
 
     def __init__(self, fsname: str, index: int, data_dir: str, *, mgs: list[Nid] | None = None,
                  failover_nids: list[str] | None = None, **kw: Any) -> None:

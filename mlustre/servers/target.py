@@ -77,6 +77,8 @@ class TargetServer:
     kind = "target"
     connect_opcodes: tuple[int, ...] = ()
     disconnect_opcodes: tuple[int, ...] = ()
+    # Handlers of these never wait on anything, so they may run in the connection's reader.
+    inline_opcodes: frozenset[int] = frozenset({C.OBD_PING})
 
     def __init__(self, name: str, data_dir: str, *, host: str = "127.0.0.1", port: int = 0,
                  release: str = "2.0", commit_interval: float = 1.0) -> None:
@@ -170,7 +172,8 @@ class TargetServer:
         except OSError:
             peer_nid = "?"
         endpoint = Endpoint(stream, codec=self.release, handler=self._handle,
-                            name=f"{self.name}<-{peer_nid}", follow_peer_release=True)
+                            name=f"{self.name}<-{peer_nid}", follow_peer_release=True,
+                            inline_opcodes=self.inline_opcodes)
         endpoint.context["nid"] = peer_nid
         try:
             await endpoint.serve()
