@@ -190,7 +190,8 @@ class Import:
         while True:
             if self.state is ImportState.CLOSED:
                 raise ImportClosed(self.target)
-            await self._full.wait()
+            if self.state is not ImportState.FULL:  # (waiting on a set Event still yields)
+                await self._full.wait()
             endpoint = self.endpoint
             assert endpoint is not None
             if xid is None:
