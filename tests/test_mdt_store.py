@@ -1505,3 +1505,18 @@ def test_touch_atime_changes_atime_only(tmp_path: Path) -> None:
     assert attr["atime_ns"] == before["atime_ns"] + 10**9
     assert (attr["ctime_ns"], attr["mtime_ns"]) == (before["ctime_ns"], before["mtime_ns"])
     assert store.getattr(before["ino"])["atime_ns"] == attr["atime_ns"]
+
+
+def test_generation_is_the_boot_count_and_stays_put(tmp_path: Path) -> None:
+    """New inodes carry the MDT's boot count as generation (a lost, reused inode number
+    is then a different (ino, gen)); create's reply and later getattrs agree."""
+    path = str(tmp_path / "mdt.sqlite")
+    store = MdtStore(path, ost_count=1)
+    _, first = store.create(Cred(0, 0), ROOT_INO, b"a", 0o100644)
+    assert store.getattr(first["attr"]["ino"])["gen"] == first["attr"]["gen"]
+    store.close()
+    store = MdtStore(path, ost_count=1)
+    _, second = store.create(Cred(0, 0), ROOT_INO, b"b", 0o100644)
+    assert second["attr"]["gen"] == first["attr"]["gen"] + 1
+    assert store.getattr(second["attr"]["ino"])["gen"] == second["attr"]["gen"]
+    store.close()

@@ -644,7 +644,7 @@ class MdtStore:
         self._meta_add("inodes", 1)
         return (
             cur.lastrowid,
-            1,
+            self._meta["boots"],
             mode,
             nlink,
             cred.uid,
