@@ -30,6 +30,14 @@ def default_data_dir(fsname: str) -> Path:
     return Path(base) / "mlustre" / fsname
 
 
+def check_stripes(args: argparse.Namespace) -> None:
+    if args.stripe_count is not None and (args.stripe_count == 0 or args.stripe_count < -1):
+        raise CliError("--stripe-count must be -1 (all OSTs) or at least 1")
+    if args.stripe_size is not None and (args.stripe_size <= 0
+                                         or args.stripe_size % (64 << 10)):
+        raise CliError("--stripe-size must be a positive multiple of 65536")
+
+
 def check_mountpoint(mnt: str) -> str:
     path = os.path.realpath(mnt)
     if registry.is_mounted(path):
@@ -56,9 +64,11 @@ def cmd_server(args: argparse.Namespace) -> int:
         raise CliError(str(e)) from None
     common: dict[str, Any] = {"host": host, "port": port, "release": args.release,
                               "commit_interval": args.commit_interval}
+    check_stripes(args)
     if args.kind == "mgs":
         from .servers.mgs import MgsServer
-        server: Any = MgsServer(args.fsname, args.data, **common)
+        server: Any = MgsServer(args.fsname, args.data, stripe_count=args.stripe_count,
+                                stripe_size=args.stripe_size, **common)
     elif args.kind == "mdt":
         from .servers.mdt import MdtServer
         server = MdtServer(args.fsname, args.index, args.data, mgs=mgs, ost_count=args.osts,
@@ -84,6 +94,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     mnt = check_mountpoint(args.mountpoint)
     if not 1 <= args.osts <= 64:
         raise CliError("--osts must be between 1 and 64")
+    check_stripes(args)
     if not args.fsname.isidentifier() or len(args.fsname) > 8:
         raise CliError("--fsname must be a short identifier (at most 8 characters)")
     data = Path(args.data or default_data_dir(args.fsname)).resolve()
@@ -101,7 +112,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     base = ["--fsname", args.fsname, "--release", args.release,
             "--commit-interval", str(args.commit_interval)]
     try:
-        pid, mgs_nid = _start(["server", "mgs", "--data", str(data / "mgs"), *base],
+        stripes = [f"--{k.replace('_', '-')}={v}" for k, v in
+                   (("stripe_count", args.stripe_count), ("stripe_size", args.stripe_size))
+                   if v is not None]
+        pid, mgs_nid = _start(["server", "mgs", "--data", str(data / "mgs"), *base, *stripes],
                               data / "mgs.log", "MGS")
         servers.append({"name": f"{args.fsname}-MGS", "kind": "mgs", "nid": mgs_nid,
                         "pid": pid, "data": str(data / "mgs"), "log": str(data / "mgs.log")})
@@ -268,12 +282,21 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--max-cached-mb", type=int, default=512, help="data cache limit")
         sp.add_argument("--release", default="2.0", choices=["1.8", "2.0"])
 
+    def stripe_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--stripe-count", type=int, default=None,
+                        help="default stripe count of new files, -1 = all OSTs (kept by the "
+                             "MGS; default 1)")
+        sp.add_argument("--stripe-size", type=int, default=None,
+                        help="default stripe size, a multiple of 65536 (kept by the MGS; "
+                             "default 1 MiB)")
+
     up = sub.add_parser("up", help="start a local cluster and mount it")
     up.add_argument("mountpoint")
     up.add_argument("--osts", type=int, default=2)
     up.add_argument("--data", help="state and logs (default: /var/lib/mlustre/FSNAME as root)")
     up.add_argument("--fsname", default="mlustre")
     up.add_argument("--commit-interval", type=float, default=1.0)
+    stripe_opts(up)
     client_opts(up)
     up.set_defaults(fn=cmd_up)
 
@@ -309,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--release", default="2.0", choices=["1.8", "2.0"])
     sv.add_argument("--commit-interval", type=float, default=1.0)
     sv.add_argument("--log-level", default="info")
+    stripe_opts(sv)
     sv.set_defaults(fn=cmd_server)
 
     cl = sub.add_parser("client", help="(internal) run a client process in the foreground")

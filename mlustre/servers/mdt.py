@@ -157,7 +157,27 @@ class MdtServer(TargetServer):
         if self.mgs:
             await register_with_mgs(nursery, self.mgs, self.fsname, self.name, "mdt", self.index,
                                     self.nid, self.failover_nids, self.storage.instance)
+            await self._apply_fs_defaults()
             nursery.start_soon(self._destroy_loop)
+
+    async def _apply_fs_defaults(self) -> None:
+        """The filesystem's default striping lives in the MGS configuration."""
+        assert self._nursery is not None and self.store is not None
+        try:
+            session = await Session.open(self._nursery, self.mgs, target=f"{self.fsname}-MGS",
+                                         connect_opc=C.MGS_CONNECT, client_uuid=self.name)
+            try:
+                cfg = (await session.call(C.MGS_CONFIG_READ)).body
+            finally:
+                await session.close()
+        except Exception as e:  # keep the defaults of the last run
+            log.warning("%s: cannot read the filesystem defaults: %s", self.name, e)
+            return
+        count, size = cfg.get("stripe_count"), cfg.get("stripe_size")
+        if type(count) is int and (count == -1 or count >= 1):
+            self.store.default_stripe_count = count
+        if type(size) is int and size > 0 and size % (64 << 10) == 0:
+            self.store.default_stripe_size = size
 
     # -- OSP: destroying objects of removed files --
     async def _refresh_osts(self) -> None:

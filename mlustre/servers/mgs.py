@@ -28,12 +28,15 @@ class MgsServer(TargetServer):
     connect_opcodes = (C.MGS_CONNECT,)
     disconnect_opcodes = (C.MGS_DISCONNECT,)
 
-    def __init__(self, fsname: str, data_dir: str, *, stripe_count: int = 1,
-                 stripe_size: int = 1 << 20, **kw: Any) -> None:
+    def __init__(self, fsname: str, data_dir: str, *, stripe_count: int | None = None,
+                 stripe_size: int | None = None, **kw: Any) -> None:
         super().__init__(f"{fsname}-MGS", data_dir, **kw)
         self.fsname = fsname
-        self.config: dict[str, Any] = {"fsname": fsname, "stripe_count": stripe_count,
-                                       "stripe_size": stripe_size, "targets": {}}
+        # Given values change the filesystem's defaults; None keeps what the MGS has.
+        self.given_stripes = {k: v for k, v in (("stripe_count", stripe_count),
+                                                ("stripe_size", stripe_size)) if v is not None}
+        self.config: dict[str, Any] = {"fsname": fsname, "stripe_count": 1,
+                                       "stripe_size": 1 << 20, "targets": {}}
         self.handlers = {C.MGS_TARGET_REG: self.target_reg, C.MGS_CONFIG_READ: self.config_read}
 
     def open_storage(self) -> None:
@@ -44,6 +47,9 @@ class MgsServer(TargetServer):
                 raise OSError(f"MGS storage holds filesystem {saved.get('fsname')!r}, "
                               f"not {self.fsname!r}")
             self.config = saved
+        if self.given_stripes or not isinstance(saved, dict):
+            self.config.update(self.given_stripes)
+            self._save()
 
     def _save(self) -> None:
         self.storage.write_atomic("config.json", json.dumps(self.config, indent=1).encode())
