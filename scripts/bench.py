@@ -293,7 +293,8 @@ class Target:
         self.problems: list[str] = []  # teardown problems: make the run fail
 
     def setup(self) -> Path:
-        raise NotImplementedError
+        """Make the target ready and return the directory to benchmark in (subclasses)."""
+        raise TypeError(f"{type(self).__name__} defines no setup()")
 
     def remount(self) -> None:
         pass
