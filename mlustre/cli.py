@@ -341,10 +341,19 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--cluster-data")
     client_opts(cl)
     cl.set_defaults(fn=cmd_client)
+
+    # Listed for --help only: main() hands `lfs ...` to mlustre.tools.lfs, which parses it.
+    sub.add_parser("lfs", add_help=False,
+                   help="lfs-like tool: df, getstripe, setstripe, path2fid, fid2path, "
+                        "check servers (see `mlustre lfs --help`)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["lfs"]:
+        from .tools import lfs
+        return lfs.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)

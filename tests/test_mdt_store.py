@@ -1520,3 +1520,66 @@ def test_generation_is_the_boot_count_and_stays_put(tmp_path: Path) -> None:
     assert second["attr"]["gen"] == first["attr"]["gen"] + 1
     assert store.getattr(second["attr"]["ino"])["gen"] == second["attr"]["gen"]
     store.close()
+
+
+# --------------------------------------------------------------------------- path_of (fid2path)
+
+
+def test_path_of_root_and_top_level(store: MdtStore) -> None:
+    assert store.path_of(ROOT_INO) == b""
+    f = mkfile(store, b"f")["ino"]
+    d = mkdir(store, b"d")["ino"]
+    assert store.path_of(f) == b"f"
+    assert store.path_of(d) == b"d"
+
+
+def test_path_of_nested_files_dirs_and_symlinks(store: MdtStore) -> None:
+    a = mkdir(store, b"a")["ino"]
+    b = mkdir(store, b"b", parent=a)["ino"]
+    c = mkdir(store, b"c \xff", parent=b)["ino"]
+    f = mkfile(store, b"file", parent=c)["ino"]
+    ln = store.symlink(ROOT, b, b"sym", b"../x")[1]["ino"]
+    assert store.path_of(b) == b"a/b"
+    assert store.path_of(c) == b"a/b/c \xff"
+    assert store.path_of(f) == b"a/b/c \xff/file"
+    assert store.path_of(ln) == b"a/b/sym"
+
+
+def test_path_of_follows_renames(store: MdtStore) -> None:
+    a = mkdir(store, b"a")["ino"]
+    b = mkdir(store, b"b")["ino"]
+    sub = mkdir(store, b"sub", parent=a)["ino"]
+    f = mkfile(store, b"f", parent=sub)["ino"]
+    store.rename(ROOT, a, b"sub", b, b"moved", 0)
+    assert store.path_of(sub) == b"b/moved"
+    assert store.path_of(f) == b"b/moved/f"
+    store.rename(ROOT, sub, b"f", ROOT_INO, b"g", 0)
+    assert store.path_of(f) == b"g"
+
+
+def test_path_of_hard_link_gives_one_path(store: MdtStore) -> None:
+    d = mkdir(store, b"d")["ino"]
+    f = mkfile(store, b"f")["ino"]
+    store.link(ROOT, f, d, b"other")
+    assert store.path_of(f) in (b"f", b"d/other")
+    store.unlink(ROOT, ROOT_INO, b"f")
+    assert store.path_of(f) == b"d/other"
+
+
+def test_path_of_unknown_removed_and_orphan(store: MdtStore) -> None:
+    with raises(errno.ENOENT):
+        store.path_of(999_999)
+    f = mkfile(store, b"f")["ino"]
+    store.unlink(ROOT, ROOT_INO, b"f")
+    with raises(errno.ENOENT):
+        store.path_of(f)
+    d = mkdir(store, b"d")["ino"]
+    store.rmdir(ROOT, ROOT_INO, b"d")
+    with raises(errno.ENOENT):
+        store.path_of(d)
+    # open, then unlinked: the inode lives on as an orphan, with no path
+    res = store.create(ROOT, ROOT_INO, b"o", stat.S_IFREG | 0o644, open_flags=os.O_RDWR)[1]
+    store.unlink(ROOT, ROOT_INO, b"o")
+    with raises(errno.ENOENT):
+        store.path_of(res["attr"]["ino"])
+    store.close(res["handle"])

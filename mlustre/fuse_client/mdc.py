@@ -49,6 +49,10 @@ class Mdc:
     async def statfs(self) -> dict[str, Any]:
         return await self._call(C.MDS_STATFS, {})
 
+    async def fid2path(self, ino: int) -> bytes:
+        """The path of inode ino relative to the root (b"" for the root itself)."""
+        return (await self._call(C.MDS_FID2PATH, {"ino": ino}))["path"]
+
     async def sync(self) -> None:
         await self._call(C.MDS_SYNC, {})
 

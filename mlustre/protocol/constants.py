@@ -38,6 +38,7 @@ MDS_SYNC = 44
 MDS_GETXATTR = 49
 MDS_READLINK = 60  # Lustre reads symlinks via GETATTR; a separate opcode is simpler here
 MDS_ACCESS = 61
+MDS_FID2PATH = 62  # an inode's path from the root (Lustre: an OBD_IOC_FID2PATH ioctl)
 
 # MDS REINT sub-operations (body["op"])
 REINT_SETATTR = 1

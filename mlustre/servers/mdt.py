@@ -73,7 +73,8 @@ class MdtServer(TargetServer):
     disconnect_opcodes = (C.MDS_DISCONNECT,)
     inline_opcodes = frozenset({
         C.OBD_PING, C.MDS_GET_ROOT, C.MDS_GETATTR, C.MDS_GETATTR_NAME, C.MDS_READLINK,
-        C.MDS_READPAGE, C.MDS_GETXATTR, C.MDS_STATFS, C.MDS_ACCESS, C.MDS_CLOSE, C.MDS_REINT})
+        C.MDS_READPAGE, C.MDS_GETXATTR, C.MDS_STATFS, C.MDS_ACCESS, C.MDS_CLOSE, C.MDS_REINT,
+        C.MDS_FID2PATH})
 
     def __init__(self, fsname: str, index: int, data_dir: str, *, mgs: list[Nid] | None = None,
                  failover_nids: list[str] | None = None, ost_count: int | None = None,
@@ -95,7 +96,7 @@ class MdtServer(TargetServer):
             C.MDS_GETATTR_NAME: self.lookup, C.MDS_READLINK: self.readlink,
             C.MDS_READPAGE: self.readdir, C.MDS_GETXATTR: self.getxattr,
             C.MDS_STATFS: self.statfs, C.MDS_ACCESS: self.access, C.MDS_SYNC: self.sync,
-            C.MDS_CLOSE: self.close, C.MDS_REINT: self.reint,
+            C.MDS_CLOSE: self.close, C.MDS_REINT: self.reint, C.MDS_FID2PATH: self.fid2path,
         }
         self.reint_ops = {
             C.REINT_CREATE: self.r_create, C.REINT_MKDIR: self.r_mkdir,
@@ -281,6 +282,9 @@ class MdtServer(TargetServer):
 
     async def statfs(self, export: Export, req: Message) -> dict[str, Any]:
         return self._store().statfs()
+
+    async def fid2path(self, export: Export, req: Message) -> dict[str, Any]:
+        return {"path": self._call(self._store().path_of, _ino(req.body))}
 
     async def access(self, export: Export, req: Message) -> dict[str, Any]:
         b = req.body

@@ -592,6 +592,46 @@ class MdtStore:
             return None
         return json.loads(r[_DIR_LAYOUT])
 
+    def path_of(self, ino: int) -> bytes:
+        """One path of ino relative to the root, without a leading "/" (b"" for the root).
+
+        Walks directory entries up to the root; for a hard-linked file the oldest link
+        is taken. ENOENT for an unknown inode or one no directory names (an orphan).
+        """
+        r = self._row(ino)
+        if ino == ROOT_INO:
+            return b""
+        if r[_NLINK] == 0:
+            raise _fail(errno.ENOENT, f"inode {ino} is not linked in the namespace")
+        parts: list[bytes] = []
+        if stat.S_ISDIR(r[_MODE]):
+            parent = r[_PARENT]
+        else:  # no index on dirents.ino: one scan, for the leaf only
+            e = self._db.execute(
+                "SELECT parent, name FROM dirents WHERE ino = ? ORDER BY id LIMIT 1", (ino,)
+            ).fetchone()
+            if e is None:
+                raise _fail(errno.ENOENT, f"inode {ino} is not linked in the namespace")
+            parent = e[0]
+            parts.append(bytes(e[1]))
+            ino = parent
+            parent = None
+        while ino != ROOT_INO:
+            if parent is None:
+                p = self._db.execute("SELECT parent FROM inodes WHERE ino = ?", (ino,)).fetchone()
+                parent = p[0] if p else 0
+            # A directory has one entry, found through its parent's (parent, name) index.
+            e = self._db.execute(
+                "SELECT name FROM dirents WHERE parent = ? AND ino = ? LIMIT 1", (parent, ino)
+            ).fetchone() if parent else None
+            if e is None:
+                raise _fail(errno.ENOENT, f"inode {ino} is not linked in the namespace")
+            parts.append(bytes(e[0]))
+            ino, parent = parent, None
+            if len(parts) > 100_000:  # a loop would be corruption; don't hang the server
+                raise _fail(errno.ELOOP, "directory parent chain loops")
+        return b"/".join(reversed(parts))
+
     def open_count(self, ino: int) -> int:
         """How many handles are open on ino."""
         return self._opens.get(ino, 0)

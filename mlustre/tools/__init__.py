@@ -1,0 +1,1 @@
+"""Administrative and user tools built on the client library (lfs)."""
