@@ -93,6 +93,7 @@ CREATE TABLE IF NOT EXISTS dirents (
     UNIQUE (parent, name)
 );
 CREATE INDEX IF NOT EXISTS dirents_parent_id ON dirents(parent, id);
+CREATE INDEX IF NOT EXISTS dirents_ino ON dirents(ino);
 CREATE TABLE IF NOT EXISTS xattrs (
     ino INTEGER NOT NULL,
     name BLOB NOT NULL,
@@ -606,7 +607,7 @@ class MdtStore:
         parts: list[bytes] = []
         if stat.S_ISDIR(r[_MODE]):
             parent = r[_PARENT]
-        else:  # no index on dirents.ino: one scan, for the leaf only
+        else:  # dirents_ino makes this an index lookup
             e = self._db.execute(
                 "SELECT parent, name FROM dirents WHERE ino = ? ORDER BY id LIMIT 1", (ino,)
             ).fetchone()
