@@ -1,0 +1,124 @@
+"""ldlm.py - the lock vocabulary shared by clients and servers: modes and their
+compatibility, lock types, inode bits, extents and resource ids (Lustre's LDLM).
+
+Pure data and functions; the server namespace (servers/ldlm_server.py) and the
+client namespace (fuse_client/ldlm_client.py) build on it.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, IntFlag
+from typing import NamedTuple
+
+
+class Mode(IntFlag):
+    """Lock modes: single bits, so a set of modes is a mask (lustre_idl.h)."""
+
+    EX = 1
+    PW = 2
+    PR = 4
+    CW = 8
+    CR = 16
+    NL = 32
+
+
+# LCK_COMPAT_*: for a granted mode, the modes that may be granted beside it.
+COMPAT: dict[Mode, Mode] = {
+    Mode.EX: Mode.NL,
+    Mode.PW: Mode.NL | Mode.CR,
+    Mode.PR: Mode.NL | Mode.CR | Mode.PR,
+    Mode.CW: Mode.NL | Mode.CR | Mode.CW,
+    Mode.CR: Mode.NL | Mode.CR | Mode.CW | Mode.PR | Mode.PW,
+    Mode.NL: Mode.NL | Mode.CR | Mode.CW | Mode.PR | Mode.PW | Mode.EX,
+}
+
+
+def compatible(held: Mode, wanted: Mode) -> bool:
+    """May `wanted` be granted while `held` is (Lustre's lck_compat_array)?"""
+    return bool(COMPAT[held] & wanted)
+
+
+# A lock in mode M also satisfies requests for these modes (ldlm_lock_match's
+# "mode covers"): EX covers everything, PW covers PR and below, etc.
+COVERS: dict[Mode, Mode] = {
+    Mode.EX: Mode.EX | Mode.PW | Mode.PR | Mode.CW | Mode.CR | Mode.NL,
+    Mode.PW: Mode.PW | Mode.PR | Mode.CW | Mode.CR | Mode.NL,
+    Mode.PR: Mode.PR | Mode.CR | Mode.NL,
+    Mode.CW: Mode.CW | Mode.CR | Mode.NL,
+    Mode.CR: Mode.CR | Mode.NL,
+    Mode.NL: Mode.NL,
+}
+
+
+def covers(held: Mode, wanted: Mode) -> bool:
+    return bool(COVERS[held] & wanted)
+
+
+class LockType(IntEnum):
+    PLAIN = 10
+    EXTENT = 11
+    FLOCK = 12
+    IBITS = 13
+
+
+class IBits(IntFlag):
+    """Inode bits of MDT locks (enum mds_ibits_locks)."""
+
+    LOOKUP = 0x1
+    UPDATE = 0x2
+    OPEN = 0x4
+    LAYOUT = 0x8
+    PERM = 0x10
+    XATTR = 0x20
+
+
+IBITS_FULL = IBits.LOOKUP | IBits.UPDATE | IBits.OPEN | IBits.LAYOUT | IBits.PERM | IBits.XATTR
+
+OBJECT_EOF = (1 << 64) - 1  # an extent "to the end of the object"
+
+
+class Extent(NamedTuple):
+    """A byte range [start, end], inclusive, as Lustre's ldlm_extent."""
+
+    start: int
+    end: int
+
+    def overlaps(self, other: Extent) -> bool:
+        return self.start <= other.end and other.start <= self.end
+
+    def contains(self, other: Extent) -> bool:
+        return self.start <= other.start and other.end <= self.end
+
+
+WHOLE = Extent(0, OBJECT_EOF)
+
+
+class ResId(NamedTuple):
+    """A resource id: 4 u64s. MDT: (FID seq, FID oid, FID ver, 0); OST: (object id, 0,
+    0, 0); the SIR barrier: (FID_SEQ_UPDATE_LOCK, 0x0ba771e7, 0, 0)."""
+
+    a: int
+    b: int = 0
+    c: int = 0
+    d: int = 0
+
+
+def policies_conflict(type_: LockType, held_policy: object, wanted_policy: object) -> bool:
+    """Do two locks of the same resource and type cover a common part of it?
+
+    PLAIN locks always do; IBITS locks when their bits intersect; EXTENT locks when
+    their extents overlap."""
+    if type_ is LockType.IBITS:
+        assert isinstance(held_policy, int) and isinstance(wanted_policy, int)
+        return bool(held_policy & wanted_policy)
+    if type_ is LockType.EXTENT:
+        assert isinstance(held_policy, Extent) and isinstance(wanted_policy, Extent)
+        return held_policy.overlaps(wanted_policy)
+    return True
+
+
+def conflicts(type_: LockType, held_mode: Mode, held_policy: object, wanted_mode: Mode,
+              wanted_policy: object) -> bool:
+    """Does a lock (held_mode, held_policy) block a request (wanted_mode, wanted_policy)?"""
+    return (not compatible(held_mode, wanted_mode)
+            and policies_conflict(type_, held_policy, wanted_policy))
