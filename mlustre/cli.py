@@ -346,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("lfs", add_help=False,
                    help="lfs-like tool: df, getstripe, setstripe, path2fid, fid2path, "
                         "check servers (see `mlustre lfs --help`)")
+    sub.add_parser("lctl", add_help=False,
+                   help="lctl-like tool: dl, get_param, set_param, list_param "
+                        "(see `mlustre lctl --help`)")
     return p
 
 
@@ -354,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["lfs"]:
         from .tools import lfs
         return lfs.main(argv[1:])
+    if argv[:1] == ["lctl"]:
+        from .tools import lctl
+        return lctl.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)

@@ -19,6 +19,7 @@ import trio
 from .. import registry
 from ..procs import detach_stdout_to_stderr
 from ..protocol.errors import ConnectionLost, RpcError
+from . import admin
 from .client import ClientNode
 from .llite import Llite
 
@@ -47,11 +48,15 @@ async def run(args: argparse.Namespace) -> None:
         ops = Llite(node, max_dirty_mb=args.max_dirty_mb, max_cached_mb=args.max_cached_mb)
         options = set(pyfuse3.default_options)
         options |= {f"fsname={args.spec}", "subtype=mlustre", "allow_other"}
+        admin_path = admin.socket_path(registry.state_dir(), os.getpid())
+        listener = await admin.open_admin_socket(admin_path)
         pyfuse3.init(ops, args.mountpoint, options)
         registry.register_mount(args.mountpoint, {
             "pid": os.getpid(), "spec": args.spec, "fsname": node.fsname,
-            "cluster_data": args.cluster_data, "uuid": node.uuid})
+            "cluster_data": args.cluster_data, "uuid": node.uuid,
+            "admin_socket": str(admin_path)})
         ops.start(nursery)
+        nursery.start_soon(admin.serve_admin, listener, admin.client_params(ops))
         print(f"READY mounted {args.spec} on {args.mountpoint} pid={os.getpid()}", flush=True)
         detach_stdout_to_stderr()
 
@@ -76,6 +81,10 @@ async def run(args: argparse.Namespace) -> None:
                     await ops.shutdown()
                 pyfuse3.close(unmount=unmount)
                 registry.unregister_mount(args.mountpoint, os.getpid(), real=True)
+                try:
+                    admin_path.unlink()
+                except FileNotFoundError:
+                    pass
                 with trio.move_on_after(5):
                     await node.close()
             nursery.cancel_scope.cancel()

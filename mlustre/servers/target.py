@@ -22,6 +22,7 @@ from typing import Any
 
 import trio
 
+from ..params import ParamError, ParamTree, parse_positive_float
 from ..procs import detach_stdout_to_stderr
 from ..protocol import constants as C
 from ..protocol.errors import ConnectionLost
@@ -96,6 +97,7 @@ class TargetServer:
         self._commit_lock = trio.Lock()
         self._stopping = trio.Event()
         self._next_handle = 1
+        self._params: ParamTree | None = None
 
     # -- transactions (overridden by targets that have them) --
     @property
@@ -209,6 +211,8 @@ class TargetServer:
                 await self.export_disconnected(export)
                 return req.reply(last_committed=self.last_committed)
             handler = self.handlers.get(req.opc)
+            if handler is None and req.opc == C.OBD_ADMIN:
+                handler = self._admin
             if handler is None:
                 raise ServiceError(errno.EOPNOTSUPP, f"opcode {req.opc} not served by {self.kind}")
             export.requests += 1
@@ -226,6 +230,41 @@ class TargetServer:
         else:
             transno, body = 0, result
         return req.reply(body, transno=transno, last_committed=self.last_committed, bulk=bulk)
+
+    # -- lctl parameters (OBD_ADMIN) --
+    PARAM_PREFIX = {"mgs": "mgs", "mdt": "mdt", "ost": "obdfilter"}
+
+    def params(self) -> ParamTree:
+        """This target's lctl parameters, e.g. obdfilter.FSNAME-OST0000.commit_interval."""
+        if self._params is None:
+            tree = ParamTree()
+            base = f"{self.PARAM_PREFIX.get(self.kind, self.kind)}.{self.name}."
+            tree.add(base + "uuid", lambda: f"{self.name}_UUID")
+            tree.add(base + "instance", lambda: self.storage.instance)
+            tree.add(base + "last_transno", lambda: self.last_transno)
+            tree.add(base + "last_committed", lambda: self.last_committed)
+            tree.add(base + "commit_interval", lambda: self.commit_interval,
+                     self._set_commit_interval)
+            tree.add(base + "num_exports", lambda: len(self.exports))
+            tree.add(base + "exports", lambda: sorted(self.exports))
+            tree.add(base + "stats", self._stats_lines)
+            self._params = tree
+        return self._params
+
+    def _set_commit_interval(self, text: str) -> None:
+        self.commit_interval = parse_positive_float(text, limit=3600.0)
+        self._commit_wanted.set()  # restart the commit loop's wait with the new interval
+
+    def _stats_lines(self) -> list[str]:
+        lines = [f"snapshot_time             {time.time():.6f} secs.usecs"]
+        lines += [f"{k:<25} {v} samples [reqs]" for k, v in sorted(self.stats.items())]
+        return lines
+
+    async def _admin(self, export: Export, req: Message) -> dict[str, Any]:
+        try:
+            return self.params().handle(req.body)
+        except ParamError as e:
+            raise ServiceError(e.errno, str(e)) from None
 
     async def _connect(self, endpoint: Endpoint, req: Message) -> dict[str, Any]:
         body = req.body

@@ -1,0 +1,132 @@
+"""admin.py - a client process's lctl parameters and the Unix socket serving them.
+
+Names follow Lustre's, with the client's short id where Lustre has the superblock
+address: mdc.FSNAME-MDT0000-mdc-ID.import, osc.FSNAME-OST0000-osc-ID.max_dirty_mb,
+llite.FSNAME-ID.max_cached_mb. The socket (STATE/clients/PID.sock, mode 0600)
+speaks the RPC framing: OBD_ADMIN requests with the ParamTree body, no CONNECT.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ..params import ParamError, ParamTree, parse_positive_int
+from ..protocol import constants as C
+from ..protocol.message import Message
+from ..protocol.rpc import Endpoint
+from .imports import Import
+from .llite import Llite
+
+log = logging.getLogger(__name__)
+
+
+def import_info(imp: Import) -> dict[str, Any]:
+    nid = imp.nids[imp._nid_idx % len(imp.nids)] if imp.nids else ""
+    return {"name": imp.target, "target": f"{imp.target}_UUID", "state": imp.state.value,
+            "current_connection": str(nid),
+            "failover_nids": [str(n) for n in imp.nids],
+            "connect_flags": imp.flags, "instance": imp.server.get("instance", 0),
+            "conn_cnt": imp.conn_cnt, "peer_committed": imp.peer_committed,
+            "last_error": imp.last_error,
+            "state_history": [[int(t), s] for t, s in imp.history]}
+
+
+def dirty_bytes_per_ost(ops: Llite) -> dict[int, int]:
+    """Dirty (not yet sent) bytes of the page cache, by the OST they go to."""
+    from .page_cache import CHUNK
+
+    out: dict[int, int] = {}
+    for ino, fc in list(ops.cache.files.items()):
+        layout = ops._layout_of(ino) if fc.dirty else None
+        if layout is None:
+            continue
+        for idx in list(fc.dirty):
+            chunk = fc.chunks.get(idx)
+            if chunk is None or not chunk.dirty:
+                continue
+            for seg in layout.map_extent(idx * CHUNK + chunk.dirty_lo,
+                                         chunk.dirty_hi - chunk.dirty_lo):
+                out[seg.ost_idx] = out.get(seg.ost_idx, 0) + seg.length
+    return out
+
+
+def client_params(ops: Llite) -> ParamTree:
+    node = ops.node
+    cid = node.uuid.replace("-", "")[:16]
+    cache = ops.cache
+    tree = ParamTree()
+
+    def set_max_dirty(text: str) -> None:
+        cache.max_dirty = parse_positive_int(text, limit=1 << 20) << 20
+        ops.writeback.queue_all()
+        ops.writeback._notify()  # wake writers waiting for dirty space
+
+    def set_max_cached(text: str) -> None:
+        cache.max_cached = parse_positive_int(text, limit=1 << 22) << 20
+        cache.evict()
+
+    assert node.mdc is not None
+    mdc = f"mdc.{node.mdc.imp.target}-mdc-{cid}."
+    tree.add(mdc + "import", lambda: import_info(node.mdc.imp))  # type: ignore[union-attr]
+    for idx, osc in node.oscs.items():
+        base = f"osc.{osc.imp.target}-osc-{cid}."
+        tree.add(base + "import", lambda o=osc: import_info(o.imp))
+        tree.add(base + "cur_dirty_bytes", lambda i=idx: dirty_bytes_per_ost(ops).get(i, 0))
+        tree.add(base + "max_dirty_mb", lambda: cache.max_dirty >> 20, set_max_dirty)
+        tree.add(base + "write_bytes", lambda o=osc: o.write_bytes)
+        tree.add(base + "read_bytes", lambda o=osc: o.read_bytes)
+    ll = f"llite.{node.fsname}-{cid}."
+    tree.add(ll + "uuid", lambda: node.uuid)
+    tree.add(ll + "max_cached_mb", lambda: cache.max_cached >> 20, set_max_cached)
+    tree.add(ll + "max_dirty_mb", lambda: cache.max_dirty >> 20, set_max_dirty)
+    tree.add(ll + "cached_bytes", lambda: cache.cached_bytes)
+    tree.add(ll + "dirty_bytes", lambda: cache.dirty_bytes)
+    tree.add(ll + "inodes", lambda: len(ops.inodes))
+    tree.add(ll + "open_files", lambda: len(ops.handles.files()))
+    return tree
+
+
+def socket_path(state_dir: Path, pid: int) -> Path:
+    return state_dir / "clients" / f"{pid}.sock"
+
+
+async def open_admin_socket(path: Path) -> trio.SocketListener:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        await sock.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(16)
+    return trio.SocketListener(sock)
+
+
+async def serve_admin(listener: trio.SocketListener, tree: ParamTree) -> None:
+    async def handle(endpoint: Endpoint, req: Message) -> Message:
+        if req.opc != C.OBD_ADMIN:
+            return req.reply({"error": f"opcode {req.opc} not served"}, status=errno.EOPNOTSUPP)
+        try:
+            return req.reply(tree.handle(req.body))
+        except ParamError as e:
+            return req.reply({"error": str(e)}, status=e.errno)
+
+    async def connection(stream: trio.SocketStream) -> None:
+        endpoint = Endpoint(stream, handler=handle, name="lctl")
+        try:
+            await endpoint.serve()
+        except Exception:
+            log.exception("lctl connection failed")
+
+    await trio.serve_listeners(connection, [listener])

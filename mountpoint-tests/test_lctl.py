@@ -1,0 +1,134 @@
+"""`mlustre lctl` against a real cluster: devices, import states, settable client and
+target parameters, globbing, and one-line errors. Other clusters may run on this
+machine at the same time, so client parameters are looked up by this mount's client id."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+from mnthelpers import cli
+
+from mlustre import registry
+
+TIMEOUT = 60
+
+
+def lctl(*args, timeout: float = 45):
+    res = cli("lctl", *args, timeout=timeout)
+    assert not res.timed_out, "lctl hung\n" + res.describe()
+    assert "Traceback" not in res.stderr, res.describe()
+    return res
+
+
+def lctl_ok(*args) -> str:
+    return lctl(*args).check().stdout
+
+
+def params(text: str) -> dict[str, str]:
+    """name=value lines (single-line values only)."""
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def assert_error(res, mentions: str) -> None:
+    assert res.rc == 1, "expected exit status 1\n" + res.describe()
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and mentions in lines[0], res.describe()
+
+
+@pytest.fixture(scope="module")
+def cid(cluster):
+    info = registry.find_mount(str(cluster.mnt))
+    assert info and info.get("admin_socket"), info
+    assert oct(os.stat(info["admin_socket"]).st_mode & 0o777) == "0o600"
+    return info["uuid"].replace("-", "")[:16]
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_imports_are_full(cluster, cid):
+    out = lctl_ok("get_param", f"mdc.*-mdc-{cid}.import", f"osc.*-osc-{cid}.import")
+    blocks = re.findall(r"^(\w+)\.(\S+)\.import=\n((?:.+\n?)+?)(?=^\w+\.\S+=|\Z)", out, re.M)
+    kinds = sorted(kind for kind, _, _ in blocks)
+    assert kinds == ["mdc", "osc", "osc"], out
+    for _, _, body in blocks:
+        assert "state: FULL" in body.splitlines(), out
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_dirty_bytes_and_max_dirty_mb(cluster, cid):
+    (cluster.mnt / "dirty").write_bytes(b"x" * 100_000)
+    got = params(lctl_ok("get_param", f"osc.*-{cid}.cur_dirty_bytes"))
+    assert len(got) == 2 and all(v.isdigit() for v in got.values()), got
+    out = lctl_ok("set_param", f"osc.*-{cid}.max_dirty_mb=64")
+    assert sorted(params(out).values()) == ["64", "64"], out
+    values = lctl_ok("get_param", "-n", f"osc.*-{cid}.max_dirty_mb").split()
+    assert values == ["64", "64"]
+    assert lctl_ok("get_param", "-n", f"llite.*-{cid}.max_dirty_mb").split() == ["64"]
+    lctl_ok("set_param", f"llite.*-{cid}.max_cached_mb=128")
+    assert lctl_ok("get_param", "-n", f"llite.*-{cid}.max_cached_mb").split() == ["128"]
+    # Writing still works under the new limit.
+    (cluster.mnt / "after").write_bytes(b"y" * 300_000)
+    assert (cluster.mnt / "after").read_bytes() == b"y" * 300_000
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_target_commit_interval(cluster):
+    ost = f"{cluster_fsname(cluster)}-OST0001"
+    out = lctl_ok("set_param", f"obdfilter.{ost}.commit_interval=0.5")
+    assert f"obdfilter.{ost}.commit_interval=0.5" in out.splitlines()
+    got = params(lctl_ok("get_param", f"obdfilter.{ost}.*"))
+    assert got[f"obdfilter.{ost}.commit_interval"] == "0.5"
+    assert got[f"obdfilter.{ost}.uuid"] == f"{ost}_UUID"
+    assert int(got[f"obdfilter.{ost}.num_exports"]) >= 1
+    lctl_ok("set_param", f"obdfilter.{ost}.commit_interval=1")
+
+
+def cluster_fsname(cluster) -> str:
+    return cluster.spec.rsplit("/", 1)[1]
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_list_param_globs(cluster, cid):
+    names = lctl_ok("list_param", f"llite.*-{cid}.*").split()
+    assert {n.rsplit(".", 1)[1] for n in names} >= {
+        "max_cached_mb", "cached_bytes", "dirty_bytes", "inodes", "open_files"}
+    fs = cluster_fsname(cluster)
+    names = lctl_ok("list_param", f"*.{fs}-MDT0000.last_*").split()
+    assert f"mdt.{fs}-MDT0000.last_transno" in names
+    assert f"mdt.{fs}-MDT0000.last_committed" in names
+    marked = lctl_ok("list_param", "-F", f"obdfilter.{fs}-OST0000.commit_*").split()
+    assert f"obdfilter.{fs}-OST0000.commit_interval=" in marked
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_dl_lists_devices(cluster, cid):
+    rows = [line.split() for line in lctl_ok("dl").splitlines()]
+    assert all(r[1] == "UP" and len(r) == 6 for r in rows), rows
+    fs = cluster_fsname(cluster)
+    names = {(r[2], r[3]) for r in rows}
+    assert ("mdc", f"{fs}-MDT0000-mdc-{cid}") in names
+    assert ("osc", f"{fs}-OST0000-osc-{cid}") in names
+    assert ("osc", f"{fs}-OST0001-osc-{cid}") in names
+    assert any(t == "mgc" for t, _ in names)
+    for dev in [("mgs", f"{fs}-MGS"), ("mdt", f"{fs}-MDT0000"),
+                ("obdfilter", f"{fs}-OST0000"), ("obdfilter", f"{fs}-OST0001")]:
+        assert dev in names, rows
+    assert [int(r[0]) for r in rows] == list(range(len(rows)))
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_errors_are_one_line(cluster, cid):
+    assert_error(lctl("get_param", "no.such.param"), "no such parameter")
+    assert_error(lctl("set_param", "no.such.param=1"), "no such parameter")
+    assert_error(lctl("set_param", f"osc.*-{cid}.max_dirty_mb=lots"), "not a whole number")
+    assert_error(lctl("set_param", f"osc.*-{cid}.max_dirty_mb=0"), "between 1 and")
+    fs = cluster_fsname(cluster)
+    assert_error(lctl("set_param", f"obdfilter.{fs}-OST0000.commit_interval=soon"),
+                 "not a number")
+    assert_error(lctl("set_param", f"obdfilter.{fs}-OST0000.commit_interval=-1"),
+                 "greater than 0")
+    assert_error(lctl("set_param", f"mdt.{fs}-MDT0000.uuid=x"), "read-only")
+    assert_error(lctl("set_param", f"osc.*-{cid}.max_dirty_mb"), "NAME=VALUE")
+    assert_error(lctl("frobnicate"), "invalid choice")
+    assert params(lctl_ok("get_param", f"osc.*-{cid}.max_dirty_mb"))  # still set
