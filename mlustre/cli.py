@@ -63,8 +63,11 @@ def cmd_server(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise CliError(str(e)) from None
     common: dict[str, Any] = {"host": host, "port": port, "release": args.release,
-                              "commit_interval": args.commit_interval}
+                              "commit_interval": args.commit_interval,
+                              "ldlm_timeout": args.ldlm_timeout}
     check_stripes(args)
+    if not args.ldlm_timeout > 0:
+        raise CliError("--ldlm-timeout must be positive")
     if args.kind == "mgs":
         from .servers.mgs import MgsServer
         server: Any = MgsServer(args.fsname, args.data, stripe_count=args.stripe_count,
@@ -331,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="NID of the failover partner (repeatable)")
     sv.add_argument("--release", default="2.0", choices=["1.8", "2.0"])
     sv.add_argument("--commit-interval", type=float, default=1.0)
+    sv.add_argument("--ldlm-timeout", type=float, default=10.0,
+                    help="seconds a lock holder has to cancel after a blocking AST "
+                         "before it is evicted")
     sv.add_argument("--log-level", default="info")
     stripe_opts(sv)
     sv.set_defaults(fn=cmd_server)

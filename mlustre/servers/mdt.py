@@ -15,6 +15,7 @@ from typing import Any
 import trio
 
 from ..protocol import constants as C
+from ..protocol.ldlm import LockType
 from ..protocol.message import Message
 from ..protocol.nid import Nid
 from ..protocol.session import Session
@@ -71,6 +72,7 @@ class MdtServer(TargetServer):
     kind = "mdt"
     connect_opcodes = (C.MDS_CONNECT,)
     disconnect_opcodes = (C.MDS_DISCONNECT,)
+    lock_types = frozenset({LockType.IBITS})
     inline_opcodes = frozenset({
         C.OBD_PING, C.MDS_GET_ROOT, C.MDS_GETATTR, C.MDS_GETATTR_NAME, C.MDS_READLINK,
         C.MDS_READPAGE, C.MDS_GETXATTR, C.MDS_STATFS, C.MDS_ACCESS, C.MDS_CLOSE, C.MDS_REINT,

@@ -17,6 +17,7 @@ from typing import Any
 import trio
 
 from ..protocol import constants as C
+from ..protocol.ldlm import Extent, LockType, ResId
 from ..protocol.message import Message
 from ..protocol.nid import Nid
 from ..protocol.session import Session
@@ -33,6 +34,7 @@ class OstServer(TargetServer):
     kind = "ost"
     connect_opcodes = (C.OST_CONNECT,)
     disconnect_opcodes = (C.OST_DISCONNECT,)
+    lock_types = frozenset({LockType.EXTENT})
     inline_opcodes = frozenset({C.OBD_PING, C.OST_GETATTR, C.OST_PUNCH, C.OST_DESTROY,
                                 C.OST_STATFS})
 
@@ -112,12 +114,18 @@ class OstServer(TargetServer):
         if length > C.BRW_MAX:
             raise ServiceError(errno.EMSGSIZE, f"bulk of {length} bytes exceeds {C.BRW_MAX}")
 
+    def _prolong(self, export: Export, oid: int, offset: int, length: int) -> None:
+        """I/O under a lock being called back keeps the holder from eviction
+        (ldlm_lock_prolong_one): the client is busy flushing under it."""
+        self.ldlm.prolong(export, ResId(oid), Extent(offset, offset + max(length, 1) - 1))
+
     async def write(self, export: Export, req: Message) -> tuple[int, dict[str, Any]]:
         assert self.objects is not None
         oid = self._oid(req.body)
         offset = body_field(req.body, "offset", int)
         data = req.bulk if req.bulk is not None else b""
         self._range(offset, len(data))
+        self._prolong(export, oid, offset, len(data))
         fd = self.objects.fd(oid, create=True)
         assert fd is not None
         if len(data) >= THREAD_IO_MIN:
@@ -138,6 +146,7 @@ class OstServer(TargetServer):
         offset = body_field(req.body, "offset", int)
         length = body_field(req.body, "length", int)
         self._range(offset, length)
+        self._prolong(export, oid, offset, length)
         fd = self.objects.fd(oid, create=False)
         if fd is None:
             return 0, {}, b""

@@ -26,8 +26,10 @@ from ..params import ParamError, ParamTree, parse_positive_float
 from ..procs import detach_stdout_to_stderr
 from ..protocol import constants as C
 from ..protocol.errors import ConnectionLost
+from ..protocol.ldlm import LockType
 from ..protocol.message import Message
 from ..protocol.rpc import Endpoint
+from .ldlm_service import LDLM_OPCODES, LdlmService
 from .storage import StorageBusy, TargetStorage
 
 log = logging.getLogger(__name__)
@@ -80,9 +82,12 @@ class TargetServer:
     disconnect_opcodes: tuple[int, ...] = ()
     # Handlers of these never wait on anything, so they may run in the connection's reader.
     inline_opcodes: frozenset[int] = frozenset({C.OBD_PING})
+    # The lock types this target's namespace serves (none: LDLM opcodes are not served).
+    lock_types: frozenset[LockType] = frozenset()
 
     def __init__(self, name: str, data_dir: str, *, host: str = "127.0.0.1", port: int = 0,
-                 release: str = "2.0", commit_interval: float = 1.0) -> None:
+                 release: str = "2.0", commit_interval: float = 1.0,
+                 ldlm_timeout: float = 10.0) -> None:
         self.name = name
         self.storage = TargetStorage(data_dir)
         self.host = host
@@ -98,6 +103,10 @@ class TargetServer:
         self._stopping = trio.Event()
         self._next_handle = 1
         self._params: ParamTree | None = None
+        if not ldlm_timeout > 0:
+            raise ValueError("ldlm_timeout must be positive")
+        self.ldlm_timeout = ldlm_timeout
+        self.ldlm = LdlmService(self, self.lock_types, ldlm_timeout)
 
     # -- transactions (overridden by targets that have them) --
     @property
@@ -142,6 +151,8 @@ class TargetServer:
                 sockname = listeners[0].socket.getsockname()
                 self.nid = f"{sockname[0]}:{sockname[1]}"
                 nursery.start_soon(self._commit_loop)
+                if self.lock_types:
+                    self.ldlm.start(nursery)
                 await self.started(nursery)
                 log.info("%s (%s, release %s) serving on %s, instance %d", self.name, self.kind,
                          self.release, self.nid, self.storage.instance)
@@ -190,6 +201,17 @@ class TargetServer:
     async def export_disconnected(self, export: Export) -> None:
         """Hook: a client's connection ended (subclasses clean up its state)."""
 
+    async def evict_export(self, uuid: str, reason: str) -> None:
+        """Forget a client's export and close its connection (the lock service evicts
+        it). Requests still in flight on that connection get ENOTCONN."""
+        export = self.exports.pop(uuid, None)
+        if export is None:
+            return
+        log.warning("%s: evicting client %s (%s): %s", self.name, uuid, export.nid, reason)
+        export.endpoint.context.pop("export", None)
+        await self.export_disconnected(export)
+        await export.endpoint.aclose(f"evicted: {reason}")
+
     def count(self, what: str, n: int = 1) -> None:
         self.stats[what] = self.stats.get(what, 0) + n
 
@@ -208,11 +230,15 @@ class TargetServer:
                 await self.commit()
                 self.exports.pop(export.uuid, None)
                 endpoint.context.pop("export", None)
+                self.ldlm.release(export.uuid)
                 await self.export_disconnected(export)
                 return req.reply(last_committed=self.last_committed)
             handler = self.handlers.get(req.opc)
             if handler is None and req.opc == C.OBD_ADMIN:
                 handler = self._admin
+            if handler is None and req.opc in LDLM_OPCODES and self.lock_types:
+                handler = (self.ldlm.enqueue if req.opc == C.LDLM_ENQUEUE
+                           else self.ldlm.cancel)
             if handler is None:
                 raise ServiceError(errno.EOPNOTSUPP, f"opcode {req.opc} not served by {self.kind}")
             export.requests += 1
@@ -248,6 +274,13 @@ class TargetServer:
             tree.add(base + "num_exports", lambda: len(self.exports))
             tree.add(base + "exports", lambda: sorted(self.exports))
             tree.add(base + "stats", self._stats_lines)
+            if self.lock_types:
+                ns = f"ldlm.namespaces.{self.name}."
+                tree.add(ns + "lock_count", lambda: len(self.ldlm.namespace))
+                tree.add(ns + "granted_count", lambda: self.ldlm.namespace.granted_count)
+                tree.add(ns + "waiting_count", lambda: self.ldlm.namespace.waiting_count)
+                tree.add(ns + "resource_count", lambda: len(self.ldlm.namespace.resources()))
+                tree.add(ns + "ldlm_timeout", lambda: self.ldlm_timeout)
             self._params = tree
         return self._params
 
@@ -283,9 +316,10 @@ class TargetServer:
             await old.endpoint.aclose("replaced by a reconnect")
         self.exports[client_uuid] = export
         endpoint.context["export"] = export
+        evicted = self.ldlm.connected(client_uuid)
         return {"target": self.name, "release": self.release, "instance": self.storage.instance,
                 "flags": export.flags, "handle": export.handle, "kind": self.kind,
-                "reconnect": old is not None}
+                "reconnect": old is not None, "evicted": evicted}
 
 
 def serve_forever(server: TargetServer) -> int:

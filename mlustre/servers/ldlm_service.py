@@ -1,0 +1,240 @@
+"""ldlm_service.py - a target's lock service: the trio driver of its Namespace.
+
+`servers/ldlm_server.py` decides (grant, queue, which holders to call back,
+deadlines); this module does the I/O around it for a `TargetServer`:
+
+* LDLM_ENQUEUE and LDLM_CANCEL from clients (docs/protocol.md, "LDLM");
+* blocking (BAST) and completion (CP) ASTs sent to the clients as requests on
+  their own connections, each in a background task (a handler never waits for
+  a client while holding up its reply);
+* a timer that sleeps until the namespace's next callback deadline and evicts
+  the owners whose deadline passed: their locks are dropped, their export is
+  closed and forgotten, and their next connect is told it was evicted;
+* lock release without eviction when a client disconnects explicitly, and
+  lock prolonging by I/O under a lock (the OST's BRW).
+
+A client whose BAST or CP AST cannot be delivered (no connection) is evicted
+at once, as in Lustre.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ..protocol import constants as C
+from ..protocol.errors import ConnectionLost, RpcTimeout
+from ..protocol.ldlm import Extent, LockType, ResId
+from ..protocol.message import Message
+from .ldlm_server import (
+    FL_BLOCK_WAIT,
+    FL_LOCK_CHANGED,
+    FL_NO_EXPANSION,
+    LockError,
+    Namespace,
+    Reprocessed,
+    ServerLock,
+)
+
+if TYPE_CHECKING:
+    from .target import Export, TargetServer
+
+log = logging.getLogger(__name__)
+
+U64 = (1 << 64) - 1
+CANCEL_MAX = 512  # handles in one LDLM_CANCEL
+LDLM_OPCODES = frozenset({C.LDLM_ENQUEUE, C.LDLM_CANCEL})
+# Reply flags a client may see (lustre_dlm_flags.h values).
+REPLY_FLAGS = FL_LOCK_CHANGED | FL_BLOCK_WAIT
+EVICTED_MEMORY = 4096  # evicted client uuids remembered for their next connect
+
+
+def _wire_policy(lock: ServerLock) -> Any:
+    if lock.type is LockType.EXTENT:
+        assert isinstance(lock.policy, Extent)
+        return [lock.policy.start, lock.policy.end]
+    if lock.type is LockType.IBITS:
+        return int(lock.policy)  # type: ignore[call-overload]
+    return None
+
+
+def _u64(value: Any, what: str) -> int:
+    if type(value) is not int or not 0 <= value <= U64:
+        raise LockError(errno.EINVAL, f"{what} must be an unsigned 64-bit integer")
+    return value
+
+
+class LdlmService:
+    """The lock namespace of one target and the tasks that drive it."""
+
+    def __init__(self, server: TargetServer, lock_types: frozenset[LockType],
+                 callback_timeout: float) -> None:
+        self.server = server
+        self.lock_types = lock_types
+        self.namespace = Namespace(server.name, callback_timeout=callback_timeout,
+                                   first_handle=(secrets.randbits(32) << 20) | 1)
+        self.evicted: dict[str, None] = {}  # uuids evicted and not reconnected since
+        self._nursery: trio.Nursery | None = None
+        self._wakeup = trio.Event()
+        self._update_gauges()
+
+    @property
+    def timeout(self) -> float:
+        return self.namespace.callback_timeout
+
+    # -- lifecycle --
+    def start(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        nursery.start_soon(self._timer_loop)
+
+    async def _timer_loop(self) -> None:
+        while True:
+            deadline = self.namespace.next_deadline()
+            with trio.move_on_at(deadline if deadline is not None else float("inf")):
+                await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            for owner in self.namespace.expired(trio.current_time()):
+                log.warning("%s: lock callback timer expired for %s after %.1fs: evicting",
+                            self.server.name, owner, self.timeout)
+                await self.evict(owner, "lock callback timeout")
+
+    # -- requests --
+    async def enqueue(self, export: Export, req: Message) -> dict[str, Any]:
+        body = req.body
+        try:
+            res = body.get("res")
+            if type(res) is not list or len(res) != 4:
+                raise LockError(errno.EINVAL, "res must be a list of 4 integers")
+            resid = ResId(*(_u64(x, "res") for x in res))
+            type_ = body.get("type")
+            if type(type_) is not int or type_ not in {int(t) for t in self.lock_types}:
+                raise LockError(errno.EINVAL, f"lock type {type_!r} not served by "
+                                              f"{self.server.kind}")
+            mode = body.get("mode")
+            if type(mode) is not int:
+                raise LockError(errno.EINVAL, "mode must be an integer")
+            policy = body.get("policy", ...)
+            if policy is ...:
+                raise LockError(errno.EINVAL, "request lacks field 'policy'")
+            if type_ == LockType.EXTENT:
+                if type(policy) is not list or len(policy) != 2:
+                    raise LockError(errno.EINVAL, "an extent policy is [start, end]")
+                policy = (_u64(policy[0], "extent start"), _u64(policy[1], "extent end"))
+            handle = _u64(body.get("handle"), "handle")
+            flags = _u64(body.get("flags", 0), "flags")
+            now = trio.current_time()
+            result = self.namespace.enqueue(export.uuid, handle, resid, LockType(type_), mode,
+                                            policy, now, no_expand=bool(flags & FL_NO_EXPANSION))
+        except LockError as e:
+            from .target import ServiceError
+            raise ServiceError(e.errno, str(e)) from None
+        lock = result.lock
+        self.server.count("ldlm_enqueues")
+        self._send_asts(Reprocessed([], result.basts))
+        self._update_gauges()
+        return {"handle": lock.handle, "granted": result.granted, "mode": int(lock.mode),
+                "policy": _wire_policy(lock), "flags": lock.flags & REPLY_FLAGS}
+
+    async def cancel(self, export: Export, req: Message) -> dict[str, Any]:
+        from .target import ServiceError
+        handles = req.body.get("handles")
+        if (type(handles) is not list or len(handles) > CANCEL_MAX
+                or not all(type(h) is int for h in handles)):
+            raise ServiceError(errno.EINVAL, f"handles must be a list of at most {CANCEL_MAX} "
+                                             "integers")
+        now = trio.current_time()
+        out = Reprocessed()
+        for handle in handles:
+            try:
+                done = self.namespace.cancel(export.uuid, handle, now)
+            except LockError:  # unknown or another client's: ignored, as Lustre does
+                self.server.count("ldlm_cancel_unknown")
+                continue
+            self.server.count("ldlm_cancels")
+            out.granted += done.granted
+            out.basts += done.basts
+        self._send_asts(out)
+        self._update_gauges()
+        return {}
+
+    def prolong(self, export: Export, res: ResId, extent: Extent | None = None) -> None:
+        """I/O by this client under its locks on `res`: push their callback deadlines."""
+        if self.namespace.prolong(export.uuid, res, trio.current_time(), extent):
+            self.server.count("ldlm_prolongs")
+
+    # -- releasing and evicting --
+    def release(self, owner: str) -> None:
+        """The client disconnected explicitly: drop its locks (not an eviction)."""
+        if not self.namespace.locks_of(owner):
+            return
+        self._send_asts(self.namespace.evict(owner, trio.current_time()))
+        self._update_gauges()
+
+    async def evict(self, owner: str, reason: str) -> None:
+        """Drop every lock of `owner`, close and forget its export."""
+        if owner in self.evicted and not self.namespace.locks_of(owner):
+            return  # already evicted (e.g. a BAST and a CP failed together)
+        out = self.namespace.evict(owner, trio.current_time())
+        self.server.count("evictions")
+        self.evicted[owner] = None
+        while len(self.evicted) > EVICTED_MEMORY:
+            del self.evicted[next(iter(self.evicted))]
+        self._send_asts(out)
+        self._update_gauges()
+        await self.server.evict_export(owner, reason)
+
+    def connected(self, uuid: str) -> bool:
+        """A client connects: was it evicted since its last connection? (Forgets it.)"""
+        return self.evicted.pop(uuid, ...) is None
+
+    # -- ASTs --
+    def _send_asts(self, out: Reprocessed) -> None:
+        if self._nursery is None:  # not running (unit use): nothing to send
+            return
+        for lock in out.granted:
+            self._nursery.start_soon(self._send_cp, lock)
+        for lock in out.basts:
+            self._nursery.start_soon(self._send_bast, lock)
+        if out.basts:
+            self._wakeup.set()  # a new callback deadline for the timer
+
+    async def _send_bast(self, lock: ServerLock) -> None:
+        body = {"handle": lock.handle, "remote": lock.remote_handle, "flags": 0}
+        await self._send_ast(lock, C.LDLM_BL_CALLBACK, body, "ldlm_basts")
+
+    async def _send_cp(self, lock: ServerLock) -> None:
+        body = {"handle": lock.handle, "remote": lock.remote_handle, "mode": int(lock.mode),
+                "policy": _wire_policy(lock)}
+        await self._send_ast(lock, C.LDLM_CP_CALLBACK, body, "ldlm_cps")
+
+    async def _send_ast(self, lock: ServerLock, opc: int, body: dict[str, Any],
+                        stat: str) -> None:
+        """Send one AST; evict its owner if it cannot be delivered."""
+        if self.namespace.lock(lock.handle) is not lock:
+            return  # cancelled or evicted meanwhile
+        export = self.server.exports.get(lock.owner)
+        try:
+            if export is None:
+                raise ConnectionLost("client not connected")
+            self.server.count(stat)
+            reply = await export.endpoint.call(opc, body, timeout=self.timeout)
+        except ConnectionLost as e:
+            if self.namespace.lock(lock.handle) is lock:
+                log.warning("%s: %s to %s failed (%s): evicting", self.server.name,
+                            C.OPCODE_NAMES.get(opc, opc), lock.owner, e)
+                await self.evict(lock.owner, f"AST failed: {e}")
+            return
+        except RpcTimeout:
+            return  # a BAST's callback timer evicts the client if it does not cancel
+        if reply.status:
+            log.info("%s: client %s answered %s with status %d", self.server.name, lock.owner,
+                     C.OPCODE_NAMES.get(opc, opc), reply.status)
+
+    # -- statistics --
+    def _update_gauges(self) -> None:
+        self.server.stats["ldlm_granted"] = self.namespace.granted_count
+        self.server.stats["ldlm_waiting"] = self.namespace.waiting_count
