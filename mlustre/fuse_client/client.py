@@ -17,6 +17,7 @@ from ..protocol.errors import ConnectionLost
 from ..protocol.nid import Nid, parse_spec
 from ..protocol.session import Session
 from .imports import Import
+from .ldlm import LockClient
 from .mdc import Mdc
 from .osc import Osc
 
@@ -41,6 +42,7 @@ class ClientNode:
         self.imports: list[Import] = []
         self.mdc: Mdc | None = None
         self.oscs: dict[int, Osc] = {}
+        self.locks: dict[str, LockClient] = {}  # target name -> its lock client
 
     async def read_config(self, nursery: trio.Nursery,
                           timeout: float | None = None) -> dict[str, Any]:
@@ -75,16 +77,21 @@ class ClientNode:
         self.mdc = Mdc(imp)
         for t in osts:
             self.oscs[t["index"]] = Osc(t["index"], self._import(t, C.OST_CONNECT))
+        for locks in self.locks.values():
+            await nursery.start(locks.run)
         async with trio.open_nursery() as connecting:
             for imp in self.imports:
                 connecting.start_soon(lambda i=imp: i.connect(
                     nursery, first_timeout=self.mount_timeout))
 
     def _import(self, target: dict[str, Any], opc: int) -> Import:
+        locks = LockClient(target["name"])
         imp = Import(target["name"], [Nid.parse(n) for n in target["nids"]], connect_opc=opc,
                      client_uuid=self.uuid, release=self.release,
-                     connect_timeout=self.connect_timeout)
+                     connect_timeout=self.connect_timeout, handler=locks.handle_request)
         imp.nid_source = self.target_nids
+        locks.attach(imp)
+        self.locks[target["name"]] = locks
         self.imports.append(imp)
         return imp
 
@@ -101,3 +108,5 @@ class ClientNode:
         for imp in self.imports:
             opc = C.MDS_DISCONNECT if self.mdc and imp is self.mdc.imp else C.OST_DISCONNECT
             await imp.close(opc)
+        for locks in self.locks.values():
+            locks.close()

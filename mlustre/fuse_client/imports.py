@@ -72,6 +72,9 @@ class Import:
         self._nid_idx = 0
         self._next_xid = 1
         self.nid_source: Callable[[str], Awaitable[list[Nid]]] | None = None
+        # Called with each successful connect reply body, before requests flow again
+        # (the lock client checks "evicted" there).
+        self.on_connected: list[Callable[[dict[str, Any]], None]] = []
         self._nids_refreshed = -1e9
 
     def _set_state(self, state: ImportState) -> None:
@@ -137,6 +140,11 @@ class Import:
         self.endpoint = endpoint
         self.server = reply.body
         self._note_committed(reply)
+        for hook in self.on_connected:
+            try:
+                hook(reply.body)
+            except Exception:
+                log.exception("%s: on_connected hook failed", self.target)
         self._set_state(ImportState.FULL)
         log.info("%s: connected to %s (release %s, instance %s)", self.target, nid,
                  reply.body.get("release"), reply.body.get("instance"))
