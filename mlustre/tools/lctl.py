@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ..params import format_param
-from .lfs import LfsError, _run_async
+from .lfs import LfsError, _run_async, run_tool
 
 CONNECT_TIMEOUT = 3.0
 CALL_TIMEOUT = 5.0
@@ -199,18 +199,25 @@ def _need_sources() -> list[Source]:
 
 # ---------------------------------------------------------------- commands
 
+def _query(srcs: list[Any], body: dict[str, Any], what: str) -> tuple[list[Any], int]:
+    """Matching (name, value) pairs from every source, and 1 if something was wrong."""
+    params, errors = _gather(srcs, body)
+    if errors:  # the same mistake reported by several sources: say it once
+        print(f"mlustre lctl: {errors[0]}", file=sys.stderr)
+        return sorted(params, key=lambda p: p[0]), 1
+    if not params:
+        print(f"mlustre lctl: {what}: no such parameter", file=sys.stderr)
+        return [], 1
+    return sorted(params, key=lambda p: p[0]), 0
+
+
 def cmd_get_param(args: argparse.Namespace) -> int:
     srcs = _need_sources()
     status = 0
     for pattern in args.patterns:
-        params, errors = _gather(srcs, {"op": "get", "pattern": pattern})
-        if errors:  # the same mistake reported by several sources: say it once
-            print(f"mlustre lctl: {errors[0]}", file=sys.stderr)
-            status = 1
-        if not params and not errors:
-            print(f"mlustre lctl: {pattern}: no such parameter", file=sys.stderr)
-            status = 1
-        for name, value in sorted(params, key=lambda p: p[0]):
+        params, bad = _query(srcs, {"op": "get", "pattern": pattern}, pattern)
+        status |= bad
+        for name, value in params:
             print(format_param(name, value, values_only=args.n))
     return status
 
@@ -219,14 +226,9 @@ def cmd_list_param(args: argparse.Namespace) -> int:
     srcs = _need_sources()
     status = 0
     for pattern in args.patterns:
-        params, errors = _gather(srcs, {"op": "list", "pattern": pattern})
-        if errors:  # the same mistake reported by several sources: say it once
-            print(f"mlustre lctl: {errors[0]}", file=sys.stderr)
-            status = 1
-        if not params and not errors:
-            print(f"mlustre lctl: {pattern}: no such parameter", file=sys.stderr)
-            status = 1
-        for name, writable in sorted(params, key=lambda p: p[0]):
+        params, bad = _query(srcs, {"op": "list", "pattern": pattern}, pattern)
+        status |= bad
+        for name, writable in params:
             print(f"{name}{'=' if writable and args.F else ''}")
     return status
 
@@ -236,14 +238,9 @@ def cmd_set_param(args: argparse.Namespace) -> int:
     srcs = _need_sources()
     status = 0
     for name, value in assignments:
-        params, errors = _gather(srcs, {"op": "set", "name": name, "value": value})
-        if errors:  # the same mistake reported by several sources: say it once
-            print(f"mlustre lctl: {errors[0]}", file=sys.stderr)
-            status = 1
-        if not params and not errors:
-            print(f"mlustre lctl: {name}: no such parameter", file=sys.stderr)
-            status = 1
-        for pname, pvalue in sorted(params, key=lambda p: p[0]):
+        params, bad = _query(srcs, {"op": "set", "name": name, "value": value}, name)
+        status |= bad
+        for pname, pvalue in params:
             print(format_param(pname, pvalue))
     return status
 
@@ -317,14 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-        return args.fn(args)
-    except LfsError as e:
-        print(f"mlustre lctl: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return run_tool("mlustre lctl", build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -683,15 +683,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str]) -> int:
+def run_tool(prog: str, parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    """Parse and run one tool command; an LfsError is one line on stderr and status 1."""
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
         return args.fn(args)
     except LfsError as e:
-        print(f"mlustre lfs: {e}", file=sys.stderr)
+        print(f"{prog}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def main(argv: list[str]) -> int:
+    return run_tool("mlustre lfs", build_parser(), argv)
 
 
 if __name__ == "__main__":
