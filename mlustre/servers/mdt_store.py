@@ -663,43 +663,15 @@ class MdtStore:
             mode &= ~stat.S_ISGID
         layout_json = json.dumps(layout, separators=(",", ":")) if layout else None
         dir_parent = parent[_INO] if is_dir else 0
+        # gen .. ctime_ns, in the column order shared by the INSERT and the returned row.
+        common = (self._meta["boots"], mode, nlink, cred.uid, gid, rdev, size, now, now, now)
         cur = self._db.execute(
             "INSERT INTO inodes (gen, mode, nlink, uid, gid, rdev, size, atime_ns, mtime_ns,"
             " ctime_ns, target, layout, parent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                self._meta["boots"],
-                mode,
-                nlink,
-                cred.uid,
-                gid,
-                rdev,
-                size,
-                now,
-                now,
-                now,
-                target,
-                layout_json,
-                dir_parent,
-            ),
+            (*common, target, layout_json, dir_parent),
         )
         self._meta_add("inodes", 1)
-        return (
-            cur.lastrowid,
-            self._meta["boots"],
-            mode,
-            nlink,
-            cred.uid,
-            gid,
-            rdev,
-            size,
-            now,
-            now,
-            now,
-            layout_json,
-            dir_parent,
-            0,
-            None,
-        )
+        return (cur.lastrowid, *common, layout_json, dir_parent, 0, None)
 
     def _add_entry(self, parent: int, name: bytes, ino: int) -> None:
         self._db.execute(
