@@ -112,8 +112,11 @@ def cmd_up(args: argparse.Namespace) -> int:
                            f"use `mlustre down {old.get('first_mount')}` first")
     print(f"data and logs: {data}")
     servers: list[dict[str, Any]] = []
+    if not args.ldlm_timeout > 0:
+        raise CliError("--ldlm-timeout must be positive")
     base = ["--fsname", args.fsname, "--release", args.release,
-            "--commit-interval", str(args.commit_interval)]
+            "--commit-interval", str(args.commit_interval),
+            "--ldlm-timeout", str(args.ldlm_timeout)]
     try:
         stripes = [f"--{k.replace('_', '-')}={v}" for k, v in
                    (("stripe_count", args.stripe_count), ("stripe_size", args.stripe_size))
@@ -299,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data", help="state and logs (default: /var/lib/mlustre/FSNAME as root)")
     up.add_argument("--fsname", default="mlustre")
     up.add_argument("--commit-interval", type=float, default=1.0)
+    up.add_argument("--ldlm-timeout", type=float, default=10.0,
+                    help="lock callback timeout of every server, seconds: a client that "
+                         "does not give back a lock in time is evicted")
     stripe_opts(up)
     client_opts(up)
     up.set_defaults(fn=cmd_up)
