@@ -260,9 +260,11 @@ def test_unknown_ast_opcode_is_eopnotsupp(tmp_path: Path) -> None:
 
     async def main() -> None:
         lc = LockClient(OST_NAME)
-        msg = Message(REQUEST, C.LDLM_GL_CALLBACK, 1, 0, 0, 0, 0, 0, {}, None)
+        msg = Message(REQUEST, C.LDLM_CONVERT, 1, 0, 0, 0, 0, 0, {}, None)
         reply = await lc.handle_request(None, msg)  # type: ignore[arg-type]
         assert reply.status == errno.EOPNOTSUPP
+        gl = Message(REQUEST, C.LDLM_GL_CALLBACK, 4, 0, 0, 0, 0, 0, {"handle": 77}, None)
+        assert (await lc.handle_request(None, gl)).status == errno.ENOENT  # no such lock
         bad = Message(REQUEST, C.LDLM_CP_CALLBACK, 2, 0, 0, 0, 0, 0, {}, None)
         assert (await lc.handle_request(None, bad)).status == errno.EINVAL  # type: ignore
         bast = Message(REQUEST, C.LDLM_BL_CALLBACK, 3, 0, 0, 0, 0, 0,

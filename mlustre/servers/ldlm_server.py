@@ -13,9 +13,14 @@ Rules (lustre-facts.md section 1):
 
 * A lock is granted at once iff no granted lock and no *earlier waiting* lock of
   the resource conflicts with it (FIFO: a stream of PRs cannot starve a queued
-  EX). Otherwise it waits, in arrival order, and every conflicting granted lock
+  EX) - except that a waiter that itself waits for the requester's own granted
+  locks does not hold the requester back (the new lock gets its BAST at once). Otherwise it waits, in arrival order, and every conflicting granted lock
   that has had no BAST yet gets one, with a callback deadline.
-* Locks of one owner conflict with each other like anyone's (the client avoids
+* Locks of one client never conflict with each other: a client is one cache, and
+  its own PR lock must not call it back when it asks for PW (a FUSE client could
+  not give the PR back while the kernel holds a page lock for the write that asks).
+  The target's own locks (LOCAL_OWNER, one per update) do conflict with each other.
+  (Was: "Locks of one owner conflict with each other like anyone's (the client avoids
   that by early lock cancel); the server does not special-case them.
 * On grant an EXTENT lock grows to the largest range that contains the request
   and overlaps no incompatible granted or waiting lock (ldlm_extent_policy,
@@ -107,7 +112,16 @@ class _Resource:
         self.waiting: list[ServerLock] = []  # in arrival order
 
 
+LOCAL_OWNER = "\x00local"  # the target's own locks (an MDT update's EX locks)
+
+
+def _same_client(a: ServerLock, b: ServerLock) -> bool:
+    return a.owner == b.owner and a.owner != LOCAL_OWNER
+
+
 def _blocks(held: ServerLock, wanted: ServerLock) -> bool:
+    if _same_client(held, wanted):
+        return False
     return conflicts(held.type, held.mode, held.policy, wanted.mode, wanted.policy)
 
 
@@ -158,7 +172,7 @@ class Namespace:
         self.waiting_count = 0
         self.stats: dict[str, int] = {
             "enqueues": 0, "resends": 0, "replays": 0, "grants": 0, "basts": 0,
-            "cancels": 0, "evictions": 0, "evicted_locks": 0,
+            "cancels": 0, "evictions": 0, "evicted_locks": 0, "self_blocked_grants": 0,
         }
 
     # ---- queries ----
@@ -226,11 +240,61 @@ class Namespace:
             return Enqueued(lock, lock.granted, [])
 
         blockers = [g for g in r.granted if _blocks(g, lock)]
-        if not blockers and not any(_blocks(w, lock) for w in r.waiting):
-            self._grant(r, lock, expand_against=chain(r.granted, r.waiting))
-            return Enqueued(lock, True, [])
+        if not blockers:
+            ahead = [w for w in r.waiting if _blocks(w, lock)]
+            if not ahead:
+                self._grant(r, lock, expand_against=chain(r.granted, r.waiting))
+                return Enqueued(lock, True, [])
+            if all(any(_same_client(g, lock) and _blocks(g, w) for g in r.granted)
+                   for w in ahead):
+                # Every waiter ahead waits for this client already: queueing this lock
+                # behind them would make the client wait for itself (a FUSE client gives
+                # a lock back only after the kernel's I/O waiting for this one is done).
+                # Granted, and called back at once like the client's other locks.
+                self.stats["self_blocked_grants"] += 1
+                self._grant(r, lock, expand_against=chain(r.granted, r.waiting))
+                return Enqueued(lock, True, self._send_basts([lock], now))
         self._queue(r, lock)
         return Enqueued(lock, False, self._send_basts(blockers, now))
+
+    def would_block(self, owner: str, res: ResId, type: LockType, mode: Mode,
+                    policy: object) -> bool:
+        """Would a request for this lock have to wait (a granted or waiting lock of the
+        resource conflicts with it)?"""
+        r = self._resources.get(res)
+        if r is None:
+            return False
+        type_, mode, policy = _check_request(type, mode, policy)
+        return any(conflicts(type_, other.mode, other.policy, mode, policy)
+                   and (other.owner != owner or owner == LOCAL_OWNER)
+                   for other in chain(r.granted, r.waiting))
+
+    def try_enqueue(self, owner: str, remote_handle: int, res: ResId, type: LockType,
+                    mode: Mode, policy: object, now: float) -> ServerLock | None:
+        """Grant a lock at once, or take nothing and call nobody back (an intent lock
+        attached to a getattr or a glimpse: its requester can do without it)."""
+        existing = self._by_owner.get(owner, {}).get(remote_handle)
+        if existing is not None:
+            self.stats["resends"] += 1
+            return existing if existing.granted else None
+        if self.would_block(owner, res, type, mode, policy):
+            return None
+        result = self.enqueue(owner, remote_handle, res, type, mode, policy, now)
+        assert result.granted and not result.basts
+        return result.lock
+
+    def pw_holders(self, res: ResId, *, exclude: str | None = None) -> list[ServerLock]:
+        """Granted PW/EX EXTENT locks on `res` (one per owner, other than `exclude`):
+        the clients whose caches may hold data the object does not have yet."""
+        r = self._resources.get(res)
+        if r is None:
+            return []
+        out: dict[str, ServerLock] = {}
+        for lock in r.granted:
+            if (lock.type is LockType.EXTENT and lock.mode in (Mode.PW, Mode.EX)
+                    and lock.owner != exclude):
+                out.setdefault(lock.owner, lock)
+        return list(out.values())
 
     # ---- cancel, evict, reprocess ----
 
@@ -359,7 +423,7 @@ class Namespace:
         assert isinstance(req, Extent)
         lo, hi = 0, OBJECT_EOF
         for other in others:
-            if other is lock or compatible(other.mode, lock.mode):
+            if other is lock or compatible(other.mode, lock.mode) or _same_client(other, lock):
                 continue
             ext = other.policy
             assert isinstance(ext, Extent)

@@ -28,7 +28,7 @@ import trio
 
 from ..protocol import constants as C
 from ..protocol.errors import ConnectionLost, RpcTimeout
-from ..protocol.ldlm import Extent, LockType, ResId
+from ..protocol.ldlm import Extent, LockType, Mode, ResId
 from ..protocol.message import Message
 from .ldlm_server import (
     FL_BLOCK_WAIT,
@@ -38,6 +38,9 @@ from .ldlm_server import (
     Namespace,
     Reprocessed,
     ServerLock,
+)
+from .ldlm_server import (
+    LOCAL_OWNER as LOCAL,
 )
 
 if TYPE_CHECKING:
@@ -51,6 +54,7 @@ LDLM_OPCODES = frozenset({C.LDLM_ENQUEUE, C.LDLM_CANCEL})
 # Reply flags a client may see (lustre_dlm_flags.h values).
 REPLY_FLAGS = FL_LOCK_CHANGED | FL_BLOCK_WAIT
 EVICTED_MEMORY = 4096  # evicted client uuids remembered for their next connect
+GLIMPSE_TIMEOUT = 5.0  # longest wait for a holder's answer to a glimpse AST
 
 
 def _wire_policy(lock: ServerLock) -> Any:
@@ -78,6 +82,8 @@ class LdlmService:
         self.namespace = Namespace(server.name, callback_timeout=callback_timeout,
                                    first_handle=(secrets.randbits(32) << 20) | 1)
         self.evicted: dict[str, None] = {}  # uuids evicted and not reconnected since
+        self._local_seq = 0
+        self._local_granted: dict[int, trio.Event] = {}  # local lock handle -> set on grant
         self._nursery: trio.Nursery | None = None
         self._wakeup = trio.Event()
         self._update_gauges()
@@ -98,6 +104,8 @@ class LdlmService:
                 await self._wakeup.wait()
             self._wakeup = trio.Event()
             for owner in self.namespace.expired(trio.current_time()):
+                if owner == LOCAL:
+                    continue
                 log.warning("%s: lock callback timer expired for %s after %.1fs: evicting",
                             self.server.name, owner, self.timeout)
                 await self.evict(owner, "lock callback timeout")
@@ -127,6 +135,8 @@ class LdlmService:
             handle = _u64(body.get("handle"), "handle")
             flags = _u64(body.get("flags", 0), "flags")
             now = trio.current_time()
+            if body.get("intent") == "glimpse":
+                return await self._glimpse(export, handle, resid, LockType(type_), mode, policy)
             result = self.namespace.enqueue(export.uuid, handle, resid, LockType(type_), mode,
                                             policy, now, no_expand=bool(flags & FL_NO_EXPANSION))
         except LockError as e:
@@ -139,6 +149,41 @@ class LdlmService:
         return {"handle": lock.handle, "granted": result.granted, "mode": int(lock.mode),
                 "policy": _wire_policy(lock), "flags": lock.flags & REPLY_FLAGS}
 
+    async def _glimpse(self, export: Export, handle: int, res: ResId, type_: LockType,
+                       mode: int, policy: Any) -> dict[str, Any]:
+        """A glimpse (Lustre's glimpse enqueue): grant the lock if nothing conflicts;
+        else take no lock and ask every other client holding a PW lock on the object
+        for the size and mtime its cache gives the file (LDLM_GL_CALLBACK)."""
+        lock = self.namespace.try_enqueue(export.uuid, handle, res, type_, mode, policy,
+                                          trio.current_time())
+        self.server.count("ldlm_glimpses")
+        if lock is not None:
+            self._update_gauges()
+            return {"handle": lock.handle, "granted": True, "mode": int(lock.mode),
+                    "policy": _wire_policy(lock), "flags": lock.flags & REPLY_FLAGS}
+        lvbs: list[list[int]] = []
+
+        async def ask(holder: ServerLock) -> None:
+            target = self.server.exports.get(holder.owner)
+            if target is None:
+                return
+            self.server.count("ldlm_gl_asts")
+            try:
+                reply = await target.endpoint.call(
+                    C.LDLM_GL_CALLBACK, {"handle": holder.handle, "remote": holder.remote_handle},
+                    timeout=min(self.timeout, GLIMPSE_TIMEOUT))
+            except (ConnectionLost, RpcTimeout) as e:
+                log.info("%s: glimpse AST to %s failed: %s", self.server.name, holder.owner, e)
+                return
+            size, mtime = reply.body.get("size"), reply.body.get("mtime_ns")
+            if not reply.status and type(size) is int and type(mtime) is int:
+                lvbs.append([size, mtime])
+
+        async with trio.open_nursery() as nursery:
+            for holder in self.namespace.pw_holders(res, exclude=export.uuid):
+                nursery.start_soon(ask, holder)
+        return {"granted": False, "aborted": True, "lvbs": lvbs}
+
     async def cancel(self, export: Export, req: Message) -> dict[str, Any]:
         from .target import ServiceError
         handles = req.body.get("handles")
@@ -146,6 +191,12 @@ class LdlmService:
                 or not all(type(h) is int for h in handles)):
             raise ServiceError(errno.EINVAL, f"handles must be a list of at most {CANCEL_MAX} "
                                              "integers")
+        self.cancel_handles(export, handles)
+        return {}
+
+    def cancel_handles(self, export: Export, handles: list[int]) -> None:
+        """Cancel locks of `export` (LDLM_CANCEL, or early lock cancel carried by an
+        update request); unknown handles are ignored, as Lustre does."""
         now = trio.current_time()
         out = Reprocessed()
         for handle in handles:
@@ -159,7 +210,64 @@ class LdlmService:
             out.basts += done.basts
         self._send_asts(out)
         self._update_gauges()
-        return {}
+
+    # -- the target's own locks (an update's EX locks on the inodes it changes) --
+    def intent_lock(self, export: Export, handle: Any, res: ResId, bits: int) -> int | None:
+        """Grant `export` a PR IBITS lock with its reply, if that needs no waiting
+        (Lustre's intent locks of getattr/lookup); the server's handle, or None."""
+        if type(handle) is not int or not 0 <= handle <= U64:
+            return None
+        try:
+            lock = self.namespace.try_enqueue(export.uuid, handle, res, LockType.IBITS,
+                                              Mode.PR, bits, trio.current_time())
+        except LockError:
+            return None
+        if lock is None:
+            self.server.count("ldlm_intent_refused")
+            return None
+        self.server.count("ldlm_intent_grants")
+        self._update_gauges()
+        return lock.handle
+
+    def local_would_block(self, wanted: list[tuple[ResId, int]]) -> bool:
+        return any(self.namespace.would_block(LOCAL, res, LockType.IBITS, Mode.EX, bits)
+                   for res, bits in wanted)
+
+    async def lock_local(self, wanted: list[tuple[ResId, int]]) -> list[ServerLock]:
+        """EX IBITS locks for an update, in resource order (no deadlock between two
+        updates); conflicting client locks are called back and waited for. Without a
+        conflict nothing awaits: an inline handler may call this."""
+        merged: dict[ResId, int] = {}
+        for res, bits in wanted:
+            merged[res] = merged.get(res, 0) | bits
+        locks: list[ServerLock] = []
+        try:
+            for res in sorted(merged):
+                self._local_seq += 1
+                result = self.namespace.enqueue(LOCAL, self._local_seq, res, LockType.IBITS,
+                                                Mode.EX, merged[res], trio.current_time())
+                locks.append(result.lock)
+                if not result.granted:
+                    event = self._local_granted[result.lock.handle] = trio.Event()
+                    self._send_asts(Reprocessed([], result.basts))
+                    self.server.count("ldlm_update_waits")
+                    await event.wait()
+        except BaseException:
+            self.unlock_local(locks)
+            raise
+        return locks
+
+    def unlock_local(self, locks: list[ServerLock]) -> None:
+        out = Reprocessed()
+        now = trio.current_time()
+        for lock in locks:
+            self._local_granted.pop(lock.handle, None)
+            if self.namespace.lock(lock.handle) is lock:
+                done = self.namespace.cancel(LOCAL, lock.handle, now)
+                out.granted += done.granted
+                out.basts += done.basts
+        self._send_asts(out)
+        self._update_gauges()
 
     def prolong(self, export: Export, res: ResId, extent: Extent | None = None) -> None:
         """I/O by this client under its locks on `res`: push their callback deadlines."""
@@ -193,12 +301,19 @@ class LdlmService:
 
     # -- ASTs --
     def _send_asts(self, out: Reprocessed) -> None:
+        for lock in out.granted:
+            if lock.owner == LOCAL:
+                event = self._local_granted.pop(lock.handle, None)
+                if event is not None:
+                    event.set()
         if self._nursery is None:  # not running (unit use): nothing to send
             return
         for lock in out.granted:
-            self._nursery.start_soon(self._send_cp, lock)
+            if lock.owner != LOCAL:
+                self._nursery.start_soon(self._send_cp, lock)
         for lock in out.basts:
-            self._nursery.start_soon(self._send_bast, lock)
+            if lock.owner != LOCAL:  # the target's own locks go when its update is done
+                self._nursery.start_soon(self._send_bast, lock)
         if out.basts:
             self._wakeup.set()  # a new callback deadline for the timer
 
@@ -233,6 +348,19 @@ class LdlmService:
         if reply.status:
             log.info("%s: client %s answered %s with status %d", self.server.name, lock.owner,
                      C.OPCODE_NAMES.get(opc, opc), reply.status)
+
+    def dump(self) -> list[str]:
+        """One line per lock (Lustre's ldlm.dump_namespaces), for lctl."""
+        now = trio.current_time()
+        lines = []
+        for res in self.namespace.resources():
+            for lk in self.namespace.resource_locks(res):
+                owner = "(target)" if lk.owner == LOCAL else lk.owner
+                due = f" bast {lk.deadline - now:+.1f}s" if lk.deadline is not None else ""
+                lines.append(f"{lk.handle:#x} res {list(res)} {lk.type.name} {lk.mode.name} "
+                             f"{_wire_policy(lk)} {'granted' if lk.granted else 'waiting'} "
+                             f"owner {owner}{due}")
+        return lines
 
     # -- statistics --
     def _update_gauges(self) -> None:

@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import stat
 from typing import Any
 
 import trio
 
 from ..protocol import constants as C
-from ..protocol.ldlm import LockType
+from ..protocol.errors import ConnectionLost
+from ..protocol.ldlm import IBITS_FULL, IBits, LockType, ResId
 from ..protocol.message import Message
 from ..protocol.nid import Nid
 from ..protocol.session import Session
 from .layout_xattr import LOV_XATTR, format_layout, parse_layout
+from .ldlm_service import CANCEL_MAX
 from .mdt_store import Cred, MdtError, MdtStore
 from .mgs import target_name
 from .ost import register_with_mgs
-from .target import Export, ServiceError, TargetServer, body_field
+from .target import DEFERRED, Export, ServiceError, TargetServer, body_field
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,14 @@ def _int(body: dict[str, Any], field: str, default: Any = ..., *, lo: int = 0,
 
 
 MODE_MAX = 0o177777
+UPDATE = int(IBits.UPDATE)
+ATTRS = int(IBits.UPDATE | IBits.PERM)  # attributes, including those permissions use
+NAME_BITS = int(IBits.LOOKUP | IBits.UPDATE)  # the name goes, and the child's nlink/ctime
+
+
+def inode_res(ino: int) -> ResId:
+    """The lock resource of an MDT inode."""
+    return ResId(ino, 0, 0, 0)
 RDEV_MAX = (1 << 32) - 1
 
 
@@ -251,11 +263,30 @@ class MdtServer(TargetServer):
         return {"attr": self._call(self._store().getattr, 1)}
 
     async def getattr(self, export: Export, req: Message) -> dict[str, Any]:
-        return {"attr": self._call(self._store().getattr, _ino(req.body))}
+        return self._with_intent(export, req.body,
+                                 {"attr": self._call(self._store().getattr, _ino(req.body))})
 
     async def lookup(self, export: Export, req: Message) -> dict[str, Any]:
         b = req.body
-        return {"attr": self._call(self._store().lookup, _cred(b), _ino(b, "parent"), _name(b))}
+        attr = self._call(self._store().lookup, _cred(b), _ino(b, "parent"), _name(b))
+        return self._with_intent(export, b, {"attr": attr})
+
+    def _with_intent(self, export: Export, b: dict[str, Any], body: dict[str, Any]) -> Any:
+        """Grant the lock a request asked for ("lock": {"handle", "bits"}) on the inode
+        its reply describes, when that needs no waiting: the client may then cache
+        what the reply says until the lock is called back."""
+        want = b.get("lock")
+        attr = body.get("attr")
+        if type(want) is dict and type(attr) is dict:
+            bits = want.get("bits")
+            if stat.S_ISDIR(attr["mode"]) and "dir_bits" in want:
+                bits = want["dir_bits"]  # a directory's name and its contents lock apart
+            if type(bits) is int and 0 < bits <= int(IBITS_FULL) and not bits & ~int(IBITS_FULL):
+                handle = self.ldlm.intent_lock(export, want.get("handle"),
+                                               inode_res(attr["ino"]), bits)
+                if handle is not None:
+                    body["lock"] = handle
+        return body
 
     async def readlink(self, export: Export, req: Message) -> dict[str, Any]:
         return {"target": self._call(self._store().readlink, _ino(req.body))}
@@ -302,11 +333,93 @@ class MdtServer(TargetServer):
         self._forget_handle(export, req.body["handle"])
         return result
 
-    async def reint(self, export: Export, req: Message) -> tuple[int, dict[str, Any]]:
-        op = self.reint_ops.get(_int(req.body, "op"))
+    async def reint(self, export: Export, req: Message) -> Any:
+        """An update: early-cancelled locks first, then EX locks on every inode it
+        changes (clients caching them are called back), the update, the locks' release,
+        and the intent lock of the reply. Inline when no lock has to be waited for."""
+        b = req.body
+        opc = _int(b, "op")
+        op = self.reint_ops.get(opc)
         if op is None:
             raise ServiceError(errno.EOPNOTSUPP, "unknown REINT operation")
-        return op(export, req.body)
+        cancels = b.get("cancels")
+        if cancels is not None:
+            if (type(cancels) is not list or len(cancels) > CANCEL_MAX
+                    or not all(type(h) is int for h in cancels)):
+                raise ServiceError(errno.EINVAL, "cancels must be a list of lock handles")
+            self.ldlm.cancel_handles(export, cancels)
+        wanted = self._update_locks(opc, b)
+        if wanted and self.ldlm.local_would_block(wanted):
+            assert self._nursery is not None
+            self.count("reint_waits")
+            self._nursery.start_soon(self._reint_after_locks, export, req, op, wanted)
+            return DEFERRED
+        return await self._locked_reint(export, b, op, wanted)
+
+    async def _locked_reint(self, export: Export, b: dict[str, Any], op: Any,
+                            wanted: list[tuple[ResId, int]]) -> Any:
+        locks = await self.ldlm.lock_local(wanted)
+        try:
+            if self.exports.get(export.uuid) is not export:
+                raise ServiceError(errno.ENOTCONN, "evicted while waiting for locks")
+            transno, body = op(export, b)
+        finally:
+            self.ldlm.unlock_local(locks)
+        return transno, self._with_intent(export, b, body)
+
+    async def _reint_after_locks(self, export: Export, req: Message, op: Any,
+                                 wanted: list[tuple[ResId, int]]) -> None:
+        try:
+            reply = self.make_reply(req, await self._locked_reint(export, req.body, op, wanted))
+        except ServiceError as e:
+            reply = self.error_reply(req, e)
+        try:
+            await export.endpoint.send_reply(reply)
+        except ConnectionLost as e:
+            log.info("%s: reply to %s lost: %s", self.name, export.uuid, e)
+
+    def _update_locks(self, opc: int, b: dict[str, Any]) -> list[tuple[ResId, int]]:
+        """The inodes an update changes, with the bits of what changes: UPDATE for
+        attributes and directory entries, LOOKUP for a name that goes away."""
+        store = self._store()
+        if opc in (C.REINT_CREATE, C.REINT_MKDIR, C.REINT_SYMLINK):
+            parent = _ino(b, "parent")
+            out = [(inode_res(parent), UPDATE)]
+            child = store.child_ino(parent, _name(b))
+            if child is not None:  # an open(O_CREAT) of an existing file may truncate it
+                out.append((inode_res(child), UPDATE))
+            return out
+        if opc == C.REINT_LINK:
+            return [(inode_res(_ino(b, "parent")), UPDATE), (inode_res(_ino(b)), UPDATE)]
+        if opc in (C.REINT_UNLINK, C.REINT_RMDIR):
+            parent = _ino(b, "parent")
+            out = [(inode_res(parent), UPDATE)]
+            child = store.child_ino(parent, _name(b))
+            if child is not None:
+                out.append((inode_res(child), NAME_BITS))
+            return out
+        if opc == C.REINT_RENAME:
+            parent, new_parent = _ino(b, "parent"), _ino(b, "new_parent")
+            out = [(inode_res(parent), UPDATE), (inode_res(new_parent), UPDATE)]
+            for p, n in ((parent, _name(b)), (new_parent, _name(b, "new_name"))):
+                child = store.child_ino(p, n)
+                if child is not None:
+                    out.append((inode_res(child), NAME_BITS))
+            return out
+        if opc == C.REINT_SETATTR:
+            return [(inode_res(_ino(b)), ATTRS)]
+        if opc == C.REINT_REMOVEXATTR:
+            return [(inode_res(_ino(b)), UPDATE)]
+        if opc in (C.REINT_SETXATTR, C.REINT_SETLAYOUT):
+            return [(inode_res(_ino(b)), UPDATE | int(IBits.LAYOUT))]
+        if opc == C.REINT_OPEN:
+            flags = _int(b, "flags", hi=(1 << 32) - 1)
+            return [(inode_res(_ino(b)), UPDATE)] if flags & os.O_TRUNC else []
+        if opc == C.REINT_WRITE_UPDATE:
+            # Size and mtime are the data locks' business; set-id bits are attributes.
+            kill = body_field(b, "kill_priv", bool, default=True)
+            return [(inode_res(_ino(b)), ATTRS)] if kill else []
+        return []  # REINT_ATIME: atime is not kept coherent (as relatime in Lustre)
 
     def r_create(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         open_flags = _int(b, "open_flags", None, hi=(1 << 32) - 1)

@@ -532,6 +532,13 @@ class MdtStore:
             raise _fail(errno.ENOENT)
         return _attr(r)
 
+    def child_ino(self, parent: int, name: bytes) -> int | None:
+        """The inode `name` in `parent` names, without permission checks (the MDT
+        locks it before an update; the update itself checks permissions)."""
+        r = self._db.execute("SELECT ino FROM dirents WHERE parent = ? AND name = ?",
+                             (parent, name)).fetchone()
+        return None if r is None else int(r[0])
+
     def readlink(self, ino: int) -> bytes:
         """Target of a symlink (EINVAL for anything else)."""
         r = self._db.execute("SELECT mode, target FROM inodes WHERE ino = ?", (ino,)).fetchone()

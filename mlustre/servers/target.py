@@ -57,7 +57,10 @@ class Export:
     requests: int = 0
 
 
-# A handler returns a reply body, (transno, body) for updates, or (transno, body, bulk).
+# A handler returns a reply body, (transno, body) for updates, or (transno, body, bulk);
+# or DEFERRED when a task of its own sends the reply later (an update waiting for locks
+# must not hold up the connection's reader, which brings the cancels it waits for).
+DEFERRED: Any = object()
 Handler = Callable[[Export, Message], Awaitable[Any]]
 
 
@@ -244,11 +247,19 @@ class TargetServer:
             export.requests += 1
             result = await handler(export, req)
         except ServiceError as e:
-            self.count("errors")
-            return req.reply({"error": str(e)}, status=e.errno,
-                             last_committed=self.last_committed)
+            return self.error_reply(req, e)
         except ConnectionLost:
             return None
+        if result is DEFERRED:
+            return None
+        return self.make_reply(req, result)
+
+    def error_reply(self, req: Message, e: ServiceError) -> Message:
+        self.count("errors")
+        return req.reply({"error": str(e)}, status=e.errno, last_committed=self.last_committed)
+
+    def make_reply(self, req: Message, result: Any) -> Message:
+        """The reply to `req` for a handler's result (see Handler)."""
         bulk = None
         if isinstance(result, tuple):
             transno, body, *rest = result
@@ -281,6 +292,7 @@ class TargetServer:
                 tree.add(ns + "waiting_count", lambda: self.ldlm.namespace.waiting_count)
                 tree.add(ns + "resource_count", lambda: len(self.ldlm.namespace.resources()))
                 tree.add(ns + "ldlm_timeout", lambda: self.ldlm_timeout)
+                tree.add(ns + "locks", self.ldlm.dump)
             self._params = tree
         return self._params
 
