@@ -16,11 +16,12 @@ from typing import Any
 
 import trio
 
-from ..params import ParamError, ParamTree, parse_positive_int
+from ..params import ParamError, ParamTree, parse_positive_float, parse_positive_int
 from ..protocol import constants as C
 from ..protocol.message import Message
 from ..protocol.rpc import Endpoint
 from .imports import Import
+from .ldlm import LockClient
 from .llite import Llite
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,40 @@ def client_params(ops: Llite) -> ParamTree:
     tree.add(ll + "dirty_bytes", lambda: cache.dirty_bytes)
     tree.add(ll + "inodes", lambda: len(ops.inodes))
     tree.add(ll + "open_files", lambda: len(ops.handles.files()))
+    tree.add(ll + "stats", lambda: _stat_lines(ops.counters))
+    for lc in node.locks.values():
+        kind = "mdc" if lc is ops.md_locks else "osc"
+        add_lock_params(tree, f"ldlm.namespaces.{lc.target}-{kind}-{cid}.", lc)
     return tree
+
+
+def _stat_lines(counters: dict[str, int]) -> list[str]:
+    return [f"{k:<25} {v} samples [events]" for k, v in sorted(counters.items())]
+
+
+def add_lock_params(tree: ParamTree, ns: str, lc: LockClient) -> None:
+    """Lustre's ldlm.namespaces.*: lock counts, the LRU's limits, callback counters."""
+
+    def set_lru_size(text: str) -> None:
+        if text.strip() == "clear":  # as Lustre's lru_size=clear: drop every unused lock
+            lc._spawn(lc._cancel, lc.ns.clear_lru())
+            return
+        lc.ns.lru_size = parse_positive_int(text, limit=1 << 24)
+
+    def set_lru_max_age(text: str) -> None:
+        lc.ns.lru_max_age = parse_positive_float(text, limit=86400.0 * 30)
+
+    tree.add(ns + "lock_count", lambda: lc.ns.lock_count)
+    tree.add(ns + "lock_unused_count", lambda: lc.ns.lru_count)
+    tree.add(ns + "lru_size", lambda: lc.ns.lru_size, set_lru_size)
+    tree.add(ns + "lru_max_age", lambda: lc.ns.lru_max_age, set_lru_max_age)
+    tree.add(ns + "stats", lambda: _stat_lines(lc.stats))
+    tree.add(ns + "locks", lambda: [
+        f"{lk.handle} remote {lk.remote_handle:#x} res {list(lk.res)} {lk.type.name} "
+        f"{lk.mode.name} {lk.policy!s} {lk.state.value} users {lk.readers}r/{lk.writers}w"
+        if lk.remote_handle is not None else
+        f"{lk.handle} res {list(lk.res)} {lk.type.name} {lk.mode.name} {lk.state.value}"
+        for lk in lc.ns.all_locks()])
 
 
 def socket_path(state_dir: Path, pid: int) -> Path:

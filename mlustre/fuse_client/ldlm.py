@@ -15,7 +15,12 @@ callback handlers ldlm_handle_bl_callback/cp_callback and the LRU thread).
 * A connect reply with "evicted": true drops every lock (`invalidate_all`) and runs
   the `on_evicted` hook.
 
-Used as a library for now (ClientNode.locks); llite does not take locks yet.
+* Intent locks: `intent_begin()`/`intent_end()` around a request that asks the
+  server to grant a lock with its reply (getattr/lookup on the MDT); `glimpse()`
+  takes a PR lock on an object, or learns from the PW holders the size and mtime
+  their caches give the file; `early_cancel()` takes the unused locks an update
+  would call back and gives their handles to put in that update (ELC).
+* A glimpse AST (LDLM_GL_CALLBACK) is answered with `on_glimpse(lock)`.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ _READ_MODES = Mode.PR | Mode.CR | Mode.NL
 
 OnBlocking = Callable[[ClientLock], Awaitable[None]]
 OnEvicted = Callable[[list[ClientLock]], Awaitable[None]]
+OnGlimpse = Callable[[ClientLock], "dict[str, int] | None"]
 
 
 class LockFailed(Exception):
@@ -88,6 +94,10 @@ async def _no_evicted(locks: list[ClientLock]) -> None:
     return None
 
 
+def _no_glimpse(lock: ClientLock) -> dict[str, int] | None:
+    return None
+
+
 class LockClient:
     """The locks of this client on one target, and the tasks that keep them.
 
@@ -105,13 +115,15 @@ class LockClient:
         self.lru_interval = lru_interval
         self.on_blocking: OnBlocking = on_blocking or _no_blocking
         self.on_evicted: OnEvicted = on_evicted or _no_evicted
+        self.on_glimpse: OnGlimpse = _no_glimpse
         self.imp: Import | None = None
         self._grants: dict[int, trio.Event] = {}  # local handle -> set on CP AST / eviction
         self._nursery: trio.Nursery | None = None
         self._scope: trio.CancelScope | None = None
         self.stats: dict[str, int] = {
             "enqueue_rpcs": 0, "matches": 0, "waits": 0, "cancel_rpcs": 0, "cancels": 0,
-            "basts": 0, "cps": 0, "evictions": 0,
+            "basts": 0, "cps": 0, "evictions": 0, "intents": 0, "intent_grants": 0,
+            "glimpses": 0, "glimpse_grants": 0, "gl_asts": 0, "elc": 0,
         }
         if imp is not None:
             self.attach(imp)
@@ -193,6 +205,90 @@ class LockClient:
             if not done:
                 self._give_up(lock, kind)
 
+    # ---- intent locks, glimpses, early cancels -----------------------------------------
+
+    def intent_begin(self, res: ResId | tuple[int, ...], type: LockType | int,
+                     mode: Mode | int, policy: object) -> ClientLock:
+        """A lock to ask for inside another request; its handle goes in that request.
+        Call intent_end() with the reply, whatever happens."""
+        lock = self.ns.new_lock(ResId(*res), LockType(type), Mode(mode), policy)
+        self.ns.addref(lock.handle, ref_kind(lock.mode))
+        self.stats["intents"] += 1
+        return lock
+
+    def intent_end(self, lock: ClientLock, remote: int | None) -> bool:
+        """The reply came (remote = the server's handle if it granted the lock) or the
+        request failed (None). True if the lock is now GRANTED: what the reply said
+        may be cached until the lock is called back."""
+        kind = ref_kind(lock.mode)
+        if remote is None or lock.state is not LockState.ENQUEUING:
+            if lock.state is LockState.ENQUEUING:
+                self.ns.enqueue_failed(lock.handle)
+            self.release(lock, kind=kind)
+            return False
+        self.stats["intent_grants"] += 1
+        self._grant(lock, remote, lock.mode, wire_policy(lock.type, lock.policy))
+        self.release(lock, kind=kind)
+        return lock.state is LockState.GRANTED
+
+    async def glimpse(self, res: ResId | tuple[int, ...],
+                      policy: Extent) -> tuple[ClientLock | None, list[list[int]]]:
+        """A PR EXTENT lock on `res` if one is held or can be granted at once; else no
+        lock and the [size, mtime_ns] each PW holder's cache gives the file."""
+        res = ResId(*res)
+        now = trio.current_time()
+        lock = self.ns.match(res, LockType.EXTENT, Mode.PR, policy, now)
+        if lock is not None:
+            self.stats["matches"] += 1
+            return lock, []
+        assert self.imp is not None
+        lock = self.ns.new_lock(res, LockType.EXTENT, Mode.PR, policy)
+        self.ns.addref(lock.handle, READ)
+        self.stats["glimpses"] += 1
+        try:
+            reply = await self.imp.call(C.LDLM_ENQUEUE, {
+                "res": list(res), "type": int(LockType.EXTENT), "mode": int(Mode.PR),
+                "policy": wire_policy(LockType.EXTENT, policy), "handle": lock.handle,
+                "flags": 0, "intent": "glimpse"})
+        except BaseException:
+            self._give_up(lock, READ)
+            raise
+        body = reply.body
+        if body.get("granted") and lock.state is LockState.ENQUEUING:
+            self.stats["glimpse_grants"] += 1
+            self._grant(lock, body["handle"], body["mode"], body["policy"])
+            self.release(lock, kind=READ)
+            return (lock if lock.state is LockState.GRANTED else None), []
+        self._give_up(lock, READ)
+        return None, [list(v) for v in body.get("lvbs", [])]
+
+    async def early_cancel(self, wanted: list[tuple[ResId, int]]) -> list[int]:
+        """ELC for an update that will take EX IBITS locks on `wanted` (resource, bits):
+        the unused locks of ours it would call back are flushed (on_blocking) and taken;
+        put the returned handles in the update, then call cancels_sent()."""
+        picked: list[ClientLock] = []
+        for res, bits in wanted:
+            picked += self.ns.elc_candidates(ResId(*res), LockType.IBITS, Mode.EX, bits)
+        for lock in picked:
+            try:
+                await self.on_blocking(lock)
+            except Exception:
+                log.exception("%s: on_blocking failed for lock %d", self.target, lock.handle)
+        self.stats["elc"] += len(picked)
+        return [lk.remote_handle for lk in picked if lk.remote_handle is not None]
+
+    def cancels_sent(self, handles: list[int], *, delivered: bool = True) -> None:
+        """The update carrying early cancels was answered (delivered), or failed: then
+        the cancels go again in an LDLM_CANCEL of their own (unknown handles are
+        ignored by the server)."""
+        if not delivered and handles:
+            self._spawn(self._send_cancel, list(handles))
+        for handle in handles:
+            lock = self.ns.by_remote(handle)
+            if lock is not None and lock.state is LockState.CANCELLING:
+                if self.ns.cancelled(lock.handle) is not None:
+                    self.stats["cancels"] += 1
+
     def _give_up(self, lock: ClientLock, kind: str) -> None:
         """The enqueue failed or was abandoned: drop its reference and the lock."""
         remote = lock.remote_handle
@@ -269,6 +365,13 @@ class LockClient:
             if msg.opc == C.LDLM_CP_CALLBACK:
                 self._completion(msg.body)
                 return msg.reply({})
+            if msg.opc == C.LDLM_GL_CALLBACK:
+                self.stats["gl_asts"] += 1
+                lock = self.ns.by_remote(msg.body["handle"])
+                lvb = self.on_glimpse(lock) if lock is not None else None
+                if lvb is None:
+                    return msg.reply({}, status=errno.ENOENT)
+                return msg.reply(lvb)
         except (KeyError, TypeError, ValueError) as e:
             log.warning("%s: bad AST opc %d %r: %s", self.target, msg.opc, msg.body, e)
             return msg.reply({"error": f"bad AST: {e}"}, status=errno.EINVAL)
@@ -291,6 +394,10 @@ class LockClient:
         if action.cancel_now:
             assert action.lock is not None
             self._spawn(self._cancel, [action.lock])
+        elif action.lock is None:
+            # A lock we do not know (its grant's reply was lost): give it back, or the
+            # server would evict us for holding it.
+            self._spawn(self._send_cancel, [remote])
 
     def _completion(self, body: dict[str, Any]) -> None:
         self.stats["cps"] += 1

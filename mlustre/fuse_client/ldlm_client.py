@@ -195,6 +195,21 @@ class ClientNamespace:
         self._by_res.setdefault(res, {})[lock.handle] = lock
         return lock
 
+    def rebind(self, handle: int, res: ResId, policy: object) -> ClientLock:
+        """An intent lock's reply named its resource (a lookup learns the inode from the
+        reply) and the bits the server chose: move the ENQUEUING lock there."""
+        lock = self.lock(handle)
+        if lock.state is not LockState.ENQUEUING:
+            raise ValueError(f"rebind of {lock.state.value} lock {handle}")
+        _check_policy(lock.type, policy)
+        on_res = self._by_res[lock.res]
+        del on_res[handle]
+        if not on_res:
+            del self._by_res[lock.res]
+        lock.res, lock.policy = res, policy
+        self._by_res.setdefault(res, {})[handle] = lock
+        return lock
+
     def enqueue_waiting(self, handle: int, remote_handle: int) -> ClientLock:
         """The enqueue reply said the lock is queued (BLOCK_WAIT): a CP AST will grant it."""
         lock = self.lock(handle)

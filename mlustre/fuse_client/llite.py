@@ -25,8 +25,18 @@ import trio
 
 from ..protocol import constants as C
 from ..protocol.errors import RpcError
+from ..protocol.ldlm import IBits, Mode
 from .client import ClientNode
 from .imports import ImportClosed
+from .ldlm_client import ClientLock
+from .llite_locks import (
+    ATTR_BITS,
+    DIR_NAME_BITS,
+    EOF,
+    LONG_TIMEOUT,
+    UPDATE,
+    LockedCaches,
+)
 from .lov import Layout
 from .open_handles import OpenFile, OpenHandles
 from .page_cache import CHUNK, PageCache
@@ -36,8 +46,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-ATTR_TIMEOUT = 1.0
-ENTRY_TIMEOUT = 1.0
+NAME_BITS = int(IBits.LOOKUP | IBits.UPDATE)  # what an update that removes a name revokes
+LAYOUT_BITS = int(IBits.UPDATE | IBits.LAYOUT)
 READDIR_BATCH = 512
 READAHEAD_MAX = 8  # chunks ahead of a sequential reader
 BLKSIZE = 1 << 20  # tools size their I/O buffers from st_blksize
@@ -69,7 +79,8 @@ def fuse_errors(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
 class Inode:
     __slots__ = ("ino", "attr", "layout", "size", "mtime_ns", "ctime_ns", "meta_dirty",
                  "meta_inflight", "kill_priv", "lookups", "opens", "write_error", "meta_lock",
-                 "fetching")
+                 "fetching", "md", "data_gen", "size_gen", "revoking", "revoke_io", "lockless",
+                 "lockless_idle", "kernel_pages")
 
     def __init__(self, ino: int, attr: dict[str, Any]) -> None:
         self.ino = ino
@@ -86,6 +97,14 @@ class Inode:
         self.write_error = 0
         self.meta_lock = trio.Lock()
         self.fetching: dict[int, trio.Event] = {}
+        self.md: list[ClientLock] = []  # granted MDT locks protecting attr (and names)
+        self.data_gen = 0  # bumped whenever a data lock of this file is given back
+        self.size_gen = -1  # data_gen when size/mtime were last read under full locks
+        self.revoking: list[tuple[int, ClientLock]] = []  # data locks being given back
+        self.revoke_io = 0  # I/O served under a lock being given back (a count)
+        self.lockless = 0  # such I/O in progress
+        self.lockless_idle = trio.Event()
+        self.kernel_pages = False  # read through a buffered handle since last invalidated
 
 
 class Groups:
@@ -115,7 +134,7 @@ class Groups:
         return groups
 
 
-class Llite(pyfuse3.Operations):
+class Llite(LockedCaches, pyfuse3.Operations):
     """pyfuse3 operations over a ClientNode."""
 
     enable_writeback_cache = False  # a multi-client fs must own size and mtime itself
@@ -135,6 +154,7 @@ class Llite(pyfuse3.Operations):
         self.flush_interval = 1.0
         self._closing = 0  # MDT closes in flight
         self._closed_all = trio.Event()
+        self._init_locks()
 
     # -- lifecycle --
     def start(self, nursery: trio.Nursery) -> None:
@@ -191,15 +211,20 @@ class Llite(pyfuse3.Operations):
         inode = self.inodes.get(ino)
         if inode is None:
             inode = self.inodes[ino] = Inode(ino, attr)
+            self.adopt_md_locks(inode)
+            self.watch_layout(inode)
             return inode
         inode.attr = attr
         if attr.get("layout"):
             layout = Layout.from_dict(attr["layout"])
             if inode.layout is None or layout != inode.layout:
                 inode.layout = layout
-        if self._local_meta_settled(inode) and attr["mtime_ns"] >= inode.mtime_ns:
-            # (A reply sent before our last size update reached the MDT carries an older
-            # mtime than ours: its size is stale.)
+                self.watch_layout(inode)
+        if self.size_valid(inode):
+            return inode  # size and mtime under our data locks are newer than the MDT's
+        if self._local_meta_settled(inode):
+            # (Not while our own size update is unsent or unanswered: a reply the MDT
+            # made before it would carry an older size.)
             inode.size = attr["size"]
             inode.mtime_ns = attr["mtime_ns"]
             inode.ctime_ns = attr["ctime_ns"]
@@ -221,8 +246,8 @@ class Llite(pyfuse3.Operations):
         e.st_atime_ns = a["atime_ns"]
         e.st_mtime_ns = inode.mtime_ns
         e.st_ctime_ns = max(inode.ctime_ns, a["ctime_ns"])
-        e.attr_timeout = ATTR_TIMEOUT
-        e.entry_timeout = ENTRY_TIMEOUT
+        e.attr_timeout = LONG_TIMEOUT if self.attrs_valid(inode) else 0
+        e.entry_timeout = 0  # names: the daemon answers from its lock-protected cache
         if count_lookup:
             inode.lookups += 1
         return e
@@ -242,8 +267,10 @@ class Llite(pyfuse3.Operations):
             kill_priv, inode.kill_priv = inode.kill_priv, False
             inode.meta_inflight += 1
             try:
-                attr = await self.mdc.write_update(inode.ino, inode.size, inode.mtime_ns,
-                                                   kill_priv)
+                attr = await self.update_call(
+                    [(inode.ino, ATTR_BITS)] if kill_priv else [],
+                    lambda cancels: self.mdc.write_update(inode.ino, inode.size, inode.mtime_ns,
+                                                          kill_priv, cancels=cancels))
             except BaseException:
                 inode.meta_dirty = True
                 inode.kill_priv |= kill_priv
@@ -262,8 +289,15 @@ class Llite(pyfuse3.Operations):
     @fuse_errors
     async def lookup(self, parent_inode: int, name: bytes,
                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        attr = await self.mdc.lookup(self._cred(ctx), parent_inode, name)
-        return self._entry(self._update(attr))
+        node = self.cached_lookup(parent_inode, name, ctx.uid, ctx.gid,
+                                  lambda: self.groups.of(ctx.pid))
+        if node is None:
+            cred = self._cred(ctx)
+            node, _ = await self.md_call(lambda intent: self.mdc.lookup(
+                cred, parent_inode, name, intent=intent), DIR_NAME_BITS)
+            assert node is not None
+            self.remember_name(parent_inode, name, node)
+        return self._entry(node)
 
     def forget(self, inode_list: list[tuple[int, int]]) -> None:  # type: ignore[override]
         for ino, nlookup in inode_list:
@@ -274,15 +308,21 @@ class Llite(pyfuse3.Operations):
 
     @fuse_errors
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        attr = await self.mdc.getattr(inode)
-        return self._entry(self._update(attr), count_lookup=False)
+        node = self.inodes.get(inode)
+        if node is not None and self.attrs_valid(node):
+            self.counters["md_cache_hits"] += 1
+            return self._entry(node, count_lookup=False)
+        if node is None or node.layout is None:
+            node = await self.md_getattr(inode)
+        if node.layout is not None and not self.size_valid(node):
+            await self.refresh_size(node)
+        return self._entry(node, count_lookup=False)
 
     @fuse_errors
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
                       fields: pyfuse3.SetattrFields, fh: int | None,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        node = self._inode(inode) if inode in self.inodes else self._update(
-            await self.mdc.getattr(inode))
+        node = self._inode(inode) if inode in self.inodes else await self.md_getattr(inode)
         attrs: dict[str, Any] = {}
         if fields.update_mode:
             attrs["mode"] = stat.S_IMODE(attr.st_mode)
@@ -301,28 +341,35 @@ class Llite(pyfuse3.Operations):
         cred = self._cred(ctx)
         if fields.update_size:
             size = attr.st_size
-            async with node.meta_lock:
+            # Every other client's cached data and size go first (PW over the whole file).
+            async with self.data_locks(node, Mode.PW, 0, EOF), node.meta_lock:
                 # The MDT checks permission and sets the size first; only then is data dropped.
                 if node.meta_dirty or not self._data_settled(inode):
                     await self.writeback.wait_idle(inode)
-                new = await self.mdc.setattr(cred, inode, {**attrs, "size": size},
-                                             via_handle=fh is not None)
+                new = await self._setattr_rpc(cred, node, {**attrs, "size": size}, fh)
                 await self._truncate_data(node, size)
                 node.meta_dirty = False
                 node.size = size
                 node.mtime_ns = new["mtime_ns"]
                 node.ctime_ns = new["ctime_ns"]
-                node.attr = new
         else:
             if "mtime_ns" in attrs or "mtime_now" in attrs:
                 # Explicit times must not be overwritten by a later size update.
                 await self.writeback.flush_file(inode)
                 await self._push_meta(node)
-            new = await self.mdc.setattr(cred, inode, attrs, via_handle=fh is not None)
-            node.attr = new
+            new = await self._setattr_rpc(cred, node, attrs, fh)
             node.mtime_ns = new["mtime_ns"]
             node.ctime_ns = new["ctime_ns"]
         return self._entry(node, count_lookup=False)
+
+    async def _setattr_rpc(self, cred: list[Any], node: Inode, attrs: dict[str, Any],
+                           fh: int | None) -> dict[str, Any]:
+        _, body = await self.update_call(
+            [(node.ino, ATTR_BITS)],
+            lambda cancels: self.md_call(lambda intent: self.mdc.setattr(
+                cred, node.ino, attrs, via_handle=fh is not None, intent=intent,
+                cancels=cancels)))
+        return body["attr"]
 
     async def _truncate_data(self, node: Inode, size: int) -> None:
         await self.writeback.wait_idle(node.ino)
@@ -342,35 +389,72 @@ class Llite(pyfuse3.Operations):
     @fuse_errors
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        result = await self.mdc.create(self._cred(ctx), parent_inode, name, mode, rdev)
-        return self._entry(self._update(result["attr"]))
+        cred = self._cred(ctx)
+        node = await self._make(parent_inode, name, lambda cancels, intent: self.mdc.create(
+            cred, parent_inode, name, mode, rdev, intent=intent, cancels=cancels))
+        return self._entry(node)
+
+    async def _make(self, parent: int, name: bytes,
+                    call: Callable[[list[int], dict[str, Any]], Awaitable[dict[str, Any]]],
+                    extra: list[tuple[int, int]] | None = None) -> Inode:
+        """A new name in `parent` (create, mkdir, symlink, link), its reply's intent lock
+        kept and the name cached under it."""
+        node, _ = await self.update_call(
+            [(parent, UPDATE), *(extra or [])],
+            lambda cancels: self.md_call(lambda intent: call(cancels, intent), DIR_NAME_BITS))
+        assert node is not None
+        self.remember_name(parent, name, node)
+        return node
 
     @fuse_errors
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        attr = await self.mdc.mkdir(self._cred(ctx), parent_inode, name, mode)
-        return self._entry(self._update(attr))
+        cred = self._cred(ctx)
+        node = await self._make(parent_inode, name, lambda cancels, intent: self.mdc.mkdir(
+            cred, parent_inode, name, mode, intent=intent, cancels=cancels))
+        return self._entry(node)
 
     @fuse_errors
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        attr = await self.mdc.symlink(self._cred(ctx), parent_inode, name, target)
-        return self._entry(self._update(attr))
+        cred = self._cred(ctx)
+        node = await self._make(parent_inode, name, lambda cancels, intent: self.mdc.symlink(
+            cred, parent_inode, name, target, intent=intent, cancels=cancels))
+        return self._entry(node)
 
     @fuse_errors
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        attr = await self.mdc.link(self._cred(ctx), inode, new_parent_inode, new_name)
-        return self._entry(self._update(attr))
+        cred = self._cred(ctx)
+        node = await self._make(new_parent_inode, new_name, lambda cancels, intent: self.mdc.link(
+            cred, inode, new_parent_inode, new_name, intent=intent, cancels=cancels),
+            [(inode, UPDATE)])
+        return self._entry(node)
 
     @fuse_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        result = await self.mdc.unlink(self._cred(ctx), parent_inode, name)
+        cred = self._cred(ctx)
+        result = await self.update_call(
+            self._name_locks(parent_inode, name),
+            lambda cancels: self.mdc.unlink(cred, parent_inode, name, cancels=cancels))
+        self.forget_name(parent_inode, name)
         self._after_remove(result.get("ino"))
 
     @fuse_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        await self.mdc.rmdir(self._cred(ctx), parent_inode, name)
+        cred = self._cred(ctx)
+        await self.update_call(
+            self._name_locks(parent_inode, name),
+            lambda cancels: self.mdc.rmdir(cred, parent_inode, name, cancels=cancels))
+        self.forget_name(parent_inode, name)
+
+    def _name_locks(self, parent: int, name: bytes) -> list[tuple[int, int]]:
+        """What removing a name calls back: the directory's contents, the child's name."""
+        wanted = [(parent, UPDATE)]
+        child = self.dentries.get((parent, name))
+        if child is not None:
+            wanted.append((child, NAME_BITS))
+        return wanted
 
     def _after_remove(self, ino: int | None) -> None:
         inode = self.inodes.get(ino) if ino else None
@@ -380,8 +464,14 @@ class Llite(pyfuse3.Operations):
     @fuse_errors
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
-        result = await self.mdc.rename(self._cred(ctx), parent_inode_old, name_old,
-                                       parent_inode_new, name_new, flags)
+        cred = self._cred(ctx)
+        result = await self.update_call(
+            self._name_locks(parent_inode_old, name_old)
+            + self._name_locks(parent_inode_new, name_new),
+            lambda cancels: self.mdc.rename(cred, parent_inode_old, name_old, parent_inode_new,
+                                            name_new, flags, cancels=cancels))
+        self.forget_name(parent_inode_old, name_old)
+        self.forget_name(parent_inode_new, name_new)
         self._after_remove(result.get("replaced"))
 
     # -- directories --
@@ -397,7 +487,7 @@ class Llite(pyfuse3.Operations):
             dots = [(b".", ino, 1), (b"..", None, 2)][start_id:]
             for name, dot_ino, next_id in dots:
                 attr = (await self.mdc.getattr(dot_ino) if dot_ino is not None
-                        else await self.mdc.lookup(cred, ino, b".."))
+                        else await self.mdc.lookup(cred, ino, b".."))["attr"]
                 # Not counted as lookups: the kernel does not forget . and ..
                 if not pyfuse3.readdir_reply(token, name,
                                              self._entry(self._update(attr), count_lookup=False),
@@ -427,7 +517,7 @@ class Llite(pyfuse3.Operations):
 
     # -- files --
     def _file_info(self, of: OpenFile, keep_cache: bool) -> pyfuse3.FileInfo:
-        return pyfuse3.FileInfo(fh=of.fh, keep_cache=keep_cache, direct_io=False)
+        return pyfuse3.FileInfo(fh=of.fh, keep_cache=keep_cache, direct_io=of.direct)
 
     async def _opened(self, node: Inode, result: dict[str, Any], flags: int,
                       uid: int) -> OpenFile:
@@ -442,26 +532,47 @@ class Llite(pyfuse3.Operations):
 
     @fuse_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        result = await self.mdc.open(self._cred(ctx), inode, flags)
+        cred = self._cred(ctx)
         node = self.inodes.get(inode)
-        # Close-to-open: data cached by an earlier open is kept only if the file is unchanged.
-        fresh = result["attr"]
-        unchanged = node is not None and node.attr["mtime_ns"] == fresh["mtime_ns"] \
-            and node.attr["size"] == fresh["size"]
-        if node is not None and not unchanged:
+        if flags & os.O_TRUNC and node is None:
+            node = await self.md_getattr(inode)  # (its layout, to lock its objects)
+        if flags & os.O_TRUNC and node is not None and node.layout is not None:
+            # Other clients' cached data and size of this file go before it is truncated.
+            async with self.data_locks(node, Mode.PW, 0, EOF):
+                result = await self._open_rpc(cred, inode, flags)
+                of = await self._opened(self._update(result["attr"]), result, flags, ctx.uid)
+            return self._file_info(of, keep_cache=False)
+        result = await self._open_rpc(cred, inode, flags)
+        node = self._update(result["attr"])
+        # The kernel's pages (and ours) are still right if a data lock covered them all
+        # along: losing one invalidates them. Without locks, nothing cached is kept.
+        keep = self.covered(node) and not result.get("truncated")
+        if not keep:
             self.cache.drop_clean(inode)
-        node = self._update(fresh)
         of = await self._opened(node, result, flags, ctx.uid)
-        return self._file_info(of, keep_cache=unchanged and not result.get("truncated"))
+        return self._file_info(of, keep_cache=keep)
+
+    async def _open_rpc(self, cred: list[Any], ino: int, flags: int) -> dict[str, Any]:
+        return await self.update_call(
+            [(ino, UPDATE)] if flags & os.O_TRUNC else [],
+            lambda cancels: self.mdc.open(cred, ino, flags, cancels=cancels))
 
     @fuse_errors
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo,
                                                            pyfuse3.EntryAttributes]:
-        result = await self.mdc.create(self._cred(ctx), parent_inode, name, mode,
-                                       open_flags=flags, exclusive=bool(flags & os.O_EXCL))
-        node = self._update(result["attr"])
-        of = await self._opened(node, result, flags, ctx.uid)
+        cred = self._cred(ctx)
+        bodies: list[dict[str, Any]] = []
+
+        async def call(cancels: list[int], intent: dict[str, Any]) -> dict[str, Any]:
+            body = await self.mdc.create(cred, parent_inode, name, mode, open_flags=flags,
+                                         exclusive=bool(flags & os.O_EXCL), intent=intent,
+                                         cancels=cancels)
+            bodies.append(body)
+            return body
+
+        node = await self._make(parent_inode, name, call)
+        of = await self._opened(node, bodies[0], flags, ctx.uid)
         return self._file_info(of, keep_cache=False), self._entry(node)
 
     async def _fetch(self, node: Inode, idx: int) -> None:
@@ -507,7 +618,9 @@ class Llite(pyfuse3.Operations):
 
     async def _readahead(self, node: Inode, idx: int) -> None:
         try:
-            await self._fetch(node, idx)
+            async with self.data_locks(node, Mode.PR, idx * CHUNK, (idx + 1) * CHUNK):
+                if self.size_valid(node):  # (else the size may have moved: let it be)
+                    await self._fetch(node, idx)
         except Exception as e:  # read-ahead is a hint; the real read reports errors
             log.debug("read-ahead of inode %d chunk %d failed: %s", node.ino, idx, e)
 
@@ -515,8 +628,21 @@ class Llite(pyfuse3.Operations):
     async def read(self, fh: int, off: int, size: int) -> bytes:
         of = self.handles.file(fh)
         node = self._inode(of.ino)
+        if node.layout is None:
+            return b""
+        # The cache works in whole chunks: lock what it will hold.
+        first = off // CHUNK * CHUNK
+        last = max(-(-(off + size) // CHUNK), off // CHUNK + 1) * CHUNK
+        async with self.data_locks(node, Mode.PR, first, last) as borrowed:
+            if not self.size_valid(node) and not borrowed:
+                await self.refresh_size(node)
+            return await self._read_locked(of, node, off, size)
+
+    async def _read_locked(self, of: OpenFile, node: Inode, off: int, size: int) -> bytes:
         if not of.atime_done:
             self._relatime(of, node)
+        if not of.direct:
+            node.kernel_pages = True
         end = min(off + size, node.size)
         if off >= end:
             return b""
@@ -574,9 +700,28 @@ class Llite(pyfuse3.Operations):
         node = self._inode(of.ino)
         if node.layout is None:
             raise pyfuse3.FUSEError(errno.EINVAL)
-        if of.flags & os.O_APPEND:
-            off = node.size
         await self.writeback.wait_for_space(len(buf))
+        append = bool(of.flags & os.O_APPEND)
+        first = off // CHUNK * CHUNK
+        last = -(-(off + len(buf)) // CHUNK) * CHUNK
+        # An append writes where the file ends: nobody else may move that end meanwhile.
+        async with self.data_locks(node, Mode.PW, 0 if append else first,
+                                   EOF if append else last) as borrowed:
+            if not self.size_valid(node) and not borrowed:
+                await self.refresh_size(node)
+            stale_size = append and off != node.size
+            if append:
+                off = node.size  # where the file really ends, not where the kernel thinks
+            written = await self._write_locked(of, node, off, buf)
+        if stale_size:
+            await self._kernel_inval(node.ino, attr_only=True)  # the kernel's i_size is off
+        if of.direct and node.kernel_pages:
+            # Pages read through another handle of this file are older than this write.
+            node.kernel_pages = False
+            await self._kernel_inval(node.ino, attr_only=False)
+        return written
+
+    async def _write_locked(self, of: OpenFile, node: Inode, off: int, buf: bytes) -> int:
         view = memoryview(buf)
         pos = off
         end = off + len(buf)
@@ -672,7 +817,10 @@ class Llite(pyfuse3.Operations):
             # No POSIX ACLs: refusing makes cp/tar fall back to chmod, as on a filesystem
             # mounted without ACL support.
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
-        result = await self.mdc.setxattr(self._cred(ctx), inode, name, value, 0)
+        cred = self._cred(ctx)
+        result = await self.update_call(
+            [(inode, LAYOUT_BITS)],
+            lambda cancels: self.mdc.setxattr(cred, inode, name, value, 0, cancels=cancels))
         if "attr" in result:
             self._update(result["attr"])
 
@@ -683,7 +831,9 @@ class Llite(pyfuse3.Operations):
     @fuse_errors
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         try:
-            await self.mdc.removexattr(self._cred(ctx), inode, name)
+            cred = self._cred(ctx)
+            await self.update_call([(inode, UPDATE)], lambda cancels: self.mdc.removexattr(
+                cred, inode, name, cancels=cancels))
         except RpcError as e:
             if e.errno == errno.ENODATA:
                 raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None

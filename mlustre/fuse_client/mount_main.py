@@ -51,6 +51,7 @@ async def run(args: argparse.Namespace) -> None:
         admin_path = admin.socket_path(registry.state_dir(), os.getpid())
         listener = await admin.open_admin_socket(admin_path)
         pyfuse3.init(ops, args.mountpoint, options)
+        ops.kernel_ready = True
         registry.register_mount(args.mountpoint, {
             "pid": os.getpid(), "spec": args.spec, "fsname": node.fsname,
             "cluster_data": args.cluster_data, "uuid": node.uuid,
@@ -76,6 +77,7 @@ async def run(args: argparse.Namespace) -> None:
             unmount = False
             raise
         finally:
+            ops.kernel_ready = False  # no kernel to tell about invalidations any more
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(60):
                     await ops.shutdown()

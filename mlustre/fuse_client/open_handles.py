@@ -8,6 +8,7 @@ replay after an MDT restart; it is kept here with the handle.)
 from __future__ import annotations
 
 import errno
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,15 @@ class OpenFile:
     next_read: int = -1
     atime_done: bool = False
     ra_window: int = 0
+
+    @property
+    def direct(self) -> bool:
+        """Opened write-only (or to append): the kernel keeps no pages for this handle.
+        A buffered write holds the kernel's page locks while the daemon waits for its
+        lock, and a lock called back elsewhere waits for those pages to be invalidated:
+        a write that owns no pages can wait for a lock with no such cycle. (Read-write
+        opens stay buffered: shared mmap needs the page cache.)"""
+        return (self.flags & os.O_ACCMODE) == os.O_WRONLY or bool(self.flags & os.O_APPEND)
 
 
 class OpenHandles:
