@@ -15,8 +15,31 @@ Phases per target:
   create  --files empty files (os.open O_CREAT|O_WRONLY, close)
   stat    os.stat of every file after a remount (cold)
   unlink  os.unlink of every file
+  reread  re-read of a cached file: --reread-mb MiB written and closed, read once
+          (untimed, warms the caches), then read --reread-passes times, each pass with a
+          fresh open() and 1 MiB reads; the figure is the median pass (data checked
+          after every pass, outside the timed region)
+  pingpong
+          hand-off latency between two mounts of the same filesystem (mlustre: a second
+          client `mlustre mount SPEC MNT2`; passthrough: a second passthrough process of
+          the same source; tmpfs: the same directory twice). Process A (on the first
+          mount) opens a shared file, writes a 64-byte record at offset 0 and closes it,
+          then tells process B (on the second mount) over a pipe; B opens, reads and
+          closes the file right away and checks the record. A read that does not show
+          the new record is a STALE read: counted and retried at once (no sleeps). B then
+          writes the next record and A reads it, and so on, --pingpong-rounds round
+          trips after 2 warm-up round trips, given up after --pingpong-timeout s. The
+          latency of one hand-off runs from the writer's open to the reader's close of
+          the read that saw the new record (CLOCK_MONOTONIC, shared by both processes);
+          median and p99 are reported, with the number of stale reads.
 
-Exits non-zero when any phase, setup step or verification fails.
+--only takes targets and/or benchmarks (write, read, create, stat, unlink, reread,
+pingpong; seq = write,read; meta = create,stat,unlink), e.g. `--only reread`,
+`--only mlustre,pingpong`. A benchmark pulls in what it needs (read: write; stat:
+create; create and unlink go together). Default: every target, every benchmark.
+
+Exits non-zero when any phase, setup step or verification fails (stale reads in
+pingpong are reported, not a failure).
 """
 
 from __future__ import annotations
@@ -26,6 +49,8 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
+import math
+import multiprocessing
 import os
 import platform
 import re
@@ -33,6 +58,7 @@ import shutil
 import signal
 import socket
 import stat
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,14 +72,22 @@ PASSTHROUGH = ROOT / "scripts" / "passthrough.py"
 MIB = 1 << 20
 BLOCK = MIB
 TARGETS = ("mlustre", "tmpfs", "passthrough")
-PHASES = ("write", "read", "create", "stat", "unlink")
+PHASES = ("write", "read", "create", "stat", "unlink", "reread", "pingpong")
+# --only aliases and what a benchmark needs to run (see parse_args).
+ALIASES = {"seq": ("write", "read"), "meta": ("create", "stat", "unlink")}
+NEEDS = {"read": ("write",), "stat": ("create", "unlink"), "create": ("unlink",),
+         "unlink": ("create",)}
 PHASE_LABEL = {
     "write": "seq write 1 MiB, fsync (MB/s)",
     "read": "seq read 1 MiB, cold (MB/s)",
     "create": "create empty files (ops/s)",
     "stat": "stat, cold (ops/s)",
     "unlink": "unlink (ops/s)",
+    "reread": "re-read, cached, new open (MB/s)",
+    "pingpong": "ping-pong hand-off (us)",
 }
+PP_RECORD = 64  # bytes of the ping-pong record
+PP_WARMUP = 2  # untimed ping-pong round trips (their stale reads still count)
 # Reference figures ("bar") measured on network filesystems.
 BARS = {"write": 290.0, "read": 560.0, "create": 2500.0, "stat": 5000.0, "unlink": 3700.0}
 
@@ -67,7 +101,9 @@ T_SHORT = 30
 
 
 class BenchError(Exception):
-    pass
+    def __init__(self, msg: str = "", partial: dict | None = None):
+        super().__init__(msg)
+        self.partial = partial  # figures measured before the failure, kept in the results
 
 
 def log(msg: str) -> None:
@@ -299,6 +335,13 @@ class Target:
     def remount(self) -> None:
         pass
 
+    def mount_second(self) -> Path:
+        """A second mount of the same filesystem (pingpong); returns the bench dir there."""
+        raise TypeError(f"{type(self).__name__} defines no mount_second()")
+
+    def unmount_second(self) -> None:
+        """Undo mount_second(), whatever state it got to (idempotent)."""
+
     def abort(self) -> None:
         """Called from the watchdog thread: make blocked syscalls on the target fail."""
 
@@ -354,6 +397,9 @@ class TmpfsTarget(Target):
         self.bench_dir = self.dir
         return self.dir
 
+    def mount_second(self) -> Path:
+        return self.dir  # both "mounts" are the same directory
+
     def teardown(self) -> None:
         release_tmpfs(self.dir, self.own_mounts)
 
@@ -371,6 +417,9 @@ class PassthroughTarget(Target):
         self.proc: subprocess.Popen | None = None
         self.logfile = work / "logs" / "passthrough.log"
         self.instance = 0
+        self.proc2: subprocess.Popen | None = None  # second mount (pingpong)
+        self.mnt2: Path | None = None
+        self.mnt2_dev: int | None = None
 
     def _start(self) -> None:
         self.instance += 1
@@ -420,15 +469,52 @@ class PassthroughTarget(Target):
             raise BenchError(f"{self.mnt} still mounted after stopping the passthrough")
         self._start()
 
+    def mount_second(self) -> Path:
+        self.mnt2 = self.work / "passthrough-mnt2"
+        self.mnt2.mkdir(exist_ok=True)
+        logfile = self.work / "logs" / "passthrough-2.log"
+        self.proc2 = start_bg([sys.executable, PASSTHROUGH, self.src, self.mnt2], logfile)
+        proc = self.proc2
+        wait_until(lambda: is_mounted(self.mnt2), T_MOUNT, "second passthrough mount", proc,
+                   logfile)
+        if proc.poll() is not None:
+            raise BenchError(f"second passthrough exited {proc.returncode}\n{tail(logfile)}")
+        self.mnt2_dev = os.stat(self.mnt2).st_dev
+        self.info.setdefault("pids", []).append(proc.pid)
+        return self.mnt2
+
+    def unmount_second(self) -> None:
+        if self.proc2 is not None:
+            if self.proc2.poll() is None:
+                m = vm_status(self.proc2.pid)
+                m.update(process="passthrough 2", kind="client", served="pingpong",
+                         final=False)
+                self.memory.append(m)
+            stop_pid(self.proc2.pid, "passthrough", grace=15, proc=self.proc2)
+            if self.proc2.returncode not in (0, None):
+                self.problems.append(f"second passthrough pid {self.proc2.pid} exited "
+                                     f"{self.proc2.returncode}")
+            self.proc2 = None
+        if self.mnt2 is not None:
+            fuse_unmount(self.mnt2)
+            if is_mounted(self.mnt2):
+                self.problems.append(f"{self.mnt2} still mounted after the passthrough stopped")
+            else:
+                with contextlib.suppress(OSError):
+                    self.mnt2.rmdir()
+
     def abort(self) -> None:
         fuse_abort(self.mnt_dev)
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
+        fuse_abort(self.mnt2_dev)
+        for proc in (self.proc, self.proc2):
+            if proc is not None and proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
 
     def collect_memory(self, final: bool) -> None:
         self._record_instance_memory(final)
 
     def teardown(self) -> None:
+        self.unmount_second()
         self._stop()
         release_tmpfs(self.src, self.own_mounts)
 
@@ -465,6 +551,9 @@ class MlustreTarget(Target):
         self.client_pid: int | None = None
         self.logdir = work / "logs"
         self.status: dict | None = None
+        self.mnt2: Path | None = None  # second client (pingpong)
+        self.mnt2_dev: int | None = None
+        self.client2_pid: int | None = None
 
     def mlustre(self, *args, timeout: float, check: bool = True):
         return run([self.cli, *args], timeout=timeout, check=check)
@@ -484,8 +573,11 @@ class MlustreTarget(Target):
         for c in st.get("clients", []):
             if isinstance(c.get("pid"), int):
                 self.known_pids[c["pid"]] = "client"
-                if os.path.realpath(str(c.get("mountpoint", ""))) == os.path.realpath(self.mnt):
+                where = os.path.realpath(str(c.get("mountpoint", "")))
+                if where == os.path.realpath(self.mnt):
                     self.client_pid = c["pid"]
+                elif self.mnt2 is not None and where == os.path.realpath(self.mnt2):
+                    self.client2_pid = c["pid"]
         return st
 
     def setup(self) -> Path:
@@ -593,12 +685,76 @@ class MlustreTarget(Target):
         if self.client_pid is None:
             self._client_pid_from_log(logfile)
 
+    def mount_second(self) -> Path:
+        """`mlustre mount SPEC MNT2`: a second client of the cluster, its own process."""
+        spec = (self.status or {}).get("spec") or self.spec
+        self.mnt2 = self.work / "mlustre-mnt2"
+        self.mnt2.mkdir(exist_ok=True)
+        self.client2_pid = None
+        logfile = self.logdir / "mlustre-mount-second.log"
+        proc = start_bg([self.cli, "mount", spec, self.mnt2], logfile)
+        self.mount_procs.append(proc)
+        wait_until(lambda: is_mounted(self.mnt2), T_MOUNT, "mlustre mount (second client)",
+                   proc, logfile)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+        m = re.search(r"client\s+pid[= ](\d+)", tail(logfile, 200))
+        if m:
+            self.client2_pid = int(m.group(1))
+            self.known_pids[self.client2_pid] = "client"
+        if proc.returncode not in (0, None):
+            raise BenchError(f"mlustre mount (second client) exited {proc.returncode}\n"
+                             f"{tail(logfile)}")
+        self.mnt2_dev = os.stat(self.mnt2).st_dev
+        if self.client2_pid is None:
+            with contextlib.suppress(BenchError):
+                self.get_status()
+        if self.client2_pid is None:
+            self.notes.append("pid of the second client unknown (memory not recorded)")
+        self.info["second_client"] = {"mnt": str(self.mnt2), "pid": self.client2_pid,
+                                      "spec": spec}
+        return self.mnt2 / self.bench_dir.name
+
+    def unmount_second(self) -> None:
+        """`mlustre umount MNT2`, falling back to fusermount3 -u, -uz and killing the pid."""
+        if self.mnt2 is None:
+            return
+        pid = self.client2_pid
+        if pid is not None and pid_alive(pid):
+            m = vm_status(pid)
+            m.update(process="mlustre client 2", kind="client", served="pingpong",
+                     final=False)
+            self.memory.append(m)
+        if is_mounted(self.mnt2):
+            try:
+                self.mlustre("umount", self.mnt2, timeout=T_UMOUNT)
+            except BenchError as exc:
+                log(f"mlustre umount {self.mnt2} failed: {exc}")
+                self.problems.append(f"mlustre umount of the second client failed: "
+                                     f"{str(exc)[:300]}")
+            if is_mounted(self.mnt2):
+                fuse_unmount(self.mnt2)
+        if pid is not None:
+            with contextlib.suppress(BenchError):
+                wait_until(lambda: not pid_alive(pid), 15, "second client exit")
+            if pid_alive(pid) and "mlustre" in cmdline(pid):
+                self.problems.append(f"second client pid {pid} still alive 15 s after umount")
+                stop_pid(pid, "mlustre", grace=15)
+        if is_mounted(self.mnt2):
+            self.problems.append(f"{self.mnt2} still mounted")
+        else:
+            with contextlib.suppress(OSError):
+                self.mnt2.rmdir()
+            self.mnt2 = None
+            self.mnt2_dev = None
+
     def abort(self) -> None:
         fuse_abort(self.mnt_dev)
-        pid = self.client_pid
-        if pid is not None and pid_alive(pid):
-            log(f"watchdog: SIGKILL mlustre client {pid}")
-            os.kill(pid, signal.SIGKILL)
+        fuse_abort(self.mnt2_dev)
+        for pid in (self.client_pid, self.client2_pid):
+            if pid is not None and pid_alive(pid):
+                log(f"watchdog: SIGKILL mlustre client {pid}")
+                os.kill(pid, signal.SIGKILL)
 
     def collect_memory(self, final: bool) -> None:
         self._record_client_memory(final)
@@ -614,6 +770,7 @@ class MlustreTarget(Target):
             self.memory.append(m)
 
     def teardown(self) -> None:
+        self.unmount_second()
         if self.cli and self.mnt is not None:
             try:
                 self.mlustre("down", self.mnt, timeout=T_DOWN)
@@ -756,6 +913,277 @@ def phase_unlink(d: Path, count: int) -> dict:
     return {"ops": count, "seconds": secs, "ops_s": count / secs}
 
 
+def read_into(path: Path, mv: memoryview) -> int:
+    """Read *path* from a fresh open() into *mv* in 1 MiB reads; returns the bytes read."""
+    n = len(mv)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        off = 0
+        while off < n:
+            r = os.readv(fd, [mv[off:off + BLOCK]])
+            if r == 0:
+                break
+            off += r
+    finally:
+        os.close(fd)
+    return off
+
+
+def phase_reread(d: Path, buf: bytearray, data: bytes, mb: int, passes: int) -> dict:
+    """Write *mb* MiB, close, read once (untimed), then time *passes* reads (new open each)."""
+    path = d / "rereadfile"
+    n = mb * MIB
+    src = memoryview(data)[:n]
+    mv = memoryview(buf)[:n]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        off = 0
+        while off < n:
+            off += os.write(fd, src[off:off + BLOCK])
+    finally:
+        os.close(fd)
+
+    def check(what: str, got: int) -> None:
+        if got != n:
+            raise BenchError(f"{what}: short read, {got} of {n} bytes")
+        # bytes == bytes is a memcmp; memoryview == memoryview compares item by item.
+        bad = [i // BLOCK for i in range(0, n, BLOCK)
+               if bytes(mv[i:i + BLOCK]) != bytes(src[i:i + BLOCK])]
+        if bad:
+            raise BenchError(f"{what}: data read back differs from the data written in "
+                             f"{len(bad)} 1 MiB blocks, first ones {bad[:8]}")
+
+    t0 = time.perf_counter()
+    got = read_into(path, mv)
+    warm_secs = time.perf_counter() - t0
+    check("warming read", got)
+    secs = []
+    for k in range(passes):
+        mv[::4096] = bytes(len(range(0, n, 4096)))  # a stale buffer cannot pass the check
+        t0 = time.perf_counter()
+        got = read_into(path, mv)
+        secs.append(time.perf_counter() - t0)
+        check(f"pass {k + 1}", got)
+    os.unlink(path)
+    med = statistics.median(secs)
+    return {"bytes": n, "seconds": med, "MB_s": n / med / 1e6, "passes": passes,
+            "pass_MB_s": [round(n / x / 1e6, 1) for x in secs],
+            "best_MB_s": n / min(secs) / 1e6, "warming_read_MB_s": n / warm_secs / 1e6,
+            "data_ok": True}
+
+
+def _pp_now() -> int:
+    # CLOCK_MONOTONIC is one clock for every process of the machine.
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+def _pp_record(seq: int) -> bytes:
+    return (b"%020d pingpong " % seq).ljust(PP_RECORD - 1, b"#") + b"\n"
+
+
+def _pp_write(path: str, seq: int) -> None:
+    rec = _pp_record(seq)
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        w = os.pwrite(fd, rec, 0)
+    finally:
+        os.close(fd)
+    if w != len(rec):
+        raise OSError(f"short write: {w} of {len(rec)} bytes")
+
+
+def _pp_read(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.pread(fd, PP_RECORD, 0)
+    finally:
+        os.close(fd)
+
+
+def pingpong_worker(role: str, path: str, peer, out, last_seq: int, limit: float) -> None:
+    """One side of the ping-pong (runs in its own process).
+
+    A writes the odd records, B the even ones. A message ("turn", seq, t_write_start) on
+    the pipe *peer* hands the turn over; the receiver reads the file at once, counting every
+    read that does not show record *seq* (and retrying at once) until it does, then writes
+    seq + 1 and hands the turn back. The reader of *last_seq* sends ("done",). A dict of
+    results goes to *out* (with "error" set if this side gave up or failed).
+    """
+    deadline = _pp_now() + int(limit * 1e9)
+    handoffs: list[tuple[int, int, int, int, int]] = []  # seq, latency, read ns, stale, bad
+    writes: list[int] = []
+    first_bad = None  # the first hand-off that needed more than one read
+    seq = 0
+    stale = bad = 0  # of the hand-off in progress
+
+    def handoff(nxt: int) -> None:
+        w0 = _pp_now()
+        _pp_write(path, nxt)
+        writes.append(_pp_now() - w0)
+        peer.send(("turn", nxt, w0))
+
+    try:
+        if role == "A":
+            handoff(1)
+        while True:
+            remaining = (deadline - _pp_now()) / 1e9
+            if remaining <= 0 or not peer.poll(remaining):
+                raise TimeoutError(f"{role}: gave up after {limit:.0f} s waiting for the turn "
+                                   f"after record {seq} ({len(handoffs)} hand-offs received)")
+            msg = peer.recv()
+            if msg[0] == "done":
+                break
+            if msg[0] == "error":
+                raise RuntimeError(f"{role}: the other side failed: {msg[1]}")
+            _, seq, t_write = msg
+            want, old = _pp_record(seq), _pp_record(seq - 1)
+            stale = bad = 0
+            wrong = b""
+            while True:
+                r0 = _pp_now()
+                got = _pp_read(path)
+                r1 = _pp_now()
+                if got == want:
+                    break
+                if got == old:
+                    stale += 1
+                else:
+                    bad += 1
+                    wrong = wrong or got
+                if r1 > deadline:
+                    raise TimeoutError(
+                        f"{role}: gave up after {limit:.0f} s: record {seq} still not visible "
+                        f"after {stale + bad} reads ({stale} stale, {bad} neither old nor new; "
+                        f"last read {got[:40]!r})")
+            handoffs.append((seq, r1 - t_write, r1 - r0, stale, bad))
+            if (stale or bad) and first_bad is None:
+                first_bad = {"record": seq, "reader": role, "stale_reads": stale,
+                             "bad_reads": bad, "us_until_fresh": round((r1 - t_write) / 1e3),
+                             "bad_content": wrong[:PP_RECORD].decode(errors="replace")
+                             if bad else None}
+            stale = bad = 0  # counted in handoffs now
+            if seq >= last_seq:
+                peer.send(("done",))
+                break
+            handoff(seq + 1)
+    except BaseException as exc:
+        text = f"{type(exc).__name__}: {exc}"
+        if (stale or bad) and first_bad is None:
+            first_bad = {"record": seq, "reader": role, "stale_reads": stale, "bad_reads": bad,
+                         "us_until_fresh": None}  # never fresh
+        with contextlib.suppress(Exception):
+            peer.send(("error", text))
+        out.send({"error": text, "handoffs": handoffs, "writes": writes, "first": first_bad,
+                  "stale": stale, "bad": bad})
+        return
+    out.send({"error": None, "handoffs": handoffs, "writes": writes, "first": first_bad,
+              "stale": 0, "bad": 0})
+
+
+def _pct(sorted_vals: list[float], q: float) -> float:
+    return sorted_vals[max(0, math.ceil(q * len(sorted_vals)) - 1)]
+
+
+def phase_pingpong(t: Target, d: Path, rounds: int, limit: float) -> dict:
+    """Hand-off latency between two mounts of *t* (see the module docstring)."""
+    path_a = d / "pingpong"
+    try:
+        d2 = t.mount_second()
+        path_b = d2 / "pingpong"
+        fd = os.open(path_a, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, _pp_record(0))
+        finally:
+            os.close(fd)
+        if _pp_read(str(path_b)) != _pp_record(0):
+            raise BenchError(f"{path_b}: the second mount does not show the initial record")
+        total = 2 * (rounds + PP_WARMUP)
+        ctx = multiprocessing.get_context("spawn")
+        ab_a, ab_b = ctx.Pipe()  # the "network": A <-> B turn messages
+        out_a_r, out_a_w = ctx.Pipe(duplex=False)
+        out_b_r, out_b_w = ctx.Pipe(duplex=False)
+        procs = {
+            "A": ctx.Process(target=pingpong_worker, name="pingpong-A",
+                             args=("A", str(path_a), ab_a, out_a_w, total, limit)),
+            "B": ctx.Process(target=pingpong_worker, name="pingpong-B",
+                             args=("B", str(path_b), ab_b, out_b_w, total, limit)),
+        }
+        for p in procs.values():
+            p.start()
+        for c in (ab_a, ab_b, out_a_w, out_b_w):
+            c.close()  # the workers have their copies: a dead worker now reads as EOF
+        outs = {}
+        try:
+            deadline = time.monotonic() + limit + 30  # spawn time, then the workers' limit
+            for role, conn in (("A", out_a_r), ("B", out_b_r)):
+                if not conn.poll(max(0.0, deadline - time.monotonic())):
+                    raise BenchError(f"pingpong: process {role} reported nothing within "
+                                     f"{limit + 30:.0f} s (blocked in the filesystem?)")
+                outs[role] = conn.recv()
+        except EOFError as exc:
+            raise BenchError("pingpong: a worker process died without a report") from exc
+        finally:
+            for p in procs.values():
+                p.join(timeout=5)
+                if p.is_alive():  # only our own worker, by its pid
+                    log(f"kill -KILL {p.pid} (pingpong worker {p.name})")
+                    p.kill()
+                    p.join(timeout=10)
+                if p.is_alive():
+                    t.notes.append(f"pingpong worker pid {p.pid} did not exit after SIGKILL")
+        hand = sorted((h for o in outs.values() for h in o["handoffs"]), key=lambda h: h[0])
+        writes = [w for o in outs.values() for w in o["writes"]]
+        firsts = [o["first"] for o in outs.values()]
+        errs = [f"{r}: {o['error']}" for r, o in outs.items() if o["error"]]
+        if errs:
+            partial = pingpong_stats(hand, writes, firsts)
+            partial["stale_reads"] += sum(o["stale"] for o in outs.values())
+            partial["bad_reads"] += sum(o["bad"] for o in outs.values())
+            partial["stale_handoffs"] += sum(1 for o in outs.values() if o["stale"] or o["bad"])
+            msg = (f"pingpong failed after {len(hand)} of {total} hand-offs "
+                   f"({partial['stale_reads']} stale reads in all")
+            if partial.get("median_us") is not None:
+                msg += (f"; the {partial['handoffs']} timed hand-offs done: median "
+                        f"{partial['median_us']:.0f} us, p99 {partial['p99_us']:.0f} us")
+            raise BenchError(msg + "): " + "; ".join(errs), partial)
+        if [h[0] for h in hand] != list(range(1, total + 1)):
+            raise BenchError(f"pingpong: hand-offs {[h[0] for h in hand][:10]}... do not "
+                             f"cover 1..{total}")
+        res = pingpong_stats(hand, writes, firsts)
+        res.update(round_trips=rounds, warmup_round_trips=PP_WARMUP)
+        return res
+    finally:
+        try:
+            os.unlink(path_a)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            t.notes.append(f"pingpong: unlink of {path_a} failed: {exc}")
+        t.unmount_second()
+
+
+def pingpong_stats(hand: list[tuple], writes: list[int], firsts: list[dict | None]) -> dict:
+    """Figures of the hand-offs *hand* (seq, latency ns, read ns, stale, bad), warm-up excluded."""
+    timed = [h for h in hand if h[0] > 2 * PP_WARMUP]
+    lat = sorted(h[1] / 1e3 for h in timed)
+    reads = [h[2] / 1e3 for h in timed]
+    out = {
+        "handoffs": len(timed),
+        "median_us": statistics.median(lat) if lat else None,
+        "p99_us": _pct(lat, 0.99) if lat else None,
+        "max_us": lat[-1] if lat else None, "min_us": lat[0] if lat else None,
+        "read_median_us": statistics.median(reads) if reads else None,
+        "write_median_us": statistics.median(writes) / 1e3 if writes else None,
+        "stale_reads": sum(h[3] for h in hand),
+        "bad_reads": sum(h[4] for h in hand),
+        "stale_handoffs": sum(1 for h in hand if h[3] or h[4]),
+        "first_stale_handoff": min((f for f in firsts if f is not None),
+                                   key=lambda f: f["record"], default=None),
+        "seconds": sum(h[1] for h in timed) / 1e9,
+    }
+    return out
+
+
 def bench_target(t: Target, data: bytes, sha: str, readbuf: bytearray,
                  args: argparse.Namespace, res: dict) -> dict:
     """Run every phase on *t*, filling *res* as it goes (kept if interrupted)."""
@@ -778,11 +1206,13 @@ def bench_target(t: Target, data: bytes, sha: str, readbuf: bytearray,
             if wd.fired:
                 msg = f"timed out after {args.phase_timeout:.0f} s ({msg})"
                 dead = True
-            raise BenchError(msg) from exc
+            raise BenchError(msg, getattr(exc, "partial", None)) from exc
 
     def phase(name: str, fn: Callable[[], dict], needs: tuple[str, ...] = (),
               remount_first: bool = False) -> None:
         nonlocal dead
+        if name not in args.benches:
+            return
         if dead or any(n in failed for n in needs):
             phases[name] = {"ok": False, "error": "skipped: "
                             + ("target aborted" if dead else f"needs {', '.join(needs)}")}
@@ -811,6 +1241,8 @@ def bench_target(t: Target, data: bytes, sha: str, readbuf: bytearray,
             log(f"[{t.name}] {name} FAILED: {exc}")
             res["errors"].append(f"{name}: {exc}")
             phases[name] = {"ok": False, "error": str(exc)}
+            if exc.partial:
+                phases[name]["partial"] = exc.partial
             failed.add(name)
             return
         finally:
@@ -821,6 +1253,13 @@ def bench_target(t: Target, data: bytes, sha: str, readbuf: bytearray,
         if "MB_s" in r:
             log(f"[{t.name}] {name}: {r['bytes'] / MIB:.0f} MiB in {r['seconds']:.3f} s"
                 f" = {r['MB_s']:.1f} MB/s")
+        elif "median_us" in r:
+            log(f"[{t.name}] {name}: {r['handoffs']} hand-offs, median {r['median_us']:.0f} us,"
+                f" p99 {r['p99_us']:.0f} us, {r['stale_reads']} stale reads")
+            if r["stale_reads"] or r["bad_reads"]:
+                t.notes.append(f"pingpong: {r['stale_reads']} STALE reads and {r['bad_reads']}"
+                               f" reads of neither record, in {r['stale_handoffs']} hand-offs"
+                               f" (first: {r['first_stale_handoff']})")
         else:
             log(f"[{t.name}] {name}: {r['ops']} ops in {r['seconds']:.3f} s"
                 f" = {r['ops_s']:.0f} ops/s")
@@ -831,14 +1270,16 @@ def bench_target(t: Target, data: bytes, sha: str, readbuf: bytearray,
         log(f"[{t.name}] setup FAILED: {exc}")
         res["errors"].append(f"setup: {exc}")
         for name in PHASES:
-            phases[name] = {"ok": False, "error": "setup failed"}
+            if name in args.benches:
+                phases[name] = {"ok": False, "error": "setup failed"}
         return res
 
     phase("write", lambda: phase_write(d, data))
     phase("read", lambda: phase_read(d, readbuf, data, sha), needs=("write",), remount_first=True)
-    if t.name == "mlustre" and "write" not in failed and not dead:
+    wrote = "write" in args.benches and "write" not in failed
+    if t.name == "mlustre" and wrote and not dead:
         t.info["file_layout"] = t.layout(d / "seqfile")
-    if not dead and "write" not in failed:
+    if not dead and wrote:
         try:
             guarded("remove seqfile", lambda: os.unlink(d / "seqfile"))
         except BenchError as exc:
@@ -846,6 +1287,9 @@ def bench_target(t: Target, data: bytes, sha: str, readbuf: bytearray,
     phase("create", lambda: phase_create(d, args.files))
     phase("stat", lambda: phase_stat(d, args.files), needs=("create",), remount_first=True)
     phase("unlink", lambda: phase_unlink(d, args.files), needs=("create",))
+    phase("reread", lambda: phase_reread(d, readbuf, data, args.reread_mb, args.reread_passes))
+    phase("pingpong", lambda: phase_pingpong(t, d, args.pingpong_rounds,
+                                             args.pingpong_timeout))
     if not dead:
         try:
             guarded("memory", lambda: t.collect_memory(final=True))
@@ -855,7 +1299,11 @@ def bench_target(t: Target, data: bytes, sha: str, readbuf: bytearray,
             try:
                 guarded("rmdir", lambda: os.rmdir(d))
             except BenchError as exc:
-                t.notes.append(f"rmdir of the bench dir failed: {exc}")
+                try:
+                    left = sorted(os.listdir(d))
+                except OSError as e:
+                    left = [f"(listdir: {e})"]
+                t.notes.append(f"rmdir of the bench dir failed: {exc}; it lists {left[:10]}")
     return res
 
 
@@ -863,19 +1311,32 @@ def bench_target(t: Target, data: bytes, sha: str, readbuf: bytearray,
 # report
 
 
-def fmt_val(phase: str, r: dict | None) -> str:
+def fmt_val(phase: str, r: dict | None, key: str | None = None) -> str:
     if not r:
         return "-"
     if not r.get("ok"):
+        part = r.get("partial") or {}
+        if key == "stale_reads" and part.get("stale_reads"):
+            return f"FAIL, STALE {part['stale_reads']}"
         return "FAIL"
+    if key is not None:
+        v = r.get(key)
+        if v is None:
+            return "-"
+        s = f"{v:,.0f}" if isinstance(v, int) or v >= 100 else f"{v:,.1f}"
+        if key == "stale_reads" and (v or r.get("bad_reads")):
+            s = f"STALE {v}" + (f" (+{r['bad_reads']} bad)" if r.get("bad_reads") else "")
+        return s
     v = r["MB_s"] if "MB_s" in r else r["ops_s"]
     s = f"{v:,.1f}" if "MB_s" in r else f"{v:,.0f}"
     return s + (" (warm)" if r.get("warm") else "")
 
 
-def value(r: dict | None) -> float | None:
+def value(r: dict | None, key: str | None = None) -> float | None:
     if not r or not r.get("ok"):
         return None
+    if key is not None:
+        return r.get(key)
     return r.get("MB_s", r.get("ops_s"))
 
 
@@ -899,33 +1360,54 @@ def table(rows: list[list[str]]) -> str:
 def report(results: dict, args) -> str:
     tg = results["targets"]
     rows = [["op", "mlustre", "tmpfs", "passthrough", "mlustre/tmpfs", "mlustre/passthrough"]]
-    for ph in PHASES:
+    lines_of = [(ph, PHASE_LABEL[ph], None) for ph in PHASES if ph != "pingpong"]
+    lines_of += [("pingpong", "ping-pong hand-off, median (us)", "median_us"),
+                 ("pingpong", "ping-pong hand-off, p99 (us)", "p99_us"),
+                 ("pingpong", "ping-pong stale reads", "stale_reads")]
+    for ph, label, key in lines_of:
+        if ph not in args.benches:
+            continue
         vals = {n: tg.get(n, {}).get("phases", {}).get(ph) for n in TARGETS}
-        rows.append([
-            PHASE_LABEL[ph], *(fmt_val(ph, vals[n]) for n in TARGETS),
-            ratio(value(vals["mlustre"]), value(vals["tmpfs"])),
-            ratio(value(vals["mlustre"]), value(vals["passthrough"])),
-        ])
+        ratios = ["-", "-"] if key == "stale_reads" else [
+            ratio(value(vals["mlustre"], key), value(vals[ref], key))
+            for ref in ("tmpfs", "passthrough")]
+        rows.append([label, *(fmt_val(ph, vals[n], key) for n in TARGETS), *ratios])
+    sizes = []
+    if {"write", "read"} & set(args.benches):
+        sizes.append(f"{args.size_mb} MiB sequential")
+    if "create" in args.benches:
+        sizes.append(f"{args.files} files")
+    if "reread" in args.benches:
+        sizes.append(f"re-read {args.reread_mb} MiB, median of {args.reread_passes} passes")
+    if "pingpong" in args.benches:
+        sizes.append(f"ping-pong {args.pingpong_rounds} round trips")
     lines = [
         "",
-        f"mlustre benchmark: {args.size_mb} MiB sequential, {args.files} files; "
-        f"MB/s = 10^6 bytes/s",
+        f"mlustre benchmark: {', '.join(sizes)}; MB/s = 10^6 bytes/s",
         table(rows),
         "cold = the client was remounted before the phase; "
         + ("kernel caches dropped too (--drop-caches)" if args.drop_caches
            else "server-side page cache stays warm"),
-        "",
     ]
+    if "pingpong" in args.benches:
+        lines.append("ping-pong: write+close on mount A, pipe message, open+read+close on "
+                     "mount B; ratios of latencies (lower is better)")
+    lines.append("")
     ml = tg.get("mlustre", {}).get("phases", {})
     bar = []
     for ph, unit in (("write", "MB/s write"), ("read", "MB/s cold read"),
                      ("create", "creates/s"), ("stat", "cold stats/s"),
                      ("unlink", "unlinks/s")):
+        if ph not in args.benches:
+            continue
         v = value(ml.get(ph))
         pct = f" (mlustre {v / BARS[ph] * 100:.0f}%)" if v is not None else ""
         bar.append(f"~{BARS[ph]:,.0f} {unit}{pct}")
-    lines.append("bar (network filesystems, reference): " + ", ".join(bar[:2]) + ",")
-    lines.append("    " + ", ".join(bar[2:]))
+    if bar:
+        lines.append("bar (network filesystems, reference): " + ", ".join(bar[:2])
+                     + ("," if bar[2:] else ""))
+        if bar[2:]:
+            lines.append("    " + ", ".join(bar[2:]))
     mem_rows = [["process", "pid", "served", "VmHWM MiB", "VmRSS MiB"]]
     for n in TARGETS:
         for m in tg.get(n, {}).get("memory", []):
@@ -1001,7 +1483,17 @@ def parse_args(argv):
     ap.add_argument("--size-mb", type=int, default=512, help="sequential file size, MiB")
     ap.add_argument("--files", type=int, default=5000, help="number of files to create")
     ap.add_argument("--only", default=",".join(TARGETS),
-                    help="comma-separated targets among " + ",".join(TARGETS))
+                    help="comma-separated targets among " + ",".join(TARGETS)
+                    + " and/or benchmarks among " + ",".join((*PHASES, *ALIASES))
+                    + " (default: all of both)")
+    ap.add_argument("--reread-mb", type=int, default=None,
+                    help="re-read file size, MiB (default: --size-mb, at most 256)")
+    ap.add_argument("--reread-passes", type=int, default=5,
+                    help="timed re-read passes (the median is reported)")
+    ap.add_argument("--pingpong-rounds", type=int, default=200,
+                    help="ping-pong round trips (2 hand-offs each)")
+    ap.add_argument("--pingpong-timeout", type=float, default=60,
+                    help="give the ping-pong up after this many seconds")
     ap.add_argument("--json", dest="json_path", default=None,
                     help="result file (default bench-results/bench-<timestamp>.json)")
     ap.add_argument("--keep", action="store_true",
@@ -1021,15 +1513,34 @@ def parse_args(argv):
                          "under $TMPDIR or /tmp)")
     args = ap.parse_args(argv)
     only = [x.strip() for x in args.only.split(",") if x.strip()]
-    bad = [x for x in only if x not in TARGETS]
+    bad = [x for x in only if x not in (*TARGETS, *PHASES, *ALIASES)]
     if bad or not only:
-        ap.error(f"--only: unknown target(s) {bad}; choose among {', '.join(TARGETS)}")
-    args.only = [t for t in TARGETS if t in only]
-    if args.warmup_mb is None:
-        args.warmup_mb = 3 * args.size_mb
+        ap.error(f"--only: unknown name(s) {bad}; choose targets among {', '.join(TARGETS)} "
+                 f"and/or benchmarks among {', '.join((*PHASES, *ALIASES))}")
+    benches = set()
+    for x in only:
+        benches.update(ALIASES.get(x, (x,)) if x not in TARGETS else ())
+    for b in list(benches):
+        benches.update(NEEDS.get(b, ()))
+    args.only = [t for t in TARGETS if t in only] or list(TARGETS)
+    args.benches = [b for b in PHASES if b in benches] or list(PHASES)
     if args.size_mb < 1 or args.files < 1:
         ap.error("--size-mb and --files must be positive")
+    if args.reread_mb is None:
+        args.reread_mb = min(args.size_mb, 256)
+    if args.reread_mb < 1 or args.reread_passes < 1 or args.pingpong_rounds < 1 \
+            or args.pingpong_timeout <= 0:
+        ap.error("--reread-mb, --reread-passes, --pingpong-rounds and --pingpong-timeout "
+                 "must be positive")
+    if args.warmup_mb is None:
+        args.warmup_mb = 3 * data_mb(args)
     return args
+
+
+def data_mb(args) -> int:
+    """MiB of random data the selected benchmarks write."""
+    return max(args.size_mb if {"write", "read"} & set(args.benches) else 0,
+               args.reread_mb if "reread" in args.benches else 0, 1)
 
 
 def main(argv=None) -> int:
@@ -1049,20 +1560,27 @@ def main(argv=None) -> int:
     results: dict = {
         "timestamp": stamp, "host": host_info(),
         "args": {"size_mb": args.size_mb, "files": args.files, "only": args.only,
+                 "benches": args.benches, "reread_mb": args.reread_mb,
+                 "reread_passes": args.reread_passes,
+                 "pingpong_rounds": args.pingpong_rounds,
+                 "pingpong_timeout": args.pingpong_timeout,
+                 "pingpong_record_bytes": PP_RECORD, "pingpong_warmup_round_trips": PP_WARMUP,
                  "warmup_mb": args.warmup_mb, "data_base": args.data_base,
                  "drop_caches": args.drop_caches,
                  "keep": args.keep, "phase_timeout": args.phase_timeout,
                  "block_bytes": BLOCK},
         "units": {"write": "MB/s (1e6 B/s)", "read": "MB/s (1e6 B/s)", "create": "ops/s",
-                  "stat": "ops/s", "unlink": "ops/s"},
+                  "stat": "ops/s", "unlink": "ops/s", "reread": "MB/s (1e6 B/s), median pass",
+                  "pingpong": "us per hand-off (median_us, p99_us); stale_reads count"},
         "bars": BARS, "targets": {}, "errors": [], "work_dir": str(work),
     }
     classes = {"mlustre": MlustreTarget, "tmpfs": TmpfsTarget, "passthrough": PassthroughTarget}
     targets: list[Target] = []
     interrupted = False
     try:
-        n = args.size_mb * MIB
-        log(f"generating {args.size_mb} MiB of random data")
+        log(f"benchmarks: {', '.join(args.benches)}; targets: {', '.join(args.only)}")
+        n = data_mb(args) * MIB
+        log(f"generating {n // MIB} MiB of random data")
         data = os.urandom(n)
         sha = hashlib.sha256(data).hexdigest()
         readbuf = bytearray(n)
