@@ -1,0 +1,202 @@
+"""The lock side of coherent caching over the wire, with the client's own lock driver:
+MDT intent locks granted with getattr replies, updates that call them back (and wait
+off the connection's reader), early lock cancel, OST glimpses answered by the PW
+holder, and a client's own locks never making it wait for itself."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from test_servers_wire import MDT_NAME, OST_NAME, mdt_server, ost_server, serving
+
+from mlustre.fuse_client.imports import Import
+from mlustre.fuse_client.ldlm import LockClient
+from mlustre.fuse_client.ldlm_client import ClientLock, LockState
+from mlustre.fuse_client.llite_locks import DIR_ATTR_BITS, FILE_BITS, WHOLE, inode_res
+from mlustre.fuse_client.mdc import Mdc
+from mlustre.protocol import constants as C
+from mlustre.protocol.ldlm import Extent, IBits, LockType, Mode, ResId
+from mlustre.protocol.nid import Nid
+
+LIMIT = 30
+ROOT = 1
+CRED = [0, 0, []]
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logs() -> Any:
+    logger = logging.getLogger("mlustre")
+    old = logger.level
+    logger.setLevel(logging.CRITICAL)
+    yield
+    logger.setLevel(old)
+
+
+def run(afn: Callable[[], Any]) -> None:
+    async def bounded() -> None:
+        with trio.fail_after(LIMIT):
+            await afn()
+
+    trio.run(bounded)
+
+
+@asynccontextmanager
+async def client(nursery: trio.Nursery, nid: Nid, name: str, kind: str,
+                 **kw: Any) -> AsyncIterator[LockClient]:
+    target, opc = (MDT_NAME, C.MDS_CONNECT) if kind == "mdt" else (OST_NAME, C.OST_CONNECT)
+    lc = LockClient(target, **kw)
+    imp = Import(target, [nid], connect_opc=opc, client_uuid=f"client-{name}",
+                 handler=lc.handle_request, connect_timeout=2.0, request_timeout=5.0)
+    lc.attach(imp)
+    await nursery.start(lc.run)
+    await imp.connect(nursery)
+    try:
+        yield lc
+    finally:
+        await imp.close()
+        lc.close()
+
+
+class Calls:
+    """An on_blocking hook recording the locks it was called for."""
+
+    def __init__(self) -> None:
+        self.locks: list[ClientLock] = []
+
+    async def __call__(self, lock: ClientLock) -> None:
+        self.locks.append(lock)
+
+
+async def until(pred: Callable[[], bool]) -> None:
+    while not pred():
+        await trio.sleep(0.01)
+
+
+async def intent_getattr(lc: LockClient, ino: int) -> tuple[ClientLock, dict[str, Any]]:
+    """What llite's md_call does: a getattr carrying an intent lock."""
+    assert lc.imp is not None
+    lock = lc.intent_begin(inode_res(0), LockType.IBITS, Mode.PR, FILE_BITS)
+    body = await Mdc(lc.imp).getattr(ino, intent={"handle": lock.handle, "bits": FILE_BITS,
+                                                  "dir_bits": DIR_ATTR_BITS})
+    bits = DIR_ATTR_BITS if body["attr"]["ino"] == ROOT else FILE_BITS
+    lc.ns.rebind(lock.handle, inode_res(body["attr"]["ino"]), bits)
+    lc.intent_end(lock, body.get("lock"))
+    return lock, body
+
+
+def test_getattr_intent_lock_is_called_back_by_an_update(tmp_path: Path) -> None:
+    async def main() -> None:
+        server = mdt_server(tmp_path)
+        async with serving(server) as (nid, nursery):
+            calls = Calls()
+            async with client(nursery, nid, "a", "mdt", on_blocking=calls) as a, \
+                    client(nursery, nid, "b", "mdt") as b:
+                lock, body = await intent_getattr(a, ROOT)
+                assert "lock" in body and lock.state is LockState.GRANTED
+                assert lock.policy == DIR_ATTR_BITS  # a directory's attribute lock
+                assert b.imp is not None
+                # b's mkdir changes the root: it waits for a to give its lock back.
+                attr = (await Mdc(b.imp).mkdir(CRED, ROOT, b"d", 0o755))["attr"]
+                assert attr["mode"] & 0o777 == 0o755
+                assert calls.locks == [lock] and a.stats["basts"] == 1
+                await until(lambda: a.ns.lock_count == 0)
+                assert server.stats["reint_waits"] == 1
+                # A getattr while nothing conflicts gets a lock again.
+                lock2, _ = await intent_getattr(a, ROOT)
+                assert lock2.state is LockState.GRANTED
+                assert server.ldlm.namespace.granted_count == 1
+
+    run(main)
+
+
+def test_early_cancel_spares_the_callback(tmp_path: Path) -> None:
+    async def main() -> None:
+        server = mdt_server(tmp_path)
+        async with serving(server) as (nid, nursery):
+            calls = Calls()
+            async with client(nursery, nid, "a", "mdt", on_blocking=calls) as a:
+                assert a.imp is not None
+                lock, _ = await intent_getattr(a, ROOT)
+                cancels = await a.early_cancel([(inode_res(ROOT), int(IBits.UPDATE))])
+                assert cancels == [lock.remote_handle] and calls.locks == [lock]
+                await Mdc(a.imp).mkdir(CRED, ROOT, b"d", 0o700, cancels=cancels)
+                a.cancels_sent(cancels)
+                assert lock.state is LockState.CANCELLED
+                assert a.stats["basts"] == 0 and server.stats.get("reint_waits", 0) == 0
+                assert len(server.ldlm.namespace) == 0
+
+    run(main)
+
+
+def test_intent_refused_while_an_update_holds_the_inode(tmp_path: Path) -> None:
+    async def main() -> None:
+        server = mdt_server(tmp_path)
+        async with serving(server) as (nid, nursery):
+            async with client(nursery, nid, "a", "mdt") as a:
+                locks = await server.ldlm.lock_local([(inode_res(ROOT), int(IBits.UPDATE))])
+                lock, body = await intent_getattr(a, ROOT)
+                assert "lock" not in body and lock.state is LockState.CANCELLED
+                assert body["attr"]["ino"] == ROOT  # the answer comes all the same
+                server.ldlm.unlock_local(locks)
+                assert a.ns.lock_count == 0
+
+    run(main)
+
+
+def test_glimpse_asks_the_pw_holder_or_grants(tmp_path: Path) -> None:
+    async def main() -> None:
+        server = ost_server(tmp_path)
+        async with serving(server) as (nid, nursery):
+            async with client(nursery, nid, "a", "ost") as a, \
+                    client(nursery, nid, "b", "ost") as b:
+                a.on_glimpse = lambda lock: {"size": 12345, "mtime_ns": 77}
+                res = ResId(9, 0, 0, 0)
+                lw = await a.enqueue(res, LockType.EXTENT, Mode.PW, Extent(0, 4095))
+                a.release(lw)
+                lock, lvbs = await b.glimpse(res, WHOLE)
+                assert lock is None and lvbs == [[12345, 77]]
+                assert lw.state is LockState.GRANTED  # a glimpse calls nobody back
+                assert a.stats["gl_asts"] == 1 and b.ns.lock_count == 0
+                other = ResId(10, 0, 0, 0)
+                lock, lvbs = await b.glimpse(other, WHOLE)
+                assert lock is not None and lock.state is LockState.GRANTED and lvbs == []
+                assert lock.mode == Mode.PR and lock.policy == WHOLE
+                again, _ = await b.glimpse(other, WHOLE)
+                assert again is lock  # held: no RPC
+                assert b.stats["glimpses"] == 2
+
+    run(main)
+
+
+def test_own_locks_never_wait_for_each_other(tmp_path: Path) -> None:
+    async def main() -> None:
+        server = ost_server(tmp_path)
+        async with serving(server) as (nid, nursery):
+            calls = Calls()
+            async with client(nursery, nid, "a", "ost", on_blocking=calls) as a, \
+                    client(nursery, nid, "b", "ost") as b:
+                res = ResId(3, 0, 0, 0)
+                pr = await a.enqueue(res, LockType.EXTENT, Mode.PR, Extent(0, 10))
+                pw = await a.enqueue(res, LockType.EXTENT, Mode.PW, Extent(0, 10))
+                assert pw.state is LockState.GRANTED and pr.state is LockState.GRANTED
+                a.release(pr)
+                async with trio.open_nursery() as n:
+                    n.start_soon(b.enqueue, res, LockType.EXTENT, Mode.PW, Extent(0, 10))
+                    await until(lambda: pr.state is not LockState.GRANTED)
+                    # b waits for a; a asks for more while its PW is still in use: granted
+                    # at once (and called back at once) rather than queued behind b.
+                    more = await a.enqueue(res, LockType.EXTENT, Mode.PR, Extent(5, 8))
+                    assert more.state in (LockState.GRANTED, LockState.CBPENDING)
+                    a.release(more)
+                    a.release(pw)
+                await until(lambda: a.ns.lock_count == 0)
+                assert server.ldlm.namespace.stats["self_blocked_grants"] == 1
+                assert server.stats.get("evictions", 0) == 0
+
+    run(main)
