@@ -159,17 +159,23 @@ def test_glimpse_asks_the_pw_holder_or_grants(tmp_path: Path) -> None:
                 res = ResId(9, 0, 0, 0)
                 lw = await a.enqueue(res, LockType.EXTENT, Mode.PW, Extent(0, 4095))
                 a.release(lw)
-                lock, lvbs = await b.glimpse(res, WHOLE)
-                assert lock is None and lvbs == [[12345, 77]]
+                lock, lvbs, ago = await b.glimpse(res, WHOLE)
+                assert lock is None and lvbs == [[12345, 77]] and ago > 0
                 assert lw.state is LockState.GRANTED  # a glimpse calls nobody back
                 assert a.stats["gl_asts"] == 1 and b.ns.lock_count == 0
                 other = ResId(10, 0, 0, 0)
-                lock, lvbs = await b.glimpse(other, WHOLE)
+                lock, lvbs, _ = await b.glimpse(other, WHOLE)
                 assert lock is not None and lock.state is LockState.GRANTED and lvbs == []
                 assert lock.mode == Mode.PR and lock.policy == WHOLE
-                again, _ = await b.glimpse(other, WHOLE)
+                again, _, _ = await b.glimpse(other, WHOLE)
                 assert again is lock  # held: no RPC
                 assert b.stats["glimpses"] == 2
+                # Once a writer gives its lock back, glimpses say how long ago.
+                a.release(await a.enqueue(other, LockType.EXTENT, Mode.PW, Extent(0, 1)))
+                await trio.sleep(0.05)
+                await a.cancel_lru(now=trio.current_time() + 10**6)
+                _, _, ago = await b.glimpse(ResId(10, 0, 0, 0), WHOLE)
+                assert 0 < ago < 5
 
     run(main)
 

@@ -52,6 +52,7 @@ from .ldlm_client import (
 log = logging.getLogger(__name__)
 
 CANCEL_MAX = 512  # handles in one LDLM_CANCEL (docs/protocol.md)
+FL_ELC = 1 << 59  # (client-local) cancelled early by an update of this client
 _READ_MODES = Mode.PR | Mode.CR | Mode.NL
 
 OnBlocking = Callable[[ClientLock], Awaitable[None]]
@@ -232,15 +233,16 @@ class LockClient:
         return lock.state is LockState.GRANTED
 
     async def glimpse(self, res: ResId | tuple[int, ...],
-                      policy: Extent) -> tuple[ClientLock | None, list[list[int]]]:
+                      policy: Extent) -> tuple[ClientLock | None, list[list[int]], float]:
         """A PR EXTENT lock on `res` if one is held or can be granted at once; else no
-        lock and the [size, mtime_ns] each PW holder's cache gives the file."""
+        lock and the [size, mtime_ns] each PW holder's cache gives the file. Also how
+        long ago (seconds) a writer last gave back a lock on `res` (0: unknown)."""
         res = ResId(*res)
         now = trio.current_time()
         lock = self.ns.match(res, LockType.EXTENT, Mode.PR, policy, now)
         if lock is not None:
             self.stats["matches"] += 1
-            return lock, []
+            return lock, [], 0.0
         assert self.imp is not None
         lock = self.ns.new_lock(res, LockType.EXTENT, Mode.PR, policy)
         self.ns.addref(lock.handle, READ)
@@ -254,13 +256,15 @@ class LockClient:
             self._give_up(lock, READ)
             raise
         body = reply.body
+        ago = body.get("released_ago", 0.0)
+        ago = float(ago) if isinstance(ago, int | float) else 0.0
         if body.get("granted") and lock.state is LockState.ENQUEUING:
             self.stats["glimpse_grants"] += 1
             self._grant(lock, body["handle"], body["mode"], body["policy"])
             self.release(lock, kind=READ)
-            return (lock if lock.state is LockState.GRANTED else None), []
+            return (lock if lock.state is LockState.GRANTED else None), [], ago
         self._give_up(lock, READ)
-        return None, [list(v) for v in body.get("lvbs", [])]
+        return None, [list(v) for v in body.get("lvbs", [])], ago
 
     async def early_cancel(self, wanted: list[tuple[ResId, int]]) -> list[int]:
         """ELC for an update that will take EX IBITS locks on `wanted` (resource, bits):
@@ -270,6 +274,7 @@ class LockClient:
         for res, bits in wanted:
             picked += self.ns.elc_candidates(ResId(*res), LockType.IBITS, Mode.EX, bits)
         for lock in picked:
+            lock.flags |= FL_ELC
             try:
                 await self.on_blocking(lock)
             except Exception:

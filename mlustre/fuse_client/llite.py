@@ -80,7 +80,7 @@ class Inode:
     __slots__ = ("ino", "attr", "layout", "size", "mtime_ns", "ctime_ns", "meta_dirty",
                  "meta_inflight", "kill_priv", "lookups", "opens", "write_error", "meta_lock",
                  "fetching", "md", "data_gen", "size_gen", "revoking", "revoke_io", "lockless",
-                 "lockless_idle", "kernel_pages")
+                 "lockless_idle", "kernel_pages", "attr_at")
 
     def __init__(self, ino: int, attr: dict[str, Any]) -> None:
         self.ino = ino
@@ -105,6 +105,7 @@ class Inode:
         self.lockless = 0  # such I/O in progress
         self.lockless_idle = trio.Event()
         self.kernel_pages = False  # read through a buffered handle since last invalidated
+        self.attr_at: float | None = None  # when the MDT request that gave attr was sent
 
 
 class Groups:
@@ -215,6 +216,7 @@ class Llite(LockedCaches, pyfuse3.Operations):
             self.watch_layout(inode)
             return inode
         inode.attr = attr
+        inode.attr_at = None  # (md_call sets it when it knows)
         if attr.get("layout"):
             layout = Layout.from_dict(attr["layout"])
             if inode.layout is None or layout != inode.layout:

@@ -42,7 +42,7 @@ import trio
 
 from ..protocol.errors import RpcError
 from ..protocol.ldlm import OBJECT_EOF, Extent, IBits, LockType, Mode, ResId, covers
-from .ldlm import LockClient
+from .ldlm import FL_ELC, LockClient
 from .ldlm_client import ClientLock, LockState
 from .lov import Layout
 
@@ -125,7 +125,7 @@ class LockedCaches:
         self.obj_ino: dict[tuple[int, int], int] = {}  # (ost_idx, oid) -> ino
         self.counters: dict[str, int] = {
             "md_cache_hits": 0, "md_rpcs": 0, "glimpse_rpcs": 0, "size_refreshes": 0,
-            "revokes": 0, "revoke_passes": 0, "revoke_borrowed_io": 0,
+            "size_refreshes_no_mdt": 0, "revokes": 0, "revoke_passes": 0, "revoke_borrowed_io": 0,
             "kernel_invalidations": 0,
         }
 
@@ -192,11 +192,14 @@ class LockedCaches:
         lock, intent = self._intent(dir_bits)
         body: dict[str, Any] | None = None
         self.counters["md_rpcs"] += 1
+        sent = trio.current_time()
         try:
             body = await call(intent)
         finally:
             node = self._intent_done(lock, body, dir_bits)
         assert body is not None
+        if node is not None:
+            node.attr_at = sent
         return node, body
 
     async def md_getattr(self, ino: int) -> Inode:
@@ -204,8 +207,11 @@ class LockedCaches:
         if node is not None and self.md_bits(node) & ATTR_BITS == ATTR_BITS:
             # Already protected (a file whose size needed asking): no second lock.
             self.counters["md_rpcs"] += 1
+            sent = trio.current_time()
             body = await self.mdc.getattr(ino)  # type: ignore[attr-defined]
-            return self._update(body["attr"])  # type: ignore[attr-defined]
+            node = self._update(body["attr"])  # type: ignore[attr-defined]
+            node.attr_at = sent
+            return node
         node, _ = await self.md_call(lambda intent: self.mdc.getattr(  # type: ignore
             ino, intent=intent))
         assert node is not None
@@ -267,7 +273,9 @@ class LockedCaches:
             for key in self.names_of.pop(ino, set()):
                 if self.dentries.get(key) == ino:
                     del self.dentries[key]
-        if bits & (UPDATE | PERM | LAYOUT):
+        if bits & (UPDATE | PERM | LAYOUT) and not lock.flags & FL_ELC:
+            # (An update of ours cancelled it early: the kernel drops the attributes of
+            # the inodes that update touches by itself.)
             await self._kernel_inval(ino, attr_only=True)
 
     async def _md_evicted(self, locks: list[ClientLock]) -> None:
@@ -345,23 +353,40 @@ class LockedCaches:
 
     async def refresh_size(self, node: Inode) -> None:
         """Size and mtime as the cluster knows them: glimpse every object (a PR lock
-        when nothing conflicts, else the PW holders' answers), then the MDT."""
+        when nothing conflicts, else the PW holders' answers), then the MDT - unless
+        the attributes in hand came from the MDT after the last writer of every object
+        gave its lock back (then they are current, and now protected)."""
         gen = node.data_gen
         lvbs: list[list[int]] = []
         granted = [True]
+        fresh = [node.attr_at is not None]
         self.counters["size_refreshes"] += 1
         if node.layout is not None and not self.covered(node):
             async def one(ost: int, oid: int) -> None:
                 self.counters["glimpse_rpcs"] += 1
-                lock, found = await self.ost_locks[ost].glimpse(ResId(oid), WHOLE)
+                lock, found, ago = await self.ost_locks[ost].glimpse(ResId(oid), WHOLE)
                 if lock is None:
                     granted[0] = False
+                # Released before the attributes were asked for? (Durations of one
+                # machine's monotonic clocks; the reply's delay only makes this safer.)
+                if node.attr_at is None or ago <= trio.current_time() - node.attr_at:
+                    fresh[0] = False
                 lvbs.extend(found)
 
             async with trio.open_nursery() as n:
                 for ost, oid in node.layout.objects:
                     n.start_soon(one, ost, oid)
+        else:
+            fresh[0] = False  # (locks held before: the MDT read must follow them)
         covered = granted[0] and self.covered(node)
+        if covered and fresh[0] and self._local_meta_settled(node):  # type: ignore[attr-defined]
+            self.counters["size_refreshes_no_mdt"] += 1
+            a = node.attr
+            node.size, node.mtime_ns = a["size"], a["mtime_ns"]
+            node.ctime_ns = max(node.ctime_ns, a["ctime_ns"])
+            if gen == node.data_gen:
+                node.size_gen = gen
+            return
         await self.md_getattr(node.ino)
         a = node.attr
         size, mtime = a["size"], a["mtime_ns"]

@@ -36,6 +36,7 @@ Rules (lustre-facts.md section 1):
 from __future__ import annotations
 
 import errno
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import chain
@@ -60,6 +61,7 @@ FL_BLOCK_WAIT = 0x8  # the lock was queued (a CP AST will come when granted)
 FL_AST_SENT = 0x20  # a blocking AST went out for this lock
 FL_REPLAY = 0x100  # the lock came back by lock replay
 FL_NO_EXPANSION = 1 << 40  # never expand this lock's extent (mlustre-local bit)
+PW_RELEASED_MAX = 65536  # resources whose last PW release time is remembered
 
 
 class LockError(Exception):
@@ -170,6 +172,12 @@ class Namespace:
         self._timed: dict[int, ServerLock] = {}  # locks with a callback deadline
         self.granted_count = 0
         self.waiting_count = 0
+        # When the last PW/EX EXTENT lock of a resource went (in `now` units), for
+        # glimpses: a client that read the size from the MDT before that moment may
+        # trust it only if no writer gave its lock back since. Bounded; for resources
+        # forgotten, the latest time forgotten stands in (conservative).
+        self._pw_released: OrderedDict[ResId, float] = OrderedDict()
+        self._pw_released_floor_for_unknown: float | None = None
         self.stats: dict[str, int] = {
             "enqueues": 0, "resends": 0, "replays": 0, "grants": 0, "basts": 0,
             "cancels": 0, "evictions": 0, "evicted_locks": 0, "self_blocked_grants": 0,
@@ -306,6 +314,7 @@ class Namespace:
             raise LockError(errno.ESTALE, f"no lock with handle {handle:#x}")
         if lock.owner != owner:
             raise LockError(errno.EPERM, f"lock {handle:#x} is not held by {owner}")
+        self.note_release(lock, now)
         self._drop(lock)
         self.stats["cancels"] += 1
         out = Reprocessed()
@@ -317,6 +326,7 @@ class Namespace:
         locks = sorted(self._by_owner.get(owner, {}).values(), key=lambda lk: lk.handle)
         touched: dict[ResId, None] = {}
         for lock in locks:
+            self.note_release(lock, now)
             self._drop(lock)
             touched[lock.res] = None
         self._by_owner.pop(owner, None)
@@ -445,6 +455,21 @@ class Namespace:
             self.stats["basts"] += 1
             out.append(lock)
         return out
+
+    def pw_released_at(self, res: ResId) -> float | None:
+        """When a PW/EX EXTENT lock on res was last given back (None: never since this
+        namespace began, as far as it remembers)."""
+        at = self._pw_released.get(res)
+        return at if at is not None else self._pw_released_floor_for_unknown
+
+    def note_release(self, lock: ServerLock, now: float) -> None:
+        if lock.type is LockType.EXTENT and lock.mode in (Mode.PW, Mode.EX) and lock.granted:
+            self._pw_released[lock.res] = now
+            self._pw_released.move_to_end(lock.res)
+            while len(self._pw_released) > PW_RELEASED_MAX:
+                _, at = self._pw_released.popitem(last=False)
+                self._pw_released_floor_for_unknown = max(
+                    self._pw_released_floor_for_unknown or at, at)
 
     def _drop(self, lock: ServerLock) -> None:
         """Remove a lock from every index (the resource is reprocessed by the caller)."""

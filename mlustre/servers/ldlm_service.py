@@ -57,6 +57,14 @@ EVICTED_MEMORY = 4096  # evicted client uuids remembered for their next connect
 GLIMPSE_TIMEOUT = 5.0  # longest wait for a holder's answer to a glimpse AST
 
 
+def _in_trio() -> bool:
+    try:
+        trio.current_time()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _wire_policy(lock: ServerLock) -> Any:
     if lock.type is LockType.EXTENT:
         assert isinstance(lock.policy, Extent)
@@ -83,6 +91,7 @@ class LdlmService:
                                    first_handle=(secrets.randbits(32) << 20) | 1)
         self.evicted: dict[str, None] = {}  # uuids evicted and not reconnected since
         self._local_seq = 0
+        self.started_at = trio.current_time() if _in_trio() else 0.0
         self._local_granted: dict[int, trio.Event] = {}  # local lock handle -> set on grant
         self._nursery: trio.Nursery | None = None
         self._wakeup = trio.Event()
@@ -95,6 +104,7 @@ class LdlmService:
     # -- lifecycle --
     def start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
+        self.started_at = trio.current_time()
         nursery.start_soon(self._timer_loop)
 
     async def _timer_loop(self) -> None:
@@ -154,13 +164,18 @@ class LdlmService:
         """A glimpse (Lustre's glimpse enqueue): grant the lock if nothing conflicts;
         else take no lock and ask every other client holding a PW lock on the object
         for the size and mtime its cache gives the file (LDLM_GL_CALLBACK)."""
-        lock = self.namespace.try_enqueue(export.uuid, handle, res, type_, mode, policy,
-                                          trio.current_time())
+        now = trio.current_time()
+        lock = self.namespace.try_enqueue(export.uuid, handle, res, type_, mode, policy, now)
         self.server.count("ldlm_glimpses")
+        # How long ago a writer last gave a lock on it back ("never" = since this server
+        # started): a size the client read from the MDT before that is still current.
+        released = self.namespace.pw_released_at(res)
+        ago = now - (released if released is not None else self.started_at)
         if lock is not None:
             self._update_gauges()
             return {"handle": lock.handle, "granted": True, "mode": int(lock.mode),
-                    "policy": _wire_policy(lock), "flags": lock.flags & REPLY_FLAGS}
+                    "policy": _wire_policy(lock), "flags": lock.flags & REPLY_FLAGS,
+                    "released_ago": ago}
         lvbs: list[list[int]] = []
 
         async def ask(holder: ServerLock) -> None:
@@ -182,7 +197,7 @@ class LdlmService:
         async with trio.open_nursery() as nursery:
             for holder in self.namespace.pw_holders(res, exclude=export.uuid):
                 nursery.start_soon(ask, holder)
-        return {"granted": False, "aborted": True, "lvbs": lvbs}
+        return {"granted": False, "aborted": True, "lvbs": lvbs, "released_ago": ago}
 
     async def cancel(self, export: Export, req: Message) -> dict[str, Any]:
         from .target import ServiceError
