@@ -15,7 +15,7 @@ import trio
 from test_servers_wire import OST_NAME, ost_server, serving
 
 from mlustre.fuse_client.imports import Import
-from mlustre.fuse_client.ldlm import LockClient, LockFailed
+from mlustre.fuse_client.ldlm import LockClient
 from mlustre.fuse_client.ldlm_client import ClientLock, LockState
 from mlustre.protocol import constants as C
 from mlustre.protocol.ldlm import OBJECT_EOF, Extent, LockType, Mode, ResId
@@ -218,7 +218,7 @@ def test_client_that_hangs_in_on_blocking_is_evicted_and_invalidated(tmp_path: P
     run(main)
 
 
-def test_eviction_fails_a_waiting_enqueue(tmp_path: Path) -> None:
+def test_eviction_drops_a_lock_granted_past_a_waiter(tmp_path: Path) -> None:
     async def main() -> None:
         server = ost_server(tmp_path, ldlm_timeout=0.5)
         async with serving(server) as (nid, nursery):
@@ -229,24 +229,22 @@ def test_eviction_fails_a_waiting_enqueue(tmp_path: Path) -> None:
                 la = await a.enqueue(RES, EXT, Mode.PW, Extent(0, 4095))
                 a.release(la)
                 got: list[ClientLock] = []
-                failures: list[BaseException] = []
 
                 async def b_wants() -> None:
                     got.append(await b.enqueue(RES, EXT, Mode.PW, Extent(0, 4095)))
 
-                async def a_wants_again() -> None:
-                    try:
-                        await a.enqueue(RES, EXT, Mode.PW, Extent(0, 4095))
-                    except LockFailed as e:
-                        failures.append(e)
-
                 nursery.start_soon(b_wants)
                 await until(lambda: bool(fa.locks))  # a hangs flushing la
-                nursery.start_soon(a_wants_again)  # queued behind b's waiting lock
-                await until(lambda: bool(got) and bool(failures))
+                # b waits for a: a's new request is not queued behind b (a would wait
+                # for itself), it is granted and called back at once.
+                again = await a.enqueue(RES, EXT, Mode.PW, Extent(0, 4095))
+                assert again.state in (LockState.GRANTED, LockState.CBPENDING)
+                await until(lambda: bool(got))  # a never gives la back: evicted
                 assert server.stats["evictions"] == 1
                 assert a.stats["evictions"] == 1 and a.ns.lock_count == 0
-                assert a.stats["enqueue_rpcs"] == 2 and a.stats["waits"] == 1
+                assert again.state is LockState.CANCELLED  # its user sees it gone
+                assert a.stats["enqueue_rpcs"] == 2 and a.stats["waits"] == 0
+                a.release(again)
                 b.release(got[0])
                 fa.release.set()
 

@@ -117,6 +117,8 @@ class LockClient:
         self.on_blocking: OnBlocking = on_blocking or _no_blocking
         self.on_evicted: OnEvicted = on_evicted or _no_evicted
         self.on_glimpse: OnGlimpse = _no_glimpse
+        self.on_reset: OnEvicted = _no_evicted  # the server restarted: locks gone, no EIO
+        self._instance: Any = None
         self.imp: Import | None = None
         self._grants: dict[int, trio.Event] = {}  # local handle -> set on CP AST / eviction
         self._nursery: trio.Nursery | None = None
@@ -124,7 +126,7 @@ class LockClient:
         self.stats: dict[str, int] = {
             "enqueue_rpcs": 0, "matches": 0, "waits": 0, "cancel_rpcs": 0, "cancels": 0,
             "basts": 0, "cps": 0, "evictions": 0, "intents": 0, "intent_grants": 0,
-            "glimpses": 0, "glimpse_grants": 0, "gl_asts": 0, "elc": 0,
+            "glimpses": 0, "glimpse_grants": 0, "gl_asts": 0, "elc": 0, "resets": 0,
         }
         if imp is not None:
             self.attach(imp)
@@ -422,6 +424,20 @@ class LockClient:
     # ---- eviction ---------------------------------------------------------------------
 
     def _connected(self, reply_body: dict[str, Any]) -> None:
+        instance = reply_body.get("instance")
+        restarted = self._instance is not None and instance != self._instance
+        self._instance = instance
+        if restarted and not reply_body.get("evicted"):
+            # A new server instance knows none of our locks (no lock replay yet): what
+            # they protected can no longer be trusted, but nothing is lost (dirty data
+            # is written back as usual).
+            dropped = self.ns.invalidate_all()
+            self.stats["resets"] += 1
+            log.warning("%s: server restarted; %d locks dropped", self.target, len(dropped))
+            for event in self._grants.values():
+                event.set()
+            self._spawn(self.on_reset, dropped)
+            return
         if not reply_body.get("evicted"):
             return
         self.stats["evictions"] += 1

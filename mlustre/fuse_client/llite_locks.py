@@ -112,6 +112,7 @@ class LockedCaches:
         self.md_locks.ns.lru_size = MD_LRU_SIZE
         self.md_locks.on_blocking = self._md_blocking
         self.md_locks.on_evicted = self._md_evicted
+        self.md_locks.on_reset = self._md_evicted
         self.ost_locks: dict[int, LockClient] = {}
         for idx, osc in node.oscs.items():
             lc = node.locks[osc.imp.target]
@@ -119,6 +120,7 @@ class LockedCaches:
             lc.on_blocking = functools.partial(self._data_blocking, idx)
             lc.on_evicted = functools.partial(self._data_evicted, idx)
             lc.on_glimpse = functools.partial(self._glimpse_ast, idx)
+            lc.on_reset = functools.partial(self._data_reset, idx)
             self.ost_locks[idx] = lc
         self.dentries: dict[tuple[int, bytes], int] = {}  # (parent, name) -> ino
         self.names_of: dict[int, set[tuple[int, bytes]]] = {}
@@ -443,6 +445,17 @@ class LockedCaches:
                 node.write_error = errno.EIO
             self.cache.truncate(node.ino, 0)  # type: ignore[attr-defined]
             node.meta_dirty = False
+            await self._kernel_inval(node.ino, attr_only=False)
+
+    async def _data_reset(self, ost: int, locks: list[ClientLock]) -> None:
+        """The OST restarted and forgot our locks: drop what they protected (clean
+        pages here and in the kernel, the size we knew); dirty data stays and is
+        written back."""
+        for node in list(self.inodes.values()):
+            if node.layout is None or all(o != ost for o, _ in node.layout.objects):
+                continue
+            node.data_gen += 1
+            self.cache.drop_clean(node.ino)  # type: ignore[attr-defined]
             await self._kernel_inval(node.ino, attr_only=False)
 
     def _glimpse_ast(self, ost: int, lock: ClientLock) -> dict[str, int] | None:
