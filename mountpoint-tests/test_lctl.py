@@ -132,3 +132,31 @@ def test_errors_are_one_line(cluster, cid):
     assert_error(lctl("set_param", f"osc.*-{cid}.max_dirty_mb"), "NAME=VALUE")
     assert_error(lctl("frobnicate"), "invalid choice")
     assert params(lctl_ok("get_param", f"osc.*-{cid}.max_dirty_mb"))  # still set
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_client_lock_namespaces(cluster, cid, tmp_path):
+    """A mount's locks are visible and its LRU can be cleared, as with Lustre's
+    ldlm.namespaces.*.{lock_count,lru_size,stats}."""
+    path = cluster.mnt / "locked"
+    path.write_bytes(b"y" * 5000)
+    assert path.read_bytes() == b"y" * 5000
+    os.stat(path)
+    counts = params(lctl_ok("get_param", f"ldlm.namespaces.*-{cid}.lock_count"))
+    mdc = [int(v) for k, v in counts.items() if "-mdc-" in k]
+    osc = [int(v) for k, v in counts.items() if "-osc-" in k]
+    assert len(mdc) == 1 and mdc[0] >= 1 and len(osc) == 2 and sum(osc) >= 1, counts
+    stats = lctl_ok("get_param", f"ldlm.namespaces.*-MDT0000-mdc-{cid}.stats")
+    assert re.search(r"^intent_grants\s+[1-9]\d* samples", stats, re.M), stats
+    dump = lctl_ok("get_param", f"ldlm.namespaces.*-OST*-osc-{cid}.locks")
+    assert re.search(r"EXTENT P[RW] Extent\(start=0, end=18446744073709551615\) granted", dump)
+    lctl_ok("set_param", f"ldlm.namespaces.*-{cid}.lru_size=clear")
+    for _ in range(100):
+        counts = params(lctl_ok("get_param", f"ldlm.namespaces.*-OST*-osc-{cid}.lock_count"))
+        if all(v == "0" for v in counts.values()):
+            break
+    assert all(v == "0" for v in counts.values()), counts
+    assert path.read_bytes() == b"y" * 5000  # read again under a new lock
+    size = params(lctl_ok("get_param", f"ldlm.namespaces.*-MDT0000-mdc-{cid}.lru_size"))
+    assert list(size.values()) == ["8192"], size
+    assert_error(lctl("set_param", f"ldlm.namespaces.*-{cid}.lru_size=-3"), "lru_size")
