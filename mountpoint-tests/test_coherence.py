@@ -658,6 +658,32 @@ def test_utime_seen_by_b(ab):
 
 
 @pytest.mark.timeout(TIMEOUT)
+def test_utime_wins_over_cached_data_and_dirty_writes(ab):
+    """A file B has read (its data cached under a lock) and one B has written without
+    closing: A's explicit times are what both clients see afterwards, also after B's
+    close reports its size."""
+    a, b = ab
+    (a / "r").write_bytes(b"r" * 5000)
+    assert (b / "r").read_bytes() == b"r" * 5000
+    os.stat(b / "r")
+    fd = os.open(b / "w", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"w" * 7000)
+        atime, mtime = 1_111_111_111_000_000_001, 1_222_222_222_000_000_002
+        for name in ("r", "w"):
+            os.utime(a / name, ns=(atime, mtime))
+            for side, root in (("A", a), ("B", b)):
+                st = os.stat(root / name)
+                assert st.st_mtime_ns == mtime, f"{side}'s mtime of {name} after A's utime"
+        assert os.stat(a / "w").st_size == 7000  # B's data was written back first
+    finally:
+        os.close(fd)
+    for side, root in (("A", a), ("B", b)):
+        assert os.stat(root / "w").st_mtime_ns == mtime, f"{side}'s mtime after B's close"
+        assert (root / "w").read_bytes() == b"w" * 7000
+
+
+@pytest.mark.timeout(TIMEOUT)
 def test_truncate_seen_by_b(ab, rng):
     a, b = ab
     model = rng.randbytes(3 * MiB + 17)

@@ -28,6 +28,7 @@ from ..protocol.errors import RpcError
 from ..protocol.ldlm import IBits, Mode
 from .client import ClientNode
 from .imports import ImportClosed
+from .ldlm import LockFailed
 from .ldlm_client import ClientLock
 from .llite_locks import (
     ATTR_BITS,
@@ -67,7 +68,8 @@ def fuse_errors(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
             raise
         except RpcError as e:
             raise pyfuse3.FUSEError(e.errno) from None
-        except ImportClosed:
+        except (ImportClosed, LockFailed) as e:  # unmounting, or evicted meanwhile
+            log.info("%s: %s", fn.__name__, e)
             raise pyfuse3.FUSEError(errno.EIO) from None
         except Exception:
             log.exception("%s failed", fn.__name__)
@@ -222,8 +224,6 @@ class Llite(LockedCaches, pyfuse3.Operations):
             if inode.layout is None or layout != inode.layout:
                 inode.layout = layout
                 self.watch_layout(inode)
-        if self.size_valid(inode):
-            return inode  # size and mtime under our data locks are newer than the MDT's
         if self._local_meta_settled(inode):
             # (Not while our own size update is unsent or unanswered: a reply the MDT
             # made before it would carry an older size.)
@@ -354,11 +354,16 @@ class Llite(LockedCaches, pyfuse3.Operations):
                 node.size = size
                 node.mtime_ns = new["mtime_ns"]
                 node.ctime_ns = new["ctime_ns"]
-        else:
-            if "mtime_ns" in attrs or "mtime_now" in attrs:
-                # Explicit times must not be overwritten by a later size update.
+        elif ("mtime_ns" in attrs or "mtime_now" in attrs) and node.layout is not None:
+            # Explicit times must not be overwritten by a later size update, ours or
+            # another client's: every writer writes back and reports first.
+            async with self.data_locks(node, Mode.PW, 0, EOF):
                 await self.writeback.flush_file(inode)
                 await self._push_meta(node)
+                new = await self._setattr_rpc(cred, node, attrs, fh)
+                node.mtime_ns = new["mtime_ns"]
+                node.ctime_ns = new["ctime_ns"]
+        else:
             new = await self._setattr_rpc(cred, node, attrs, fh)
             node.mtime_ns = new["mtime_ns"]
             node.ctime_ns = new["ctime_ns"]
