@@ -271,8 +271,8 @@ class Llite(LockedCaches, pyfuse3.Operations):
             try:
                 attr = await self.update_call(
                     [(inode.ino, ATTR_BITS)] if kill_priv else [],
-                    lambda cancels: self.mdc.write_update(inode.ino, inode.size, inode.mtime_ns,
-                                                          kill_priv, cancels=cancels))
+                    lambda kw: self.mdc.write_update(inode.ino, inode.size, inode.mtime_ns,
+                                                          kill_priv, **kw))
             except BaseException:
                 inode.meta_dirty = True
                 inode.kill_priv |= kill_priv
@@ -373,9 +373,9 @@ class Llite(LockedCaches, pyfuse3.Operations):
                            fh: int | None) -> dict[str, Any]:
         _, body = await self.update_call(
             [(node.ino, ATTR_BITS)],
-            lambda cancels: self.md_call(lambda intent: self.mdc.setattr(
+            lambda kw: self.md_call(lambda intent: self.mdc.setattr(
                 cred, node.ino, attrs, via_handle=fh is not None, intent=intent,
-                cancels=cancels)))
+                **kw)))
         return body["attr"]
 
     async def _truncate_data(self, node: Inode, size: int) -> None:
@@ -397,18 +397,18 @@ class Llite(LockedCaches, pyfuse3.Operations):
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         cred = self._cred(ctx)
-        node = await self._make(parent_inode, name, lambda cancels, intent: self.mdc.create(
-            cred, parent_inode, name, mode, rdev, intent=intent, cancels=cancels))
+        node = await self._make(parent_inode, name, lambda kw, intent: self.mdc.create(
+            cred, parent_inode, name, mode, rdev, intent=intent, **kw))
         return self._entry(node)
 
     async def _make(self, parent: int, name: bytes,
-                    call: Callable[[list[int], dict[str, Any]], Awaitable[dict[str, Any]]],
+                    call: Callable[[dict[str, Any], dict[str, Any]], Awaitable[dict[str, Any]]],
                     extra: list[tuple[int, int]] | None = None) -> Inode:
         """A new name in `parent` (create, mkdir, symlink, link), its reply's intent lock
         kept and the name cached under it."""
         node, _ = await self.update_call(
             [(parent, UPDATE), *(extra or [])],
-            lambda cancels: self.md_call(lambda intent: call(cancels, intent), DIR_NAME_BITS))
+            lambda kw: self.md_call(lambda intent: call(kw, intent), DIR_NAME_BITS), parent)
         assert node is not None
         self.remember_name(parent, name, node)
         return node
@@ -417,24 +417,24 @@ class Llite(LockedCaches, pyfuse3.Operations):
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         cred = self._cred(ctx)
-        node = await self._make(parent_inode, name, lambda cancels, intent: self.mdc.mkdir(
-            cred, parent_inode, name, mode, intent=intent, cancels=cancels))
+        node = await self._make(parent_inode, name, lambda kw, intent: self.mdc.mkdir(
+            cred, parent_inode, name, mode, intent=intent, **kw))
         return self._entry(node)
 
     @fuse_errors
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         cred = self._cred(ctx)
-        node = await self._make(parent_inode, name, lambda cancels, intent: self.mdc.symlink(
-            cred, parent_inode, name, target, intent=intent, cancels=cancels))
+        node = await self._make(parent_inode, name, lambda kw, intent: self.mdc.symlink(
+            cred, parent_inode, name, target, intent=intent, **kw))
         return self._entry(node)
 
     @fuse_errors
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         cred = self._cred(ctx)
-        node = await self._make(new_parent_inode, new_name, lambda cancels, intent: self.mdc.link(
-            cred, inode, new_parent_inode, new_name, intent=intent, cancels=cancels),
+        node = await self._make(new_parent_inode, new_name, lambda kw, intent: self.mdc.link(
+            cred, inode, new_parent_inode, new_name, intent=intent, **kw),
             [(inode, UPDATE)])
         return self._entry(node)
 
@@ -443,7 +443,7 @@ class Llite(LockedCaches, pyfuse3.Operations):
         cred = self._cred(ctx)
         result = await self.update_call(
             self._name_locks(parent_inode, name),
-            lambda cancels: self.mdc.unlink(cred, parent_inode, name, cancels=cancels))
+            lambda kw: self.mdc.unlink(cred, parent_inode, name, **kw), parent_inode)
         self.forget_name(parent_inode, name)
         self._after_remove(result.get("ino"))
 
@@ -452,7 +452,7 @@ class Llite(LockedCaches, pyfuse3.Operations):
         cred = self._cred(ctx)
         await self.update_call(
             self._name_locks(parent_inode, name),
-            lambda cancels: self.mdc.rmdir(cred, parent_inode, name, cancels=cancels))
+            lambda kw: self.mdc.rmdir(cred, parent_inode, name, **kw), parent_inode)
         self.forget_name(parent_inode, name)
 
     def _name_locks(self, parent: int, name: bytes) -> list[tuple[int, int]]:
@@ -475,8 +475,8 @@ class Llite(LockedCaches, pyfuse3.Operations):
         result = await self.update_call(
             self._name_locks(parent_inode_old, name_old)
             + self._name_locks(parent_inode_new, name_new),
-            lambda cancels: self.mdc.rename(cred, parent_inode_old, name_old, parent_inode_new,
-                                            name_new, flags, cancels=cancels))
+            lambda kw: self.mdc.rename(cred, parent_inode_old, name_old, parent_inode_new,
+                                            name_new, flags, **kw))
         self.forget_name(parent_inode_old, name_old)
         self.forget_name(parent_inode_new, name_new)
         self._after_remove(result.get("replaced"))
@@ -562,7 +562,7 @@ class Llite(LockedCaches, pyfuse3.Operations):
     async def _open_rpc(self, cred: list[Any], ino: int, flags: int) -> dict[str, Any]:
         return await self.update_call(
             [(ino, UPDATE)] if flags & os.O_TRUNC else [],
-            lambda cancels: self.mdc.open(cred, ino, flags, cancels=cancels))
+            lambda kw: self.mdc.open(cred, ino, flags, **kw))
 
     @fuse_errors
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -571,10 +571,10 @@ class Llite(LockedCaches, pyfuse3.Operations):
         cred = self._cred(ctx)
         bodies: list[dict[str, Any]] = []
 
-        async def call(cancels: list[int], intent: dict[str, Any]) -> dict[str, Any]:
+        async def call(kw: dict[str, Any], intent: dict[str, Any]) -> dict[str, Any]:
             body = await self.mdc.create(cred, parent_inode, name, mode, open_flags=flags,
                                          exclusive=bool(flags & os.O_EXCL), intent=intent,
-                                         cancels=cancels)
+                                         **kw)
             bodies.append(body)
             return body
 
@@ -827,7 +827,7 @@ class Llite(LockedCaches, pyfuse3.Operations):
         cred = self._cred(ctx)
         result = await self.update_call(
             [(inode, LAYOUT_BITS)],
-            lambda cancels: self.mdc.setxattr(cred, inode, name, value, 0, cancels=cancels))
+            lambda kw: self.mdc.setxattr(cred, inode, name, value, 0, **kw))
         if "attr" in result:
             self._update(result["attr"])
 
@@ -839,8 +839,8 @@ class Llite(LockedCaches, pyfuse3.Operations):
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         try:
             cred = self._cred(ctx)
-            await self.update_call([(inode, UPDATE)], lambda cancels: self.mdc.removexattr(
-                cred, inode, name, cancels=cancels))
+            await self.update_call([(inode, UPDATE)], lambda kw: self.mdc.removexattr(
+                cred, inode, name, **kw))
         except RpcError as e:
             if e.errno == errno.ENODATA:
                 raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None

@@ -250,13 +250,23 @@ class LockedCaches:
         return node
 
     async def update_call(self, wanted: list[tuple[int, int]],
-                          call: Callable[[list[int]], Awaitable[Any]]) -> Any:
-        """An MDT update with early lock cancel of our locks it would call back."""
+                          call: Callable[[dict[str, Any]], Awaitable[Any]],
+                          parent: int | None = None) -> Any:
+        """An MDT update with early lock cancel of our locks it would call back; `call`
+        gets the extra request fields. With `parent`, the directory's attribute lock
+        is asked for again with the reply (the update takes it from us)."""
         cancels = await self.md_locks.early_cancel(
             [(inode_res(ino), bits) for ino, bits in wanted])
+        extra: dict[str, Any] = {"cancels": cancels}
+        plock = None
+        if parent is not None:
+            plock = self.md_locks.intent_begin(inode_res(parent), LockType.IBITS, Mode.PR,
+                                               DIR_ATTR_BITS)
+            extra["parent_lock"] = {"handle": plock.handle, "bits": DIR_ATTR_BITS}
         delivered = False
+        result: Any = None
         try:
-            result = await call(cancels)
+            result = await call(extra)
             delivered = True
             return result
         except RpcError:
@@ -264,6 +274,19 @@ class LockedCaches:
             raise
         finally:
             self.md_locks.cancels_sent(cancels, delivered=delivered)
+            if plock is not None:
+                body = result[1] if isinstance(result, tuple) else result
+                self._parent_intent_done(plock, body if isinstance(body, dict) else None)
+
+    def _parent_intent_done(self, lock: ClientLock, body: dict[str, Any] | None) -> None:
+        remote = body.get("parent_lock") if body else None
+        attr = body.get("parent_attr") if body else None
+        granted = self.md_locks.intent_end(lock, remote if attr is not None else None)
+        if attr is None:
+            return
+        node = self._update(attr)  # type: ignore[attr-defined]
+        if granted:
+            node.md.append(lock)
 
     async def _md_blocking(self, lock: ClientLock) -> None:
         ino = lock.res[0]

@@ -365,7 +365,28 @@ class MdtServer(TargetServer):
             transno, body = op(export, b)
         finally:
             self.ldlm.unlock_local(locks)
-        return transno, self._with_intent(export, b, body)
+        return transno, self._with_parent_intent(export, b, self._with_intent(export, b, body))
+
+    def _with_parent_intent(self, export: Export, b: dict[str, Any],
+                            body: dict[str, Any]) -> dict[str, Any]:
+        """An update in a directory may ask ("parent_lock": {"handle", "bits"}) for a
+        lock on that directory again, with its new attributes: the update called back
+        the client's own lock on it, and the kernel asks for them right after."""
+        want, parent = b.get("parent_lock"), b.get("parent")
+        if type(want) is not dict or type(parent) is not int or self.store is None:
+            return body
+        bits = want.get("bits")
+        if type(bits) is not int or not 0 < bits <= int(IBITS_FULL) or bits & ~int(IBITS_FULL):
+            return body
+        try:
+            attr = self.store.getattr(parent)
+        except MdtError:
+            return body
+        handle = self.ldlm.intent_lock(export, want.get("handle"), inode_res(parent), bits)
+        if handle is not None:
+            body["parent_lock"] = handle
+            body["parent_attr"] = attr
+        return body
 
     async def _reint_after_locks(self, export: Export, req: Message, op: Any,
                                  wanted: list[tuple[ResId, int]]) -> None:
