@@ -27,6 +27,7 @@ from .ldlm_service import CANCEL_MAX
 from .mdt_store import Cred, MdtError, MdtStore
 from .mgs import target_name
 from .ost import register_with_mgs
+from .reply_log import SavedReply
 from .target import DEFERRED, Export, ServiceError, TargetServer, body_field
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class MdtServer(TargetServer):
     connect_opcodes = (C.MDS_CONNECT,)
     disconnect_opcodes = (C.MDS_DISCONNECT,)
     lock_types = frozenset({LockType.IBITS})
+    reconstructable_opcodes = frozenset({C.MDS_REINT, C.MDS_CLOSE})
     inline_opcodes = frozenset({
         C.OBD_PING, C.MDS_GET_ROOT, C.MDS_GETATTR, C.MDS_GETATTR_NAME, C.MDS_READLINK,
         C.MDS_READPAGE, C.MDS_GETXATTR, C.MDS_STATFS, C.MDS_ACCESS, C.MDS_CLOSE, C.MDS_REINT,
@@ -134,6 +136,8 @@ class MdtServer(TargetServer):
         self.storage.write_atomic("mdt.json", f'{{"ost_count": {self.ost_count}}}'.encode())
         self.store = MdtStore(str(self.storage.path / "mdt.sqlite"), ost_count=self.ost_count,
                               default_stripe_count=int(cfg.get("stripe_count", 1)))
+        for uuid, xid, saved in self.store.saved_replies():
+            self.reply_log.record(uuid, xid, saved)
         orphans = self.store.cleanup_orphans()
         if orphans:
             log.info("%s: removed %d orphan inodes left by the last run", self.name, orphans)
@@ -246,6 +250,11 @@ class MdtServer(TargetServer):
             self._committed_destroys = [p for p in self._committed_destroys if p[0] not in done]
         if len(pending) == 1024:
             self._commit_wanted.set()
+
+    def persist_reply(self, uuid: str, xid: int, saved: SavedReply,
+                      forgotten: int | None) -> None:
+        if self.store is not None:
+            self.store.save_reply(uuid, xid, saved, forgotten)
 
     # -- request handlers --
     def _store(self) -> MdtStore:
@@ -394,8 +403,11 @@ class MdtServer(TargetServer):
             reply = self.make_reply(req, await self._locked_reint(export, req.body, op, wanted))
         except ServiceError as e:
             reply = self.error_reply(req, e)
+        out = await self.finish(export, req, reply)
+        if out is None:
+            return
         try:
-            await export.endpoint.send_reply(reply)
+            await export.endpoint.send_reply(out)
         except ConnectionLost as e:
             log.info("%s: reply to %s lost: %s", self.name, export.uuid, e)
 

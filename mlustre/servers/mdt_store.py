@@ -29,6 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, overload
 
+import msgpack
+
+from .reply_log import SavedReply
+
 log = logging.getLogger(__name__)
 
 ROOT_INO = 1
@@ -100,6 +104,14 @@ CREATE TABLE IF NOT EXISTS xattrs (
     value BLOB NOT NULL,
     PRIMARY KEY (ino, name)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS replies (
+    uuid TEXT NOT NULL,
+    xid INTEGER NOT NULL,
+    transno INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (uuid, xid)
+);
 CREATE TABLE IF NOT EXISTS destroy_log (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     ost_idx INTEGER NOT NULL,
@@ -531,6 +543,29 @@ class MdtStore:
         if r is None:
             raise _fail(errno.ENOENT)
         return _attr(r)
+
+    # ------------------------------------------------------------------ reply data
+
+    def save_reply(self, uuid: str, xid: int, saved: SavedReply,
+                   forgotten: int | None = None) -> None:
+        """Keep a reply in the open transaction, with the update it answers (Lustre's
+        last_rcvd reply data): both survive a crash, or neither."""
+        db = self._db
+        if not db.in_transaction:
+            db.execute("BEGIN IMMEDIATE")
+        db.execute("INSERT OR REPLACE INTO replies (uuid, xid, transno, status, body)"
+                   " VALUES (?, ?, ?, ?, ?)",
+                   (uuid, xid, saved.transno, saved.status,
+                    msgpack.packb(saved.body, use_bin_type=True)))
+        if forgotten is not None:
+            db.execute("DELETE FROM replies WHERE uuid = ? AND xid = ?", (uuid, forgotten))
+
+    def saved_replies(self) -> list[tuple[str, int, SavedReply]]:
+        """Every kept reply, oldest first per client."""
+        rows = self._db.execute(
+            "SELECT uuid, xid, transno, status, body FROM replies ORDER BY rowid").fetchall()
+        return [(u, x, SavedReply(t, st, msgpack.unpackb(b, raw=False))) for u, x, t, st, b
+                in rows]
 
     def child_ino(self, parent: int, name: bytes) -> int | None:
         """The inode `name` in `parent` names, without permission checks (the MDT

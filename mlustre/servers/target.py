@@ -29,7 +29,10 @@ from ..protocol.errors import ConnectionLost
 from ..protocol.ldlm import LockType
 from ..protocol.message import Message
 from ..protocol.rpc import Endpoint
+from . import fail_loc
+from .fail_loc import FailLoc
 from .ldlm_service import LDLM_OPCODES, LdlmService
+from .reply_log import ReplyLog, SavedReply
 from .storage import StorageBusy, TargetStorage
 
 log = logging.getLogger(__name__)
@@ -87,6 +90,8 @@ class TargetServer:
     inline_opcodes: frozenset[int] = frozenset({C.OBD_PING})
     # The lock types this target's namespace serves (none: LDLM opcodes are not served).
     lock_types: frozenset[LockType] = frozenset()
+    # Updates whose replies are kept, so that a resend is answered, not executed again.
+    reconstructable_opcodes: frozenset[int] = frozenset()
 
     def __init__(self, name: str, data_dir: str, *, host: str = "127.0.0.1", port: int = 0,
                  release: str = "2.0", commit_interval: float = 1.0,
@@ -110,6 +115,11 @@ class TargetServer:
             raise ValueError("ldlm_timeout must be positive")
         self.ldlm_timeout = ldlm_timeout
         self.ldlm = LdlmService(self, self.lock_types, ldlm_timeout)
+        self.reply_log = ReplyLog()
+        self._running: dict[tuple[str, int], trio.Event] = {}  # updates being executed
+        self._drop_replies: set[tuple[str, int]] = set()
+        self.fail: FailLoc | None = None
+        self._tasks: trio.Nursery | None = None
 
     # -- transactions (overridden by targets that have them) --
     @property
@@ -153,6 +163,7 @@ class TargetServer:
                     partial(trio.serve_tcp, self._serve_connection, self.port, host=self.host))
                 sockname = listeners[0].socket.getsockname()
                 self.nid = f"{sockname[0]}:{sockname[1]}"
+                self._tasks = nursery
                 nursery.start_soon(self._commit_loop)
                 if self.lock_types:
                     self.ldlm.start(nursery)
@@ -236,6 +247,37 @@ class TargetServer:
                 self.ldlm.release(export.uuid)
                 await self.export_disconnected(export)
                 return req.reply(last_committed=self.last_committed)
+            fail = self.fail
+            drop_reply = False
+            if fail is not None and fail.matches(req.opc):
+                fail.hits += 1
+                self.count("fail_loc_hits")
+                log.warning("%s: fail_loc %s on xid %d", self.name, fail, req.xid)
+                if fail.action == "drop_request":
+                    await endpoint.aclose("fail_loc: request dropped")
+                    return None
+                if fail.action == "delay":
+                    await trio.sleep(fail.seconds)
+                drop_reply = fail.action == "drop_reply"
+            if req.opc in self.reconstructable_opcodes:
+                key = (export.uuid, req.xid)
+                if req.flags & C.MSG_RESENT:
+                    saved = self.reply_log.lookup(*key)
+                    if saved is not None:
+                        self.count("reconstructed")
+                        if drop_reply:
+                            await endpoint.aclose("fail_loc: reply dropped")
+                            return None
+                        return self._reconstructed(req, saved)
+                    if key in self._running:  # still executing: answer when it is done
+                        assert self._tasks is not None
+                        self._tasks.start_soon(self._answer_when_done, endpoint, req, key)
+                        return None
+                self._running[key] = trio.Event()
+                if drop_reply:
+                    self._drop_replies.add(key)
+            elif drop_reply:
+                self._drop_replies.add((export.uuid, req.xid))
             handler = self.handlers.get(req.opc)
             if handler is None and req.opc == C.OBD_ADMIN:
                 handler = self._admin
@@ -247,12 +289,62 @@ class TargetServer:
             export.requests += 1
             result = await handler(export, req)
         except ServiceError as e:
-            return self.error_reply(req, e)
+            export = endpoint.context.get("export")
+            reply = self.error_reply(req, e)
+            return await self.finish(export, req, reply) if export is not None else reply
         except ConnectionLost:
+            export = endpoint.context.get("export")
+            if export is not None:  # not answered: a resend executes it again
+                event = self._running.pop((export.uuid, req.xid), None)
+                if event is not None:
+                    event.set()
             return None
         if result is DEFERRED:
+            return None  # the handler's own task calls finish() and sends the reply
+        return await self.finish(export, req, self.make_reply(req, result))
+
+    async def finish(self, export: Export, req: Message, reply: Message) -> Message | None:
+        """The reply to a request is ready: keep it if the request was an update (and
+        persist it with the update, see persist_reply), then let it go out, unless a
+        fail_loc drops it (the connection is closed instead: the client resends)."""
+        key = (export.uuid, req.xid)
+        event = self._running.pop(key, None)
+        if event is not None:
+            body = {k: v for k, v in reply.body.items()
+                    if k not in ("lock", "parent_lock", "parent_attr")}  # (locks granted once)
+            saved = SavedReply(reply.transno, reply.status, body)
+            forgotten = self.reply_log.record(export.uuid, req.xid, saved)
+            self.persist_reply(export.uuid, req.xid, saved, forgotten)
+            event.set()
+        if key in self._drop_replies:
+            self._drop_replies.discard(key)
+            await export.endpoint.aclose("fail_loc: reply dropped")
             return None
-        return self.make_reply(req, result)
+        return reply
+
+    def persist_reply(self, uuid: str, xid: int, saved: SavedReply,
+                      forgotten: int | None) -> None:
+        """Hook: write a kept reply in the update's own transaction (the MDT)."""
+
+    def _reconstructed(self, req: Message, saved: SavedReply) -> Message:
+        return req.reply(saved.body, status=saved.status, transno=saved.transno,
+                         last_committed=self.last_committed)
+
+    async def _answer_when_done(self, endpoint: Endpoint, req: Message,
+                                key: tuple[str, int]) -> None:
+        event = self._running.get(key)
+        if event is not None:
+            await event.wait()
+        saved = self.reply_log.lookup(*key)
+        if saved is None:
+            reply = self.error_reply(req, ServiceError(errno.EAGAIN, "resent request lost"))
+        else:
+            self.count("reconstructed")
+            reply = self._reconstructed(req, saved)
+        try:
+            await endpoint.send_reply(reply)
+        except ConnectionLost:
+            pass
 
     def error_reply(self, req: Message, e: ServiceError) -> Message:
         self.count("errors")
@@ -285,6 +377,8 @@ class TargetServer:
             tree.add(base + "num_exports", lambda: len(self.exports))
             tree.add(base + "exports", lambda: sorted(self.exports))
             tree.add(base + "stats", self._stats_lines)
+            tree.add(base + "fail_loc", lambda: str(self.fail) if self.fail else "none",
+                     self._set_fail_loc)
             if self.lock_types:
                 ns = f"ldlm.namespaces.{self.name}."
                 tree.add(ns + "lock_count", lambda: len(self.ldlm.namespace))
@@ -295,6 +389,13 @@ class TargetServer:
                 tree.add(ns + "locks", self.ldlm.dump)
             self._params = tree
         return self._params
+
+    def _set_fail_loc(self, text: str) -> None:
+        try:
+            self.fail = fail_loc.parse(text)
+        except fail_loc.FailLocError as e:
+            raise ParamError(errno.EINVAL, str(e)) from None
+        log.warning("%s: fail_loc set to %s", self.name, self.fail or "none")
 
     def _set_commit_interval(self, text: str) -> None:
         self.commit_interval = parse_positive_float(text, limit=3600.0)

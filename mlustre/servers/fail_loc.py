@@ -1,0 +1,78 @@
+"""fail_loc.py - fault injection set at run time (Lustre's fail_loc), for tests and
+for users who want to see recovery work: drop a request, drop a reply, or delay one,
+for one opcode, once or every time.
+
+Syntax of the lctl value: `none`, or `ACTION:OPCODE[:once]` with ACTION one of
+`drop_request`, `drop_reply`, and `delay:OPCODE:SECONDS[:once]`; OPCODE is a name
+(`MDS_REINT`, `OST_WRITE`, ...) or a number. Dropping closes the connection, as a
+network failure would: the client reconnects and resends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..protocol import constants as C
+
+ACTIONS = ("drop_request", "drop_reply", "delay")
+_BY_NAME = {name: opc for opc, name in C.OPCODE_NAMES.items()}
+
+
+class FailLocError(ValueError):
+    pass
+
+
+@dataclass(slots=True)
+class FailLoc:
+    action: str
+    opc: int
+    once: bool = False
+    seconds: float = 0.0
+    hits: int = 0
+
+    def matches(self, opc: int) -> bool:
+        return opc == self.opc and not (self.once and self.hits)
+
+    def __str__(self) -> str:
+        name = C.OPCODE_NAMES.get(self.opc, str(self.opc))
+        parts = [self.action, name] + ([f"{self.seconds:g}"] if self.action == "delay" else [])
+        parts += ["once"] if self.once else []
+        return ":".join(parts) + f" (hit {self.hits})"
+
+
+def parse(text: str) -> FailLoc | None:
+    """The fail_loc a value sets (None: none); FailLocError with a clear message."""
+    text = text.strip()
+    if text in ("", "none", "0"):
+        return None
+    parts = text.split(":")
+    action = parts[0]
+    if action not in ACTIONS:
+        raise FailLocError(f"unknown fail_loc action {action!r} (one of: none, "
+                           f"{', '.join(ACTIONS)})")
+    if len(parts) < 2:
+        raise FailLocError(f"{action} needs an opcode, e.g. {action}:MDS_REINT")
+    opc_text = parts[1]
+    opc = _BY_NAME.get(opc_text.upper())
+    if opc is None:
+        try:
+            opc = int(opc_text, 0)
+        except ValueError:
+            raise FailLocError(f"unknown opcode {opc_text!r}") from None
+    rest = parts[2:]
+    seconds = 0.0
+    if action == "delay":
+        if not rest:
+            raise FailLocError("delay needs seconds, e.g. delay:OST_WRITE:2")
+        try:
+            seconds = float(rest.pop(0))
+        except ValueError:
+            raise FailLocError("delay seconds must be a number") from None
+        if not 0 < seconds <= 600:
+            raise FailLocError("delay seconds must be in (0, 600]")
+    once = False
+    if rest == ["once"]:
+        once = True
+    elif rest:
+        raise FailLocError(f"unexpected {':'.join(rest)!r} (only 'once' may follow)")
+    return FailLoc(action, opc, once, seconds)
