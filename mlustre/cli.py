@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -121,10 +122,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         stripes = [f"--{k.replace('_', '-')}={v}" for k, v in
                    (("stripe_count", args.stripe_count), ("stripe_size", args.stripe_size))
                    if v is not None]
-        pid, mgs_nid = _start(["server", "mgs", "--data", str(data / "mgs"), *base, *stripes],
-                              data / "mgs.log", "MGS")
+        mgs_args = ["server", "mgs", "--data", str(data / "mgs"), *base, *stripes]
+        pid, mgs_nid = _start(mgs_args, data / "mgs.log", "MGS")
         servers.append({"name": f"{args.fsname}-MGS", "kind": "mgs", "nid": mgs_nid,
-                        "pid": pid, "data": str(data / "mgs"), "log": str(data / "mgs.log")})
+                        "pid": pid, "data": str(data / "mgs"), "log": str(data / "mgs.log"),
+                        "args": mgs_args})
         procs = []
         specs = [("mdt", 0)] + [("ost", i) for i in range(args.osts)]
         for kind, idx in specs:
@@ -132,13 +134,14 @@ def cmd_up(args: argparse.Namespace) -> int:
             tdir = data / name
             extra = ["--osts", str(args.osts)] if kind == "mdt" else []
             log = data / f"{name}.log"
-            procs.append((name, kind, tdir, log, spawn(
-                ["server", kind, "--index", str(idx), "--data", str(tdir), "--mgs", mgs_nid,
-                 *extra, *base], log)))
-        for name, kind, tdir, log, proc in procs:
+            cmd = ["server", kind, "--index", str(idx), "--data", str(tdir), "--mgs", mgs_nid,
+                   *extra, *base]
+            procs.append((name, kind, tdir, log, cmd, spawn(cmd, log)))
+        for name, kind, tdir, log, cmd, proc in procs:
             servers.append({"name": name, "kind": kind, "pid": proc.pid, "data": str(tdir),
-                            "log": str(log), "nid": ""})
-        for (name, _kind, _tdir, log, proc), entry in zip(procs, servers[1:], strict=True):
+                            "log": str(log), "nid": "", "args": cmd})
+        for (name, _kind, _tdir, log, _cmd, proc), entry in zip(procs, servers[1:],
+                                                                strict=True):
             line = wait_ready(proc, log, name, READY_TIMEOUT)
             entry["nid"] = dict(f.split("=", 1) for f in line.split() if "=" in f)["nid"]
         spec = format_spec([Nid.parse(mgs_nid)], args.fsname)
@@ -279,6 +282,63 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _find_server(cluster: dict[str, Any], name: str) -> dict[str, Any]:
+    """A server of the cluster by its name, with or without the fsname (MDT0000,
+    OST0001, MGS) or, when there is one of its kind, by kind (mdt, mgs)."""
+    wanted = name.lower()
+    for s in cluster["servers"]:
+        full = s["name"].lower()
+        if wanted in (full, full.split("-", 1)[-1]):
+            return s
+    of_kind = [s for s in cluster["servers"] if s["kind"] == wanted]
+    if len(of_kind) == 1:
+        return of_kind[0]
+    names = ", ".join(s["name"] for s in cluster["servers"])
+    raise CliError(f"no target {name!r} in {cluster['fsname']} (targets: {names})")
+
+
+def cmd_failover(args: argparse.Namespace) -> int:
+    """Restart one target of a local cluster on its own NID: a graceful stop (commit,
+    then exit), or with --crash a kill -9 first. Clients reconnect and resend."""
+    _, cluster = _cluster_of(args.mountpoint)
+    server = _find_server(cluster, args.target)
+    if args.partner:
+        raise CliError(f"{server['name']} has no failover partner in this local cluster "
+                       "(a pair is two `mlustre server` processes on one storage directory, "
+                       "each with --failover-nid)")
+    cmd = server.get("args")
+    if not cmd:
+        raise CliError(f"the cluster in {cluster['data']} was started by an older mlustre: "
+                       f"restart it (`mlustre down`, `mlustre up`) to use failover")
+    port = server["nid"].rsplit(":", 1)[-1]
+    listen = [a for i, a in enumerate(cmd) if a != "--listen" and (i == 0 or
+                                                                   cmd[i - 1] != "--listen")]
+    listen += ["--listen", f"127.0.0.1:{port}"]
+    started = time.monotonic()
+    if args.crash:
+        if registry.pid_alive(server["pid"]):
+            os.kill(server["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while registry.pid_alive(server["pid"]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        how = "killed (SIGKILL)"
+    else:
+        if not stop_pid(server["pid"], timeout=30):
+            print(f"warning: {server['name']} did not stop within 30 s and was killed",
+                  file=sys.stderr)
+        how = "stopped"
+    stopped = time.monotonic()
+    try:
+        pid, nid = _start(listen, Path(server["log"]), server["name"])
+    except DaemonFailed as e:
+        raise CliError(f"{server['name']} {how} but did not start again: {e}") from None
+    server.update(pid=pid, nid=nid)
+    registry.write_json(Path(cluster["data"]) / "cluster.json", cluster)
+    print(f"{server['name']}: {how} in {stopped - started:.2f}s, serving again on {nid} "
+          f"(pid {pid}) {time.monotonic() - started:.2f}s after the start")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mlustre", description="A Lustre-like filesystem.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -318,6 +378,16 @@ def build_parser() -> argparse.ArgumentParser:
     um = sub.add_parser("umount", help="unmount one client")
     um.add_argument("mountpoint")
     um.set_defaults(fn=cmd_umount)
+
+    fo = sub.add_parser("failover", help="restart one target of a local cluster (clients "
+                                         "reconnect and resend)")
+    fo.add_argument("mountpoint", help="a mount of the cluster")
+    fo.add_argument("target", help="e.g. MDT0000, OST0001, MGS, or the full name")
+    fo.add_argument("--crash", action="store_true", help="kill -9 it first instead of a "
+                                                          "graceful stop")
+    fo.add_argument("--partner", action="store_true",
+                    help="restart it on its failover partner (needs a failover pair)")
+    fo.set_defaults(fn=cmd_failover)
 
     st = sub.add_parser("status", help="targets, NIDs, PIDs, states and clients")
     st.add_argument("mountpoint")
