@@ -683,6 +683,49 @@ def test_utime_wins_over_cached_data_and_dirty_writes(ab):
         assert (root / "w").read_bytes() == b"w" * 7000
 
 
+RMW_WRITER = r"""
+import os, sys
+path, me, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+fd = os.open(path, os.O_RDWR)  # buffered: reads fill the kernel's page cache
+print("ready", flush=True)
+sys.stdin.readline()
+for i in range(n):
+    data = os.pread(fd, 8192, 0)  # a read (PR), then a write (PW) on the same file
+    slot = 2 * (i % 256) + me
+    os.pwrite(fd, bytes([65 + me]) * 16, slot * 16)
+print("done", flush=True)
+"""
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_read_write_handles_on_two_clients_at_once(ab):
+    """Two clients read and write one file through read-write (buffered) handles at
+    the same time: each read takes PR, each write asks for PW while the other side's
+    PR is being called back. Neither may wait for the other until the callback
+    timeout evicts one of them."""
+    a, b = ab
+    (a / "rmw").write_bytes(bytes(8192))
+    workers = []
+    try:
+        for me, root in ((0, a), (1, b)):
+            workers.append(Worker(RMW_WRITER, root / "rmw", str(me), "300"))
+        for w in workers:
+            w.expect("ready", 30)
+        for w in workers:
+            w.send("go")
+        for w in workers:
+            w.expect("done", 60)
+            w.finish(30)
+    finally:
+        for w in workers:
+            w.kill()
+    # (Had they waited for each other, the callback timeout would have evicted one,
+    # and its worker would have failed with EIO.)
+    data = (a / "rmw").read_bytes()
+    assert data == (b"A" * 16 + b"B" * 16) * 256
+    assert (b / "rmw").read_bytes() == data
+
+
 @pytest.mark.timeout(TIMEOUT)
 def test_truncate_seen_by_b(ab, rng):
     a, b = ab
