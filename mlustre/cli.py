@@ -69,6 +69,8 @@ def cmd_server(args: argparse.Namespace) -> int:
     check_stripes(args)
     if not args.ldlm_timeout > 0:
         raise CliError("--ldlm-timeout must be positive")
+    if not 0 <= args.recovery_window <= 3600:
+        raise CliError("--recovery-window must be between 0 and 3600 seconds")
     if args.kind == "mgs":
         from .servers.mgs import MgsServer
         server: Any = MgsServer(args.fsname, args.data, stripe_count=args.stripe_count,
@@ -76,7 +78,8 @@ def cmd_server(args: argparse.Namespace) -> int:
     elif args.kind == "mdt":
         from .servers.mdt import MdtServer
         server = MdtServer(args.fsname, args.index, args.data, mgs=mgs, ost_count=args.osts,
-                           failover_nids=args.failover_nid, **common)
+                           failover_nids=args.failover_nid,
+                           recovery_window=args.recovery_window, **common)
     else:
         from .servers.ost import OstServer
         server = OstServer(args.fsname, args.index, args.data, mgs=mgs,
@@ -115,6 +118,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     servers: list[dict[str, Any]] = []
     if not args.ldlm_timeout > 0:
         raise CliError("--ldlm-timeout must be positive")
+    if not 0 <= args.recovery_window <= 3600:
+        raise CliError("--recovery-window must be between 0 and 3600 seconds")
     base = ["--fsname", args.fsname, "--release", args.release,
             "--commit-interval", str(args.commit_interval),
             "--ldlm-timeout", str(args.ldlm_timeout)]
@@ -132,7 +137,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         for kind, idx in specs:
             name = f"{args.fsname}-{kind.upper()}{idx:04X}"
             tdir = data / name
-            extra = ["--osts", str(args.osts)] if kind == "mdt" else []
+            extra = (["--osts", str(args.osts), "--recovery-window", str(args.recovery_window)]
+                     if kind == "mdt" else [])
             log = data / f"{name}.log"
             cmd = ["server", kind, "--index", str(idx), "--data", str(tdir), "--mgs", mgs_nid,
                    *extra, *base]
@@ -362,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data", help="state and logs (default: /var/lib/mlustre/FSNAME as root)")
     up.add_argument("--fsname", default="mlustre")
     up.add_argument("--commit-interval", type=float, default=1.0)
+    up.add_argument("--recovery-window", type=float, default=15.0,
+                    help="seconds after an MDT start during which clients re-open their "
+                         "open files")
     up.add_argument("--ldlm-timeout", type=float, default=10.0,
                     help="lock callback timeout of every server, seconds: a client that "
                          "does not give back a lock in time is evicted")
@@ -410,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="NID of the failover partner (repeatable)")
     sv.add_argument("--release", default="2.0", choices=["1.8", "2.0"])
     sv.add_argument("--commit-interval", type=float, default=1.0)
+    sv.add_argument("--recovery-window", type=float, default=15.0,
+                    help="(mdt) seconds after a start during which clients re-open their "
+                         "open files; unlinked files still open survive it")
     sv.add_argument("--ldlm-timeout", type=float, default=10.0,
                     help="seconds a lock holder has to cancel after a blocking AST "
                          "before it is evicted")

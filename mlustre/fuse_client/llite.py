@@ -158,6 +158,8 @@ class Llite(LockedCaches, pyfuse3.Operations):
         self._closing = 0  # MDT closes in flight
         self._closed_all = trio.Event()
         self._init_locks()
+        self._mdt_instance: Any = self.mdc.imp.server.get("instance")
+        self.mdc.imp.on_connected.append(self._mdt_connected)
 
     # -- lifecycle --
     def start(self, nursery: trio.Nursery) -> None:
@@ -185,6 +187,36 @@ class Llite(LockedCaches, pyfuse3.Operations):
         for inode in list(self.inodes.values()):
             if inode.meta_dirty:
                 await self._push_meta(inode)
+
+    # -- open replay --
+    def _mdt_connected(self, reply_body: dict[str, Any]) -> None:
+        """A new MDT instance knows none of our open handles: open them again."""
+        instance = reply_body.get("instance")
+        restarted = self._mdt_instance is not None and instance != self._mdt_instance
+        self._mdt_instance = instance
+        if restarted and self._nursery is not None and self.handles.files():
+            self._nursery.start_soon(self._reopen_all)
+
+    async def _reopen_all(self) -> None:
+        reopened = lost = 0
+        for of in list(self.handles.files()):
+            flags = of.flags & ~(os.O_TRUNC | os.O_CREAT | os.O_EXCL)
+            try:
+                result = await self.mdc.open(of.cred or [of.uid, 0, []], of.ino, flags,
+                                             replay=True)
+            except (RpcError, ImportClosed) as e:
+                lost += 1
+                log.warning("open replay of inode %d failed: %s", of.ino, e)
+                continue
+            if self.handles.get_file(of.fh) is of:
+                of.handle = result["handle"]
+                reopened += 1
+            else:  # closed meanwhile: its close went to the old handle
+                self._closing += 1
+                assert self._nursery is not None
+                self._nursery.start_soon(self._close_handle, result["handle"])
+        self.counters["open_replays"] += reopened
+        log.info("MDT restarted: %d open files re-opened, %d lost", reopened, lost)
 
     # -- helpers --
     def _cred(self, ctx: pyfuse3.RequestContext) -> list[Any]:
@@ -527,9 +559,9 @@ class Llite(LockedCaches, pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=of.fh, keep_cache=keep_cache, direct_io=of.direct)
 
     async def _opened(self, node: Inode, result: dict[str, Any], flags: int,
-                      uid: int) -> OpenFile:
+                      cred: list[Any]) -> OpenFile:
         node.opens += 1
-        of = self.handles.add_file(node.ino, result["handle"], flags, uid)
+        of = self.handles.add_file(node.ino, result["handle"], flags, cred[0], cred)
         if result.get("truncated"):
             async with node.meta_lock:
                 await self._truncate_data(node, 0)
@@ -547,7 +579,7 @@ class Llite(LockedCaches, pyfuse3.Operations):
             # Other clients' cached data and size of this file go before it is truncated.
             async with self.data_locks(node, Mode.PW, 0, EOF):
                 result = await self._open_rpc(cred, inode, flags)
-                of = await self._opened(self._update(result["attr"]), result, flags, ctx.uid)
+                of = await self._opened(self._update(result["attr"]), result, flags, cred)
             return self._file_info(of, keep_cache=False)
         result = await self._open_rpc(cred, inode, flags)
         node = self._update(result["attr"])
@@ -556,7 +588,7 @@ class Llite(LockedCaches, pyfuse3.Operations):
         keep = self.covered(node) and not result.get("truncated")
         if not keep:
             self.cache.drop_clean(inode)
-        of = await self._opened(node, result, flags, ctx.uid)
+        of = await self._opened(node, result, flags, cred)
         return self._file_info(of, keep_cache=keep)
 
     async def _open_rpc(self, cred: list[Any], ino: int, flags: int) -> dict[str, Any]:
@@ -579,7 +611,7 @@ class Llite(LockedCaches, pyfuse3.Operations):
             return body
 
         node = await self._make(parent_inode, name, call)
-        of = await self._opened(node, bodies[0], flags, ctx.uid)
+        of = await self._opened(node, bodies[0], flags, cred)
         return self._file_info(of, keep_cache=False), self._entry(node)
 
     async def _fetch(self, node: Inode, idx: int) -> None:

@@ -128,7 +128,7 @@ class LockedCaches:
         self.counters: dict[str, int] = {
             "md_cache_hits": 0, "md_rpcs": 0, "glimpse_rpcs": 0, "size_refreshes": 0,
             "size_refreshes_no_mdt": 0, "revokes": 0, "revoke_passes": 0, "revoke_borrowed_io": 0,
-            "kernel_invalidations": 0,
+            "kernel_invalidations": 0, "open_replays": 0,
         }
 
     # ---- kernel invalidation ----------------------------------------------------------

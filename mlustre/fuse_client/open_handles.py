@@ -22,6 +22,7 @@ class OpenFile:
     handle: int
     flags: int
     uid: int = 0  # the opener's: a write through a non-root opener drops set-id bits
+    cred: list[Any] | None = None  # the opener's [uid, gid, groups], for open replay
     next_read: int = -1
     atime_done: bool = False
     ra_window: int = 0
@@ -47,10 +48,14 @@ class OpenHandles:
         self._next += 1
         return fh
 
-    def add_file(self, ino: int, handle: int, flags: int, uid: int = 0) -> OpenFile:
-        of = OpenFile(self._fh(), ino, handle, flags, uid)
+    def add_file(self, ino: int, handle: int, flags: int, uid: int = 0,
+                 cred: list[Any] | None = None) -> OpenFile:
+        of = OpenFile(self._fh(), ino, handle, flags, uid, cred)
         self._files[of.fh] = of
         return of
+
+    def get_file(self, fh: int) -> OpenFile | None:
+        return self._files.get(fh)
 
     def file(self, fh: int) -> OpenFile:
         try:

@@ -94,7 +94,7 @@ class MdtServer(TargetServer):
 
     def __init__(self, fsname: str, index: int, data_dir: str, *, mgs: list[Nid] | None = None,
                  failover_nids: list[str] | None = None, ost_count: int | None = None,
-                 **kw: Any) -> None:
+                 recovery_window: float = 15.0, **kw: Any) -> None:
         super().__init__(target_name(fsname, "mdt", index), data_dir, **kw)
         self.fsname = fsname
         self.index = index
@@ -107,6 +107,10 @@ class MdtServer(TargetServer):
         self._destroy_wanted = trio.Event()
         self._committed_destroys: list[tuple[int, int, int]] = []
         self._nursery: trio.Nursery | None = None
+        # After a start, clients re-open their open files (open replay) until this time;
+        # unlinked inodes are destroyed only then, so that open-unlinked files survive.
+        self.recovery_window = recovery_window
+        self.reopen_until = 0.0
         self.handlers = {
             C.MDS_GET_ROOT: self.get_root, C.MDS_GETATTR: self.getattr,
             C.MDS_GETATTR_NAME: self.lookup, C.MDS_READLINK: self.readlink,
@@ -138,9 +142,6 @@ class MdtServer(TargetServer):
                               default_stripe_count=int(cfg.get("stripe_count", 1)))
         for uuid, xid, saved in self.store.saved_replies():
             self.reply_log.record(uuid, xid, saved)
-        orphans = self.store.cleanup_orphans()
-        if orphans:
-            log.info("%s: removed %d orphan inodes left by the last run", self.name, orphans)
         self.store.commit()
 
     def close_storage(self) -> None:
@@ -173,6 +174,8 @@ class MdtServer(TargetServer):
 
     async def started(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
+        self.reopen_until = trio.current_time() + self.recovery_window
+        nursery.start_soon(self._orphans_after_reopen)
         if self.mgs:
             await register_with_mgs(nursery, self.mgs, self.fsname, self.name, "mdt", self.index,
                                     self.nid, self.failover_nids, self.storage.instance)
@@ -197,6 +200,17 @@ class MdtServer(TargetServer):
             self.store.default_stripe_count = count
         if type(size) is int and size > 0 and size % (64 << 10) == 0:
             self.store.default_stripe_size = size
+
+    async def _orphans_after_reopen(self) -> None:
+        """Unlinked inodes left by the last run are destroyed once clients have had the
+        recovery window to re-open the ones they still hold open."""
+        await trio.sleep_until(self.reopen_until)
+        assert self.store is not None
+        orphans = self.store.cleanup_orphans()
+        self.count("orphan_cleanups")
+        if orphans:
+            log.info("%s: removed %d orphan inodes left by the last run", self.name, orphans)
+        self._commit_wanted.set()
 
     # -- OSP: destroying objects of removed files --
     async def _refresh_osts(self) -> None:
@@ -508,8 +522,15 @@ class MdtServer(TargetServer):
         return transno, {"attr": attr}
 
     def r_open(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        replay = body_field(b, "replay", bool, default=False)
+        if replay:
+            # Open replay: a file the client held open before this server started. Only
+            # in the recovery window (no permission check: the open was allowed then).
+            if trio.current_time() > self.reopen_until:
+                raise ServiceError(errno.ESTALE, "open replay after the recovery window")
+            self.count("open_replays")
         transno, result = self._call(self._store().open, _cred(b), _ino(b),
-                                     _int(b, "flags", hi=(1 << 32) - 1))
+                                     _int(b, "flags", hi=(1 << 32) - 1), replay=replay)
         self._remember_handle(export, result["handle"])
         return transno, result
 
