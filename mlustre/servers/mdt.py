@@ -160,7 +160,8 @@ class MdtServer(TargetServer):
 
     def needs_commit(self) -> bool:
         # Destroy-log cleanup changes the database without a transno.
-        return super().needs_commit() or bool(self.store and self.store.in_transaction)
+        return super().needs_commit() or bool(
+            self.store and (self.store.in_transaction or self.store.unsynced))
 
     async def do_commit(self) -> None:
         assert self.store is not None
@@ -269,6 +270,7 @@ class MdtServer(TargetServer):
                       forgotten: int | None) -> None:
         if self.store is not None:
             self.store.save_reply(uuid, xid, saved, forgotten)
+            self.store.settle()  # the update and its reply now survive a kill -9
 
     # -- request handlers --
     def _store(self) -> MdtStore:

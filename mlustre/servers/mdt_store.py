@@ -4,12 +4,14 @@ The MDT keeps every inode, directory entry, extended attribute and file layout i
 SQLite database.  This module is pure synchronous code: the trio MDS server calls it from
 its event loop, so every method does a handful of indexed queries and never scans.
 
-Transactions: updates run inside ONE long SQLite transaction that the server commits when
-it wants durability (``commit()``).  Each update gets the next transaction number
-("transno"); ``last_committed`` tells clients which of their requests are durable, and
-updates since the last commit are lost on a crash, to be replayed by clients.  Each update
-runs inside its own SAVEPOINT so a failing operation leaves no partial change and consumes
-no transno.
+Transactions: each update runs inside its own SAVEPOINT of a transaction that the server
+ends with ``settle()`` once it has recorded the update's reply (a COMMIT to the WAL without
+fsync: the update survives the death of the process, not of the machine), or with
+``commit()``, which also fsyncs (a machine crash loses nothing before it).  Each update gets
+the next transaction number ("transno"); ``last_committed`` - the fsynced point - tells
+clients which of their requests are durable; updates after it can be lost with the machine,
+to be replayed by clients.  A failing operation leaves no partial change and consumes no
+transno.
 
 Open handles live in memory only: after a restart no file is open, so inodes unlinked while
 open (orphans, nlink 0) are removed by ``cleanup_orphans()``.  Removing a regular file
@@ -269,8 +271,11 @@ class MdtStore:
         )
         db = self._db
         db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a COMMIT (periodic, or for an fsync) survives a machine crash, not only a kill.
-        db.execute("PRAGMA synchronous=FULL")
+        # NORMAL: settle()'s commits reach the WAL (safe from a kill) without an fsync;
+        # commit() switches to FULL for one commit, which fsyncs the WAL (safe from a
+        # machine crash).
+        db.execute("PRAGMA synchronous=NORMAL")
+        self._unsynced = False
         db.execute("BEGIN IMMEDIATE")
         # Statement by statement: executescript() would commit behind our back.
         for stmt in _SCHEMA.split(";"):
@@ -331,10 +336,34 @@ class MdtStore:
         """Highest transno whose transaction is committed."""
         return self._last_committed
 
-    def commit(self) -> int:
-        """Commit the open transaction, if any; return last_committed."""
+    @property
+    def unsynced(self) -> bool:
+        """Changes settled (safe from a kill) but not yet fsynced?"""
+        return self._unsynced
+
+    def settle(self) -> None:
+        """End the open transaction (a COMMIT to the WAL, no fsync): what it holds now
+        survives a kill -9 of the server."""
         if self._db.in_transaction:
             self._db.execute("COMMIT")
+            self._unsynced = True
+
+    def commit(self) -> int:
+        """Make everything durable (fsync); return last_committed."""
+        db = self._db
+        if db.in_transaction:
+            db.execute("COMMIT")
+            self._unsynced = True
+        if self._unsynced or self._last_committed < self._last_transno:
+            db.execute("PRAGMA synchronous=FULL")
+            try:  # a commit with FULL fsyncs the WAL, and with it every frame before
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                           ("synced_transno", self._last_transno))
+                db.execute("COMMIT")
+            finally:
+                db.execute("PRAGMA synchronous=NORMAL")
+            self._unsynced = False
         self._last_committed = self._last_transno
         return self._last_committed
 
