@@ -1,0 +1,56 @@
+"""A short failover soak, as CI runs it: the shell and probe workloads on a fresh
+cluster while every target is restarted and killed in turn (scripts/failover_soak.py).
+No application error, every failover done, the data identical after a full restart."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mnthelpers import cli, force_unmount, mounts, mounts_under
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 300
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_short_failover_soak(tmp_path):
+    report = tmp_path / "soak.json"
+    before = {m for m, _ in mounts()}
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "failover_soak.py"), "--duration", "40",
+         "--interval", "4", "--workloads", "shell,probe", "--source-files", "200",
+         "--json", str(report), "--base", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = proc.communicate(timeout=TIMEOUT - 60)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)  # the soak cleans up on SIGTERM
+        try:
+            out, _ = proc.communicate(timeout=40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        raise AssertionError("the soak did not end in time\n" + out[-4000:]) from None
+    finally:
+        for mnt in mounts_under(tmp_path):  # only if the soak could not clean up
+            cli("down", mnt)
+            force_unmount(mnt)
+    assert proc.returncode == 0, out[-4000:]
+    result = json.loads(report.read_text())
+    summary = result["summary"]
+    assert summary["application_errors"] == 0 and summary["failed_failovers"] == 0
+    # 40 s at one failover every 4 s, going round 4 targets x {restart, crash}.
+    assert summary["failovers"] >= 8, summary
+    assert summary["failovers_by_kind"]["restart"] >= 4
+    assert summary["failovers_by_kind"]["crash"] >= 4
+    kinds = {(f["target"], f["kind"]) for f in result["failovers"]}
+    assert {("MDT0000", "crash"), ("OST0000", "crash")} <= kinds, kinds
+    assert summary["data_verified"] is True
+    assert result["workloads"]["shell"]["rounds"] >= 2
+    assert result["workloads"]["probe"]["ops"] > 0
+    assert {m for m, _ in mounts()} <= before  # the soak unmounted its cluster

@@ -1,0 +1,407 @@
+#!/usr/bin/env python3
+"""failover_soak.py - run workloads on a fresh local cluster while its servers are
+restarted and killed, and report whether any application saw an error.
+
+Started by scripts/failover-soak (which bootstraps first). Workloads, each in its own
+directory on the mount and its own process:
+
+  shell    extract a tar of a source tree, verify every checksum, cp -a, mv, rm -rf
+  probe    every 0.1 s: write 4 KiB, fsync, stat, read back; its slowest round is
+           the longest stall an application saw
+  fio      random 4 KiB writes with crc32c verification (verify_backlog, fatal)
+  dbench   the dbench file-server load, 2 clients
+  --cmd    any command (e.g. an external POSIX test suite), run once in a fresh
+           directory; its exit status and output are kept
+
+Meanwhile a failover loop restarts one target every --interval seconds, going round
+the targets (MDT, OSTs, MGS) and the kinds (graceful restart, kill -9). At the end the
+shell workload's last tree is verified once more after a full restart of the cluster.
+The report is a table and a JSON file; the exit status is 1 on any application error,
+failed failover or mismatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+MLUSTRE = [str(ROOT / ".venv" / "bin" / "mlustre")]
+ALL_WORKLOADS = ("shell", "probe", "fio", "dbench")
+KINDS = ("restart", "crash")
+
+
+def log(msg: str) -> None:
+    print(f"[soak {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run(cmd: list[str], timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+# ---- workers (each runs in a child process: python failover_soak.py --worker NAME) ----
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tree_sums(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): sha256(p) for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.is_symlink()}
+
+
+def worker_shell(workdir: Path, deadline: float, out: Path, base: Path) -> None:
+    """tar x, verify, cp -a, verify, mv, rm -rf: until the deadline."""
+    tarball = base / "source.tar"
+    expected = json.loads((base / "source.sums").read_text())
+    ops = errors = rounds = 0
+    notes: list[str] = []
+    last = None
+    while time.monotonic() < deadline:
+        rounds += 1
+        d = workdir / f"round{rounds}"
+        try:
+            d.mkdir()
+            with tarfile.open(tarball) as tf:
+                tf.extractall(d, filter="tar")
+            ops += len(expected)
+            got = tree_sums(d)
+            if got != expected:
+                errors += 1
+                bad = sorted(k for k in expected if got.get(k) != expected[k])[:5]
+                notes.append(f"round {rounds}: extracted tree differs: {bad}")
+            shutil.copytree(d, workdir / f"copy{rounds}", symlinks=True)
+            ops += len(expected)
+            if tree_sums(workdir / f"copy{rounds}") != expected:
+                errors += 1
+                notes.append(f"round {rounds}: copied tree differs")
+            os.rename(workdir / f"copy{rounds}", workdir / f"moved{rounds}")
+            shutil.rmtree(d)
+            ops += len(expected) + 2
+            if last is not None:
+                shutil.rmtree(last)
+            last = workdir / f"moved{rounds}"
+        except OSError as e:
+            errors += 1
+            notes.append(f"round {rounds}: {type(e).__name__}: {e}")
+    out.write_text(json.dumps({"ops": ops, "errors": errors, "rounds": rounds,
+                               "notes": notes[:20],
+                               "final_tree": str(last) if last else None}))
+
+
+def worker_probe(workdir: Path, deadline: float, out: Path) -> None:
+    """A small synchronous round every 0.1 s; the slowest is the longest stall."""
+    path = workdir / "probe"
+    ops = errors = 0
+    worst = 0.0
+    notes: list[str] = []
+    i = 0
+    while time.monotonic() < deadline:
+        i += 1
+        data = hashlib.sha256(str(i).encode()).digest() * 128  # 4 KiB
+        t0 = time.monotonic()
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                os.pwrite(fd, data, 0)
+                os.fsync(fd)
+                os.fstat(fd)
+                if os.pread(fd, len(data), 0) != data:
+                    errors += 1
+                    notes.append(f"round {i}: read back other data")
+            finally:
+                os.close(fd)
+            ops += 5
+        except OSError as e:
+            errors += 1
+            notes.append(f"round {i}: {type(e).__name__}: {e}")
+        worst = max(worst, time.monotonic() - t0)
+        time.sleep(0.1)
+    out.write_text(json.dumps({"ops": ops, "errors": errors, "longest_stall_s": worst,
+                               "notes": notes[:20]}))
+
+
+def worker_command(workdir: Path, deadline: float, out: Path, argv: list[str]) -> None:
+    """An external program until it ends (or the deadline + a margin); exit status."""
+    logf = workdir.parent / f"{workdir.name}.log"
+    with open(logf, "wb") as f:
+        proc = subprocess.Popen(argv, cwd=workdir, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            rc = proc.wait(timeout=max(deadline - time.monotonic(), 0) + 120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            rc = -9
+    text = logf.read_text(errors="replace")
+    out.write_text(json.dumps({"ops": count_ops(argv, text), "errors": 0 if rc == 0 else 1,
+                               "exit_status": rc, "output_tail": text[-4000:],
+                               "log": str(logf)}))
+
+
+def count_ops(argv: list[str], text: str) -> int:
+    """Operations a benchmark reports (fio: I/Os issued; dbench: operations), else 1."""
+    if argv and argv[0] == "fio":
+        total = 0
+        for line in text.splitlines():  # "issued rwts: total=0,1234,0,0 short=..."
+            if "issued rwts: total=" in line:
+                total += sum(int(x) for x in line.split("total=")[1].split()[0].split(","))
+        return total or 1
+    if argv and argv[0] == "dbench":
+        total = 0
+        in_table = False
+        for line in text.splitlines():  # " Operation      Count    AvgLat    MaxLat"
+            fields = line.split()
+            if fields[:2] == ["Operation", "Count"]:
+                in_table = True
+            elif in_table and len(fields) >= 2 and fields[1].isdigit():
+                total += int(fields[1])
+            elif in_table and fields and not fields[0].startswith("-"):
+                in_table = False
+        return total or 1
+    return 1
+
+
+def worker_main(args: argparse.Namespace) -> int:
+    workdir, out = Path(args.dir), Path(args.out)
+    deadline = time.monotonic() + args.seconds
+    if args.worker == "shell":
+        worker_shell(workdir, deadline, out, Path(args.source))
+    elif args.worker == "probe":
+        worker_probe(workdir, deadline, out)
+    else:
+        worker_command(workdir, deadline, out, json.loads(args.argv))
+    return 0
+
+
+# ---- the soak ----------------------------------------------------------------------
+
+def ensure_packages(workloads: list[str]) -> None:
+    missing = [w for w in ("fio", "dbench") if w in workloads and not shutil.which(w)]
+    if missing:
+        log(f"installing {' '.join(missing)} (Debian packages)")
+        subprocess.run(["apt-get", "update", "-qq"], check=False)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,
+                       stdout=subprocess.DEVNULL)
+
+
+def make_source(base: Path, source: Path, max_files: int) -> None:
+    """A tarball of (part of) a real source tree, and its files' checksums."""
+    files = [p for p in sorted(source.rglob("*")) if p.is_file() and not p.is_symlink()]
+    files = files[:max_files]
+    with tarfile.open(base / "source.tar", "w") as tf:
+        for p in files:
+            tf.add(p, arcname=str(p.relative_to(source)))
+    (base / "source.sums").write_text(json.dumps(
+        {str(p.relative_to(source)): sha256(p) for p in files}))
+
+
+def command_for(workload: str, seconds: float, fio_size: str) -> list[str]:
+    if workload == "fio":
+        return ["fio", "--name=soak", "--directory=.", "--rw=randwrite", "--bs=4k",
+                f"--size={fio_size}", "--numjobs=2", "--time_based",
+                f"--runtime={int(seconds)}", "--ioengine=psync", "--fsync=64",
+                "--verify=crc32c", "--verify_backlog=256", "--verify_fatal=1",
+                "--do_verify=1", "--group_reporting"]
+    if workload == "dbench":
+        return ["dbench", "-D", ".", "-t", str(int(seconds)), "2"]
+    raise ValueError(workload)
+
+
+def soak(args: argparse.Namespace) -> int:
+    workloads = [w for w in args.workloads.split(",") if w]
+    unknown = set(workloads) - set(ALL_WORKLOADS)
+    if unknown:
+        print(f"failover-soak: unknown workload(s) {', '.join(sorted(unknown))} "
+              f"(known: {', '.join(ALL_WORKLOADS)})", file=sys.stderr)
+        return 2
+    kinds = [k for k in args.kinds.split(",") if k]
+    if not kinds or set(kinds) - set(KINDS):
+        print(f"failover-soak: --kinds takes {', '.join(KINDS)}", file=sys.stderr)
+        return 2
+    if args.duration <= 0 or args.interval <= 0:
+        print("failover-soak: --duration and --interval must be positive", file=sys.stderr)
+        return 2
+    ensure_packages(workloads)
+    base = Path(tempfile.mkdtemp(prefix="mlustre-soak-", dir=args.base))
+    os.chmod(base, 0o755)
+
+    def stop(signum: int, frame: Any) -> None:  # SIGTERM: clean up as on any end
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    mnt, data = base / "mnt", base / "data"
+    mnt.mkdir()
+    result: dict[str, Any] = {"duration_s": args.duration, "interval_s": args.interval,
+                              "workloads": {}, "failovers": [], "verification": None}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    ok = False
+    try:
+        up = run([*MLUSTRE, "up", str(mnt), "--data", str(data), "--osts", str(args.osts),
+                  "--fsname", "soak"], timeout=120)
+        if up.returncode != 0:
+            print(up.stdout + up.stderr, file=sys.stderr)
+            return 1
+        log(f"cluster up at {mnt} (data and logs in {data})")
+        make_source(base, Path(args.source), args.source_files)
+        names = list(workloads) + (["cmd"] if args.cmd else [])
+        started = time.monotonic()
+        for name in names:
+            wdir = mnt / name
+            wdir.mkdir()
+            out = base / f"{name}.json"
+            if name in ("shell", "probe"):
+                extra = ["--source", str(base)]
+            else:
+                argv = (["bash", "-c", args.cmd] if name == "cmd"
+                        else command_for(name, args.duration, args.fio_size))
+                extra = ["--argv", json.dumps(argv)]
+            worker = "command" if name not in ("shell", "probe") else name
+            procs[name] = subprocess.Popen(
+                [sys.executable, __file__, "--worker", worker, "--dir", str(wdir),
+                 "--out", str(out), "--seconds", str(args.duration), *extra],
+                start_new_session=True)
+        log(f"workloads: {', '.join(names)}; failover every {args.interval:g} s for "
+            f"{args.duration:g} s")
+        targets = ["MDT0000"] + [f"OST{i:04X}" for i in range(args.osts)] + ["MGS"]
+        schedule = itertools.cycle([(t, k) for k in kinds for t in targets])
+        next_at = started + args.interval
+        while time.monotonic() < started + args.duration:
+            time.sleep(max(0.0, min(next_at, started + args.duration) - time.monotonic()))
+            if time.monotonic() >= started + args.duration:
+                break
+            target, kind = next(schedule)
+            t0 = time.monotonic()
+            fo = run([*MLUSTRE, "failover", str(mnt), target,
+                      *(["--crash"] if kind == "crash" else [])], timeout=120)
+            entry = {"at_s": round(t0 - started, 2), "target": target, "kind": kind,
+                     "ok": fo.returncode == 0, "seconds": round(time.monotonic() - t0, 3),
+                     "message": (fo.stdout or fo.stderr).strip()}
+            result["failovers"].append(entry)
+            log(f"{kind} {target}: {entry['message']}")
+            next_at += args.interval
+        for name, proc in procs.items():
+            try:
+                proc.wait(timeout=args.duration + 600)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            path = base / f"{name}.json"
+            result["workloads"][name] = (json.loads(path.read_text()) if path.exists()
+                                         else {"ops": 0, "errors": 1,
+                                               "notes": [f"worker died ({proc.returncode})"]})
+        # The shell workload's last tree, once more after a full restart of the cluster.
+        final = result["workloads"].get("shell", {}).get("final_tree")
+        if final:
+            down = run([*MLUSTRE, "down", str(mnt)], timeout=120)
+            again = run([*MLUSTRE, "up", str(mnt), "--data", str(data), "--osts",
+                         str(args.osts), "--fsname", "soak"], timeout=120)
+            expected = json.loads((base / "source.sums").read_text())
+            same = (down.returncode == 0 and again.returncode == 0
+                    and tree_sums(Path(final)) == expected)
+            result["verification"] = {"tree": final, "files": len(expected),
+                                      "identical_after_restart": same}
+            if down.returncode or again.returncode:
+                result["verification"]["restart_output"] = (
+                    down.stdout + down.stderr + again.stdout + again.stderr)[-2000:]
+        ok = True
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if run([*MLUSTRE, "down", str(mnt)], timeout=120).returncode != 0:
+            subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
+            subprocess.run(["fusermount3", "-uz", str(mnt)], check=False)
+        if not args.keep and ok:
+            shutil.rmtree(base, ignore_errors=True)
+    return report(result, args)
+
+
+def report(result: dict[str, Any], args: argparse.Namespace) -> int:
+    wl = result["workloads"]
+    fos = result["failovers"]
+    errors = sum(w.get("errors", 0) for w in wl.values())
+    failed_fo = [f for f in fos if not f["ok"]]
+    by_kind = {k: sum(1 for f in fos if f["kind"] == k and f["ok"]) for k in KINDS}
+    stall = wl.get("probe", {}).get("longest_stall_s")
+    verified = result["verification"]
+    result["summary"] = {
+        "application_errors": errors, "failovers": len(fos), "failed_failovers":
+        len(failed_fo), "failovers_by_kind": by_kind, "longest_stall_s": stall,
+        "ops": sum(w.get("ops", 0) for w in wl.values()),
+        "data_verified": None if verified is None else verified["identical_after_restart"]}
+    print()
+    print(f"{'workload':<10} {'ops':>8} {'errors':>7}  notes")
+    for name, w in wl.items():
+        extra = ""
+        if "exit_status" in w:
+            extra = f"exit status {w['exit_status']}"
+        if "longest_stall_s" in w:
+            extra = f"longest stall {w['longest_stall_s']:.2f} s"
+        if w.get("notes"):
+            extra += ("; " if extra else "") + w["notes"][0]
+        print(f"{name:<10} {w.get('ops', 0):>8} {w.get('errors', 0):>7}  {extra}")
+    print(f"\nfailovers: {len(fos)} ({', '.join(f'{v} {k}' for k, v in by_kind.items())}),"
+          f" failed: {len(failed_fo)}")
+    if verified is not None:
+        print(f"data verification after a full restart: "
+              f"{'identical' if verified['identical_after_restart'] else 'MISMATCH'} "
+              f"({verified['files']} files)")
+    print(f"application errors: {errors}")
+    Path(args.json).write_text(json.dumps(result, indent=2))
+    print(f"report: {args.json}")
+    bad = errors or failed_fo or (verified is not None
+                                  and not verified["identical_after_restart"])
+    print("FAIL" if bad else "OK")
+    return 1 if bad else 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description="Workloads on a local cluster while its "
+                                            "servers fail over.")
+    p.add_argument("--duration", type=float, default=120.0, help="seconds of soak")
+    p.add_argument("--interval", type=float, default=10.0, help="seconds between failovers")
+    p.add_argument("--workloads", default="shell,probe,fio,dbench",
+                   help=f"comma-separated, of: {', '.join(ALL_WORKLOADS)}")
+    p.add_argument("--cmd", help="also run this shell command once, in a fresh directory on "
+                                 "the mount (e.g. a POSIX test suite)")
+    p.add_argument("--kinds", default="restart,crash", help="failover kinds to go round")
+    p.add_argument("--osts", type=int, default=2)
+    p.add_argument("--source", default="/usr/include", help="tree for the shell workload")
+    p.add_argument("--source-files", type=int, default=400)
+    p.add_argument("--fio-size", default="16m", help="fio file size per job")
+    p.add_argument("--json", default="failover-soak.json", help="report file")
+    p.add_argument("--keep", action="store_true", help="keep the cluster's data and logs")
+    p.add_argument("--base", help="directory for the cluster's mount, data and logs "
+                                  "(default: a new one under $TMPDIR)")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--dir", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    p.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
+    p.add_argument("--argv", help=argparse.SUPPRESS)
+    # (for a worker, --source is the soak's directory with source.tar and source.sums)
+    args = p.parse_args()
+    if args.worker:
+        return worker_main(args)
+    return soak(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
