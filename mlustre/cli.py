@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -134,18 +135,27 @@ def cmd_up(args: argparse.Namespace) -> int:
                         "args": mgs_args})
         procs = []
         specs = [("mdt", 0)] + [("ost", i) for i in range(args.osts)]
+        pairs: dict[str, tuple[str, str]] = {}
         for kind, idx in specs:
             name = f"{args.fsname}-{kind.upper()}{idx:04X}"
             tdir = data / name
             extra = (["--osts", str(args.osts), "--recovery-window", str(args.recovery_window)]
                      if kind == "mdt" else [])
+            if args.failover_pairs:
+                # Two servers for one storage directory: this one on PAIR_ADDRS[0], its
+                # partner (started by `mlustre failover --partner`) on PAIR_ADDRS[1].
+                pairs[name] = (free_nid(PAIR_ADDRS[0]), free_nid(PAIR_ADDRS[1]))
+                extra += ["--listen", pairs[name][0], "--failover-nid", pairs[name][1]]
             log = data / f"{name}.log"
             cmd = ["server", kind, "--index", str(idx), "--data", str(tdir), "--mgs", mgs_nid,
                    *extra, *base]
             procs.append((name, kind, tdir, log, cmd, spawn(cmd, log)))
         for name, kind, tdir, log, cmd, proc in procs:
-            servers.append({"name": name, "kind": kind, "pid": proc.pid, "data": str(tdir),
-                            "log": str(log), "nid": "", "args": cmd})
+            entry = {"name": name, "kind": kind, "pid": proc.pid, "data": str(tdir),
+                     "log": str(log), "nid": "", "args": cmd}
+            if name in pairs:
+                entry["pair"] = list(pairs[name])
+            servers.append(entry)
         for (name, _kind, _tdir, log, _cmd, proc), entry in zip(procs, servers[1:],
                                                                 strict=True):
             line = wait_ready(proc, log, name, READY_TIMEOUT)
@@ -288,6 +298,30 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+PAIR_ADDRS = ("127.0.0.2", "127.0.0.3")  # the two "nodes" of a local failover pair
+
+
+def free_nid(host: str) -> str:
+    """HOST:PORT with a port free right now (for a server started later on it)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return f"{host}:{sock.getsockname()[1]}"
+
+
+def _without(args: list[str], option: str) -> list[str]:
+    """args with every `option VALUE` pair removed."""
+    out: list[str] = []
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == option:
+            skip = True
+        else:
+            out.append(a)
+    return out
+
+
 def _find_server(cluster: dict[str, Any], name: str) -> dict[str, Any]:
     """A server of the cluster by its name, with or without the fsname (MDT0000,
     OST0001, MGS) or, when there is one of its kind, by kind (mdt, mgs)."""
@@ -308,18 +342,21 @@ def cmd_failover(args: argparse.Namespace) -> int:
     then exit), or with --crash a kill -9 first. Clients reconnect and resend."""
     _, cluster = _cluster_of(args.mountpoint)
     server = _find_server(cluster, args.target)
-    if args.partner:
+    pair = server.get("pair")
+    if args.partner and not pair:
         raise CliError(f"{server['name']} has no failover partner in this local cluster "
-                       "(a pair is two `mlustre server` processes on one storage directory, "
-                       "each with --failover-nid)")
+                       "(start it with `mlustre up --failover-pairs`)")
     cmd = server.get("args")
     if not cmd:
         raise CliError(f"the cluster in {cluster['data']} was started by an older mlustre: "
                        f"restart it (`mlustre down`, `mlustre up`) to use failover")
-    port = server["nid"].rsplit(":", 1)[-1]
-    listen = [a for i, a in enumerate(cmd) if a != "--listen" and (i == 0 or
-                                                                   cmd[i - 1] != "--listen")]
-    listen += ["--listen", f"127.0.0.1:{port}"]
+    here = server["nid"]
+    if args.partner:  # the other server of the pair takes over the same storage
+        there = pair[1] if here == pair[0] else pair[0]
+        listen = _without(_without(cmd, "--listen"), "--failover-nid")
+        listen += ["--listen", there, "--failover-nid", here]
+    else:
+        listen = _without(cmd, "--listen") + ["--listen", here]
     started = time.monotonic()
     if args.crash:
         if registry.pid_alive(server["pid"]):
@@ -333,12 +370,14 @@ def cmd_failover(args: argparse.Namespace) -> int:
             print(f"warning: {server['name']} did not stop within 30 s and was killed",
                   file=sys.stderr)
         how = "stopped"
+    if args.partner:
+        how += ", its partner took over,"
     stopped = time.monotonic()
     try:
         pid, nid = _start(listen, Path(server["log"]), server["name"])
     except DaemonFailed as e:
         raise CliError(f"{server['name']} {how} but did not start again: {e}") from None
-    server.update(pid=pid, nid=nid)
+    server.update(pid=pid, nid=nid, args=listen)
     registry.write_json(Path(cluster["data"]) / "cluster.json", cluster)
     print(f"{server['name']}: {how} in {stopped - started:.2f}s, serving again on {nid} "
           f"(pid {pid}) {time.monotonic() - started:.2f}s after the start")
@@ -368,6 +407,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data", help="state and logs (default: /var/lib/mlustre/FSNAME as root)")
     up.add_argument("--fsname", default="mlustre")
     up.add_argument("--commit-interval", type=float, default=1.0)
+    up.add_argument("--failover-pairs", action="store_true",
+                    help="serve each MDT/OST from a pair of addresses (127.0.0.2 and "
+                         "127.0.0.3) sharing its storage: `mlustre failover --partner` "
+                         "moves it to the other")
     up.add_argument("--recovery-window", type=float, default=15.0,
                     help="seconds after an MDT start during which clients re-open their "
                          "open files")

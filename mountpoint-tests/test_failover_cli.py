@@ -80,6 +80,38 @@ def test_kill_9_of_the_mdt_loses_no_acknowledged_update(never_syncing_cluster):
     assert (c.mnt / "d" / "g").read_bytes() == b"content"
 
 
+@pytest.fixture
+def paired_cluster(base_tmp):
+    yield from _cluster_lifetime(base_tmp, ["--osts", "2", "--failover-pairs"])
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_failover_to_the_partner_and_back(paired_cluster, scratch):
+    """Each MDT/OST serves from 127.0.0.2 or, after `failover --partner`, from
+    127.0.0.3 (same storage, claimed by one of them at a time); clients follow."""
+    c = paired_cluster
+    src = scratch / "src"
+    src.write_bytes(os.urandom(24 << 20))
+    copy = subprocess.Popen(["cp", str(src), str(c.mnt / "copy")])
+    try:
+        for target, extra in (("OST0000", ["--crash"]), ("MDT0000", []), ("OST0001", []),
+                              ("OST0000", []), ("MDT0000", ["--crash"])):
+            res = cli("failover", c.mnt, target, "--partner", *extra)
+            res.check()
+            assert "its partner took over" in res.stdout, res.describe()
+        assert copy.wait(timeout=120) == 0
+    finally:
+        if copy.poll() is None:
+            copy.kill()
+            copy.wait()
+    assert sha256_file(c.mnt / "copy") == sha256_file(src)
+    status = c.status()
+    c.remember_pids(status)
+    hosts = {s["name"].split("-")[-1]: s["nid"].rsplit(":", 1)[0] for s in status["servers"]}
+    assert hosts == {"MGS": "127.0.0.1", "MDT0000": "127.0.0.2", "OST0000": "127.0.0.2",
+                     "OST0001": "127.0.0.3"}, hosts
+
+
 @pytest.mark.timeout(TIMEOUT)
 def test_failover_errors_are_one_line(cluster):
     for args, mentions in ((["OST0042"], "no target 'OST0042'"),

@@ -14,7 +14,8 @@ directory on the mount and its own process:
            directory; its exit status and output are kept
 
 Meanwhile a failover loop restarts one target every --interval seconds, going round
-the targets (MDT, OSTs, MGS) and the kinds (graceful restart, kill -9). At the end the
+the targets (MDT, OSTs, MGS) and the kinds (graceful restart, kill -9, move to the
+failover partner: every MDT and OST is a pair on 127.0.0.2/127.0.0.3). At the end the
 shell workload's last tree is verified once more after a full restart of the cluster.
 The report is a table and a JSON file; the exit status is 1 on any application error,
 failed failover or mismatch.
@@ -40,7 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 MLUSTRE = [str(ROOT / ".venv" / "bin" / "mlustre")]
 ALL_WORKLOADS = ("shell", "probe", "fio", "dbench")
-KINDS = ("restart", "crash")
+KINDS = ("restart", "crash", "partner")
 
 
 def log(msg: str) -> None:
@@ -254,7 +255,7 @@ def soak(args: argparse.Namespace) -> int:
     ok = False
     try:
         up = run([*MLUSTRE, "up", str(mnt), "--data", str(data), "--osts", str(args.osts),
-                  "--fsname", "soak"], timeout=120)
+                  "--fsname", "soak", "--failover-pairs"], timeout=120)
         if up.returncode != 0:
             print(up.stdout + up.stderr, file=sys.stderr)
             return 1
@@ -280,7 +281,9 @@ def soak(args: argparse.Namespace) -> int:
         log(f"workloads: {', '.join(names)}; failover every {args.interval:g} s for "
             f"{args.duration:g} s")
         targets = ["MDT0000"] + [f"OST{i:04X}" for i in range(args.osts)] + ["MGS"]
-        schedule = itertools.cycle([(t, k) for k in kinds for t in targets])
+        # (The MGS has no failover partner: the clients' mount spec names one NID.)
+        schedule = itertools.cycle([(t, k) for k in kinds for t in targets
+                                    if not (k == "partner" and t == "MGS")])
         next_at = started + args.interval
         while time.monotonic() < started + args.duration:
             time.sleep(max(0.0, min(next_at, started + args.duration) - time.monotonic()))
@@ -289,7 +292,8 @@ def soak(args: argparse.Namespace) -> int:
             target, kind = next(schedule)
             t0 = time.monotonic()
             fo = run([*MLUSTRE, "failover", str(mnt), target,
-                      *(["--crash"] if kind == "crash" else [])], timeout=120)
+                      *({"crash": ["--crash"], "partner": ["--partner"]}.get(kind, []))],
+                     timeout=120)
             entry = {"at_s": round(t0 - started, 2), "target": target, "kind": kind,
                      "ok": fo.returncode == 0, "seconds": round(time.monotonic() - t0, 3),
                      "message": (fo.stdout or fo.stderr).strip()}
@@ -382,7 +386,9 @@ def main() -> int:
                    help=f"comma-separated, of: {', '.join(ALL_WORKLOADS)}")
     p.add_argument("--cmd", help="also run this shell command once, in a fresh directory on "
                                  "the mount (e.g. a POSIX test suite)")
-    p.add_argument("--kinds", default="restart,crash", help="failover kinds to go round")
+    p.add_argument("--kinds", default="restart,crash,partner",
+                   help="failover kinds to go round: restart (graceful), crash (kill -9), "
+                        "partner (the other server of the target's failover pair)")
     p.add_argument("--osts", type=int, default=2)
     p.add_argument("--source", default="/usr/include", help="tree for the shell workload")
     p.add_argument("--source-files", type=int, default=400)
