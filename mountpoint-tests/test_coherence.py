@@ -950,6 +950,70 @@ def test_killed_client_is_evicted_and_others_proceed(cluster_factory):
     assert after > before, f"no eviction counted by the servers ({before} before, {after} after)"
 
 
+EVICTED_HOLDER = r"""
+import errno, os, sys, time
+path = sys.argv[1]
+fd = os.open(path, os.O_RDWR)
+os.pwrite(fd, b"B was here", 0)
+print("ready", flush=True)
+sys.stdin.readline()
+deadline = time.monotonic() + 20
+while True:  # the client learns of its eviction when it reconnects
+    try:
+        os.pwrite(fd, b"again", 0)
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno != errno.EIO:
+            raise
+        break
+    if time.monotonic() > deadline:
+        sys.exit("no EIO on the evicted client's open file")
+    time.sleep(0.1)
+try:
+    os.close(fd)  # (the descriptor goes; its close may report the EIO too)
+except OSError as e:
+    assert e.errno == errno.EIO, e
+with open(path, "rb") as f:  # opening again works
+    print("reopened", f.read(9).decode(), flush=True)
+"""
+
+
+@pytest.mark.timeout(180)
+def test_evicted_client_gets_eio_on_open_files_and_can_open_again(cluster_factory):
+    """B holds a file open with locks and is frozen (SIGSTOP) while A changes that file:
+    the servers evict B after the callback timeout and A proceeds. When B runs again,
+    I/O on its open file fails with EIO; opening the file again works."""
+    c = cluster_factory(
+        "--osts", "2", "--fsname", "ev" + secrets.token_hex(3), "--ldlm-timeout", "2"
+    )
+    mnt_b = c.data.parent / "client-b"
+    mnt_b.mkdir()
+    mnt_b.chmod(0o755)
+    mount_extra(c, mnt_b).check()
+    (c.mnt / "f").write_bytes(b"0123456789")
+    holder = Worker(EVICTED_HOLDER, mnt_b / "f")
+    pid_b = client_pid(c, mnt_b)
+    try:
+        holder.expect("ready", 30)
+        before = evictions(c)
+        os.kill(pid_b, signal.SIGSTOP)
+        try:
+            res = run([sys.executable, "-c",
+                       "import os,sys; os.chmod(sys.argv[1], 0o640);"
+                       "open(sys.argv[1], 'r+b').write(b'A wrote it')", c.mnt / "f"],
+                      timeout=60)
+        finally:
+            os.kill(pid_b, signal.SIGCONT)
+        assert res.rc == 0 and not res.timed_out, res.describe()
+        assert evictions(c) > before
+        holder.send("go")
+        assert holder.expect("reopened", 60) == "reopened A wrote i"
+        holder.finish(30)
+    finally:
+        holder.kill()
+    assert (mnt_b / "f").read_bytes() == b"A wrote it"
+
+
 FLUSHER = r"""
 import hashlib, os, sys
 path, n = sys.argv[1], int(sys.argv[2])

@@ -9,6 +9,7 @@ uncommitted requests, lock replay, eviction) builds on this state machine.
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -63,6 +64,7 @@ class Import:
         self.history: list[tuple[float, str]] = []
         self.endpoint: Endpoint | None = None
         self.server: dict[str, Any] = {}
+        self.evictions = 0  # connect replies that said "evicted"
         self.conn_cnt = 0
         self.peer_committed = 0
         self.last_error = ""
@@ -139,6 +141,10 @@ class Import:
             return False
         self.endpoint = endpoint
         self.server = reply.body
+        if reply.body.get("evicted"):
+            # Requests begun before are void: resending them (a write-back snapshot, an
+            # update) could undo what other clients did since.
+            self.evictions += 1
         self._note_committed(reply)
         for hook in self.on_connected:
             try:
@@ -195,11 +201,16 @@ class Import:
         """Send a request, waiting through disconnections; RpcError on a failed status."""
         flags = 0
         xid: int | None = None
+        evictions = self.evictions
         while True:
             if self.state is ImportState.CLOSED:
                 raise ImportClosed(self.target)
             if self.state is not ImportState.FULL:  # (waiting on a set Event still yields)
                 await self._full.wait()
+                if self.state is ImportState.CLOSED:
+                    raise ImportClosed(self.target)
+            if self.evictions != evictions:
+                raise RpcError(errno.EIO, f"{self.target}: evicted while the request waited")
             endpoint = self.endpoint
             assert endpoint is not None
             if xid is None:

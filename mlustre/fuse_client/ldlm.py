@@ -118,6 +118,9 @@ class LockClient:
         self.on_evicted: OnEvicted = on_evicted or _no_evicted
         self.on_glimpse: OnGlimpse = _no_glimpse
         self.on_reset: OnEvicted = _no_evicted  # the server restarted: locks gone, no EIO
+        # Run inline when an eviction is learnt, before any other task: what must not
+        # reach the server any more (dirty data) is dropped there.
+        self.on_evicted_now: Callable[[list[ClientLock]], None] = lambda locks: None
         self._instance: Any = None
         self.imp: Import | None = None
         self._grants: dict[int, trio.Event] = {}  # local handle -> set on CP AST / eviction
@@ -443,6 +446,10 @@ class LockClient:
         self.stats["evictions"] += 1
         dropped = self.ns.invalidate_all()
         log.warning("%s: evicted by the server; %d locks dropped", self.target, len(dropped))
+        try:
+            self.on_evicted_now(dropped)
+        except Exception:
+            log.exception("%s: on_evicted_now failed", self.target)
         for event in self._grants.values():
             event.set()  # the waiting enqueues see their lock CANCELLED
         self._spawn(self.on_evicted, dropped)

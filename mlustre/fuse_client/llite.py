@@ -665,7 +665,7 @@ class Llite(LockedCaches, pyfuse3.Operations):
 
     @fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        of = self.handles.file(fh)
+        of = self.handles.live_file(fh)
         node = self._inode(of.ino)
         if node.layout is None:
             return b""
@@ -735,7 +735,7 @@ class Llite(LockedCaches, pyfuse3.Operations):
 
     @fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        of = self.handles.file(fh)
+        of = self.handles.live_file(fh)
         node = self._inode(of.ino)
         if node.layout is None:
             raise pyfuse3.FUSEError(errno.EINVAL)
@@ -793,14 +793,14 @@ class Llite(LockedCaches, pyfuse3.Operations):
 
     @fuse_errors
     async def flush(self, fh: int) -> None:
-        of = self.handles.file(fh)
+        of = self.handles.live_file(fh)
         node = self._inode(of.ino)
         if node.meta_dirty or not self._data_settled(node.ino):
             await self._flush_inode(node)
 
     @fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
-        of = self.handles.file(fh)
+        of = self.handles.live_file(fh)
         node = self._inode(of.ino)
         await self._flush_inode(node)
         async with trio.open_nursery() as n:

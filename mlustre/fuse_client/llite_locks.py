@@ -112,13 +112,14 @@ class LockedCaches:
         self.md_locks.ns.lru_size = MD_LRU_SIZE
         self.md_locks.on_blocking = self._md_blocking
         self.md_locks.on_evicted = self._md_evicted
-        self.md_locks.on_reset = self._md_evicted
+        self.md_locks.on_reset = self._md_reset
         self.ost_locks: dict[int, LockClient] = {}
         for idx, osc in node.oscs.items():
             lc = node.locks[osc.imp.target]
             lc.ns.lru_size = OST_LRU_SIZE
             lc.on_blocking = functools.partial(self._data_blocking, idx)
             lc.on_evicted = functools.partial(self._data_evicted, idx)
+            lc.on_evicted_now = functools.partial(self._data_evicted_now, idx)
             lc.on_glimpse = functools.partial(self._glimpse_ast, idx)
             lc.on_reset = functools.partial(self._data_reset, idx)
             self.ost_locks[idx] = lc
@@ -304,6 +305,13 @@ class LockedCaches:
             await self._kernel_inval(ino, attr_only=True)
 
     async def _md_evicted(self, locks: list[ClientLock]) -> None:
+        """Evicted by the MDT: open files are invalid (their I/O fails with EIO; they
+        can be opened again), and nothing the MDT locks protected can be trusted."""
+        for of in self.handles.files():  # type: ignore[attr-defined]
+            of.evicted = True
+        await self._md_reset(locks)
+
+    async def _md_reset(self, locks: list[ClientLock]) -> None:
         self.dentries.clear()
         self.names_of.clear()
         for node in list(self.inodes.values()):
@@ -457,17 +465,25 @@ class LockedCaches:
             lock.flags |= FL_NO_BORROW  # later I/O waits for a new lock
             node.revoking.remove(entry)
 
-    async def _data_evicted(self, ost: int, locks: list[ClientLock]) -> None:
-        """Evicted by an OST: data cached under its locks cannot be trusted or written."""
-        for node in list(self.inodes.values()):
-            if node.layout is None or all(o != ost for o, _ in node.layout.objects):
-                continue
+    def _striped_on(self, ost: int) -> list[Inode]:
+        return [n for n in self.inodes.values()
+                if n.layout is not None and any(o == ost for o, _ in n.layout.objects)]
+
+    def _data_evicted_now(self, ost: int, locks: list[ClientLock]) -> None:
+        """Evicted by an OST: data cached under its locks can neither be trusted nor be
+        written any more (it would undo what others wrote since). Inline, before any
+        write-back task can take it."""
+        for node in self._striped_on(ost):
             node.data_gen += 1
             fc = self.cache.files.get(node.ino)  # type: ignore[attr-defined]
-            if fc is not None and fc.dirty:
+            if fc is not None and (fc.dirty or fc.busy):
                 node.write_error = errno.EIO
             self.cache.truncate(node.ino, 0)  # type: ignore[attr-defined]
             node.meta_dirty = False
+            node.kill_priv = False
+
+    async def _data_evicted(self, ost: int, locks: list[ClientLock]) -> None:
+        for node in self._striped_on(ost):
             await self._kernel_inval(node.ino, attr_only=False)
 
     async def _data_reset(self, ost: int, locks: list[ClientLock]) -> None:

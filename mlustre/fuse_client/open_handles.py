@@ -23,6 +23,7 @@ class OpenFile:
     flags: int
     uid: int = 0  # the opener's: a write through a non-root opener drops set-id bits
     cred: list[Any] | None = None  # the opener's [uid, gid, groups], for open replay
+    evicted: bool = False  # the client was evicted by the MDT since: I/O fails with EIO
     next_read: int = -1
     atime_done: bool = False
     ra_window: int = 0
@@ -52,6 +53,14 @@ class OpenHandles:
                  cred: list[Any] | None = None) -> OpenFile:
         of = OpenFile(self._fh(), ino, handle, flags, uid, cred)
         self._files[of.fh] = of
+        return of
+
+    def live_file(self, fh: int) -> OpenFile:
+        """An open file that may still be used (EIO once its client was evicted: its
+        state on the servers is gone; opening the file again works)."""
+        of = self.file(fh)
+        if of.evicted:
+            raise pyfuse3.FUSEError(errno.EIO)
         return of
 
     def get_file(self, fh: int) -> OpenFile | None:
