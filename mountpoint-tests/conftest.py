@@ -12,6 +12,9 @@ recorded (see mnthelpers.reap_stale).
 Environment: MLUSTRE_CMD overrides the CLI command line (default: the
 `mlustre` script next to sys.executable); MLUSTRE_TEST_TMPDIR is where mount
 points and data go (default /tmp; must be traversable by uid 65534).
+MLUSTRE_TEST_MOUNT=MNT makes `cluster` an existing mlustre mount instead of a new
+cluster (for tests that only use the mount: test_shell.py, test_differential.py),
+so scripts/failover-soak can run them while servers fail over.
 """
 
 from __future__ import annotations
@@ -90,9 +93,27 @@ def _cluster_lifetime(base: Path, args: list[str]):
         remove_tree_if_unmounted(c.data.parent)  # the cl-* directory of Cluster.create
 
 
+class ExistingMount:
+    """An mlustre mount the tests did not start (MLUSTRE_TEST_MOUNT): only `mnt` and
+    `spec`; nothing is started or stopped."""
+
+    def __init__(self, mnt: Path) -> None:
+        from mlustre import registry
+
+        info = registry.find_mount(str(mnt))
+        if info is None:
+            raise pytest.UsageError(f"MLUSTRE_TEST_MOUNT={mnt} is not an mlustre mount")
+        self.mnt = mnt
+        self.spec = info["spec"]
+
+
 @pytest.fixture(scope="module")
 def cluster(base_tmp):
-    """A 2-OST cluster shared by the tests of one module."""
+    """A 2-OST cluster shared by the tests of one module (or MLUSTRE_TEST_MOUNT)."""
+    existing = os.environ.get("MLUSTRE_TEST_MOUNT")
+    if existing:
+        yield ExistingMount(Path(existing).resolve())
+        return
     yield from _cluster_lifetime(base_tmp, ["--osts", "2"])
 
 

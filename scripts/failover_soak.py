@@ -10,6 +10,8 @@ directory on the mount and its own process:
            the longest stall an application saw
   fio      random 4 KiB writes with crc32c verification (verify_backlog, fatal)
   dbench   the dbench file-server load, 2 clients
+  posix    the project's own mount tests that need only a mount (shell tools: cp, tar,
+           git, make, gcc...; a differential test against a local filesystem), once
   --cmd    any command (e.g. an external POSIX test suite), run once in a fresh
            directory; its exit status and output are kept
 
@@ -40,7 +42,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 MLUSTRE = [str(ROOT / ".venv" / "bin" / "mlustre")]
-ALL_WORKLOADS = ("shell", "probe", "fio", "dbench")
+ALL_WORKLOADS = ("shell", "probe", "fio", "dbench", "posix")
+POSIX_TESTS = ("mountpoint-tests/test_shell.py", "mountpoint-tests/test_differential.py")
 KINDS = ("restart", "crash", "partner")
 
 
@@ -141,9 +144,12 @@ def worker_probe(workdir: Path, deadline: float, out: Path) -> None:
 def worker_command(workdir: Path, deadline: float, out: Path, argv: list[str]) -> None:
     """An external program until it ends (or the deadline + a margin); exit status."""
     logf = workdir.parent / f"{workdir.name}.log"
+    env = dict(os.environ)
+    if len(argv) > 2 and argv[1:3] == ["-m", "pytest"]:
+        env["MLUSTRE_TEST_MOUNT"] = str(workdir.parent)  # the mount itself
     with open(logf, "wb") as f:
         proc = subprocess.Popen(argv, cwd=workdir, stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, env=env)
         try:
             rc = proc.wait(timeout=max(deadline - time.monotonic(), 0) + 120)
         except subprocess.TimeoutExpired:
@@ -164,6 +170,12 @@ def count_ops(argv: list[str], text: str) -> int:
             if "issued rwts: total=" in line:
                 total += sum(int(x) for x in line.split("total=")[1].split()[0].split(","))
         return total or 1
+    if len(argv) > 2 and argv[1:3] == ["-m", "pytest"]:
+        for line in reversed(text.splitlines()):  # "== 42 passed in 61.2s =="
+            words = line.replace("=", " ").replace(",", " ").split()
+            if "passed" in words:
+                return int(words[words.index("passed") - 1])
+        return 1
     if argv and argv[0] == "dbench":
         total = 0
         in_table = False
@@ -222,6 +234,9 @@ def command_for(workload: str, seconds: float, fio_size: str) -> list[str]:
                 "--do_verify=1", "--group_reporting"]
     if workload == "dbench":
         return ["dbench", "-D", ".", "-t", str(int(seconds)), "2"]
+    if workload == "posix":
+        return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                *(str(ROOT / t) for t in POSIX_TESTS)]
     raise ValueError(workload)
 
 
