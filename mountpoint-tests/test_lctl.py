@@ -160,3 +160,14 @@ def test_client_lock_namespaces(cluster, cid, tmp_path):
     size = params(lctl_ok("get_param", f"ldlm.namespaces.*-MDT0000-mdc-{cid}.lru_size"))
     assert list(size.values()) == ["8192"], size
     assert_error(lctl("set_param", f"ldlm.namespaces.*-{cid}.lru_size=-3"), "lru_size")
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_mount_option_scopes_to_one_filesystem(cluster, cid, tmp_path):
+    out = lctl_ok("-m", str(cluster.mnt), "get_param", "mdt.*.uuid", "llite.*.uuid")
+    lines = out.splitlines()
+    assert len([x for x in lines if x.startswith("mdt.")]) == 1, out
+    assert [x for x in lines if x.startswith("llite.")] == [
+        x for x in lines if x.startswith("llite.") and cid in x], out
+    assert_error(lctl("-m", str(tmp_path), "get_param", "mdt.*.uuid"),
+                 "not an mlustre mount")

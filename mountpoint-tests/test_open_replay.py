@@ -22,7 +22,8 @@ def short_window_cluster(base_tmp):
 
 def mdt_stat(cluster, name: str) -> int:
     fs = cluster.spec.rsplit(":/", 1)[1]
-    out = cli("lctl", "get_param", "-n", f"mdt.{fs}-MDT0000.stats").check().stdout
+    out = cli("lctl", "-m", cluster.mnt, "get_param", "-n",
+              f"mdt.{fs}-MDT0000.stats").check().stdout
     m = re.search(rf"^{name}\s+(\d+) samples", out, re.M)
     return int(m.group(1)) if m else 0
 

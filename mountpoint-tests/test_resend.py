@@ -23,11 +23,12 @@ def mdt_param(cluster, name: str) -> str:
 
 
 def set_fail(cluster, value: str) -> None:
-    cli("lctl", "set_param", f"{mdt_param(cluster, 'fail_loc')}={value}").check()
+    cli("lctl", "-m", cluster.mnt, "set_param", f"{mdt_param(cluster, 'fail_loc')}={value}").check()
 
 
 def reconstructed(cluster) -> int:
-    out = cli("lctl", "get_param", "-n", mdt_param(cluster, "stats")).check().stdout
+    out = cli("lctl", "-m", cluster.mnt, "get_param", "-n",
+              mdt_param(cluster, "stats")).check().stdout
     m = re.search(r"^reconstructed\s+(\d+) samples", out, re.M)
     return int(m.group(1)) if m else 0
 
@@ -51,11 +52,13 @@ def test_updates_whose_reply_is_lost_happen_once(cluster, workdir):
     finally:
         set_fail(cluster, "none")
     assert reconstructed(cluster) - before == 4
-    out = cli("lctl", "get_param", mdt_param(cluster, "fail_loc")).check().stdout
+    out = cli("lctl", "-m", cluster.mnt, "get_param",
+              mdt_param(cluster, "fail_loc")).check().stdout
     assert out.strip().endswith("=none"), out
 
 
 @pytest.mark.timeout(TIMEOUT)
 def test_bad_fail_loc_is_refused(cluster):
-    res = cli("lctl", "set_param", f"{mdt_param(cluster, 'fail_loc')}=explode:MDS_REINT")
+    res = cli("lctl", "-m", cluster.mnt, "set_param",
+              f"{mdt_param(cluster, 'fail_loc')}=explode:MDS_REINT")
     assert res.rc == 1 and "unknown fail_loc action" in res.stderr, res.describe()

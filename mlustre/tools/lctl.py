@@ -83,16 +83,28 @@ def local_clusters() -> list[dict[str, Any]]:
     return out
 
 
-def sources() -> list[Source]:
+def sources(scope: str | None = None) -> list[Source]:
+    """Every local client and target, or (scope = a mount point) those of its
+    filesystem only: local clusters may share an fsname, and so target names."""
     from .. import registry
 
+    spec = None
+    if scope is not None:
+        info = registry.find_mount(os.path.realpath(scope))
+        if info is None:
+            raise LctlError(f"{scope} is not an mlustre mount on this machine")
+        spec = info.get("spec")
     found: list[Source] = []
     for m in registry.all_mounts():
         sock = m.get("admin_socket")
+        if spec is not None and m.get("spec") != spec:
+            continue
         if sock and registry.pid_alive(m.get("pid")) and os.path.exists(sock):
             found.append(Source("client", m["mountpoint"], sock, m))
     seen = set()
     for c in local_clusters():
+        if spec is not None and c.get("spec") != spec:
+            continue
         for s in c.get("servers", []):
             if s.get("nid") and registry.pid_alive(s.get("pid")) and s["name"] not in seen:
                 seen.add(s["name"])
@@ -190,8 +202,8 @@ def _gather(srcs: list[Source], body: dict[str, Any]) -> tuple[list[list[Any]], 
     return params, errors
 
 
-def _need_sources() -> list[Source]:
-    srcs = sources()
+def _need_sources(scope: str | None = None) -> list[Source]:
+    srcs = sources(scope)
     if not srcs:
         raise LctlError("no mlustre client or server is running on this machine")
     return srcs
@@ -212,7 +224,7 @@ def _query(srcs: list[Any], body: dict[str, Any], what: str) -> tuple[list[Any],
 
 
 def cmd_get_param(args: argparse.Namespace) -> int:
-    srcs = _need_sources()
+    srcs = _need_sources(args.mount)
     status = 0
     for pattern in args.patterns:
         params, bad = _query(srcs, {"op": "get", "pattern": pattern}, pattern)
@@ -223,7 +235,7 @@ def cmd_get_param(args: argparse.Namespace) -> int:
 
 
 def cmd_list_param(args: argparse.Namespace) -> int:
-    srcs = _need_sources()
+    srcs = _need_sources(args.mount)
     status = 0
     for pattern in args.patterns:
         params, bad = _query(srcs, {"op": "list", "pattern": pattern}, pattern)
@@ -235,7 +247,7 @@ def cmd_list_param(args: argparse.Namespace) -> int:
 
 def cmd_set_param(args: argparse.Namespace) -> int:
     assignments = [parse_assignment(a) for a in args.assignments]
-    srcs = _need_sources()
+    srcs = _need_sources(args.mount)
     status = 0
     for name, value in assignments:
         params, bad = _query(srcs, {"op": "set", "name": name, "value": value}, name)
@@ -248,7 +260,7 @@ def cmd_set_param(args: argparse.Namespace) -> int:
 def cmd_dl(args: argparse.Namespace) -> int:
     from ..protocol.nid import parse_spec
 
-    srcs = sources()
+    srcs = sources(args.mount)
     lines: list[tuple[str, str, str, int]] = []
     clients = [s for s in srcs if s.kind == "client"]
     targets = [s for s in srcs if s.kind != "client"]
@@ -296,6 +308,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="mlustre lctl", description="Lustre-like lctl for local mlustre "
                 "clients and servers.")
+    p.add_argument("-m", "--mount", metavar="MNT",
+                   help="only the filesystem mounted at MNT (its clients here and, for a "
+                        "local cluster, its servers)")
     sub = p.add_subparsers(dest="lctl_command", required=True, parser_class=_Parser)
     dl = sub.add_parser("dl", help="list devices (client imports, local targets)")
     dl.set_defaults(fn=cmd_dl)
