@@ -239,7 +239,8 @@ def test_eviction_drops_a_lock_granted_past_a_waiter(tmp_path: Path) -> None:
                 # for itself), it is granted and called back at once.
                 again = await a.enqueue(RES, EXT, Mode.PW, Extent(0, 4095))
                 assert again.state in (LockState.GRANTED, LockState.CBPENDING)
-                await until(lambda: bool(got))  # a never gives la back: evicted
+                # a never gives la back: evicted (and told so when it reconnects)
+                await until(lambda: bool(got) and a.stats["evictions"] == 1)
                 assert server.stats["evictions"] == 1
                 assert a.stats["evictions"] == 1 and a.ns.lock_count == 0
                 assert again.state is LockState.CANCELLED  # its user sees it gone
