@@ -4,15 +4,21 @@ callbacks with flush hooks, reference-delayed cancels, matching, the LRU, evicti
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
-from test_servers_wire import OST_NAME, ost_server, serving
+from test_servers_wire import (  # noqa: F401 (autouse fixture)
+    OST_NAME,
+    _quiet_server_logs,
+    ost_server,
+    serving,
+)
+from test_servers_wire import (
+    run as run_within,
+)
 
 from mlustre.fuse_client.imports import Import
 from mlustre.fuse_client.ldlm import LockClient
@@ -26,21 +32,8 @@ EXT = LockType.EXTENT
 LIMIT = 15.0
 
 
-@pytest.fixture(autouse=True)
-def _quiet_logs() -> Any:
-    logger = logging.getLogger("mlustre")
-    old = logger.level
-    logger.setLevel(logging.CRITICAL)
-    yield
-    logger.setLevel(old)
-
-
 def run(afn: Callable[[], Any]) -> None:
-    async def bounded() -> None:
-        with trio.fail_after(LIMIT):
-            await afn()
-
-    trio.run(bounded)
+    run_within(afn, LIMIT)
 
 
 @asynccontextmanager

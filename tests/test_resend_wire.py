@@ -5,7 +5,6 @@ restart (the reply is kept in the update's own transaction)."""
 from __future__ import annotations
 
 import errno
-import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,7 +12,15 @@ from typing import Any
 
 import pytest
 import trio
-from test_servers_wire import MDT_NAME, mdt_server, serving
+from test_servers_wire import (  # noqa: F401 (autouse fixture)
+    MDT_NAME,
+    _quiet_server_logs,
+    mdt_server,
+    serving,
+)
+from test_servers_wire import (
+    run as run_within,
+)
 
 from mlustre.fuse_client.imports import Import
 from mlustre.fuse_client.mdc import Mdc
@@ -28,21 +35,8 @@ ROOT = 1
 CRED = [0, 0, []]
 
 
-@pytest.fixture(autouse=True)
-def _quiet_logs() -> Any:
-    logger = logging.getLogger("mlustre")
-    old = logger.level
-    logger.setLevel(logging.CRITICAL)
-    yield
-    logger.setLevel(old)
-
-
 def run(afn: Callable[[], Any]) -> None:
-    async def bounded() -> None:
-        with trio.fail_after(LIMIT):
-            await afn()
-
-    trio.run(bounded)
+    run_within(afn, LIMIT)
 
 
 @asynccontextmanager
