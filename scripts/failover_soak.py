@@ -103,7 +103,8 @@ def worker_shell(workdir: Path, deadline: float, out: Path, base: Path) -> None:
             last = workdir / f"moved{rounds}"
         except OSError as e:
             errors += 1
-            notes.append(f"round {rounds}: {type(e).__name__}: {e}")
+            notes.append(f"round {rounds} ({time.strftime('%H:%M:%S')}): "
+                         f"{type(e).__name__}: {e}")
     out.write_text(json.dumps({"ops": ops, "errors": errors, "rounds": rounds,
                                "notes": notes[:20],
                                "final_tree": str(last) if last else None}))
@@ -348,8 +349,11 @@ def soak(args: argparse.Namespace) -> int:
         if run([*MLUSTRE, "down", str(mnt)], timeout=120).returncode != 0:
             subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
             subprocess.run(["fusermount3", "-uz", str(mnt)], check=False)
-        if not args.keep and ok:
+        clean = ok and not any(w.get("errors") for w in result["workloads"].values())
+        if not args.keep and clean:
             shutil.rmtree(base, ignore_errors=True)
+        elif ok:
+            log(f"kept {base} (logs of the servers and the client are in data/)")
     return report(result, args)
 
 

@@ -201,3 +201,38 @@ def test_own_locks_never_wait_for_each_other(tmp_path: Path) -> None:
                 assert server.stats.get("evictions", 0) == 0
 
     run(main)
+
+
+def test_enqueue_waiting_across_a_server_restart_asks_the_new_instance(
+        tmp_path: Path) -> None:
+    """A restart is no eviction: an enqueue queued behind another client's lock when
+    the OST restarts is granted by the new instance instead of failing (EIO)."""
+    async def main() -> None:
+        first = ost_server(tmp_path)
+        async with trio.open_nursery() as outer:
+            nid = Nid.parse(await outer.start(first.run))
+            async with client(outer, nid, "a", "ost") as a, \
+                    client(outer, nid, "b", "ost") as b:
+                res = ResId(4, 0, 0, 0)
+                held = await a.enqueue(res, LockType.EXTENT, Mode.PW, Extent(0, 100))
+                got: list[ClientLock] = []
+
+                async def wanted() -> None:
+                    got.append(await b.enqueue(res, LockType.EXTENT, Mode.PR,
+                                               Extent(0, 100)))
+
+                outer.start_soon(wanted)
+                await until(lambda: b.stats["waits"] == 1)
+                first.stop()
+                await until(lambda: not first.storage.claimed)
+                second = ost_server(tmp_path, port=nid.port)
+                await outer.start(second.run)
+                await until(lambda: bool(got))
+                assert got[0].state is LockState.GRANTED and got[0].mode == Mode.PR
+                assert b.stats["reenqueues"] == 1 and b.stats["evictions"] == 0
+                assert held.state is LockState.CANCELLED  # a's lock died with the old one
+                a.release(held)
+                b.release(got[0])
+                second.stop()
+
+    run(main)

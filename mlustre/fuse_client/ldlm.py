@@ -130,6 +130,7 @@ class LockClient:
             "enqueue_rpcs": 0, "matches": 0, "waits": 0, "cancel_rpcs": 0, "cancels": 0,
             "basts": 0, "cps": 0, "evictions": 0, "intents": 0, "intent_grants": 0,
             "glimpses": 0, "glimpse_grants": 0, "gl_asts": 0, "elc": 0, "resets": 0,
+            "reenqueues": 0,
         }
         if imp is not None:
             self.attach(imp)
@@ -173,9 +174,24 @@ class LockClient:
                       flags: int = 0, timeout: float | None = None) -> ClientLock:
         """A granted lock covering the request, with one reference of ref_kind(mode).
         RpcError if the server refuses, LockFailed on eviction, trio.TooSlowError after
-        `timeout` seconds (the enqueue is then given up)."""
+        `timeout` seconds (the enqueue is then given up). A server restart while the
+        enqueue waits is no failure: the new instance is asked again."""
         assert self.imp is not None, "LockClient not attached to an Import"
         res, type, mode = ResId(*res), LockType(type), Mode(mode)
+        with trio.fail_after(timeout) if timeout is not None else nullcontext():
+            while True:
+                evictions, resets = self.stats["evictions"], self.stats["resets"]
+                lock = await self._enqueue_once(res, type, mode, policy, no_lru, flags)
+                if lock is not None:
+                    return lock
+                if self.stats["evictions"] != evictions or self.stats["resets"] == resets:
+                    raise LockFailed(f"{self.target}: lock lost (evicted)")
+                self.stats["reenqueues"] += 1
+
+    async def _enqueue_once(self, res: ResId, type: LockType, mode: Mode, policy: object,
+                            no_lru: bool, flags: int) -> ClientLock | None:
+        """One attempt; None if the lock was dropped meanwhile (a reset or an eviction)."""
+        assert self.imp is not None
         kind = ref_kind(mode)
         lock = self.ns.match(res, type, mode, policy, trio.current_time())
         if lock is not None:
@@ -187,23 +203,26 @@ class LockClient:
         granted = self._grants[lock.handle] = trio.Event()
         done = False
         try:
-            with trio.fail_after(timeout) if timeout is not None else nullcontext():
-                self.stats["enqueue_rpcs"] += 1
-                reply = await self.imp.call(C.LDLM_ENQUEUE, {
-                    "res": list(res), "type": int(type), "mode": int(mode),
-                    "policy": wire_policy(type, policy), "handle": lock.handle,
-                    "flags": flags})
-                body = reply.body
-                if lock.state is LockState.ENQUEUING:  # else a CP AST came first (or eviction)
-                    if body["granted"]:
-                        self._grant(lock, body["handle"], body["mode"], body["policy"])
-                    else:
-                        self.ns.enqueue_waiting(lock.handle, body["handle"])
-                if lock.state is LockState.ENQUEUING:
-                    self.stats["waits"] += 1
-                    await granted.wait()
+            self.stats["enqueue_rpcs"] += 1
+            reply = await self.imp.call(C.LDLM_ENQUEUE, {
+                "res": list(res), "type": int(type), "mode": int(mode),
+                "policy": wire_policy(type, policy), "handle": lock.handle,
+                "flags": flags})
+            body = reply.body
+            if lock.state is LockState.ENQUEUING:  # else a CP AST came first (or eviction)
+                if body["granted"]:
+                    self._grant(lock, body["handle"], body["mode"], body["policy"])
+                else:
+                    self.ns.enqueue_waiting(lock.handle, body["handle"])
+            elif lock.state is LockState.CANCELLED and isinstance(body.get("handle"), int):
+                # Dropped by a reset while the (resent) request reached the new
+                # instance: that instance's lock is nobody's; give it back.
+                self._spawn(self._send_cancel, [body["handle"]])
+            if lock.state is LockState.ENQUEUING:
+                self.stats["waits"] += 1
+                await granted.wait()
             if lock.state is LockState.CANCELLED:
-                raise LockFailed(f"{self.target}: lock {lock.handle} lost (evicted)")
+                return None
             done = True
             return lock
         finally:
