@@ -265,6 +265,7 @@ def _clients_of(cluster: dict[str, Any], *, dead_too: bool = False) -> list[dict
 def cmd_status(args: argparse.Namespace) -> int:
     _, cluster = _cluster_of(args.mountpoint)
     servers = [{"name": s["name"], "kind": s["kind"], "nid": s["nid"], "pid": s["pid"],
+                "release": _option(s.get("args") or [], "--release") or "2.0",
                 "state": "running" if registry.pid_alive(s["pid"]) else "stopped"}
                for s in cluster["servers"]]
     clients = [{"mountpoint": m["mountpoint"], "pid": m["pid"]} for m in _clients_of(cluster)]
@@ -274,7 +275,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     print(f"filesystem {cluster['fsname']}  spec {cluster['spec']}  data {cluster['data']}")
     for s in servers:
-        print(f"  {s['name']:<16} {s['kind']:<4} {s['nid']:<22} pid {s['pid']:<8} {s['state']}")
+        print(f"  {s['name']:<16} {s['kind']:<4} {s['nid']:<22} pid {s['pid']:<8} "
+              f"release {s['release']:<4} {s['state']}")
     for c in clients:
         print(f"  client {c['mountpoint']} pid {c['pid']}")
     return 0
@@ -306,6 +308,15 @@ def free_nid(host: str) -> str:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return f"{host}:{sock.getsockname()[1]}"
+
+
+def _option(args: list[str], option: str) -> str | None:
+    """The value of the last `option VALUE` pair in args."""
+    value = None
+    for a, b in zip(args, args[1:], strict=False):
+        if a == option:
+            value = b
+    return value
 
 
 def _without(args: list[str], option: str) -> list[str]:
@@ -350,6 +361,10 @@ def cmd_failover(args: argparse.Namespace) -> int:
     if not cmd:
         raise CliError(f"the cluster in {cluster['data']} was started by an older mlustre: "
                        f"restart it (`mlustre down`, `mlustre up`) to use failover")
+    release = getattr(args, "release", None)
+    was = _option(cmd, "--release") or "2.0"
+    if release is not None:
+        cmd = _without(cmd, "--release") + ["--release", release]
     here = server["nid"]
     if args.partner:  # the other server of the pair takes over the same storage
         there = pair[1] if here == pair[0] else pair[0]
@@ -372,6 +387,8 @@ def cmd_failover(args: argparse.Namespace) -> int:
         how = "stopped"
     if args.partner:
         how += ", its partner took over,"
+    if release is not None and release != was:
+        how += f", {'upgraded' if release > was else 'downgraded'} from {was} to {release},"
     stopped = time.monotonic()
     try:
         pid, nid = _start(listen, Path(server["log"]), server["name"])
@@ -379,8 +396,15 @@ def cmd_failover(args: argparse.Namespace) -> int:
         raise CliError(f"{server['name']} {how} but did not start again: {e}") from None
     server.update(pid=pid, nid=nid, args=listen)
     registry.write_json(Path(cluster["data"]) / "cluster.json", cluster)
+    total = time.monotonic() - started
+    if getattr(args, "json", False):
+        print(json.dumps({"target": server["name"], "kind": "crash" if args.crash else
+                          "controlled", "partner": bool(args.partner), "from": was,
+                          "to": release or was, "stop_s": round(stopped - started, 4),
+                          "total_s": round(total, 4), "nid": nid, "pid": pid}))
+        return 0
     print(f"{server['name']}: {how} in {stopped - started:.2f}s, serving again on {nid} "
-          f"(pid {pid}) {time.monotonic() - started:.2f}s after the start")
+          f"(pid {pid}) {total:.2f}s after the start")
     return 0
 
 
@@ -439,7 +463,18 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "graceful stop")
     fo.add_argument("--partner", action="store_true",
                     help="restart it on its failover partner (needs a failover pair)")
+    fo.add_argument("--json", action="store_true", help="print what was done as JSON")
     fo.set_defaults(fn=cmd_failover)
+
+    ug = sub.add_parser("upgrade", help="restart one target of a local cluster on another "
+                                        "release (upgrade or downgrade), clients stay mounted")
+    ug.add_argument("mountpoint", help="a mount of the cluster")
+    ug.add_argument("target", help="e.g. MDT0000, OST0001, MGS, or the full name")
+    ug.add_argument("--release", required=True, choices=["1.8", "2.0"])
+    ug.add_argument("--partner", action="store_true",
+                    help="start the new release on its failover partner")
+    ug.add_argument("--json", action="store_true", help="print what was done as JSON")
+    ug.set_defaults(fn=cmd_failover, crash=False)
 
     st = sub.add_parser("status", help="targets, NIDs, PIDs, states and clients")
     st.add_argument("mountpoint")

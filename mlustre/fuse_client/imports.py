@@ -19,6 +19,7 @@ from typing import Any
 import trio
 
 from ..protocol import constants as C
+from ..protocol.codec import RELEASES, codec_for
 from ..protocol.errors import ConnectionLost, RpcError, RpcTimeout
 from ..protocol.message import Message
 from ..protocol.nid import Nid
@@ -141,6 +142,11 @@ class Import:
             return False
         self.endpoint = endpoint
         self.server = reply.body
+        # Speak the server's release from now on (the client speaks both): requests
+        # kept in the neutral form are encoded for it at send time.
+        peer_release = reply.body.get("release")
+        if peer_release in RELEASES and peer_release != endpoint.codec.release:
+            endpoint.codec = codec_for(peer_release)
         if reply.body.get("evicted"):
             # Requests begun before are void: resending them (a write-back snapshot, an
             # update) could undo what other clients did since.
