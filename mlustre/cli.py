@@ -66,7 +66,8 @@ def cmd_server(args: argparse.Namespace) -> int:
         raise CliError(str(e)) from None
     common: dict[str, Any] = {"host": host, "port": port, "release": args.release,
                               "commit_interval": args.commit_interval,
-                              "ldlm_timeout": args.ldlm_timeout}
+                              "ldlm_timeout": args.ldlm_timeout,
+                              "update_lock": not args.no_update_lock}
     check_stripes(args)
     if not args.ldlm_timeout > 0:
         raise CliError("--ldlm-timeout must be positive")
@@ -496,6 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--failover-nid", action="append", default=[],
                     help="NID of the failover partner (repeatable)")
     sv.add_argument("--release", default="2.0", choices=["1.8", "2.0"])
+    sv.add_argument("--no-update-lock", action="store_true",
+                    help="do not offer the SIR barrier lock (OBD_CONNECT_UPDATE_LOCK): "
+                         "clients then recover from a restart by resend and replay")
     sv.add_argument("--commit-interval", type=float, default=1.0)
     sv.add_argument("--recovery-window", type=float, default=15.0,
                     help="(mdt) seconds after a start during which clients re-open their "

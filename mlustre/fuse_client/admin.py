@@ -34,7 +34,7 @@ def import_info(imp: Import) -> dict[str, Any]:
             "failover_nids": [str(n) for n in imp.nids],
             "connect_flags": imp.flags, "instance": imp.server.get("instance", 0),
             "conn_cnt": imp.conn_cnt, "peer_committed": imp.peer_committed,
-            "last_error": imp.last_error,
+            "resent_updates": imp.resent_updates, "last_error": imp.last_error,
             "state_history": [[int(t), s] for t, s in imp.history]}
 
 
@@ -75,9 +75,11 @@ def client_params(ops: Llite) -> ParamTree:
     assert node.mdc is not None
     mdc = f"mdc.{node.mdc.imp.target}-mdc-{cid}."
     tree.add(mdc + "import", lambda: import_info(node.mdc.imp))  # type: ignore[union-attr]
+    tree.add(mdc + "barrier", node.barriers[node.mdc.imp.target].params)
     for idx, osc in node.oscs.items():
         base = f"osc.{osc.imp.target}-osc-{cid}."
         tree.add(base + "import", lambda o=osc: import_info(o.imp))
+        tree.add(base + "barrier", node.barriers[osc.imp.target].params)
         tree.add(base + "cur_dirty_bytes", lambda i=idx: dirty_bytes_per_ost(ops).get(i, 0))
         tree.add(base + "max_dirty_mb", lambda: cache.max_dirty >> 20, set_max_dirty)
         tree.add(base + "write_bytes", lambda o=osc: o.write_bytes)
@@ -106,7 +108,7 @@ def add_lock_params(tree: ParamTree, ns: str, lc: LockClient) -> None:
 
     def set_lru_size(text: str) -> None:
         if text.strip() == "clear":  # as Lustre's lru_size=clear: drop every unused lock
-            lc._spawn(lc._cancel, lc.ns.clear_lru())
+            lc._spawn(lc.cancel_unused)
             return
         lc.ns.lru_size = parse_positive_int(text, limit=1 << 24)
 

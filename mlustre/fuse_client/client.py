@@ -16,6 +16,7 @@ from ..protocol import constants as C
 from ..protocol.errors import ConnectionLost
 from ..protocol.nid import Nid, parse_spec
 from ..protocol.session import Session
+from .barrier import Barrier
 from .imports import Import
 from .ldlm import LockClient
 from .mdc import Mdc
@@ -31,7 +32,8 @@ class ClientNode:
     """
 
     def __init__(self, spec: str, *, release: str = "2.0", client_uuid: str | None = None,
-                 connect_timeout: float = 5.0, mount_timeout: float = 20.0) -> None:
+                 connect_timeout: float = 5.0, mount_timeout: float = 20.0,
+                 update_lock: bool = True) -> None:
         self.spec = spec
         self.mgs_nids, self.fsname = parse_spec(spec)
         self.release = release
@@ -43,6 +45,8 @@ class ClientNode:
         self.mdc: Mdc | None = None
         self.oscs: dict[int, Osc] = {}
         self.locks: dict[str, LockClient] = {}  # target name -> its lock client
+        self.update_lock = update_lock  # offer the SIR barrier lock (UPDATE_LOCK)
+        self.barriers: dict[str, Barrier] = {}  # target name -> its writer gate
 
     async def read_config(self, nursery: trio.Nursery,
                           timeout: float | None = None) -> dict[str, Any]:
@@ -79,6 +83,8 @@ class ClientNode:
             self.oscs[t["index"]] = Osc(t["index"], self._import(t, C.OST_CONNECT))
         for locks in self.locks.values():
             await nursery.start(locks.run)
+        for barrier in self.barriers.values():
+            await nursery.start(barrier.run)
         async with trio.open_nursery() as connecting:
             for imp in self.imports:
                 connecting.start_soon(lambda i=imp: i.connect(
@@ -86,12 +92,18 @@ class ClientNode:
 
     def _import(self, target: dict[str, Any], opc: int) -> Import:
         locks = LockClient(target["name"])
+        flags = C.OBD_CONNECT_FID | C.OBD_CONNECT_IBITS | C.OBD_CONNECT_TRANSNO
+        if self.update_lock:
+            flags |= C.OBD_CONNECT_UPDATE_LOCK
         imp = Import(target["name"], [Nid.parse(n) for n in target["nids"]], connect_opc=opc,
-                     client_uuid=self.uuid, release=self.release,
+                     client_uuid=self.uuid, release=self.release, flags=flags,
                      connect_timeout=self.connect_timeout, handler=locks.handle_request)
         imp.nid_source = self.target_nids
         locks.attach(imp)
         self.locks[target["name"]] = locks
+        self.barriers[target["name"]] = Barrier(
+            target["name"], "mdt" if opc == C.MDS_CONNECT else "ost", imp, locks,
+            enabled=self.update_lock)
         self.imports.append(imp)
         return imp
 

@@ -79,6 +79,9 @@ class Import:
         # (the lock client checks "evicted" there).
         self.on_connected: list[Callable[[dict[str, Any]], None]] = []
         self._nids_refreshed = -1e9
+        # The SIR writer gate (barrier.Barrier) that update requests pass, if any.
+        self.gate: Any = None
+        self.resent_updates = 0  # update requests sent again after a lost connection
 
     def _set_state(self, state: ImportState) -> None:
         if state is not self.state:
@@ -203,8 +206,22 @@ class Import:
 
     async def call(self, opc: int, body: dict[str, Any] | None = None, *,
                    timeout: float | None = None,
-                   bulk: bytes | bytearray | memoryview | None = None) -> Message:
-        """Send a request, waiting through disconnections; RpcError on a failed status."""
+                   bulk: bytes | bytearray | memoryview | None = None,
+                   flush: bool = False) -> Message:
+        """Send a request, waiting through disconnections; RpcError on a failed status.
+        An update first passes the target's writer gate (`flush`: it is write-back of
+        data already written, which goes on while the gate drains)."""
+        gate = self.gate if opc in C.UPDATE_OPCODES else None
+        if gate is None:
+            return await self._call(opc, body, timeout, bulk)
+        await gate.enter(flush=flush)
+        try:
+            return await self._call(opc, body, timeout, bulk)
+        finally:
+            gate.leave()
+
+    async def _call(self, opc: int, body: dict[str, Any] | None, timeout: float | None,
+                    bulk: bytes | bytearray | memoryview | None) -> Message:
         flags = 0
         xid: int | None = None
         evictions = self.evictions
@@ -233,6 +250,8 @@ class Import:
                 if self.endpoint is endpoint and self.state is ImportState.FULL:
                     self._set_state(ImportState.DISCONN)  # the keeper reconnects
                 flags |= C.MSG_RESENT
+                if opc in C.UPDATE_OPCODES:
+                    self.resent_updates += 1
                 continue
             self._note_committed(reply)
             if reply.status:

@@ -122,6 +122,8 @@ class LockClient:
         # reach the server any more (dirty data) is dropped there.
         self.on_evicted_now: Callable[[list[ClientLock]], None] = lambda locks: None
         self._instance: Any = None
+        # Told at once of a BAST on a resource (the SIR barrier's task watches its lock).
+        self.bast_hooks: dict[ResId, Callable[[ClientLock], None]] = {}
         self.imp: Import | None = None
         self._grants: dict[int, trio.Event] = {}  # local handle -> set on CP AST / eviction
         self._nursery: trio.Nursery | None = None
@@ -351,6 +353,8 @@ class LockClient:
     async def _cancel(self, locks: list[ClientLock]) -> None:
         """Flush (on_blocking), then cancel: one LDLM_CANCEL per 512 locks."""
         for lock in locks:
+            if lock.res in self.bast_hooks:
+                continue  # (the barrier lock: nothing is cached under it)
             try:
                 await self.on_blocking(lock)
             except Exception:
@@ -376,6 +380,20 @@ class LockClient:
             except (RpcError, ImportClosed, ConnectionLost) as e:
                 # Evicted or unmounting: the server dropped (or will drop) the locks.
                 log.info("%s: LDLM_CANCEL failed: %s", self.target, e)
+
+    async def give_back(self, lock: ClientLock) -> None:
+        """Drop our reference to a lock being called back and cancel it at once,
+        returning once the server has the cancel (the barrier's CR lock: asking for it
+        again before that would find the old one still granted)."""
+        if self.ns.decref(lock.handle, ref_kind(lock.mode), trio.current_time()):
+            await self._cancel([lock])
+
+    async def cancel_unused(self) -> int:
+        """Cancel every lock no one uses (lru_size=clear; the barrier's drain)."""
+        picked = self.ns.clear_lru()
+        if picked:
+            await self._cancel(picked)
+        return len(picked)
 
     async def cancel_lru(self, now: float | None = None) -> int:
         """Cancel the LRU's excess and aged unused locks; how many."""
@@ -420,6 +438,10 @@ class LockClient:
                 self.ns.replayed(local, remote)  # (just records the server's handle)
         action = self.ns.blocking_ast(remote, trio.current_time(),
                                       discard_data=bool(body.get("flags", 0) & FL_DISCARD_DATA))
+        hook = self.bast_hooks.get(action.lock.res) if action.lock is not None else None
+        if hook is not None:
+            assert action.lock is not None
+            hook(action.lock)
         if action.cancel_now:
             assert action.lock is not None
             self._spawn(self._cancel, [action.lock])

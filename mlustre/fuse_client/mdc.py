@@ -23,8 +23,9 @@ class Mdc:
     def __init__(self, imp: Import) -> None:
         self.imp = imp
 
-    async def _call(self, opc: int, body: dict[str, Any]) -> dict[str, Any]:
-        return (await self.imp.call(opc, body)).body
+    async def _call(self, opc: int, body: dict[str, Any], *,
+                    flush: bool = False) -> dict[str, Any]:
+        return (await self.imp.call(opc, body, flush=flush)).body
 
     async def _reint(self, op: int, cred: Cred, *, intent: dict[str, Any] | None = None,
                      cancels: list[int] | None = None, **fields: Any) -> dict[str, Any]:
@@ -33,7 +34,8 @@ class Mdc:
             body["lock"] = intent
         if cancels:
             body["cancels"] = cancels
-        return await self._call(C.MDS_REINT, body)
+        # The size and mtime that written data gave a file travel with write-back.
+        return await self._call(C.MDS_REINT, body, flush=op == C.REINT_WRITE_UPDATE)
 
     async def getattr(self, ino: int, intent: dict[str, Any] | None = None) -> dict[str, Any]:
         """{"attr": ..., "lock": handle if the intent lock was granted}"""

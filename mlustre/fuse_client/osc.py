@@ -15,9 +15,12 @@ class Osc:
         self.write_bytes = 0
         self.read_bytes = 0
 
-    async def write(self, oid: int, offset: int, data: bytes | bytearray) -> int:
-        """Write data; returns the transno (uncommitted until last_committed covers it)."""
-        reply = await self.imp.call(C.OST_WRITE, {"oid": oid, "offset": offset}, bulk=data)
+    async def write(self, oid: int, offset: int, data: bytes | bytearray, *,
+                    flush: bool = False) -> int:
+        """Write data (flush: write-back of cached pages); returns the transno
+        (uncommitted until last_committed covers it)."""
+        reply = await self.imp.call(C.OST_WRITE, {"oid": oid, "offset": offset}, bulk=data,
+                                    flush=flush)
         self.write_bytes += len(data)
         return reply.transno
 

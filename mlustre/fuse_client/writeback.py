@@ -124,10 +124,10 @@ class Writeback:
         segments = layout.map_extent(offset, len(data))
         if len(segments) == 1:
             seg = segments[0]
-            await self.oscs[seg.ost_idx].write(seg.oid, seg.obj_offset, data)
+            await self.oscs[seg.ost_idx].write(seg.oid, seg.obj_offset, data, flush=True)
             return
         view = memoryview(data)
         for seg in segments:
             a = seg.file_offset - offset
             await self.oscs[seg.ost_idx].write(seg.oid, seg.obj_offset,
-                                               bytes(view[a:a + seg.length]))
+                                               bytes(view[a:a + seg.length]), flush=True)

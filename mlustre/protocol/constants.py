@@ -93,6 +93,11 @@ OBD_CONNECT_VBR = 0x80000000
 OBD_CONNECT_FULL20 = 0x1000000000
 OBD_CONNECT_UPDATE_LOCK = 0x8000000000000  # the SIR barrier lock (never landed in Lustre)
 
+# Requests that change a target's state: a client sends them only while it holds the
+# CR barrier lock of that target (SIR), so a frozen target receives none.
+UPDATE_OPCODES = frozenset({OST_SETATTR, OST_WRITE, OST_CREATE, OST_DESTROY, OST_PUNCH,
+                            MDS_REINT, MDS_CLOSE})
+
 # FID sequences
 FID_SEQ_START = 0x200000000
 FID_SEQ_ROOT = 0x200000007

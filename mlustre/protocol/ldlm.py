@@ -10,6 +10,8 @@ from __future__ import annotations
 from enum import IntEnum, IntFlag
 from typing import NamedTuple
 
+from .constants import FID_SEQ_UPDATE_LOCK, UPDATE_LOCK_OID
+
 
 class Mode(IntFlag):
     """Lock modes: single bits, so a set of modes is a mask (lustre_idl.h)."""
@@ -122,3 +124,13 @@ def conflicts(type_: LockType, held_mode: Mode, held_policy: object, wanted_mode
     """Does a lock (held_mode, held_policy) block a request (wanted_mode, wanted_policy)?"""
     return (not compatible(held_mode, wanted_mode)
             and policies_conflict(type_, held_policy, wanted_policy))
+
+
+def barrier_lock(kind: str) -> tuple[ResId, LockType, object]:
+    """The SIR barrier resource of a target of `kind` ("mdt" or "ost"), its lock type
+    and the policy every barrier lock uses: an IBITS lock on the MDT, an EXTENT lock
+    over [0, EOF] on OSTs."""
+    res = ResId(FID_SEQ_UPDATE_LOCK, UPDATE_LOCK_OID, 0, 0)
+    if kind == "mdt":
+        return res, LockType.IBITS, int(IBits.UPDATE)
+    return res, LockType.EXTENT, WHOLE

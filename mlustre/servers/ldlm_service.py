@@ -272,6 +272,24 @@ class LdlmService:
             raise
         return locks
 
+    async def lock_local_one(self, res: ResId, type_: LockType, mode: Mode,
+                             policy: object) -> ServerLock:
+        """One lock of the target's own on any resource (the barrier's EX lock),
+        waiting for conflicting client locks to be called back."""
+        self._local_seq += 1
+        result = self.namespace.enqueue(LOCAL, self._local_seq, res, type_, mode, policy,
+                                        trio.current_time(), no_expand=True)
+        if not result.granted:
+            event = self._local_granted[result.lock.handle] = trio.Event()
+            self._send_asts(Reprocessed([], result.basts))
+            try:
+                await event.wait()
+            except BaseException:
+                self.unlock_local([result.lock])
+                raise
+        self._update_gauges()
+        return result.lock
+
     def unlock_local(self, locks: list[ServerLock]) -> None:
         out = Reprocessed()
         now = trio.current_time()

@@ -16,7 +16,7 @@ import sys
 import time
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
 
@@ -30,6 +30,7 @@ from ..protocol.ldlm import LockType
 from ..protocol.message import Message
 from ..protocol.rpc import Endpoint
 from . import fail_loc
+from .barrier import DEFAULT_FREEZE_TIMEOUT, ServerBarrier
 from .fail_loc import FailLoc
 from .ldlm_service import LDLM_OPCODES, LdlmService
 from .reply_log import ReplyLog, SavedReply
@@ -95,7 +96,7 @@ class TargetServer:
 
     def __init__(self, name: str, data_dir: str, *, host: str = "127.0.0.1", port: int = 0,
                  release: str = "2.0", commit_interval: float = 1.0,
-                 ldlm_timeout: float = 10.0) -> None:
+                 ldlm_timeout: float = 10.0, update_lock: bool = True) -> None:
         self.name = name
         self.storage = TargetStorage(data_dir)
         self.host = host
@@ -115,6 +116,13 @@ class TargetServer:
             raise ValueError("ldlm_timeout must be positive")
         self.ldlm_timeout = ldlm_timeout
         self.ldlm = LdlmService(self, self.lock_types, ldlm_timeout)
+        # Connect flags this server grants (a client gets the ones both sides have).
+        self.connect_flags = C.OBD_CONNECT_FID | C.OBD_CONNECT_IBITS | C.OBD_CONNECT_TRANSNO
+        if update_lock and self.lock_types:
+            self.connect_flags |= C.OBD_CONNECT_UPDATE_LOCK
+        self.barrier = ServerBarrier(self) if self.lock_types else None
+        self._active = 0  # requests being handled (a graceful stop lets them finish)
+        self._idle = trio.Event()
         self.reply_log = ReplyLog()
         self._running: dict[tuple[str, int], trio.Event] = {}  # updates being executed
         self._drop_replies: set[tuple[str, int]] = set()
@@ -172,7 +180,7 @@ class TargetServer:
                          self.release, self.nid, self.storage.instance)
                 task_status.started(self.nid)
                 await self._stopping.wait()
-                await self.shutdown()
+                await self.graceful_stop()
                 nursery.cancel_scope.cancel()
         finally:
             self.close_storage()
@@ -180,8 +188,24 @@ class TargetServer:
     async def started(self, nursery: trio.Nursery) -> None:
         """Hook run once listening (subclasses: register with the MGS, start tasks)."""
 
+    async def graceful_stop(self) -> None:
+        """Freeze the barrier (the clients that hold it flush, wait for the commit and
+        stop sending updates, so nothing is left for them to replay), let the requests
+        being handled finish, then commit and tear down (`shutdown`)."""
+        if self.barrier is not None and self.barrier.holders():
+            with trio.move_on_after(self.ldlm_timeout * 1.5) as scope:
+                await self.barrier.freeze()
+            if scope.cancelled_caught:
+                log.warning("%s: barrier not frozen within %gs; stopping anyway",
+                            self.name, self.ldlm_timeout * 1.5)
+        with trio.move_on_after(5.0):
+            while self._active:
+                self._idle = trio.Event()
+                await self._idle.wait()
+        await self.shutdown()
+
     async def shutdown(self) -> None:
-        """Graceful stop: commit everything (subclasses extend)."""
+        """Commit everything (subclasses extend)."""
         with trio.CancelScope(shield=True):
             await self.commit()
 
@@ -230,6 +254,15 @@ class TargetServer:
         self.stats[what] = self.stats.get(what, 0) + n
 
     async def _handle(self, endpoint: Endpoint, req: Message) -> Message | None:
+        self._active += 1
+        try:
+            return await self._handle_one(endpoint, req)
+        finally:
+            self._active -= 1
+            if not self._active:
+                self._idle.set()
+
+    async def _handle_one(self, endpoint: Endpoint, req: Message) -> Message | None:
         self.count(f"req.{C.OPCODE_NAMES.get(req.opc, req.opc)}")
         try:
             if req.opc in self.connect_opcodes:
@@ -247,6 +280,11 @@ class TargetServer:
                 self.ldlm.release(export.uuid)
                 await self.export_disconnected(export)
                 return req.reply(last_committed=self.last_committed)
+            if req.opc in C.UPDATE_OPCODES:
+                if req.flags & C.MSG_RESENT:
+                    self.count("resent_updates")
+                if self.barrier is not None:
+                    self.barrier.note_update(export, len(req.bulk or b""))
             fail = self.fail
             drop_reply = False
             if fail is not None and fail.matches(req.opc):
@@ -387,8 +425,27 @@ class TargetServer:
                 tree.add(ns + "resource_count", lambda: len(self.ldlm.namespace.resources()))
                 tree.add(ns + "ldlm_timeout", lambda: self.ldlm_timeout)
                 tree.add(ns + "locks", self.ldlm.dump)
+            if self.barrier is not None:
+                tree.add(base + "barrier_stat", self.barrier.stat_lines)
             self._params = tree
         return self._params
+
+    async def _barrier_admin(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
+        """lctl barrier_freeze / barrier_thaw / barrier_stat on this target."""
+        if self.barrier is None:
+            raise ServiceError(errno.EOPNOTSUPP, f"{self.name} has no barrier (no lock "
+                                                 "namespace)")
+        if op == "barrier_freeze":
+            timeout = body.get("timeout", DEFAULT_FREEZE_TIMEOUT)
+            if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
+                    or not 0 < timeout <= 86400:
+                raise ServiceError(errno.EINVAL, "barrier timeout must be a number of "
+                                                 "seconds in (0, 86400]")
+            report = await self.barrier.freeze(float(timeout))
+            return {"target": self.name, "frozen": asdict(report), **self.barrier.stat()}
+        if op == "barrier_thaw":
+            return {"target": self.name, "thawed": self.barrier.thaw(), **self.barrier.stat()}
+        return {"target": self.name, **self.barrier.stat()}
 
     def _set_fail_loc(self, text: str) -> None:
         try:
@@ -407,6 +464,9 @@ class TargetServer:
         return lines
 
     async def _admin(self, export: Export, req: Message) -> dict[str, Any]:
+        op = req.body.get("op") if isinstance(req.body, dict) else None
+        if op in ("barrier_freeze", "barrier_thaw", "barrier_stat"):
+            return await self._barrier_admin(op, req.body)
         try:
             return self.params().handle(req.body)
         except ParamError as e:
@@ -429,6 +489,7 @@ class TargetServer:
             await old.endpoint.aclose("replaced by a reconnect")
         self.exports[client_uuid] = export
         endpoint.context["export"] = export
+        export.flags &= self.connect_flags
         evicted = self.ldlm.connected(client_uuid)
         return {"target": self.name, "release": self.release, "instance": self.storage.instance,
                 "flags": export.flags, "handle": export.handle, "kind": self.kind,

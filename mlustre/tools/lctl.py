@@ -27,6 +27,7 @@ from .lfs import LfsError, _run_async, run_tool
 
 CONNECT_TIMEOUT = 3.0
 CALL_TIMEOUT = 5.0
+FREEZE_TIMEOUT = 120.0  # a freeze waits for every client to flush (or be evicted)
 
 
 class LctlError(LfsError):
@@ -121,7 +122,8 @@ def _opcodes(kind: str) -> tuple[int, int]:
             "ost": (C.OST_CONNECT, C.OST_DISCONNECT)}[kind]
 
 
-async def _ask(src: Source, body: dict[str, Any]) -> tuple[int, Any]:
+async def _ask(src: Source, body: dict[str, Any],
+               call_timeout: float = CALL_TIMEOUT) -> tuple[int, Any]:
     """(0, reply body) or (errno, message) of one OBD_ADMIN request."""
     import trio
 
@@ -133,13 +135,13 @@ async def _ask(src: Source, body: dict[str, Any]) -> tuple[int, Any]:
     try:
         async with trio.open_nursery() as nursery:
             try:
-                with trio.fail_after(CONNECT_TIMEOUT + CALL_TIMEOUT):
+                with trio.fail_after(CONNECT_TIMEOUT + call_timeout):
                     if src.kind == "client":
                         stream = await trio.open_unix_socket(src.address)
                         endpoint = Endpoint(stream, name=f"lctl->{src.name}")
                         await nursery.start(endpoint.serve)
                         try:
-                            reply = await endpoint.call(C.OBD_ADMIN, body, timeout=CALL_TIMEOUT)
+                            reply = await endpoint.call(C.OBD_ADMIN, body, timeout=call_timeout)
                         finally:
                             await endpoint.aclose()
                     else:
@@ -149,7 +151,7 @@ async def _ask(src: Source, body: dict[str, Any]) -> tuple[int, Any]:
                                                timeout=CONNECT_TIMEOUT)
                         try:
                             reply = await s.endpoint.call(C.OBD_ADMIN, body,
-                                                          timeout=CALL_TIMEOUT)
+                                                          timeout=call_timeout)
                             with trio.move_on_after(1):
                                 await s.endpoint.call(disc, {}, timeout=1)
                         finally:
@@ -167,14 +169,15 @@ async def _ask(src: Source, body: dict[str, Any]) -> tuple[int, Any]:
     return 0, reply.body
 
 
-def ask_all(srcs: list[Source], body: dict[str, Any]) -> list[tuple[Source, int, Any]]:
+def ask_all(srcs: list[Source], body: dict[str, Any],
+            call_timeout: float = CALL_TIMEOUT) -> list[tuple[Source, int, Any]]:
     import trio
 
     results: dict[int, tuple[int, Any]] = {}
 
     async def run() -> None:
         async def one(i: int, src: Source) -> None:
-            results[i] = await _ask(src, body)
+            results[i] = await _ask(src, body, call_timeout)
 
         async with trio.open_nursery() as nursery:
             for i, src in enumerate(srcs):
@@ -297,6 +300,62 @@ def cmd_dl(args: argparse.Namespace) -> int:
     return 0
 
 
+def barrier_targets(name: str, scope: str | None) -> list[Source]:
+    """The targets a barrier command acts on: `name` is a filesystem (its MDTs, as
+    Lustre's write barrier) or one target (full name, or e.g. OST0000 with -m)."""
+    targets = [s for s in sources(scope) if s.kind in ("mdt", "ost")]
+    exact = [s for s in targets if s.name == name or s.name.endswith(f"-{name.upper()}")]
+    if exact:
+        return exact
+    mdts = [s for s in targets if s.kind == "mdt" and s.name.rsplit("-", 1)[0] == name]
+    if not mdts:
+        raise LctlError(f"{name}: no such filesystem or target running here")
+    return mdts
+
+
+def _barrier(args: argparse.Namespace, body: dict[str, Any]) -> int:
+    srcs = barrier_targets(args.name, args.mount)
+    status = 0
+    results = []
+    for src, err, result in ask_all(srcs, body, FREEZE_TIMEOUT):
+        if err:
+            print(f"mlustre lctl: {args.lctl_command}: {result}", file=sys.stderr)
+            status = 1
+            continue
+        results.append(result)
+        if getattr(args, "json", False):
+            continue
+        what = {"barrier_freeze": "frozen", "barrier_thaw": "thawed"}.get(args.lctl_command)
+        if what == "frozen":
+            f = result["frozen"]
+            print(f"{src.name}: frozen in {f['freeze_s']:.3f}s ({f['clients']} clients "
+                  f"flushed {f['flushed_bytes']} bytes in {f['flushed_updates']} updates, "
+                  f"{f['evicted']} evicted); expires in {result.get('time_to_expire', 0)}s")
+        elif what == "thawed":
+            print(f"{src.name}: {'thawed' if result['thawed'] else 'was not frozen'}")
+        else:
+            print(f"The barrier for {src.name} is in '{result['state']}'")
+            if "time_to_expire" in result:
+                print(f"The barrier will be expired after {result['time_to_expire']} seconds")
+    if getattr(args, "json", False):
+        print(json.dumps(results))
+    return status
+
+
+def cmd_barrier_freeze(args: argparse.Namespace) -> int:
+    if not 0 < args.timeout <= 86400:
+        raise LctlError("barrier_freeze: the timeout must be in (0, 86400] seconds")
+    return _barrier(args, {"op": "barrier_freeze", "timeout": args.timeout})
+
+
+def cmd_barrier_thaw(args: argparse.Namespace) -> int:
+    return _barrier(args, {"op": "barrier_thaw"})
+
+
+def cmd_barrier_stat(args: argparse.Namespace) -> int:
+    return _barrier(args, {"op": "barrier_stat"})
+
+
 # ---------------------------------------------------------------- arguments
 
 class _Parser(argparse.ArgumentParser):
@@ -325,6 +384,21 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("-F", action="store_true", help="mark settable parameters with '='")
     lp.add_argument("patterns", nargs="+", metavar="PATTERN")
     lp.set_defaults(fn=cmd_list_param)
+    bf = sub.add_parser("barrier_freeze", help="freeze a filesystem's MDTs or one target: "
+                        "clients flush and stop sending updates until thawed")
+    bf.add_argument("name", help="FSNAME (its MDTs) or a target, e.g. FSNAME-OST0000")
+    bf.add_argument("timeout", nargs="?", type=float, default=30.0,
+                    help="seconds until the barrier thaws by itself (default 30)")
+    bf.add_argument("--json", action="store_true")
+    bf.set_defaults(fn=cmd_barrier_freeze)
+    bt = sub.add_parser("barrier_thaw", help="thaw a frozen barrier")
+    bt.add_argument("name", help="FSNAME or a target")
+    bt.add_argument("--json", action="store_true")
+    bt.set_defaults(fn=cmd_barrier_thaw)
+    bs = sub.add_parser("barrier_stat", help="state of the barrier")
+    bs.add_argument("name", help="FSNAME or a target")
+    bs.add_argument("--json", action="store_true")
+    bs.set_defaults(fn=cmd_barrier_stat)
     return p
 
 
