@@ -124,7 +124,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise CliError("--recovery-window must be between 0 and 3600 seconds")
     base = ["--fsname", args.fsname, "--release", args.release,
             "--commit-interval", str(args.commit_interval),
-            "--ldlm-timeout", str(args.ldlm_timeout)]
+            "--ldlm-timeout", str(args.ldlm_timeout),
+            *(["--no-update-lock"] if args.no_update_lock else [])]
     try:
         stripes = [f"--{k.replace('_', '-')}={v}" for k, v in
                    (("stripe_count", args.stripe_count), ("stripe_size", args.stripe_size))
@@ -183,6 +184,8 @@ def _mount(spec: str, mnt: str, cluster_data: Path | None, args: argparse.Namesp
     log = logdir / f"client-{os.path.basename(mnt) or 'root'}-{os.getpid()}.log"
     cmd = ["client", spec, mnt, "--max-dirty-mb", str(args.max_dirty_mb),
            "--max-cached-mb", str(args.max_cached_mb), "--release", args.release]
+    if getattr(args, "client_no_update_lock", False):
+        cmd += ["--client-no-update-lock"]
     if cluster_data:
         cmd += ["--cluster-data", str(cluster_data)]
     proc = spawn(cmd, log)
@@ -202,6 +205,8 @@ def cmd_client(args: argparse.Namespace) -> int:
             "--max-dirty-mb", str(args.max_dirty_mb), "--max-cached-mb", str(args.max_cached_mb)]
     if args.cluster_data:
         argv += ["--cluster-data", args.cluster_data]
+    if args.client_no_update_lock:
+        argv += ["--no-update-lock"]
     return mount_main.main(argv)
 
 
@@ -311,6 +316,26 @@ def free_nid(host: str) -> str:
         return f"{host}:{sock.getsockname()[1]}"
 
 
+def _freeze(server: dict[str, Any]) -> dict[str, Any] | None:
+    """A controlled stop begins with the target's barrier: its clients flush, wait for
+    the commit and hold their updates, so the restart leaves nothing to replay. The
+    freeze's report, or None (an MGS; a server that does not answer: its own stop
+    freezes as well as it can)."""
+    if server["kind"] not in ("mdt", "ost") or not registry.pid_alive(server["pid"]):
+        return None
+    from .tools import lctl
+
+    src = lctl.Source(server["kind"], server["name"], server["nid"], {})
+    [(_, err, result)] = lctl.ask_all([src], {"op": "barrier_freeze", "timeout": 60.0},
+                                      lctl.FREEZE_TIMEOUT)
+    if err:
+        print(f"warning: {server['name']}: barrier not frozen ({result}); stopping anyway",
+              file=sys.stderr)
+        return None
+    frozen: dict[str, Any] = result["frozen"]
+    return frozen
+
+
 def _option(args: list[str], option: str) -> str | None:
     """The value of the last `option VALUE` pair in args."""
     value = None
@@ -364,6 +389,7 @@ def cmd_failover(args: argparse.Namespace) -> int:
                        f"restart it (`mlustre down`, `mlustre up`) to use failover")
     release = getattr(args, "release", None)
     was = _option(cmd, "--release") or "2.0"
+    barrier: dict[str, Any] | None = None
     if release is not None:
         cmd = _without(cmd, "--release") + ["--release", release]
     here = server["nid"]
@@ -382,10 +408,15 @@ def cmd_failover(args: argparse.Namespace) -> int:
             time.sleep(0.02)
         how = "killed (SIGKILL)"
     else:
+        barrier = _freeze(server)
         if not stop_pid(server["pid"], timeout=30):
             print(f"warning: {server['name']} did not stop within 30 s and was killed",
                   file=sys.stderr)
         how = "stopped"
+        if barrier is not None:
+            evicted = f", {barrier['evicted']} evicted" if barrier["evicted"] else ""
+            how = (f"frozen in {barrier['freeze_s']:.2f}s ({barrier['clients']} clients, "
+                   f"{barrier['flushed_bytes']} bytes flushed{evicted}), " + how)
     if args.partner:
         how += ", its partner took over,"
     if release is not None and release != was:
@@ -402,7 +433,8 @@ def cmd_failover(args: argparse.Namespace) -> int:
         print(json.dumps({"target": server["name"], "kind": "crash" if args.crash else
                           "controlled", "partner": bool(args.partner), "from": was,
                           "to": release or was, "stop_s": round(stopped - started, 4),
-                          "total_s": round(total, 4), "nid": nid, "pid": pid}))
+                          "total_s": round(total, 4), "nid": nid, "pid": pid,
+                          "barrier": barrier}))
         return 0
     print(f"{server['name']}: {how} in {stopped - started:.2f}s, serving again on {nid} "
           f"(pid {pid}) {total:.2f}s after the start")
@@ -417,6 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--max-dirty-mb", type=int, default=256, help="dirty data limit")
         sp.add_argument("--max-cached-mb", type=int, default=512, help="data cache limit")
         sp.add_argument("--release", default="2.0", choices=["1.8", "2.0"])
+        sp.add_argument("--client-no-update-lock", action="store_true",
+                        help="the client does not use the SIR barrier lock: it recovers "
+                             "from every restart by resend and replay")
 
     def stripe_opts(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--stripe-count", type=int, default=None,
@@ -442,6 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--ldlm-timeout", type=float, default=10.0,
                     help="lock callback timeout of every server, seconds: a client that "
                          "does not give back a lock in time is evicted")
+    up.add_argument("--no-update-lock", action="store_true",
+                    help="servers do not offer the SIR barrier lock (recovery by replay)")
     stripe_opts(up)
     client_opts(up)
     up.set_defaults(fn=cmd_up)

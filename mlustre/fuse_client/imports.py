@@ -211,7 +211,7 @@ class Import:
         """Send a request, waiting through disconnections; RpcError on a failed status.
         An update first passes the target's writer gate (`flush`: it is write-back of
         data already written, which goes on while the gate drains)."""
-        gate = self.gate if opc in C.UPDATE_OPCODES else None
+        gate = self.gate if C.is_update(opc, body) else None
         if gate is None:
             return await self._call(opc, body, timeout, bulk)
         await gate.enter(flush=flush)

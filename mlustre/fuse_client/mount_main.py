@@ -36,13 +36,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--cluster-data", default=None)
     p.add_argument("--debug", action="store_true")
     p.add_argument("--mount-timeout", type=float, default=20.0)
+    p.add_argument("--no-update-lock", action="store_true",
+                   help="do not use the SIR barrier lock (recover by resend and replay)")
     return p.parse_args(argv)
 
 
 async def run(args: argparse.Namespace) -> None:
     # Resolve now: once mounted, touching the mount point from this process would deadlock.
     args.mountpoint = os.path.realpath(args.mountpoint)
-    node = ClientNode(args.spec, release=args.release, mount_timeout=args.mount_timeout)
+    node = ClientNode(args.spec, release=args.release, mount_timeout=args.mount_timeout,
+                      update_lock=not args.no_update_lock)
     async with trio.open_nursery() as nursery:
         await node.connect(nursery)
         ops = Llite(node, max_dirty_mb=args.max_dirty_mb, max_cached_mb=args.max_cached_mb)

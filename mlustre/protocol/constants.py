@@ -98,6 +98,16 @@ OBD_CONNECT_UPDATE_LOCK = 0x8000000000000  # the SIR barrier lock (never landed 
 UPDATE_OPCODES = frozenset({OST_SETATTR, OST_WRITE, OST_CREATE, OST_DESTROY, OST_PUNCH,
                             MDS_REINT, MDS_CLOSE})
 
+
+def is_update(opc: int, body: object) -> bool:
+    """Does this request change the target (see UPDATE_OPCODES)? An open of an existing
+    file changes nothing but open state, which recovery replays anyway (unless it
+    truncates): it goes through a frozen barrier, as reads do."""
+    if opc == MDS_REINT and isinstance(body, dict) and body.get("op") == REINT_OPEN:
+        flags = body.get("flags", 0)
+        return isinstance(flags, int) and bool(flags & 0o1000)  # O_TRUNC
+    return opc in UPDATE_OPCODES
+
 # FID sequences
 FID_SEQ_START = 0x200000000
 FID_SEQ_ROOT = 0x200000007

@@ -280,7 +280,7 @@ class TargetServer:
                 self.ldlm.release(export.uuid)
                 await self.export_disconnected(export)
                 return req.reply(last_committed=self.last_committed)
-            if req.opc in C.UPDATE_OPCODES:
+            if C.is_update(req.opc, req.body):
                 if req.flags & C.MSG_RESENT:
                     self.count("resent_updates")
                 if self.barrier is not None:
