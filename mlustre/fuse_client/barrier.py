@@ -80,6 +80,7 @@ class Barrier:
             "waiters": 0,
         }
         self._closed_at: float | None = None
+        self._scope: trio.CancelScope | None = None
         locks.bast_hooks[self.res] = self._bast
         imp.on_connected.append(self._connected)
         imp.gate = self
@@ -139,7 +140,16 @@ class Barrier:
 
     # -- the task --
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
+        """Keep the CR lock while the target offers it; until close()."""
+        with trio.CancelScope() as self._scope:
+            task_status.started()
+            await self._loop()
+
+    def close(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def _loop(self) -> None:
         while True:
             if self.state is GateState.OFF:
                 await self._sleep()

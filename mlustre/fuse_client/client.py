@@ -122,3 +122,5 @@ class ClientNode:
             await imp.close(opc)
         for locks in self.locks.values():
             locks.close()
+        for barrier in self.barriers.values():
+            barrier.close()
