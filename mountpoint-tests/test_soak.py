@@ -22,8 +22,8 @@ def test_short_failover_soak(tmp_path):
     report = tmp_path / "soak.json"
     before = {m for m, _ in mounts()}
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / "failover_soak.py"), "--duration", "40",
-         "--interval", "4", "--workloads", "shell,probe", "--source-files", "200",
+        [sys.executable, str(ROOT / "scripts" / "failover_soak.py"), "--duration", "48",
+         "--interval", "3", "--workloads", "shell,probe", "--source-files", "200",
          "--json", str(report), "--base", str(tmp_path)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -44,12 +44,17 @@ def test_short_failover_soak(tmp_path):
     result = json.loads(report.read_text())
     summary = result["summary"]
     assert summary["application_errors"] == 0 and summary["failed_failovers"] == 0
-    # 40 s at one failover every 4 s, going round 4 targets x {restart, crash}.
-    assert summary["failovers"] >= 8, summary
-    assert summary["failovers_by_kind"]["restart"] >= 4
-    assert summary["failovers_by_kind"]["crash"] >= 4
+    # 48 s at one failover every 3 s, going round 4 targets x {restart, crash, partner
+    # (not the MGS), upgrade}: 15 failovers, each kind of each target once.
+    assert summary["failovers"] >= 15, summary
+    by_kind = summary["failovers_by_kind"]
+    assert by_kind["restart"] >= 4 and by_kind["crash"] >= 4, by_kind
+    assert by_kind["partner"] >= 3 and by_kind["upgrade"] >= 4, by_kind
     kinds = {(f["target"], f["kind"]) for f in result["failovers"]}
-    assert {("MDT0000", "crash"), ("OST0000", "crash")} <= kinds, kinds
+    assert {("MDT0000", "crash"), ("OST0000", "crash"), ("MDT0000", "upgrade"),
+            ("OST0001", "upgrade")} <= kinds, kinds
+    upgraded = [f for f in result["failovers"] if f["kind"] == "upgrade"]
+    assert all("to 1.8" in f["message"] for f in upgraded), upgraded
     assert summary["data_verified"] is True
     assert result["workloads"]["shell"]["rounds"] >= 2
     assert result["workloads"]["probe"]["ops"] > 0

@@ -16,8 +16,10 @@ directory on the mount and its own process:
            directory; its exit status and output are kept
 
 Meanwhile a failover loop restarts one target every --interval seconds, going round
-the targets (MDT, OSTs, MGS) and the kinds (graceful restart, kill -9, move to the
-failover partner: every MDT and OST is a pair on 127.0.0.2/127.0.0.3). At the end the
+the targets (MDT, OSTs, MGS) and the kinds (controlled restart through the SIR
+barrier, kill -9, move to the failover partner: every MDT and OST is a pair on
+127.0.0.2/127.0.0.3; upgrade: a controlled restart on the other release, 1.8 <-> 2.0,
+so the targets go back and forth between releases). At the end the
 shell workload's last tree is verified once more after a full restart of the cluster.
 The report is a table and a JSON file; the exit status is 1 on any application error,
 failed failover or mismatch.
@@ -44,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MLUSTRE = [str(ROOT / ".venv" / "bin" / "mlustre")]
 ALL_WORKLOADS = ("shell", "probe", "fio", "dbench", "posix")
 POSIX_TESTS = ("mountpoint-tests/test_shell.py", "mountpoint-tests/test_differential.py")
-KINDS = ("restart", "crash", "partner")
+KINDS = ("restart", "crash", "partner", "upgrade")
 
 
 def log(msg: str) -> None:
@@ -301,15 +303,21 @@ def soak(args: argparse.Namespace) -> int:
         schedule = itertools.cycle([(t, k) for k in kinds for t in targets
                                     if not (k == "partner" and t == "MGS")])
         next_at = started + args.interval
+        release = dict.fromkeys(targets, "2.0")
         while time.monotonic() < started + args.duration:
             time.sleep(max(0.0, min(next_at, started + args.duration) - time.monotonic()))
             if time.monotonic() >= started + args.duration:
                 break
             target, kind = next(schedule)
             t0 = time.monotonic()
-            fo = run([*MLUSTRE, "failover", str(mnt), target,
-                      *({"crash": ["--crash"], "partner": ["--partner"]}.get(kind, []))],
-                     timeout=120)
+            if kind == "upgrade":  # to the other release, and back the next time round
+                release[target] = "2.0" if release[target] == "1.8" else "1.8"
+                fo = run([*MLUSTRE, "upgrade", str(mnt), target, "--release",
+                          release[target]], timeout=120)
+            else:
+                fo = run([*MLUSTRE, "failover", str(mnt), target,
+                          *({"crash": ["--crash"], "partner": ["--partner"]}.get(kind, []))],
+                         timeout=120)
             entry = {"at_s": round(t0 - started, 2), "target": target, "kind": kind,
                      "ok": fo.returncode == 0, "seconds": round(time.monotonic() - t0, 3),
                      "message": (fo.stdout or fo.stderr).strip()}
@@ -405,9 +413,11 @@ def main() -> int:
                    help=f"comma-separated, of: {', '.join(ALL_WORKLOADS)}")
     p.add_argument("--cmd", help="also run this shell command once, in a fresh directory on "
                                  "the mount (e.g. a POSIX test suite)")
-    p.add_argument("--kinds", default="restart,crash,partner",
-                   help="failover kinds to go round: restart (graceful), crash (kill -9), "
-                        "partner (the other server of the target's failover pair)")
+    p.add_argument("--kinds", default="restart,crash,partner,upgrade",
+                   help="failover kinds to go round: restart (controlled, through the "
+                        "barrier), crash (kill -9), partner (the other server of the "
+                        "target's failover pair), upgrade (controlled, onto the other "
+                        "release: 2.0 -> 1.8 -> 2.0 ...)")
     p.add_argument("--osts", type=int, default=2)
     p.add_argument("--source", default="/usr/include", help="tree for the shell workload")
     p.add_argument("--source-files", type=int, default=400)

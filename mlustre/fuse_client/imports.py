@@ -28,6 +28,10 @@ from ..protocol.rpc import Endpoint, Handler, connect_stream
 log = logging.getLogger(__name__)
 
 
+# Encodes a neutral request body for a release (protocol/dialect.py), at send time.
+BodyEncoder = Callable[[str, dict[str, Any]], dict[str, Any]]
+
+
 class ImportState(Enum):
     NEW = "NEW"
     CONNECTING = "CONNECTING"
@@ -207,21 +211,23 @@ class Import:
     async def call(self, opc: int, body: dict[str, Any] | None = None, *,
                    timeout: float | None = None,
                    bulk: bytes | bytearray | memoryview | None = None,
-                   flush: bool = False) -> Message:
+                   flush: bool = False, encode: BodyEncoder | None = None) -> Message:
         """Send a request, waiting through disconnections; RpcError on a failed status.
         An update first passes the target's writer gate (`flush`: it is write-back of
-        data already written, which goes on while the gate drains)."""
+        data already written, which goes on while the gate drains). `encode` turns the
+        neutral body into the form of the release the server speaks, at each send."""
         gate = self.gate if C.is_update(opc, body) else None
         if gate is None:
-            return await self._call(opc, body, timeout, bulk)
+            return await self._call(opc, body, timeout, bulk, encode)
         await gate.enter(flush=flush)
         try:
-            return await self._call(opc, body, timeout, bulk)
+            return await self._call(opc, body, timeout, bulk, encode)
         finally:
             gate.leave()
 
     async def _call(self, opc: int, body: dict[str, Any] | None, timeout: float | None,
-                    bulk: bytes | bytearray | memoryview | None) -> Message:
+                    bulk: bytes | bytearray | memoryview | None,
+                    encode: BodyEncoder | None = None) -> Message:
         flags = 0
         xid: int | None = None
         evictions = self.evictions
@@ -239,8 +245,9 @@ class Import:
             if xid is None:
                 xid = self._next_xid  # per import, so a resend keeps it across connections
                 self._next_xid += 1
+            wire = encode(endpoint.codec.release, body) if encode and body is not None else body
             try:
-                reply = await endpoint.call(opc, body, timeout=timeout or self.request_timeout,
+                reply = await endpoint.call(opc, wire, timeout=timeout or self.request_timeout,
                                             flags=flags, conn_cnt=self.conn_cnt, xid=xid,
                                             bulk=bulk)
             except (ConnectionLost, RpcTimeout) as e:

@@ -148,6 +148,7 @@ class Llite(LockedCaches, pyfuse3.Operations):
         assert node.mdc is not None
         self.node = node
         self.mdc = node.mdc
+        self.mdc.identity = self._identity
         self.cache = PageCache(max_dirty_mb << 20, max_cached_mb << 20)
         self.inodes: dict[int, Inode] = {}
         self.handles = OpenHandles()
@@ -219,6 +220,15 @@ class Llite(LockedCaches, pyfuse3.Operations):
         log.info("MDT restarted: %d open files re-opened, %d lost", reopened, lost)
 
     # -- helpers --
+    def _identity(self, ino: int) -> tuple[int | None, list[int] | None]:
+        """The generation and FID the MDT reported for inode ino (to name it in the
+        release the MDT speaks now: 1.8 by [ino, gen], 2.0 by FID)."""
+        node = self.inodes.get(ino)
+        if node is None:
+            return None, None
+        gen, fid = node.attr.get("gen"), node.attr.get("fid")
+        return (gen if type(gen) is int else None), (fid if isinstance(fid, list) else None)
+
     def _cred(self, ctx: pyfuse3.RequestContext) -> list[Any]:
         return [ctx.uid, ctx.gid, self.groups.of(ctx.pid)]
 

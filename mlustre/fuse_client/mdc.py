@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..protocol import constants as C
+from ..protocol import dialect
 from .imports import Import
 
 Cred = list[Any]  # [uid, gid, [groups]]
@@ -22,10 +23,16 @@ Cred = list[Any]  # [uid, gid, [groups]]
 class Mdc:
     def __init__(self, imp: Import) -> None:
         self.imp = imp
+        # What the client knows of an inode (generation, FID), to name it in the
+        # release of the MDT at send time; set by the mount (its inode table).
+        self.identity: dialect.Identity = lambda ino: (None, None)
+
+    def _encode(self, release: str, body: dict[str, Any]) -> dict[str, Any]:
+        return dialect.encode_request(release, body, self.identity)
 
     async def _call(self, opc: int, body: dict[str, Any], *,
                     flush: bool = False) -> dict[str, Any]:
-        return (await self.imp.call(opc, body, flush=flush)).body
+        return (await self.imp.call(opc, body, flush=flush, encode=self._encode)).body
 
     async def _reint(self, op: int, cred: Cred, *, intent: dict[str, Any] | None = None,
                      cancels: list[int] | None = None, **fields: Any) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 import trio
 
 from ..protocol import constants as C
+from ..protocol import dialect
 from ..protocol.errors import ConnectionLost
 from ..protocol.ldlm import IBITS_FULL, IBits, LockType, ResId
 from ..protocol.message import Message
@@ -54,7 +55,13 @@ def _name(body: dict[str, Any], field: str = "name") -> bytes:
 
 
 def _ino(body: dict[str, Any], field: str = "ino") -> int:
-    ino = body_field(body, field, int)
+    """The inode a body field names: a neutral number, 1.8's [ino, gen] or a FID."""
+    if field not in body:
+        raise ServiceError(errno.EINVAL, f"request lacks field {field!r}")
+    try:
+        ino = dialect.parse_id(body[field])
+    except dialect.DialectError as e:
+        raise ServiceError(errno.EINVAL, f"field {field!r}: {e}") from None
     if not 0 < ino < (1 << 63):
         raise ServiceError(errno.EINVAL, "inode number out of range")
     return ino
@@ -139,10 +146,30 @@ class MdtServer(TargetServer):
                      self.ost_count)
         self.storage.write_atomic("mdt.json", f'{{"ost_count": {self.ost_count}}}'.encode())
         self.store = MdtStore(str(self.storage.path / "mdt.sqlite"), ost_count=self.ost_count,
-                              default_stripe_count=int(cfg.get("stripe_count", 1)))
+                              default_stripe_count=int(cfg.get("stripe_count", 1)),
+                              release=self.release)
         for uuid, xid, saved in self.store.saved_replies():
             self.reply_log.record(uuid, xid, saved)
         self.store.commit()
+
+    # -- the release's dialect (protocol/dialect.py) --
+    def check_request(self, req: Message) -> None:
+        try:
+            dialect.check_request(self.release, req.body)
+        except dialect.DialectError as e:
+            raise ServiceError(errno.EPROTO, str(e)) from None
+
+    def _in_dialect(self, reply: Message) -> Message:
+        """A 2.0 server names every inode it reports by FID too (1.8: ino and gen)."""
+        if self.release != "1.8" and self.store is not None and reply.body:
+            dialect.add_fids(reply.body, self.store.created_under_18)
+        return reply
+
+    def make_reply(self, req: Message, result: Any) -> Message:
+        return self._in_dialect(super().make_reply(req, result))
+
+    def _reconstructed(self, req: Message, saved: SavedReply) -> Message:
+        return self._in_dialect(super()._reconstructed(req, saved))
 
     def close_storage(self) -> None:
         if self.store is not None:

@@ -20,6 +20,7 @@ appends its OST objects to a destroy log that a server task drains.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import json
 import logging
@@ -257,6 +258,7 @@ class MdtStore:
         ost_count: int,
         default_stripe_count: int = 1,
         default_stripe_size: int = 1 << 20,
+        release: str = "2.0",
     ) -> None:
         if ost_count < 1:
             raise ValueError("ost_count must be >= 1")
@@ -306,6 +308,18 @@ class MdtStore:
         # inodes is the boot count, so a reused inode number is a different (ino, gen).
         for key in [k for k in self._meta if k.startswith("obj_next:")]:
             self._meta[key] += OBJECT_ID_GAP
+        # Which release created which inodes (by ranges of inode numbers), for their FIDs:
+        # IGIF for those created under 1.8. A new range starts where the release changes.
+        code = 18 if release == "1.8" else 20
+        ranges = {int(k.split(":", 1)[1]): v for k, v in self._meta.items()
+                  if k.startswith("release_from:")}
+        if not ranges or ranges[max(ranges)] != code:
+            start = 1 if not ranges else \
+                (db.execute("SELECT max(ino) FROM inodes").fetchone()[0] or 0) + 1
+            self._meta[f"release_from:{start}"] = code
+            ranges[start] = code
+        self._release_starts = sorted(ranges)
+        self._release_codes = [ranges[k] for k in self._release_starts]
         db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", self._meta.items())
         db.execute("COMMIT")
         self._last_transno: int = self._meta.get("last_transno", 0)
@@ -424,6 +438,11 @@ class MdtStore:
             return result
         self._last_transno += 1
         return self._last_transno, result
+
+    def created_under_18(self, ino: int) -> bool:
+        """Was inode `ino` created by a 1.8 server (so that its FID is IGIF)?"""
+        i = bisect.bisect_right(self._release_starts, ino) - 1
+        return i >= 0 and self._release_codes[i] == 18
 
     def _meta_get(self, key: str, default: int = 0) -> int:
         if key in self._dirty:

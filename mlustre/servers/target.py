@@ -250,6 +250,10 @@ class TargetServer:
         await self.export_disconnected(export)
         await export.endpoint.aclose(f"evicted: {reason}")
 
+    def check_request(self, req: Message) -> None:
+        """Hook: refuse (ServiceError) a request body this server's release does not
+        speak (the MDT: how objects are named)."""
+
     def count(self, what: str, n: int = 1) -> None:
         self.stats[what] = self.stats.get(what, 0) + n
 
@@ -316,6 +320,7 @@ class TargetServer:
                     self._drop_replies.add(key)
             elif drop_reply:
                 self._drop_replies.add((export.uuid, req.xid))
+            self.check_request(req)
             handler = self.handlers.get(req.opc)
             if handler is None and req.opc == C.OBD_ADMIN:
                 handler = self._admin

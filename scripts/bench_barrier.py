@@ -1,0 +1,226 @@
+#!/usr/bin/env python3
+"""bench_barrier.py - what the SIR barrier costs, on a local cluster.
+
+1. Scale: N library-mode clients (an import, a lock client and a writer gate each,
+   no mount) hold the barrier's CR lock on the MDT (or an OST); `barrier_freeze`
+   calls every one back and waits until each has drained, committed and given the
+   lock back. Reported: the freeze time per N (default 200 and 1000), and the thaw
+   until every client's gate is open again.
+2. Stall: a mount with 64 MiB dirty in its cache and a writer appending 4 KiB
+   records; one controlled failover of the OST holding the data. Reported: the
+   barrier's freeze time and flushed bytes, the whole failover time (freeze, stop,
+   start), and the writer's longest pause, against the writer's median gap.
+
+Peak RSS of this process (the clients), and of each server, is reported as well.
+Run by `scripts/bench` after the I/O benchmarks, or alone:
+    .venv/bin/python scripts/bench_barrier.py [--clients 200,1000] [--dirty-mb 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import trio  # noqa: E402
+
+from mlustre.fuse_client.barrier import Barrier, GateState  # noqa: E402
+from mlustre.fuse_client.imports import Import  # noqa: E402
+from mlustre.fuse_client.ldlm import LockClient  # noqa: E402
+from mlustre.protocol import constants as C  # noqa: E402
+from mlustre.protocol.nid import Nid  # noqa: E402
+
+MLUSTRE = [str(ROOT / ".venv" / "bin" / "mlustre")]
+
+
+def log(msg: str) -> None:
+    print(f"[barrier-bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def sh(*args: str, timeout: float = 180) -> str:
+    res = subprocess.run([*MLUSTRE, *args], capture_output=True, text=True, timeout=timeout)
+    if res.returncode:
+        raise RuntimeError(f"mlustre {' '.join(args)}: {res.stderr.strip() or res.stdout}")
+    return res.stdout
+
+
+def rss_mib(pid: int) -> float:
+    """Peak resident set (VmHWM) of a process, MiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+# ---- 1. the barrier across N library clients ----------------------------------------
+
+async def scale_run(target: str, kind: str, nid: Nid, n: int, mnt: str) -> dict[str, Any]:
+    opc = C.MDS_CONNECT if kind == "mdt" else C.OST_CONNECT
+    barriers: list[Barrier] = []
+    async with trio.open_nursery() as nursery:
+        t0 = time.monotonic()
+
+        async def one(i: int) -> None:
+            lc = LockClient(target)
+            imp = Import(target, [nid], connect_opc=opc, client_uuid=f"bench-{n}-{i}",
+                         handler=lc.handle_request, flags=C.OBD_CONNECT_UPDATE_LOCK,
+                         connect_timeout=30, request_timeout=60)
+            lc.attach(imp)
+            b = Barrier(target, kind, imp, lc)
+            await nursery.start(lc.run)
+            await nursery.start(b.run)
+            await imp.connect(nursery, first_timeout=60)
+            barriers.append(b)
+
+        async with trio.open_nursery() as starting:
+            for i in range(n):
+                starting.start_soon(one, i)
+        while not all(b.state is GateState.OPEN for b in barriers):
+            await trio.sleep(0.05)
+        connected = time.monotonic() - t0
+        freeze = await trio.to_thread.run_sync(
+            lambda: json.loads(sh("lctl", "-m", mnt, "barrier_freeze", target, "60",
+                                  "--json"))[0]["frozen"])
+        t1 = time.monotonic()
+        await trio.to_thread.run_sync(lambda: sh("lctl", "-m", mnt, "barrier_thaw", target))
+        while not all(b.state is GateState.OPEN for b in barriers):
+            await trio.sleep(0.005)
+        reopened = time.monotonic() - t1
+        for b in barriers:
+            await b.imp.close(C.MDS_DISCONNECT if kind == "mdt" else C.OST_DISCONNECT)
+            b.locks.close()
+            b.close()
+    return {"clients": n, "mount_clients": freeze["clients"] - n, "connect_s": round(connected, 3),
+            "freeze_s": round(freeze["freeze_s"], 4), "evicted": freeze["evicted"],
+            "thaw_to_all_open_s": round(reopened, 4)}
+
+
+# ---- 2. the writer stall of one controlled failover with dirty data -------------------
+
+def stall_run(mnt: Path, dirty_mb: int) -> dict[str, Any]:
+    stop = threading.Event()
+    stamps: list[float] = []
+    errors: list[str] = []
+
+    def writer() -> None:
+        try:
+            with open(mnt / "records", "wb", buffering=0) as f:
+                rec = b"r" * 4096
+                while not stop.is_set():
+                    f.write(rec)
+                    stamps.append(time.monotonic())
+                    time.sleep(0.001)
+        except OSError as e:
+            errors.append(str(e))
+
+    d = mnt / "stall"
+    d.mkdir()
+    sh("lfs", "setstripe", "-c", "1", "-i", "0", str(d))  # the dirty data goes to OST0000
+    big = d / "dirty.bin"
+    w = threading.Thread(target=writer, daemon=True)
+    w.start()
+    time.sleep(1.0)
+    block = os.urandom(1 << 20)
+    t_dirty = time.monotonic()
+    with open(big, "wb") as f:
+        for _ in range(dirty_mb):
+            f.write(block)
+    dirtied = time.monotonic() - t_dirty
+    t0 = time.monotonic()
+    out = json.loads(sh("failover", str(mnt), "OST0000", "--json"))
+    t1 = time.monotonic()
+    time.sleep(1.0)
+    stop.set()
+    w.join(10)
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    around = [b - a for a, b in zip(stamps, stamps[1:], strict=False) if b >= t0 - 0.5]
+    return {"dirty_mb": dirty_mb, "dirtied_s": round(dirtied, 3),
+            "failover_s": round(t1 - t0, 3), "barrier": out.get("barrier"),
+            "writer_longest_stall_s": round(max(around, default=0.0), 3),
+            "writer_median_gap_ms": round(statistics.median(gaps) * 1000, 3) if gaps else None,
+            "writer_records": len(stamps), "writer_errors": errors}
+
+
+# ---- main -----------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clients", default="200,1000",
+                    help="numbers of library clients for the scale runs (comma-separated)")
+    ap.add_argument("--target", default="MDT0000", help="target frozen in the scale runs")
+    ap.add_argument("--dirty-mb", type=int, default=64, help="dirty data at the failover")
+    ap.add_argument("--json", dest="json_path", help="write the results there as well")
+    args = ap.parse_args(argv)
+    try:
+        counts = [int(x) for x in args.clients.split(",") if x]
+    except ValueError:
+        ap.error("--clients takes integers, e.g. 200,1000")
+    if any(n <= 0 or n > 5000 for n in counts) or args.dirty_mb <= 0:
+        ap.error("--clients between 1 and 5000 each, --dirty-mb positive")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    need = max(counts, default=0) + 64
+    if hard < need:
+        ap.error(f"{max(counts)} clients need {need} open files; the limit is {hard}")
+    work = Path(tempfile.mkdtemp(prefix="mlustre-barrier-bench-"))
+    os.chmod(work, 0o755)
+    mnt = work / "mnt"
+    mnt.mkdir()
+    results: dict[str, Any] = {"scale": [], "stall": None}
+    try:
+        sh("up", str(mnt), "--data", str(work / "data"), "--fsname", "bbench",
+           "--osts", "2", timeout=120)
+        status = json.loads(sh("status", str(mnt), "--json"))
+        servers = {s["name"].split("-", 1)[1]: s for s in status["servers"]}
+        tgt = servers[args.target.upper()]
+        for n in counts:
+            log(f"scale: {n} library clients on {tgt['name']}")
+            r = trio.run(scale_run, tgt["name"], tgt["kind"], Nid.parse(tgt["nid"]), n,
+                         str(mnt))
+            log(f"  freeze {r['freeze_s']:.3f}s across {r['clients']} clients (+ the mount), "
+                f"{r['evicted']} evicted; every gate open {r['thaw_to_all_open_s']:.3f}s "
+                f"after the thaw")
+            results["scale"].append(r)
+        log(f"stall: controlled failover of OST0000 with {args.dirty_mb} MiB dirty")
+        results["stall"] = s = stall_run(mnt, args.dirty_mb)
+        b = s["barrier"] or {}
+        log(f"  failover {s['failover_s']:.3f}s (barrier {b.get('freeze_s', 0):.3f}s, "
+            f"{b.get('flushed_bytes', 0) / 2**20:.1f} MiB flushed); writer's longest stall "
+            f"{s['writer_longest_stall_s']:.3f}s (median gap {s['writer_median_gap_ms']} ms); "
+            f"errors {len(s['writer_errors'])}")
+        status = json.loads(sh("status", str(mnt), "--json"))
+        results["peak_rss_mib"] = {"bench clients": round(rss_mib(os.getpid()), 1),
+                                   **{s["name"]: round(rss_mib(s["pid"]), 1)
+                                      for s in status["servers"]},
+                                   **{f"client {c['mountpoint']}": round(rss_mib(c["pid"]), 1)
+                                      for c in status["clients"]}}
+        log("peak RSS (MiB): " + ", ".join(f"{k} {v}" for k, v in
+                                          results["peak_rss_mib"].items()))
+    finally:
+        subprocess.run([*MLUSTRE, "down", str(mnt)], capture_output=True, timeout=120)
+        subprocess.run(["fusermount3", "-uz", str(mnt)], capture_output=True)
+    print(json.dumps(results, indent=1))
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(results, indent=1))
+    bad = (results["stall"] and results["stall"]["writer_errors"]) or \
+        any(r["evicted"] for r in results["scale"])
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Release dialects of MDT bodies: 1.8 names objects by [ino, gen], 2.0 by FID (IGIF
+for inodes created under 1.8); clients encode their neutral requests for the server's
+release at send time; each server refuses the other release's form; a client's
+inodes keep working across an upgrade and a downgrade of the MDT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from test_resend_wire import CRED, ROOT, mdc
+from test_servers_wire import _quiet_server_logs, mdt_server, run  # noqa: F401
+
+from mlustre.protocol import constants as C
+from mlustre.protocol import dialect
+from mlustre.protocol.errors import RpcError
+from mlustre.protocol.fid import FID_SEQ_NORMAL, fid_of
+from mlustre.protocol.nid import Nid
+
+
+def test_wire_ids() -> None:
+    assert dialect.wire_id("1.8", 20, 3, None) == [20, 3]
+    assert dialect.wire_id("1.8", 20, None, None) == 20  # unknown gen: the neutral number
+    assert dialect.wire_id("2.0", 20, 3, [FID_SEQ_NORMAL, 20, 0]) == [FID_SEQ_NORMAL, 20, 0]
+    assert dialect.wire_id("2.0", 20, 3, None) == [20, 3, 0]  # IGIF from what 1.8 said
+    assert dialect.wire_id("2.0", 1, 0, None) == list(fid_of(1, 0))
+    body = {"op": C.REINT_RENAME, "parent": 20, "new_parent": 21, "name": b"a"}
+    known = {20: (3, None), 21: (4, [FID_SEQ_NORMAL, 21, 0])}
+    assert dialect.encode_request("1.8", body, lambda i: known[i]) == {
+        **body, "parent": [20, 3], "new_parent": [21, 4]}
+    assert dialect.encode_request("2.0", body, lambda i: known[i]) == {
+        **body, "parent": [20, 3, 0], "new_parent": [FID_SEQ_NORMAL, 21, 0]}
+    assert body["parent"] == 20  # the kept request stays neutral
+    for value, ino in ((20, 20), ([20, 3], 20), ([20, 3, 0], 20),
+                       ([FID_SEQ_NORMAL, 5, 0], 5), (list(fid_of(1, 0)), 1)):
+        assert dialect.parse_id(value) == ino
+    for bad in ([1], "x", [1, 2, 3, 4], [True, 1]):
+        with pytest.raises(dialect.DialectError):
+            dialect.parse_id(bad)
+    dialect.check_request("1.8", {"ino": [20, 3]})
+    with pytest.raises(dialect.DialectError):
+        dialect.check_request("1.8", {"ino": [20, 3, 0]})
+    with pytest.raises(dialect.DialectError):
+        dialect.check_request("2.0", {"parent": [20, 3]})
+
+
+def test_fids_added_to_attribute_maps() -> None:
+    body: dict[str, Any] = {"attr": {"ino": 30, "gen": 2}, "entries": [{"ino": 31, "gen": 1}],
+                            "other": {"x": 1}}
+    dialect.add_fids(body, igif=lambda ino: ino == 30)
+    assert body["attr"]["fid"] == [30, 2, 0]  # created under 1.8: IGIF
+    assert body["entries"][0]["fid"] == list(fid_of(31, 1))
+    assert "fid" not in body["other"]
+
+
+def test_mdt_speaks_its_release_and_clients_follow_it(tmp_path: Path) -> None:
+    """Files made under a 1.8 MDT, then the MDT on 2.0 (IGIF FIDs for those, normal
+    FIDs for new ones), then on 1.8 again: the client names each by what it was told,
+    in the release of the server of the moment."""
+    async def main() -> None:
+        known: dict[int, tuple[int | None, list[int] | None]] = {}
+
+        def remember(reply: dict[str, Any]) -> dict[str, Any]:
+            attr = reply["attr"]
+            known[attr["ino"]] = (attr["gen"], attr.get("fid"))
+            return attr
+
+        async def serve(release: str, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+            server = mdt_server(tmp_path, release=release, port=port[0])
+            with trio.CancelScope() as scope:
+                scopes.append((scope, server))
+                await server.run(task_status=task_status)
+
+        port = [0]
+        scopes: list[Any] = []
+        async with trio.open_nursery() as outer:
+            nid = Nid.parse(await outer.start(serve, "1.8"))
+            port[0] = nid.port
+            async with mdc(outer, nid) as m:
+                m.identity = lambda ino: known.get(ino, (None, None))
+                for i in range(12):  # (IGIF FIDs start at inode 12, as in Lustre)
+                    await m.mkdir(CRED, ROOT, b"filler%d" % i, 0o755)
+                old = remember(await m.mkdir(CRED, ROOT, b"old", 0o755))
+                assert old["ino"] >= 12
+                assert "fid" not in old  # 1.8 reports ino and gen only
+                with pytest.raises(RpcError) as e:  # a FID is not 1.8's language
+                    await m.imp.call(C.MDS_GETATTR, {"ino": [old["ino"], old["gen"], 0]})
+                assert "names objects by [ino, generation]" in str(e.value)
+                for release in ("2.0", "1.8"):
+                    scope, server = scopes[-1]
+                    server.stop()
+                    while server.storage.claimed:
+                        await trio.sleep(0.01)
+                    await outer.start(serve, release)
+                    while m.imp.server.get("release") != release:
+                        await trio.sleep(0.01)
+                    attr = (await m.getattr(old["ino"]))["attr"]
+                    assert attr["ino"] == old["ino"]
+                    if release == "2.0":
+                        assert attr["fid"] == [old["ino"], old["gen"], 0]  # IGIF
+                        new = remember(await m.mkdir(CRED, old["ino"], b"new", 0o700))
+                        assert new["fid"] == list(fid_of(new["ino"], new["gen"]))
+                        with pytest.raises(RpcError):  # [ino, gen] is not 2.0's
+                            await m.imp.call(C.MDS_GETATTR, {"ino": [old["ino"], 1]})
+                    else:
+                        assert "fid" not in attr
+                    looked = (await m.lookup(CRED, old["ino"], b"new"))["attr"]
+                    assert looked["ino"] == new["ino"] and looked["mode"] & 0o777 == 0o700
+                scopes[-1][1].stop()
+
+    run(main)
