@@ -7,7 +7,7 @@
    lock back. Reported: the freeze time per N (default 200 and 1000), and the thaw
    until every client's gate is open again.
 2. Stall: a mount with 64 MiB dirty in its cache and a writer appending 4 KiB
-   records; one controlled failover of the OST holding the data. Reported: the
+   records (fsync every 16); one controlled failover of the OST holding both. Reported: the
    barrier's freeze time and flushed bytes, the whole failover time (freeze, stop,
    start), and the writer's longest pause, against the writer's median gap.
 
@@ -112,44 +112,80 @@ async def scale_run(target: str, kind: str, nid: Nid, n: int, mnt: str) -> dict[
 
 # ---- 2. the writer stall of one controlled failover with dirty data -------------------
 
+DIRTIER = r"""
+import os, sys
+path, mb = sys.argv[1], int(sys.argv[2])
+block = os.urandom(1 << 20)
+fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+for i in range(mb):  # each MiB but its last 4 KiB: chunks that are not full stay
+    os.pwrite(fd, block[:-4096], i << 20)  # dirty until the periodic write-back
+print("dirty", flush=True)
+sys.stdin.readline()
+os.close(fd)
+"""
+
+
 def stall_run(mnt: Path, dirty_mb: int) -> dict[str, Any]:
     stop = threading.Event()
     stamps: list[float] = []
     errors: list[str] = []
+    d = mnt / "stall"
+    d.mkdir()
+    sh("lfs", "setstripe", "-c", "1", "-i", "0", str(d))  # its files go to OST0000
 
     def writer() -> None:
         try:
-            with open(mnt / "records", "wb", buffering=0) as f:
+            with open(d / "records", "wb", buffering=0) as f:
                 rec = b"r" * 4096
+                n = 0
                 while not stop.is_set():
                     f.write(rec)
+                    n += 1
+                    if n % 16 == 0:  # durable every 64 KiB: it waits for the OST
+                        os.fsync(f.fileno())
                     stamps.append(time.monotonic())
                     time.sleep(0.001)
         except OSError as e:
             errors.append(str(e))
 
-    d = mnt / "stall"
-    d.mkdir()
-    sh("lfs", "setstripe", "-c", "1", "-i", "0", str(d))  # the dirty data goes to OST0000
-    big = d / "dirty.bin"
+    # Dirty data waits for the periodic write-back (1 s by default): make it wait
+    # longer, so that the failover finds the 64 MiB still in the cache.
+    sh("lctl", "-m", str(mnt), "set_param", "llite.*.flush_interval=60")
+    time.sleep(1.1)
     w = threading.Thread(target=writer, daemon=True)
     w.start()
     time.sleep(1.0)
-    block = os.urandom(1 << 20)
-    t_dirty = time.monotonic()
-    with open(big, "wb") as f:
-        for _ in range(dirty_mb):
-            f.write(block)
-    dirtied = time.monotonic() - t_dirty
-    t0 = time.monotonic()
-    out = json.loads(sh("failover", str(mnt), "OST0000", "--json"))
-    t1 = time.monotonic()
+    # The dirty data comes from a process of its own that keeps the file open: a
+    # close, even of a copy of the descriptor in a child that execs, flushes it.
+    holder = subprocess.Popen([sys.executable, "-c", DIRTIER, str(d / "dirty.bin"),
+                               str(dirty_mb)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        t_dirty = time.monotonic()
+        assert holder.stdout is not None and holder.stdin is not None
+        if holder.stdout.readline().strip() != "dirty":
+            raise RuntimeError("the dirtying process failed")
+        dirtied = time.monotonic() - t_dirty
+        dirty = int(sh("lctl", "-m", str(mnt), "get_param", "-n",
+                       "osc.*OST0000*.cur_dirty_bytes"))
+        t0 = time.monotonic()
+        out = json.loads(sh("failover", str(mnt), "OST0000", "--json"))
+        t1 = time.monotonic()
+        holder.stdin.write("close\n")
+        holder.stdin.flush()
+        if holder.wait(timeout=60):
+            errors.append(f"the dirtying process failed ({holder.returncode})")
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+        sh("lctl", "-m", str(mnt), "set_param", "llite.*.flush_interval=1")
     time.sleep(1.0)
     stop.set()
     w.join(10)
-    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
-    around = [b - a for a, b in zip(stamps, stamps[1:], strict=False) if b >= t0 - 0.5]
-    return {"dirty_mb": dirty_mb, "dirtied_s": round(dirtied, 3),
+    gaps = [y - x for x, y in zip(stamps, stamps[1:], strict=False)]
+    around = [y - x for x, y in zip(stamps, stamps[1:], strict=False) if y >= t0 - 0.5]
+    return {"dirty_mb": dirty_mb, "dirtied_s": round(dirtied, 3), "dirty_at_failover": dirty,
             "failover_s": round(t1 - t0, 3), "barrier": out.get("barrier"),
             "writer_longest_stall_s": round(max(around, default=0.0), 3),
             "writer_median_gap_ms": round(statistics.median(gaps) * 1000, 3) if gaps else None,
@@ -199,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"stall: controlled failover of OST0000 with {args.dirty_mb} MiB dirty")
         results["stall"] = s = stall_run(mnt, args.dirty_mb)
         b = s["barrier"] or {}
-        log(f"  failover {s['failover_s']:.3f}s (barrier {b.get('freeze_s', 0):.3f}s, "
+        log(f"  {s['dirty_at_failover'] / 2**20:.1f} MiB dirty for OST0000 when the failover "
+            f"began; failover {s['failover_s']:.3f}s (barrier {b.get('freeze_s', 0):.3f}s, "
             f"{b.get('flushed_bytes', 0) / 2**20:.1f} MiB flushed); writer's longest stall "
             f"{s['writer_longest_stall_s']:.3f}s (median gap {s['writer_median_gap_ms']} ms); "
             f"errors {len(s['writer_errors'])}")

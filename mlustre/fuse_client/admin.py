@@ -88,6 +88,12 @@ def client_params(ops: Llite) -> ParamTree:
     tree.add(ll + "uuid", lambda: node.uuid)
     tree.add(ll + "max_cached_mb", lambda: cache.max_cached >> 20, set_max_cached)
     tree.add(ll + "max_dirty_mb", lambda: cache.max_dirty >> 20, set_max_dirty)
+
+    def set_flush_interval(text: str) -> None:
+        ops.flush_interval = parse_positive_float(text, limit=3600.0)
+
+    # Seconds between periodic write-backs: dirty data is older than this at most.
+    tree.add(ll + "flush_interval", lambda: ops.flush_interval, set_flush_interval)
     tree.add(ll + "cached_bytes", lambda: cache.cached_bytes)
     tree.add(ll + "dirty_bytes", lambda: cache.dirty_bytes)
     tree.add(ll + "inodes", lambda: len(ops.inodes))

@@ -35,9 +35,14 @@ COMPAT: dict[Mode, Mode] = {
 }
 
 
+# The same as pairs: a set lookup, without IntFlag arithmetic (the server's grant loop
+# asks this for every pair of locks on a busy resource, e.g. the barrier's).
+_COMPAT_PAIRS = frozenset((int(h), int(w)) for h in COMPAT for w in Mode if COMPAT[h] & w)
+
+
 def compatible(held: Mode, wanted: Mode) -> bool:
     """May `wanted` be granted while `held` is (Lustre's lck_compat_array)?"""
-    return bool(COMPAT[held] & wanted)
+    return (held, wanted) in _COMPAT_PAIRS
 
 
 # A lock in mode M also satisfies requests for these modes (ldlm_lock_match's

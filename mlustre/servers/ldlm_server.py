@@ -342,7 +342,7 @@ class Namespace:
         recovery, after replayed waiting locks were queued unchecked)."""
         out = Reprocessed()
         for res in list(self._resources):
-            self._reprocess_res(res, now, out)
+            self._reprocess_res(res, now, out, recheck_basts=True)
         return out
 
     # ---- callback timers ----
@@ -488,20 +488,33 @@ class Namespace:
             if not mine:
                 del self._by_owner[lock.owner]
 
-    def _reprocess_res(self, res: ResId, now: float, out: Reprocessed) -> None:
+    def _reprocess_res(self, res: ResId, now: float, out: Reprocessed, *,
+                       recheck_basts: bool = False) -> None:
+        """Grant what has become grantable, in order. Waiting locks sent their BASTs
+        when they were queued, so BASTs are owed only to locks granted now (or, with
+        recheck_basts, after replay queued waiters without any)."""
         r = self._resources.get(res)
         if r is None:
             return
+        granted_before = len(out.granted)
         pending, r.waiting = r.waiting, []
         for i, lock in enumerate(pending):
-            if (any(_blocks(g, lock) for g in r.granted)
-                    or any(_blocks(w, lock) for w in r.waiting)):
+            # (Waiters first: on a busy resource the one queued ahead blocks at once.)
+            if (any(_blocks(w, lock) for w in r.waiting)
+                    or any(_blocks(g, lock) for g in r.granted)):
                 r.waiting.append(lock)  # still blocked: it also blocks later conflicting ones
                 continue
             self.waiting_count -= 1
             self._grant(r, lock, expand_against=chain(r.granted, r.waiting, pending[i + 1:]))
             out.granted.append(lock)
+        if len(out.granted) == granted_before and not recheck_basts:
+            if not r.granted and not r.waiting:
+                del self._resources[res]
+            return
+        granted_modes = {g.mode for g in r.granted}
         for lock in r.waiting:
+            if all(compatible(m, lock.mode) for m in granted_modes):
+                continue  # waits behind another waiter, for no granted lock
             out.basts.extend(self._send_basts((g for g in r.granted if _blocks(g, lock)), now))
         if not r.granted and not r.waiting:
             del self._resources[res]
