@@ -197,8 +197,8 @@ class Barrier:
                     await self._changed.wait()
                 if not wrote or self._lost():
                     break
-            sync = C.MDS_SYNC if self.kind == "mdt" else C.OST_SYNC
-            await self.imp.call(sync, {})
+            if self.imp.uncommitted:  # wait for the commit of what we sent
+                await self.imp.call(C.MDS_SYNC if self.kind == "mdt" else C.OST_SYNC, {})
         except (RpcError, ImportClosed) as e:
             log.warning("%s: barrier drain: %s", self.target, e)
         self.stats["flushed_bytes"] += flushed

@@ -72,6 +72,7 @@ class Import:
         self.evictions = 0  # connect replies that said "evicted"
         self.conn_cnt = 0
         self.peer_committed = 0
+        self.last_transno = 0  # highest transno of our requests the target answered
         self.last_error = ""
         self._full = trio.Event()
         self._reconnect_wanted = trio.Event()
@@ -207,6 +208,13 @@ class Import:
     def _note_committed(self, reply: Message) -> None:
         if reply.last_committed > self.peer_committed:
             self.peer_committed = reply.last_committed
+        if reply.transno > self.last_transno:
+            self.last_transno = reply.transno
+
+    @property
+    def uncommitted(self) -> bool:
+        """Has the target answered updates of ours that it has not committed yet?"""
+        return self.last_transno > self.peer_committed
 
     async def call(self, opc: int, body: dict[str, Any] | None = None, *,
                    timeout: float | None = None,

@@ -117,7 +117,7 @@ def policies_conflict(type_: LockType, held_policy: object, wanted_policy: objec
     their extents overlap."""
     if type_ is LockType.IBITS:
         assert isinstance(held_policy, int) and isinstance(wanted_policy, int)
-        return bool(held_policy & wanted_policy)
+        return (int(held_policy) & int(wanted_policy)) != 0  # (no IntFlag arithmetic)
     if type_ is LockType.EXTENT:
         assert isinstance(held_policy, Extent) and isinstance(wanted_policy, Extent)
         return held_policy.overlaps(wanted_policy)
