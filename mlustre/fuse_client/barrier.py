@@ -50,6 +50,7 @@ def admits(state: GateState, *, flush: bool) -> bool:
     return flush and state is GateState.DRAINING
 
 
+CANCEL_CONCURRENCY = 16  # MDT locks given back at once by a drain (kernel invalidations)
 DRAIN_PASSES = 4  # flush passes before the CR lock goes back (later writes wait in cache)
 
 # Drains a target's dirty state (data pages of files on an OST; for the MDT also the
@@ -189,6 +190,7 @@ class Barrier:
         self._set(GateState.DRAINING)
         self.stats["drains"] += 1
         flushed = 0
+        phases: dict[str, float] = {}
         try:
             for _ in range(DRAIN_PASSES):  # writers dirtying pages meanwhile: bounded
                 wrote = await self.drain() if self.drain is not None else 0
@@ -197,8 +199,10 @@ class Barrier:
                     await self._changed.wait()
                 if not wrote or self._lost():
                     break
+            phases["flush"] = time.monotonic() - t0
             if self.imp.uncommitted:  # wait for the commit of what we sent
                 await self.imp.call(C.MDS_SYNC if self.kind == "mdt" else C.OST_SYNC, {})
+            phases["commit"] = time.monotonic() - t0 - sum(phases.values())
         except (RpcError, ImportClosed) as e:
             log.warning("%s: barrier drain: %s", self.target, e)
         self.stats["flushed_bytes"] += flushed
@@ -208,13 +212,16 @@ class Barrier:
             # kernel's pages, which can wait for a page that a writer blocked in this
             # daemon holds. A restarted OST forgets them and the client then drops what
             # they covered; after a thaw they are still valid.)
-            await self.locks.cancel_unused()
+            await self.locks.cancel_unused(concurrency=CANCEL_CONCURRENCY)
+        phases["cancel"] = time.monotonic() - t0 - sum(phases.values())
         lock, self.lock = self.lock, None
         if lock is not None and lock.state is not LockState.CANCELLED:
             await self.locks.give_back(lock)
         self.stats["last_drain_s"] = round(time.monotonic() - t0, 4)
-        log.info("%s: barrier lock given back after %.3fs (%d bytes flushed)", self.target,
-                 time.monotonic() - t0, flushed)
+        self.stats["last_drain_phases"] = {k: round(v, 4) for k, v in phases.items()}
+        log.info("%s: barrier lock given back after %.3fs (%d flushed; %s)", self.target,
+                 time.monotonic() - t0, flushed,
+                 ", ".join(f"{k} {v:.3f}s" for k, v in phases.items()))
         self._set(GateState.ENQUEUING)
 
     def _lost(self) -> bool:

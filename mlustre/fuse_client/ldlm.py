@@ -350,15 +350,23 @@ class LockClient:
 
     # ---- cancels --------------------------------------------------------------------------
 
-    async def _cancel(self, locks: list[ClientLock]) -> None:
-        """Flush (on_blocking), then cancel: one LDLM_CANCEL per 512 locks."""
-        for lock in locks:
-            if lock.res in self.bast_hooks:
-                continue  # (the barrier lock: nothing is cached under it)
-            try:
-                await self.on_blocking(lock)
-            except Exception:
-                log.exception("%s: on_blocking failed for lock %d", self.target, lock.handle)
+    async def _cancel(self, locks: list[ClientLock], concurrency: int = 1) -> None:
+        """Flush (on_blocking, for up to `concurrency` locks at once), then cancel: one
+        LDLM_CANCEL per 512 locks."""
+        limiter = trio.CapacityLimiter(concurrency)
+
+        async def blocking(lock: ClientLock) -> None:
+            async with limiter:
+                try:
+                    await self.on_blocking(lock)
+                except Exception:
+                    log.exception("%s: on_blocking failed for lock %d", self.target,
+                                  lock.handle)
+
+        async with trio.open_nursery() as nursery:
+            for lock in locks:
+                if lock.res not in self.bast_hooks:  # (the barrier lock: nothing cached)
+                    nursery.start_soon(blocking, lock)
         taken = []
         for lock in locks:
             if lock.state is LockState.CANCELLED or lock.users:
@@ -388,11 +396,13 @@ class LockClient:
         if self.ns.decref(lock.handle, ref_kind(lock.mode), trio.current_time()):
             await self._cancel([lock])
 
-    async def cancel_unused(self) -> int:
-        """Cancel every lock no one uses (lru_size=clear; the barrier's drain)."""
+    async def cancel_unused(self, concurrency: int = 1) -> int:
+        """Cancel every lock no one uses (lru_size=clear; the barrier's drain, which
+        gives them back `concurrency` at a time: each may wait for a kernel
+        invalidation in a worker thread)."""
         picked = self.ns.clear_lru()
         if picked:
-            await self._cancel(picked)
+            await self._cancel(picked, concurrency)
         return len(picked)
 
     async def cancel_lru(self, now: float | None = None) -> int:
