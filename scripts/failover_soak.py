@@ -47,6 +47,7 @@ MLUSTRE = [str(ROOT / ".venv" / "bin" / "mlustre")]
 ALL_WORKLOADS = ("shell", "probe", "fio", "dbench", "posix")
 POSIX_TESTS = ("mountpoint-tests/test_shell.py", "mountpoint-tests/test_differential.py")
 KINDS = ("restart", "crash", "partner", "upgrade")
+COMMAND_MARGIN = 480  # seconds a command may run past the soak's end before it is killed
 
 
 def log(msg: str) -> None:
@@ -154,7 +155,9 @@ def worker_command(workdir: Path, deadline: float, out: Path, argv: list[str]) -
         proc = subprocess.Popen(argv, cwd=workdir, stdout=f, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=env)
         try:
-            rc = proc.wait(timeout=max(deadline - time.monotonic(), 0) + 120)
+            # (A suite runs once, to its end: on a loaded machine that may be well past
+            # the soak's duration; the margin only catches one that hangs.)
+            rc = proc.wait(timeout=max(deadline - time.monotonic(), 0) + COMMAND_MARGIN)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
