@@ -568,3 +568,28 @@ def snapshot(root: str | os.PathLike) -> dict[str, tuple]:
                 xattrs,
             )
     return snap
+
+
+def run_script(argv: list[str], base: Path, timeout: float,
+               what: str) -> tuple[int, str, list[str]]:
+    """Run a script that starts its own cluster under `base` (the soak, the demo):
+    (exit status, output, what it left mounted under `base`, which is taken down).
+    On timeout it gets SIGTERM (it cleans up), then SIGKILL, and the test fails."""
+    leftover: list[str] = []
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        raise AssertionError(f"{what} did not end in time\n" + out[-4000:]) from None
+    finally:
+        leftover = mounts_under(base)
+        for mnt in leftover:  # only if it could not clean up
+            cli("down", mnt)
+            force_unmount(mnt)
+    return proc.returncode, out, leftover

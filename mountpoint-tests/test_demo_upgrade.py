@@ -6,14 +6,12 @@ done, and the SVG plot is well-formed XML with a label per failover."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from mnthelpers import cli, force_unmount, mounts_under
+from mnthelpers import run_script
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 360
@@ -24,28 +22,11 @@ EXPECTED = [("MDT0000", "1.8", "2.0"), ("OST0000", "1.8", "2.0"), ("OST0001", "1
 @pytest.mark.timeout(TIMEOUT)
 def test_upgrade_demo(tmp_path):
     report, plot = tmp_path / "demo.json", tmp_path / "demo.svg"
-    leftover: list[str] = []
-    proc = subprocess.Popen(
+    rc, out, leftover = run_script(
         [sys.executable, str(ROOT / "scripts" / "demo_upgrade.py"), "--duration", "30",
          "--source-files", "200", "--json", str(report), "--plot", str(plot),
-         "--base", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        out, _ = proc.communicate(timeout=TIMEOUT - 60)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGTERM)  # the demo cleans up on SIGTERM
-        try:
-            out, _ = proc.communicate(timeout=40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-        raise AssertionError("the demo did not end in time\n" + out[-4000:]) from None
-    finally:
-        leftover = mounts_under(tmp_path)
-        for mnt in leftover:  # only if the demo could not clean up
-            cli("down", mnt)
-            force_unmount(mnt)
-    assert proc.returncode == 0, out[-6000:]
+         "--base", str(tmp_path)], tmp_path, TIMEOUT - 60, "the demo")
+    assert rc == 0, out[-6000:]
     result = json.loads(report.read_text())
     summary = result["summary"]
     assert summary["errors"] == 0 and summary["syscall_errors"] == 0, summary

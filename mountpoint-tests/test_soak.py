@@ -5,13 +5,11 @@ No application error, every failover done, the data identical after a full resta
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from mnthelpers import cli, force_unmount, mounts, mounts_under
+from mnthelpers import run_script
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 300
@@ -20,27 +18,11 @@ TIMEOUT = 300
 @pytest.mark.timeout(TIMEOUT)
 def test_short_failover_soak(tmp_path):
     report = tmp_path / "soak.json"
-    before = {m for m, _ in mounts()}
-    proc = subprocess.Popen(
+    rc, out, leftover = run_script(
         [sys.executable, str(ROOT / "scripts" / "failover_soak.py"), "--duration", "48",
          "--interval", "3", "--workloads", "shell,probe", "--source-files", "200",
-         "--json", str(report), "--base", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        out, _ = proc.communicate(timeout=TIMEOUT - 60)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGTERM)  # the soak cleans up on SIGTERM
-        try:
-            out, _ = proc.communicate(timeout=40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-        raise AssertionError("the soak did not end in time\n" + out[-4000:]) from None
-    finally:
-        for mnt in mounts_under(tmp_path):  # only if the soak could not clean up
-            cli("down", mnt)
-            force_unmount(mnt)
-    assert proc.returncode == 0, out[-4000:]
+         "--json", str(report), "--base", str(tmp_path)], tmp_path, TIMEOUT - 60, "the soak")
+    assert rc == 0, out[-4000:]
     result = json.loads(report.read_text())
     summary = result["summary"]
     assert summary["application_errors"] == 0 and summary["failed_failovers"] == 0
@@ -58,4 +40,4 @@ def test_short_failover_soak(tmp_path):
     assert summary["data_verified"] is True
     assert result["workloads"]["shell"]["rounds"] >= 2
     assert result["workloads"]["probe"]["ops"] > 0
-    assert {m for m, _ in mounts()} <= before  # the soak unmounted its cluster
+    assert not leftover  # the soak unmounted its cluster
