@@ -5,6 +5,7 @@ inodes keep working across an upgrade and a downgrade of the MDT."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,18 @@ def test_wire_ids() -> None:
     for bad in ([1], "x", [1, 2, 3, 4], [True, 1]):
         with pytest.raises(dialect.DialectError):
             dialect.parse_id(bad)
+    # 1.8's open request has its own layout; servers unpack it for their handlers.
+    opened = {"op": C.REINT_OPEN, "cred": CRED, "ino": 20, "flags": 2, "replay": True}
+    wire = dialect.encode_request("1.8", opened, lambda i: known[i], C.MDS_REINT)
+    assert wire == {"op": C.REINT_OPEN, "replay": True, "open": [[20, 3], 2, CRED]}
+    assert dialect.normalize_request("1.8", C.MDS_REINT, wire) == {**opened, "ino": [20, 3]}
+    wire20 = dialect.encode_request("2.0", opened, lambda i: known[i], C.MDS_REINT)
+    assert wire20 == {**opened, "ino": [20, 3, 0]}
+    assert dialect.normalize_request("2.0", C.MDS_REINT, wire20) == wire20
+    for release, bad in (("2.0", wire), ("1.8", wire20),
+                         ("1.8", {"op": C.REINT_OPEN, "open": [[20, 3], 2]})):
+        with pytest.raises(dialect.DialectError):
+            dialect.normalize_request(release, C.MDS_REINT, bad)
     dialect.check_request("1.8", {"ino": [20, 3]})
     with pytest.raises(dialect.DialectError):
         dialect.check_request("1.8", {"ino": [20, 3, 0]})
@@ -88,6 +101,9 @@ def test_mdt_speaks_its_release_and_clients_follow_it(tmp_path: Path) -> None:
                     await m.mkdir(CRED, ROOT, b"filler%d" % i, 0o755)
                 old = remember(await m.mkdir(CRED, ROOT, b"old", 0o755))
                 assert old["ino"] >= 12
+                made = await m.create(CRED, old["ino"], b"file", 0o100644)
+                file = remember(made)
+                assert (await m.open(CRED, file["ino"], os.O_RDWR))["handle"]
                 assert "fid" not in old  # 1.8 reports ino and gen only
                 with pytest.raises(RpcError) as e:  # a FID is not 1.8's language
                     await m.imp.call(C.MDS_GETATTR, {"ino": [old["ino"], old["gen"], 0]})
@@ -110,6 +126,8 @@ def test_mdt_speaks_its_release_and_clients_follow_it(tmp_path: Path) -> None:
                             await m.imp.call(C.MDS_GETATTR, {"ino": [old["ino"], 1]})
                     else:
                         assert "fid" not in attr
+                    opened = await m.open(CRED, file["ino"], os.O_RDONLY)  # in its layout
+                    assert opened["handle"] and opened["attr"]["ino"] == file["ino"]
                     looked = (await m.lookup(CRED, old["ino"], b"new"))["attr"]
                     assert looked["ino"] == new["ino"] and looked["mode"] & 0o777 == 0o700
                 scopes[-1][1].stop()

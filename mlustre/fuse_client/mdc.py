@@ -27,12 +27,12 @@ class Mdc:
         # release of the MDT at send time; set by the mount (its inode table).
         self.identity: dialect.Identity = lambda ino: (None, None)
 
-    def _encode(self, release: str, body: dict[str, Any]) -> dict[str, Any]:
-        return dialect.encode_request(release, body, self.identity)
-
     async def _call(self, opc: int, body: dict[str, Any], *,
                     flush: bool = False) -> dict[str, Any]:
-        return (await self.imp.call(opc, body, flush=flush, encode=self._encode)).body
+        def encode(release: str, neutral: dict[str, Any]) -> dict[str, Any]:
+            return dialect.encode_request(release, neutral, self.identity, opc)
+
+        return (await self.imp.call(opc, body, flush=flush, encode=encode)).body
 
     async def _reint(self, op: int, cred: Cred, *, intent: dict[str, Any] | None = None,
                      cancels: list[int] | None = None, **fields: Any) -> dict[str, Any]:

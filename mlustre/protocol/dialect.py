@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .constants import MDS_REINT, REINT_OPEN
 from .fid import Fid, fid_of, ino_of
 
 # Body fields that name an MDT inode.
@@ -41,14 +42,38 @@ def wire_id(release: str, ino: int, gen: int | None, fid: list[int] | None) -> A
     return ino
 
 
-def encode_request(release: str, body: dict[str, Any], identity: Identity) -> dict[str, Any]:
-    """A copy of a neutral request body with its inode fields in `release`'s form."""
+def encode_request(release: str, body: dict[str, Any], identity: Identity,
+                   opc: int = 0) -> dict[str, Any]:
+    """A copy of a neutral request body in `release`'s form: its inode fields, and
+    for 1.8 the layout of an open (`"open": [object, flags, cred]`, positional)."""
     out = dict(body)
     for key in ID_FIELDS:
         ino = body.get(key)
         if type(ino) is int:
             gen, fid = identity(ino)
             out[key] = wire_id(release, ino, gen, fid)
+    if release == "1.8" and opc == MDS_REINT and out.get("op") == REINT_OPEN:
+        out["open"] = [out.pop("ino", None), out.pop("flags", 0), out.pop("cred", None)]
+    return out
+
+
+def normalize_request(release: str, opc: int, body: Any) -> Any:
+    """What a server of `release` received, in the form its handlers read (a 1.8 open
+    unpacked); DialectError for a body in the other release's form."""
+    check_request(release, body)
+    if opc != MDS_REINT or not isinstance(body, dict) or body.get("op") != REINT_OPEN:
+        return body
+    packed = body.get("open")
+    if release != "1.8":
+        if packed is not None:
+            raise DialectError("release 2.0 opens name the object in 'fid'/'ino' fields, "
+                               "not in a 1.8 'open' array")
+        return body
+    if not isinstance(packed, list) or len(packed) != 3:
+        raise DialectError("a release 1.8 open carries 'open': [object, flags, cred]")
+    check_request(release, {"ino": packed[0]})
+    out = {k: v for k, v in body.items() if k != "open"}
+    out["ino"], out["flags"], out["cred"] = packed
     return out
 
 

@@ -155,7 +155,7 @@ class MdtServer(TargetServer):
     # -- the release's dialect (protocol/dialect.py) --
     def check_request(self, req: Message) -> None:
         try:
-            dialect.check_request(self.release, req.body)
+            req.body = dialect.normalize_request(self.release, req.opc, req.body)
         except dialect.DialectError as e:
             raise ServiceError(errno.EPROTO, str(e)) from None
 
