@@ -79,9 +79,12 @@ def cmd_server(args: argparse.Namespace) -> int:
                                 stripe_size=args.stripe_size, **common)
     elif args.kind == "mdt":
         from .servers.mdt import MdtServer
+        _check_squash(args)
         server = MdtServer(args.fsname, args.index, args.data, mgs=mgs, ost_count=args.osts,
                            failover_nids=args.failover_nid,
-                           recovery_window=args.recovery_window, **common)
+                           recovery_window=args.recovery_window,
+                           root_squash=args.root_squash, nosquash_nids=args.nosquash_nids,
+                           **common)
     else:
         from .servers.ost import OstServer
         server = OstServer(args.fsname, args.index, args.data, mgs=mgs,
@@ -122,6 +125,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise CliError("--ldlm-timeout must be positive")
     if not 0 <= args.recovery_window <= 3600:
         raise CliError("--recovery-window must be between 0 and 3600 seconds")
+    _check_squash(args)
+    squash = [*(["--root-squash", args.root_squash] if args.root_squash else []),
+              *(["--nosquash-nids", args.nosquash_nids] if args.nosquash_nids else [])]
     base = ["--fsname", args.fsname, "--release", args.release,
             "--commit-interval", str(args.commit_interval),
             "--ldlm-timeout", str(args.ldlm_timeout),
@@ -141,8 +147,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         for kind, idx in specs:
             name = f"{args.fsname}-{kind.upper()}{idx:04X}"
             tdir = data / name
-            extra = (["--osts", str(args.osts), "--recovery-window", str(args.recovery_window)]
-                     if kind == "mdt" else [])
+            extra = (["--osts", str(args.osts), "--recovery-window", str(args.recovery_window),
+                      *squash] if kind == "mdt" else [])
             if args.failover_pairs:
                 # Two servers for one storage directory: this one on PAIR_ADDRS[0], its
                 # partner (started by `mlustre failover --partner`) on PAIR_ADDRS[1].
@@ -316,6 +322,18 @@ def free_nid(host: str) -> str:
         return f"{host}:{sock.getsockname()[1]}"
 
 
+def _check_squash(args: argparse.Namespace) -> None:
+    from .servers.squash import parse_nids, parse_squash
+
+    try:
+        if args.root_squash is not None:
+            parse_squash(args.root_squash)
+        if args.nosquash_nids is not None:
+            parse_nids(args.nosquash_nids)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+
+
 def _freeze(server: dict[str, Any]) -> dict[str, Any] | None:
     """A controlled stop begins with the target's barrier: its clients flush, wait for
     the commit and hold their updates, so the restart leaves nothing to replay. The
@@ -453,6 +471,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the client does not use the SIR barrier lock: it recovers "
                              "from every restart by resend and replay")
 
+    def squash_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--root-squash", metavar="UID:GID", default=None,
+                        help="(MDT) serve root's requests as UID:GID, as Lustre's root_squash "
+                             "(0:0, the default, squashes nothing; kept with the MDT's "
+                             "storage; also `lctl set_param mdt.*.root_squash=`)")
+        sp.add_argument("--nosquash-nids", metavar="NIDS", default=None,
+                        help="(MDT) client addresses or networks exempt from root squash, "
+                             "e.g. 127.0.0.1,10.0.0.0/8")
+
     def stripe_opts(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--stripe-count", type=int, default=None,
                         help="default stripe count of new files, -1 = all OSTs (kept by the "
@@ -479,6 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "does not give back a lock in time is evicted")
     up.add_argument("--no-update-lock", action="store_true",
                     help="servers do not offer the SIR barrier lock (recovery by replay)")
+    squash_opts(up)
     stripe_opts(up)
     client_opts(up)
     up.set_defaults(fn=cmd_up)
@@ -534,6 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--failover-nid", action="append", default=[],
                     help="NID of the failover partner (repeatable)")
     sv.add_argument("--release", default="2.0", choices=["1.8", "2.0"])
+    squash_opts(sv)
     sv.add_argument("--no-update-lock", action="store_true",
                     help="do not offer the SIR barrier lock (OBD_CONNECT_UPDATE_LOCK): "
                          "clients then recover from a restart by resend and replay")

@@ -9,6 +9,7 @@ objects of removed files once their removal is committed.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import stat
@@ -16,6 +17,7 @@ from typing import Any
 
 import trio
 
+from ..params import ParamError, ParamTree
 from ..protocol import constants as C
 from ..protocol import dialect
 from ..protocol.errors import ConnectionLost
@@ -29,6 +31,7 @@ from .mdt_store import Cred, MdtError, MdtStore
 from .mgs import target_name
 from .ost import register_with_mgs
 from .reply_log import SavedReply
+from .squash import RootSquash, parse_nids, parse_squash
 from .target import DEFERRED, Export, ServiceError, TargetServer, body_field
 
 log = logging.getLogger(__name__)
@@ -101,8 +104,12 @@ class MdtServer(TargetServer):
 
     def __init__(self, fsname: str, index: int, data_dir: str, *, mgs: list[Nid] | None = None,
                  failover_nids: list[str] | None = None, ost_count: int | None = None,
-                 recovery_window: float = 15.0, **kw: Any) -> None:
+                 recovery_window: float = 15.0, root_squash: str | None = None,
+                 nosquash_nids: str | None = None, **kw: Any) -> None:
         super().__init__(target_name(fsname, "mdt", index), data_dir, **kw)
+        # Given on the command line (None: as kept in the storage, else off).
+        self._squash_args = (root_squash, nosquash_nids)
+        self.squash = RootSquash()
         self.fsname = fsname
         self.index = index
         self.mgs = mgs or []
@@ -145,6 +152,13 @@ class MdtServer(TargetServer):
             log.info("%s: OST count changes from %s to %d", self.name, cfg.get("ost_count"),
                      self.ost_count)
         self.storage.write_atomic("mdt.json", f'{{"ost_count": {self.ost_count}}}'.encode())
+        self.squash = RootSquash.from_dict(self.storage.read_json("squash.json", {}) or {})
+        squash, nids = self._squash_args
+        if squash is not None:
+            self.squash.uid, self.squash.gid = parse_squash(squash)
+        if nids is not None:
+            self.squash.nosquash = parse_nids(nids)
+        self._save_squash()
         self.store = MdtStore(str(self.storage.path / "mdt.sqlite"), ost_count=self.ost_count,
                               default_stripe_count=int(cfg.get("stripe_count", 1)),
                               release=self.release)
@@ -153,11 +167,46 @@ class MdtServer(TargetServer):
         self.store.commit()
 
     # -- the release's dialect (protocol/dialect.py) --
-    def check_request(self, req: Message) -> None:
+    def check_request(self, export: Export, req: Message) -> None:
         try:
             req.body = dialect.normalize_request(self.release, req.opc, req.body)
         except dialect.DialectError as e:
             raise ServiceError(errno.EPROTO, str(e)) from None
+        if self.squash.enabled and isinstance(req.body, dict) and "cred" in req.body:
+            cred = self.squash.apply(req.body["cred"], export.nid)
+            if cred is not req.body["cred"]:
+                req.body = {**req.body, "cred": cred}
+                self.count("root_squashed")
+
+    # -- root squash (servers/squash.py), kept in the storage across restarts --
+    def _save_squash(self) -> None:
+        self.storage.write_atomic("squash.json", json.dumps(self.squash.to_dict()).encode())
+
+    def _set_root_squash(self, text: str) -> None:
+        try:
+            self.squash.uid, self.squash.gid = parse_squash(text)
+        except ValueError as e:
+            raise ParamError(errno.EINVAL, str(e)) from None
+        self._save_squash()
+
+    def _set_nosquash_nids(self, text: str) -> None:
+        try:
+            self.squash.nosquash = parse_nids(text)
+        except ValueError as e:
+            raise ParamError(errno.EINVAL, str(e)) from None
+        self._save_squash()
+
+    def params(self) -> ParamTree:
+        fresh = self._params is None
+        tree = super().params()
+        if fresh:
+            base = f"mdt.{self.name}."
+            tree.add(base + "root_squash", lambda: self.squash.to_dict()["root_squash"],
+                     self._set_root_squash)
+            tree.add(base + "nosquash_nids",
+                     lambda: self.squash.to_dict()["nosquash_nids"] or "NONE",
+                     self._set_nosquash_nids)
+        return tree
 
     def _in_dialect(self, reply: Message) -> Message:
         """A 2.0 server names every inode it reports by FID too (1.8: ino and gen)."""

@@ -250,7 +250,7 @@ class TargetServer:
         await self.export_disconnected(export)
         await export.endpoint.aclose(f"evicted: {reason}")
 
-    def check_request(self, req: Message) -> None:
+    def check_request(self, export: Export, req: Message) -> None:
         """Hook: refuse (ServiceError) a request body this server's release does not
         speak, or turn it into the form the handlers read (the MDT: how objects are
         named, 1.8's open layout)."""
@@ -285,7 +285,7 @@ class TargetServer:
                 self.ldlm.release(export.uuid)
                 await self.export_disconnected(export)
                 return req.reply(last_committed=self.last_committed)
-            self.check_request(req)
+            self.check_request(export, req)
             if C.is_update(req.opc, req.body):
                 if req.flags & C.MSG_RESENT:
                     self.count("resent_updates")
