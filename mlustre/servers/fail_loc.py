@@ -1,11 +1,15 @@
 """fail_loc.py - fault injection set at run time (Lustre's fail_loc), for tests and
-for users who want to see recovery work: drop a request, drop a reply, or delay one,
-for one opcode, once or every time.
+for users who want to see recovery work: drop a request, drop a reply, delay one, or
+crash the server at a named point, for one opcode, once or every time.
 
 Syntax of the lctl value: `none`, or `ACTION:OPCODE[:once]` with ACTION one of
-`drop_request`, `drop_reply`, and `delay:OPCODE:SECONDS[:once]`; OPCODE is a name
-(`MDS_REINT`, `OST_WRITE`, ...) or a number. Dropping closes the connection, as a
-network failure would: the client reconnects and resends.
+`drop_request`, `drop_reply`, `crash_before` (the server kills itself, SIGKILL, when
+the request arrives: nothing of it is done), `crash_after` (it kills itself once the
+request is done and its reply recorded, before the reply goes out), and
+`delay:OPCODE:SECONDS[:once]`; OPCODE is a name (`MDS_REINT`, `OST_WRITE`, ...) or a
+number. Dropping closes the connection, as a network failure would: the client
+reconnects and resends. After a crash the server must be started again (e.g.
+`mlustre failover MNT TARGET`); its clients then resend.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from dataclasses import dataclass
 
 from ..protocol import constants as C
 
-ACTIONS = ("drop_request", "drop_reply", "delay")
+ACTIONS = ("drop_request", "drop_reply", "delay", "crash_before", "crash_after")
 _BY_NAME = {name: opc for opc, name in C.OPCODE_NAMES.items()}
 
 

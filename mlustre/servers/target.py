@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import sys
 import time
 import uuid as uuidlib
@@ -37,6 +38,14 @@ from .reply_log import ReplyLog, SavedReply
 from .storage import StorageBusy, TargetStorage
 
 log = logging.getLogger(__name__)
+
+
+def crash(why: str) -> None:
+    """Die at once, as kill -9 would (fail_loc crash points): no commit, no cleanup."""
+    log.critical("%s", why)
+    for h in logging.getLogger().handlers:
+        h.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 class ServiceError(Exception):
@@ -126,6 +135,7 @@ class TargetServer:
         self.reply_log = ReplyLog()
         self._running: dict[tuple[str, int], trio.Event] = {}  # updates being executed
         self._drop_replies: set[tuple[str, int]] = set()
+        self._crash_replies: set[tuple[str, int]] = set()
         self.fail: FailLoc | None = None
         self._tasks: trio.Nursery | None = None
 
@@ -302,6 +312,10 @@ class TargetServer:
                     return None
                 if fail.action == "delay":
                     await trio.sleep(fail.seconds)
+                if fail.action == "crash_before":
+                    crash(f"{self.name}: fail_loc {fail}: crashing before xid {req.xid}")
+                if fail.action == "crash_after":
+                    self._crash_replies.add((export.uuid, req.xid))
                 drop_reply = fail.action == "drop_reply"
             if req.opc in self.reconstructable_opcodes:
                 key = (export.uuid, req.xid)
@@ -360,6 +374,8 @@ class TargetServer:
             forgotten = self.reply_log.record(export.uuid, req.xid, saved)
             self.persist_reply(export.uuid, req.xid, saved, forgotten)
             event.set()
+        if key in self._crash_replies:  # done and recorded; the reply never goes out
+            crash(f"{self.name}: fail_loc: crashing after xid {req.xid}, before its reply")
         if key in self._drop_replies:
             self._drop_replies.discard(key)
             await export.endpoint.aclose("fail_loc: reply dropped")
@@ -504,7 +520,6 @@ class TargetServer:
 
 def serve_forever(server: TargetServer) -> int:
     """Run a server in this process until SIGTERM/SIGINT; print READY once listening."""
-    import signal
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
