@@ -35,6 +35,7 @@ BodyEncoder = Callable[[str, dict[str, Any]], dict[str, Any]]
 class ImportState(Enum):
     NEW = "NEW"
     CONNECTING = "CONNECTING"
+    REPLAY = "REPLAY"  # sending the updates a restarted target may have lost
     FULL = "FULL"
     DISCONN = "DISCONN"
     EVICTED = "EVICTED"
@@ -86,6 +87,11 @@ class Import:
         self._nids_refreshed = -1e9
         # The SIR writer gate (barrier.Barrier) that update requests pass, if any.
         self.gate: Any = None
+        # Re-sends, to a new instance of the target, the updates it may have lost
+        # (mdc.Mdc.replay); runs before the import is FULL again.
+        self.replayer: Callable[[Endpoint], Awaitable[None]] | None = None
+        self._instance: Any = None
+        self.replays = 0  # connections to a new instance that replayed something
         self.resent_updates = 0  # update requests sent again after a lost connection
 
     def _set_state(self, state: ImportState) -> None:
@@ -165,6 +171,17 @@ class Import:
                 hook(reply.body)
             except Exception:
                 log.exception("%s: on_connected hook failed", self.target)
+        instance, self._instance = self._instance, reply.body.get("instance")
+        if (self.replayer is not None and instance is not None
+                and instance != self._instance and not reply.body.get("evicted")):
+            self._set_state(ImportState.REPLAY)
+            try:
+                await self.replayer(endpoint)
+            except (ConnectionLost, RpcTimeout) as e:
+                self.last_error = f"{nid}: replay: {e}"
+                await endpoint.aclose()
+                self._set_state(ImportState.DISCONN)
+                return False
         self._set_state(ImportState.FULL)
         log.info("%s: connected to %s (release %s, instance %s)", self.target, nid,
                  reply.body.get("release"), reply.body.get("instance"))

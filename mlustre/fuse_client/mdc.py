@@ -7,22 +7,52 @@ itself rather than trusting the client's kernel.
 `intent` ({"handle", "bits", "dir_bits"}) asks the MDT to grant a PR lock on the
 inode the reply describes (its handle comes back as body["lock"]); `cancels`
 carries early-cancelled lock handles in an update (ELC).
+
+Updates the MDT answered but has not committed are kept (`kept`) and replayed when
+it restarts (`replay`), so a crash that loses them loses nothing the client was told.
 """
 
 from __future__ import annotations
 
+import bisect
+import logging
+from dataclasses import dataclass
 from typing import Any
 
 from ..protocol import constants as C
 from ..protocol import dialect
+from ..protocol.message import Message
+from ..protocol.rpc import Endpoint
 from .imports import Import
 
+log = logging.getLogger(__name__)
+
 Cred = list[Any]  # [uid, gid, [groups]]
+
+
+# Fields of a kept update that are not sent again: lock intents and early cancels.
+_NOT_REPLAYED = frozenset({"lock", "parent_lock", "cancels"})
+
+
+@dataclass
+class Kept:
+    """A namespace update (MDS_REINT) the MDT answered but has not committed yet:
+    replayed if it restarts. (Closes are not kept: the open they close is not
+    re-opened after a restart either.)"""
+
+    transno: int
+    xid: int
+    opc: int
+    body: dict[str, Any]  # neutral form
+    attr: dict[str, Any] | None  # what the reply said of the inode (a create's identity)
 
 
 class Mdc:
     def __init__(self, imp: Import) -> None:
         self.imp = imp
+        self.kept: list[Kept] = []  # in transno order
+        self.replayed = 0
+        imp.replayer = self.replay
         # What the client knows of an inode (generation, FID), to name it in the
         # release of the MDT at send time; set by the mount (its inode table).
         self.identity: dialect.Identity = lambda ino: (None, None)
@@ -32,7 +62,47 @@ class Mdc:
         def encode(release: str, neutral: dict[str, Any]) -> dict[str, Any]:
             return dialect.encode_request(release, neutral, self.identity, opc)
 
-        return (await self.imp.call(opc, body, flush=flush, encode=encode)).body
+        reply = await self.imp.call(opc, body, flush=flush, encode=encode)
+        self._keep(opc, body, reply)
+        return reply.body
+
+    def _keep(self, opc: int, body: dict[str, Any], reply: Message) -> None:
+        committed = self.imp.peer_committed
+        if self.kept and self.kept[0].transno <= committed:
+            self.kept = [k for k in self.kept if k.transno > committed]
+        if reply.transno > committed and opc == C.MDS_REINT and C.is_update(opc, body):
+            attr = reply.body.get("attr")
+            entry = Kept(reply.transno, reply.xid, opc, body,
+                         attr if isinstance(attr, dict) else None)
+            if self.kept and self.kept[-1].transno > entry.transno:
+                bisect.insort(self.kept, entry, key=lambda k: k.transno)
+            else:
+                self.kept.append(entry)
+
+    async def replay(self, endpoint: Endpoint) -> None:
+        """The MDT restarted: send again, in transno order and under their first xids
+        and transnos, the updates it answered but had not committed (a crash may have
+        lost them; those it still has are acknowledged without being run again)."""
+        kept = [k for k in self.kept if k.transno > self.imp.peer_committed]
+        if not kept:
+            return
+        release = endpoint.codec.release
+        log.info("%s: replaying %d updates (transnos %d..%d)", self.imp.target, len(kept),
+                 kept[0].transno, kept[-1].transno)
+        for k in kept:
+            # Without the lock requests of the first time: the locks of the old
+            # instance are gone (and new ones are asked for as usual).
+            neutral = {key: v for key, v in k.body.items() if key not in _NOT_REPLAYED}
+            body = dialect.encode_request(release, {**neutral, "replay_attr": k.attr},
+                                          self.identity, k.opc)
+            reply = await endpoint.call(k.opc, body, timeout=self.imp.request_timeout,
+                                        flags=C.MSG_REPLAY, conn_cnt=self.imp.conn_cnt,
+                                        xid=k.xid, transno=k.transno)
+            if reply.status:
+                log.warning("%s: replay of transno %d (opc %d) failed: %s", self.imp.target,
+                            k.transno, k.opc, reply.body.get("error", reply.status))
+            self.replayed += 1
+        self.imp.replays += 1
 
     async def _reint(self, op: int, cred: Cred, *, intent: dict[str, Any] | None = None,
                      cancels: list[int] | None = None, **fields: Any) -> dict[str, Any]:

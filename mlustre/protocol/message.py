@@ -43,8 +43,10 @@ class Message:
     @classmethod
     def request(cls, opc: int, xid: int, body: dict[str, Any] | None = None,
                 flags: int = 0, conn_cnt: int = 0,
-                bulk: bytes | bytearray | memoryview | None = None) -> Message:
-        return cls(REQUEST, opc, xid, flags, conn_cnt, 0, 0, 0, body or {}, bulk)
+                bulk: bytes | bytearray | memoryview | None = None,
+                transno: int = 0) -> Message:
+        """A request; `transno` is set only on a replay (the update's first transno)."""
+        return cls(REQUEST, opc, xid, flags, conn_cnt, transno, 0, 0, body or {}, bulk)
 
     def reply(self, body: dict[str, Any] | None = None, *, status: int = 0, transno: int = 0,
               last_committed: int = 0,

@@ -216,12 +216,13 @@ class Endpoint:
     async def call(self, opc: int, body: dict[str, Any] | None = None, *,
                    timeout: float | None = 30.0, flags: int = 0, conn_cnt: int = 0,
                    xid: int | None = None,
-                   bulk: bytes | bytearray | memoryview | None = None) -> Message:
+                   bulk: bytes | bytearray | memoryview | None = None,
+                   transno: int = 0) -> Message:
         """Send a request and wait for its reply (status is not checked here)."""
         if self.closed:
             raise ConnectionLost(self.close_reason or "connection closed")
         msg = Message.request(opc, self.new_xid() if xid is None else xid, body, flags, conn_cnt,
-                              bulk)
+                              bulk, transno)
         waiter = _Waiter()
         self._waiters[msg.xid] = waiter
         self.requests_out += 1

@@ -27,7 +27,7 @@ from ..protocol.nid import Nid
 from ..protocol.session import Session
 from .layout_xattr import LOV_XATTR, format_layout, parse_layout
 from .ldlm_service import CANCEL_MAX
-from .mdt_store import Cred, MdtError, MdtStore
+from .mdt_store import REPLAY_HINT, Cred, MdtError, MdtStore
 from .mgs import target_name
 from .ost import register_with_mgs
 from .reply_log import SavedReply
@@ -178,9 +178,44 @@ class MdtServer(TargetServer):
                 req.body = {**req.body, "cred": cred}
                 self.count("root_squashed")
 
+    # -- replay of updates a crash lost (MSG_REPLAY) --
+    def replay_done(self, req: Message) -> Message | None:
+        """A replayed update numbered at or below what the store holds survived (its
+        transaction reached the disk): acknowledged, not run again. (Its reply may have
+        left the reply log's window.)"""
+        store = self.store
+        if store is not None and 0 < req.transno <= store.last_transno:
+            return req.reply({}, transno=req.transno, last_committed=self.last_committed)
+        return None
+
+    async def dispatch(self, handler: Any, export: Export, req: Message) -> Any:
+        if not req.flags & C.MSG_REPLAY or not req.transno:
+            return await handler(export, req)
+        attr = req.body.get("replay_attr") if isinstance(req.body, dict) else None
+        token = REPLAY_HINT.set((req.transno, attr if isinstance(attr, dict) else {}))
+        self.count("replayed_updates")
+        try:
+            return await handler(export, req)
+        finally:
+            REPLAY_HINT.reset(token)
+
     # -- root squash (servers/squash.py), kept in the storage across restarts --
     def _save_squash(self) -> None:
         self.storage.write_atomic("squash.json", json.dumps(self.squash.to_dict()).encode())
+
+    def _set_replay_barrier(self, text: str) -> None:
+        """1: everything so far is made durable, then nothing more is committed, so the
+        next crash loses every later update (which clients must replay); 0: lift it."""
+        if text.strip() not in ("0", "1") or self.store is None:
+            raise ParamError(errno.EINVAL, "replay_barrier is 1 (set) or 0 (lift)")
+        if text.strip() == "1":
+            self.store.commit()
+            self.store.replay_barrier = True
+            log.warning("%s: replay barrier set: nothing is committed from now on "
+                        "(transno %d)", self.name, self.store.last_committed)
+        else:
+            self.store.replay_barrier = False
+            self.store.commit()
 
     def _set_root_squash(self, text: str) -> None:
         try:
@@ -203,6 +238,9 @@ class MdtServer(TargetServer):
             base = f"mdt.{self.name}."
             tree.add(base + "root_squash", lambda: self.squash.to_dict()["root_squash"],
                      self._set_root_squash)
+            tree.add(base + "replay_barrier",
+                     lambda: int(self.store is not None and self.store.replay_barrier),
+                     self._set_replay_barrier)
             tree.add(base + "nosquash_nids",
                      lambda: self.squash.to_dict()["nosquash_nids"] or "NONE",
                      self._set_nosquash_nids)

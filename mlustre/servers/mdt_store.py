@@ -21,6 +21,7 @@ appends its OST objects to a destroy log that a server task drains.
 from __future__ import annotations
 
 import bisect
+import contextvars
 import errno
 import json
 import logging
@@ -37,6 +38,13 @@ import msgpack
 from .reply_log import SavedReply
 
 log = logging.getLogger(__name__)
+
+# Set (by the server, for the task serving one request) while a client replays an
+# update the store lost in a crash: (its original transno, the attributes its reply
+# gave the inode it created), so that the replay gets the same transno, inode number,
+# generation and OST objects as the first time.
+REPLAY_HINT: contextvars.ContextVar[tuple[int, dict] | None] = contextvars.ContextVar(
+    "mdt_replay_hint", default=None)
 
 ROOT_INO = 1
 OBJECT_ID_GAP = 1 << 24  # object ids skipped at each start (more than one run can lose)
@@ -322,6 +330,7 @@ class MdtStore:
         self._release_codes = [ranges[k] for k in self._release_starts]
         db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", self._meta.items())
         db.execute("COMMIT")
+        self.replay_barrier = False
         self._last_transno: int = self._meta.get("last_transno", 0)
         self._last_committed: int = self._last_transno
         self._next_handle = self._meta["boots"] << 32
@@ -357,13 +366,17 @@ class MdtStore:
 
     def settle(self) -> None:
         """End the open transaction (a COMMIT to the WAL, no fsync): what it holds now
-        survives a kill -9 of the server."""
-        if self._db.in_transaction:
+        survives a kill -9 of the server. Not under a replay barrier."""
+        if self._db.in_transaction and not self.replay_barrier:
             self._db.execute("COMMIT")
             self._unsynced = True
 
     def commit(self) -> int:
-        """Make everything durable (fsync); return last_committed."""
+        """Make everything durable (fsync); return last_committed. Under a replay
+        barrier nothing is committed any more: the next crash loses it all (clients
+        must replay it), as Lustre's replay_barrier makes the device read-only."""
+        if self.replay_barrier:
+            return self._last_committed
         db = self._db
         if db.in_transaction:
             db.execute("COMMIT")
@@ -414,6 +427,9 @@ class MdtStore:
         self._hooks = []
         try:
             result = fn(*args, **kw)
+            hint = REPLAY_HINT.get()
+            if transno and hint is not None and hint[0] > self._last_transno + 1:
+                self._last_transno = hint[0] - 1  # (transnos lost with others' updates)
             if transno:
                 self._dirty["last_transno"] = self._last_transno + 1
             if self._dirty:
@@ -755,13 +771,43 @@ class MdtStore:
         dir_parent = parent[_INO] if is_dir else 0
         # gen .. ctime_ns, in the column order shared by the INSERT and the returned row.
         common = (self._meta["boots"], mode, nlink, cred.uid, gid, rdev, size, now, now, now)
-        cur = self._db.execute(
-            "INSERT INTO inodes (gen, mode, nlink, uid, gid, rdev, size, atime_ns, mtime_ns,"
-            " ctime_ns, target, layout, parent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (*common, target, layout_json, dir_parent),
-        )
+        forced = self._replayed_identity()
+        if forced is not None:  # a replayed create: the inode it had the first time
+            common = (forced[1], *common[1:])
+            self._db.execute(
+                "INSERT INTO inodes (ino, gen, mode, nlink, uid, gid, rdev, size, atime_ns,"
+                " mtime_ns, ctime_ns, target, layout, parent)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (forced[0], *common, target, layout_json, dir_parent),
+            )
+            ino = forced[0]
+        else:
+            ino = self._db.execute(
+                "INSERT INTO inodes (gen, mode, nlink, uid, gid, rdev, size, atime_ns,"
+                " mtime_ns, ctime_ns, target, layout, parent)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*common, target, layout_json, dir_parent),
+            ).lastrowid
         self._meta_add("inodes", 1)
-        return (cur.lastrowid, *common, layout_json, dir_parent, 0, None)
+        return (ino, *common, layout_json, dir_parent, 0, None)
+
+    def _replayed_identity(self) -> tuple[int, int] | None:
+        """(ino, gen) a replayed create must reuse, if that inode number is free."""
+        hint = REPLAY_HINT.get()
+        attr = hint[1] if hint else None
+        if not attr or type(attr.get("ino")) is not int or type(attr.get("gen")) is not int:
+            return None
+        if self._db.execute("SELECT 1 FROM inodes WHERE ino = ?", (attr["ino"],)).fetchone():
+            log.warning("replayed create: inode %d is taken; a new number is used",
+                        attr["ino"])
+            return None
+        return attr["ino"], attr["gen"]
+
+    def _replayed_layout(self) -> dict | None:
+        """The layout (OST objects) a replayed create had the first time."""
+        hint = REPLAY_HINT.get()
+        layout = hint[1].get("layout") if hint and hint[1] else None
+        return layout if isinstance(layout, dict) and layout.get("objects") else None
 
     def _add_entry(self, parent: int, name: bytes, ino: int) -> None:
         self._db.execute(
@@ -835,7 +881,8 @@ class MdtStore:
         now = time.time_ns()
         new_layout = None
         if fmt == stat.S_IFREG:
-            new_layout = self._new_layout(self._settings_for(d, explicit), 1)
+            new_layout = self._replayed_layout() or \
+                self._new_layout(self._settings_for(d, explicit), 1)
         r = self._insert_inode(
             cred,
             d,
