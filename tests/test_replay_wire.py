@@ -1,0 +1,80 @@
+"""Replay over the wire: an MDT under a replay barrier loses, when it stops, every
+update made since; its client replays them to the next instance (same transnos, same
+inode numbers, same OST objects); a replay of an update that survived is answered
+without running again, whether its reply is still in the reply log or not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import trio
+from test_resend_wire import CRED, ROOT, mdc
+from test_servers_wire import _quiet_server_logs, mdt_server, run  # noqa: F401
+
+from mlustre.fuse_client.imports import ImportState
+from mlustre.protocol import constants as C
+from mlustre.protocol.nid import Nid
+
+
+def test_lost_updates_are_replayed_with_their_identity(tmp_path: Path) -> None:
+    async def main() -> None:
+        first = mdt_server(tmp_path)
+        async with trio.open_nursery() as outer:
+            nid = Nid.parse(await outer.start(first.run))
+            async with mdc(outer, nid) as m:
+                kept_before = (await m.mkdir(CRED, ROOT, b"kept", 0o755))["attr"]
+                await m.sync()  # committed: nothing of it is left to replay
+                assert m.kept == []
+                first.params().set(f"{first.name}.replay_barrier".join(["mdt.", ""]), "1")
+                a = (await m.mkdir(CRED, ROOT, b"a", 0o700))["attr"]
+                b = (await m.create(CRED, a["ino"], b"b", 0o100600))["attr"]
+                await m.rename(CRED, a["ino"], b"b", ROOT, b"c", 0)
+                assert [k.transno for k in m.kept] == sorted(k.transno for k in m.kept)
+                assert len(m.kept) == 3
+                first.stop()  # its store rolls back everything after the barrier
+                while first.storage.claimed:
+                    await trio.sleep(0.01)
+                second = mdt_server(tmp_path, port=nid.port)
+                await outer.start(second.run)
+                while m.imp.state is not ImportState.FULL or m.imp.replays == 0:
+                    await trio.sleep(0.01)
+                assert m.replayed == 3 and second.stats["replayed_updates"] == 3
+                got: dict[str, Any] = (await m.lookup(CRED, ROOT, b"a"))["attr"]
+                assert (got["ino"], got["gen"]) == (a["ino"], a["gen"])
+                c = (await m.lookup(CRED, ROOT, b"c"))["attr"]
+                assert c["ino"] == b["ino"] and c["layout"]["objects"] == b["layout"]["objects"]
+                assert (await m.lookup(CRED, ROOT, b"kept"))["attr"]["ino"] == \
+                    kept_before["ino"]
+                # New inodes come after the replayed ones.
+                d = (await m.mkdir(CRED, ROOT, b"d", 0o755))["attr"]
+                assert d["ino"] > max(a["ino"], b["ino"])
+                second.stop()
+    run(main)
+
+
+def test_a_replay_of_what_survived_is_not_run_again(tmp_path: Path) -> None:
+    """A replay numbered at or below the MDT's last transno survived the crash: it is
+    answered (from the reply log, or as already done) and not run again (a second
+    mkdir would say EEXIST)."""
+    async def main() -> None:
+        server = mdt_server(tmp_path)
+        async with trio.open_nursery() as outer:
+            nid = Nid.parse(await outer.start(server.run))
+            async with mdc(outer, nid) as m:
+                made = await m.mkdir(CRED, ROOT, b"once", 0o755)
+                k = m.kept[-1]
+                body = {"op": C.REINT_MKDIR, "cred": CRED, "parent": ROOT, "name": b"once",
+                        "mode": 0o755}
+                for xid in (k.xid, k.xid + 1000):  # in the reply log; beyond it
+                    reply = await m.imp.endpoint.call(
+                        C.MDS_REINT, body, flags=C.MSG_REPLAY, xid=xid,
+                        transno=k.transno, conn_cnt=m.imp.conn_cnt)
+                    assert reply.status == 0, reply.body
+                assert server.stats["reconstructed"] == 1
+                assert server.stats["replays_already_done"] == 1
+                assert server.stats.get("replayed_updates", 0) == 0
+                assert (await m.lookup(CRED, ROOT, b"once"))["attr"]["ino"] == \
+                    made["attr"]["ino"]
+                server.stop()
+    run(main)
