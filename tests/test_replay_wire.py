@@ -5,14 +5,17 @@ without running again, whether its reply is still in the reply log or not."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import trio
 from test_resend_wire import CRED, ROOT, mdc
-from test_servers_wire import _quiet_server_logs, mdt_server, run  # noqa: F401
+from test_servers_wire import MDT_NAME, _quiet_server_logs, mdt_server, run  # noqa: F401
 
-from mlustre.fuse_client.imports import ImportState
+from mlustre.fuse_client.imports import Import, ImportState
+from mlustre.fuse_client.mdc import Mdc
 from mlustre.protocol import constants as C
 from mlustre.protocol.nid import Nid
 
@@ -77,4 +80,60 @@ def test_a_replay_of_what_survived_is_not_run_again(tmp_path: Path) -> None:
                 assert (await m.lookup(CRED, ROOT, b"once"))["attr"]["ino"] == \
                     made["attr"]["ino"]
                 server.stop()
+    run(main)
+
+
+@asynccontextmanager
+async def mount_like(nursery: trio.Nursery, nid: Nid, name: str) -> AsyncIterator[Mdc]:
+    """An MDC whose import keeps transnos for replay, as a mount's does (the MDT
+    waits for such clients after a restart)."""
+    imp = Import(MDT_NAME, [nid], connect_opc=C.MDS_CONNECT, client_uuid=f"client-{name}",
+                 flags=C.OBD_CONNECT_TRANSNO, connect_timeout=1.0, request_timeout=20.0)
+    await imp.connect(nursery)
+    try:
+        yield Mdc(imp)
+    finally:
+        await imp.close(C.MDS_DISCONNECT)
+
+
+def test_replays_of_two_clients_run_in_transno_order(tmp_path: Path) -> None:
+    """A makes x, B renames it to y, A makes x again: replayed in arrival order A's
+    second mkdir would find x still there (EEXIST) and lose the rename's effect; in
+    global transno order, the MDT ends with x and y as before the crash. A third client
+    known to the MDT never comes back: evicted when the window ends, and told so."""
+    async def main() -> None:
+        first = mdt_server(tmp_path, recovery_window=3.0)
+        async with trio.open_nursery() as outer:
+            nid = Nid.parse(await outer.start(first.run))
+            async with mount_like(outer, nid, "a") as a, mount_like(outer, nid, "b") as b:
+                gone = Import(MDT_NAME, [nid], connect_opc=C.MDS_CONNECT,
+                              client_uuid="client-gone", flags=C.OBD_CONNECT_TRANSNO,
+                              connect_timeout=1.0)
+                await gone.connect(outer)
+                await trio.sleep(0.5)  # (the MDT writes down its clients)
+                first.params().set(f"mdt.{MDT_NAME}.replay_barrier", "1")
+                x1 = (await a.mkdir(CRED, ROOT, b"x", 0o755))["attr"]
+                await b.rename(CRED, ROOT, b"x", ROOT, b"y", 0)
+                x2 = (await a.mkdir(CRED, ROOT, b"x", 0o700))["attr"]
+                assert gone.endpoint is not None
+                await gone.endpoint.aclose("this client dies")  # (no disconnect)
+                first.stop()
+                while first.storage.claimed:
+                    await trio.sleep(0.01)
+                second = mdt_server(tmp_path, port=nid.port, recovery_window=3.0)
+                await outer.start(second.run)
+                t0 = trio.current_time()
+                y = (await a.lookup(CRED, ROOT, b"y"))["attr"]  # waits for the recovery
+                x = (await b.lookup(CRED, ROOT, b"x"))["attr"]
+                assert (y["ino"], x["ino"]) == (x1["ino"], x2["ino"])
+                assert x["mode"] & 0o777 == 0o700
+                assert second.stats["replayed_updates"] == 3
+                assert second.stats["recovery_evictions"] == 1  # the one that never came
+                assert trio.current_time() - t0 >= 2.0  # (it was waited for)
+                gone.nids = [nid]
+                with trio.fail_after(10):
+                    while gone.evictions == 0:
+                        await trio.sleep(0.05)
+                await gone.close()
+                second.stop()
     run(main)

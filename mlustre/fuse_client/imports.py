@@ -95,6 +95,8 @@ class Import:
         self.resent_updates = 0  # update requests sent again after a lost connection
 
     def _set_state(self, state: ImportState) -> None:
+        if self.state is ImportState.CLOSED:
+            return  # (a connect attempt that ends after close() changes nothing)
         if state is not self.state:
             log.info("%s: %s -> %s", self.target, self.state.value, state.value)
             self.state = state
@@ -177,6 +179,9 @@ class Import:
             self._set_state(ImportState.REPLAY)
             try:
                 await self.replayer(endpoint)
+                # Done: the target need not wait for us any more (MSG_REQ_REPLAY_DONE).
+                await endpoint.call(C.OBD_PING, {}, flags=C.MSG_REQ_REPLAY_DONE,
+                                    timeout=self.request_timeout, conn_cnt=self.conn_cnt)
             except (ConnectionLost, RpcTimeout) as e:
                 self.last_error = f"{nid}: replay: {e}"
                 await endpoint.aclose()

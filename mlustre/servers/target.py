@@ -258,11 +258,23 @@ class TargetServer:
         log.warning("%s: evicting client %s (%s): %s", self.name, uuid, export.nid, reason)
         export.endpoint.context.pop("export", None)
         await self.export_disconnected(export)
+        self.client_left(uuid)
         await export.endpoint.aclose(f"evicted: {reason}")
 
     async def dispatch(self, handler: Handler, export: Export, req: Message) -> Any:
         """Run a request's handler (the MDT wraps replays)."""
         return await handler(export, req)
+
+    def replay_finished(self, export: Export) -> None:
+        """Hook: a client says it has replayed everything (the MDT's recovery)."""
+
+    def client_joined(self, export: Export) -> None:
+        """Hook: a client connected (the MDT remembers the ones that replay, for its
+        next recovery)."""
+
+    def client_left(self, uuid: str) -> None:
+        """Hook: a client disconnected cleanly or was evicted: not waited for at the
+        next restart."""
 
     def replay_done(self, req: Message) -> Message | None:
         """Hook: the reply to a replayed update whose effect survived the crash (None:
@@ -293,6 +305,8 @@ class TargetServer:
                 body = await self._connect(endpoint, req)
                 return req.reply(body, last_committed=self.last_committed)
             if req.opc == C.OBD_PING:
+                if req.flags & C.MSG_REQ_REPLAY_DONE and "export" in endpoint.context:
+                    self.replay_finished(endpoint.context["export"])
                 return req.reply(last_committed=self.last_committed)
             export: Export | None = endpoint.context.get("export")
             if export is None:
@@ -303,6 +317,7 @@ class TargetServer:
                 endpoint.context.pop("export", None)
                 self.ldlm.release(export.uuid)
                 await self.export_disconnected(export)
+                self.client_left(export.uuid)
                 return req.reply(last_committed=self.last_committed)
             self.check_request(export, req)
             if C.is_update(req.opc, req.body):
@@ -524,6 +539,7 @@ class TargetServer:
             await old.endpoint.aclose("replaced by a reconnect")
         self.exports[client_uuid] = export
         endpoint.context["export"] = export
+        self.client_joined(export)
         export.flags &= self.connect_flags
         evicted = self.ldlm.connected(client_uuid)
         return {"target": self.name, "release": self.release, "instance": self.storage.instance,
