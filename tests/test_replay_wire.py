@@ -129,6 +129,10 @@ def test_replays_of_two_clients_run_in_transno_order(tmp_path: Path) -> None:
                 assert x["mode"] & 0o777 == 0o700
                 assert second.stats["replayed_updates"] == 3
                 assert second.stats["recovery_evictions"] == 1  # the one that never came
+                status = dict(second.params().get(f"mdt.{MDT_NAME}.recovery_status"))
+                assert status[f"mdt.{MDT_NAME}.recovery_status"][:4] == [
+                    "status: COMPLETE", "completed_clients: 2/3", "replayed_requests: 3",
+                    "evicted_clients: 1"]
                 assert trio.current_time() - t0 >= 2.0  # (it was waited for)
                 gone.nids = [nid]
                 with trio.fail_after(10):

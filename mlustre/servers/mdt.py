@@ -281,6 +281,22 @@ class MdtServer(TargetServer):
         self._recovered.set()
         self._recovery_changed.set()
 
+    def _recovery_lines(self) -> list[str]:
+        """lctl get_param mdt.*.recovery_status, shaped like Lustre's."""
+        rec = self.recovery
+        if rec is None:
+            return ["status: INACTIVE", f"known_clients: {len(self._known)}"]
+        active = not self._recovered.is_set()
+        lines = [f"status: {'RECOVERING' if active else 'COMPLETE'}"]
+        if active:
+            left = max(0.0, rec.deadline - trio.current_time())
+            lines.append(f"time_remaining: {left:.1f}")
+        lines += [f"completed_clients: {len(rec.done & rec.known)}/{len(rec.known)}",
+                  f"replayed_requests: {rec.replayed}",
+                  f"evicted_clients: {self.stats.get('recovery_evictions', 0)}",
+                  f"known_clients: {len(self._known)}"]
+        return lines
+
     async def _recovery_timer(self) -> None:
         rec = self.recovery
         assert rec is not None
@@ -334,6 +350,7 @@ class MdtServer(TargetServer):
             base = f"mdt.{self.name}."
             tree.add(base + "root_squash", lambda: self.squash.to_dict()["root_squash"],
                      self._set_root_squash)
+            tree.add(base + "recovery_status", self._recovery_lines)
             tree.add(base + "replay_barrier",
                      lambda: int(self.store is not None and self.store.replay_barrier),
                      self._set_replay_barrier)
