@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -251,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         subprocess.run([*MLUSTRE, "down", str(mnt)], capture_output=True, timeout=120)
         subprocess.run(["fusermount3", "-uz", str(mnt)], capture_output=True)
+        if not os.path.ismount(mnt):  # (logs are in the JSON report, if asked for)
+            shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(results, indent=1))
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(results, indent=1))
