@@ -432,9 +432,9 @@ def cmd_failover(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         how = "stopped"
         if barrier is not None:
-            evicted = f", {barrier['evicted']} evicted" if barrier["evicted"] else ""
-            how = (f"frozen in {barrier['freeze_s']:.2f}s ({barrier['clients']} clients, "
-                   f"{barrier['flushed_bytes']} bytes flushed{evicted}), " + how)
+            from .servers.barrier import describe_freeze
+
+            how = f"{describe_freeze(barrier)}, {how}"
     if args.partner:
         how += ", its partner took over,"
     if release is not None and release != was:

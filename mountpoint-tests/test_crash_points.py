@@ -7,7 +7,6 @@ unlink does not come back ENOENT, written data is there."""
 
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
 import sys
@@ -16,6 +15,8 @@ import time
 import pytest
 from mnthelpers import cli
 from test_coherence import cluster_factory  # noqa: F401
+
+from mlustre.registry import pid_alive
 
 TIMEOUT = 240
 
@@ -54,14 +55,6 @@ def server_pid(c, target: str) -> int:
     return next(s["pid"] for s in c.status()["servers"] if s["name"].endswith(target))
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @pytest.mark.timeout(TIMEOUT)
 def test_crash_points(cluster_factory):  # noqa: F811
     c = cluster_factory("--osts", "1", "--fsname", "cp" + secrets.token_hex(3))
@@ -77,7 +70,7 @@ def test_crash_points(cluster_factory):  # noqa: F811
                                 stderr=subprocess.PIPE, text=True)
         try:
             deadline = time.monotonic() + 30
-            while alive(pid):
+            while pid_alive(pid):
                 assert time.monotonic() < deadline, f"{name}: {target} did not crash"
                 time.sleep(0.05)
             assert proc.poll() is None, f"{name}: the call ended while {target} was down"

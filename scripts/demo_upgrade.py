@@ -138,6 +138,13 @@ class Worker:
             self.failed(name, e)
             raise Abandon(name) from e
 
+    def open(self, path: Path, flags: int) -> int:
+        """os.open, counted; a failure is counted and abandons the round (see call)."""
+        with self.call("open"):
+            fd = os.open(path, flags, 0o644)
+        self.count("open")
+        return fd
+
     def save(self) -> None:
         out = {"ops": self.ops, "ops_total": sum(self.ops.values()), "errors": self.errors,
                "mismatches": self.mismatches, "notes": self.notes[:50],
@@ -180,9 +187,7 @@ def worker_writer(w: Worker) -> None:
     times_file = open(w.conf["times"], "wb")  # written in batches
     flushed = time.monotonic()
     try:
-        with w.call("open"):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        w.count("open")
+        fd = w.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         try:
             while w.running():
                 payload = rng.randbytes(payload_len)
@@ -267,9 +272,7 @@ def worker_held(w: Worker) -> None:
     chunks = 0
     worst = 0.0
     try:
-        with w.call("open"):
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        w.count("open")
+        fd = w.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
         try:
             while w.running():
                 t = time.monotonic()

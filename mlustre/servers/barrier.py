@@ -34,6 +34,14 @@ log = logging.getLogger(__name__)
 DEFAULT_FREEZE_TIMEOUT = 30.0  # seconds a freeze lasts unless thawed or renewed
 
 
+def describe_freeze(f: dict[str, Any]) -> str:
+    """One line for a freeze's report (FreezeReport as a dict: the wire's form), as the
+    server logs it and lctl and `mlustre failover` print it."""
+    return (f"frozen in {f['freeze_s']:.3f}s ({f['clients']} clients flushed "
+            f"{f['flushed_bytes']} bytes in {f['flushed_updates']} updates, "
+            f"{f['evicted']} evicted)")
+
+
 class BarrierState(Enum):
     THAWED = "thawed"
     FREEZING = "freezing"
@@ -106,9 +114,7 @@ class ServerBarrier:
         self._set(BarrierState.FROZEN)
         self._frozen.set()
         self._arm_expiry(timeout)
-        log.info("%s: barrier frozen in %.3fs: %d clients flushed %d bytes in %d updates, "
-                 "%d evicted", self.server.name, report.freeze_s, report.clients,
-                 report.flushed_bytes, report.flushed_updates, report.evicted)
+        log.info("%s: barrier %s", self.server.name, describe_freeze(asdict(report)))
         return report
 
     def thaw(self, *, expired: bool = False) -> bool:
@@ -172,8 +178,5 @@ class ServerBarrier:
             lines.append(f"time_to_expire: {st['time_to_expire']}")
         lines.append(f"holders: {st['holders']}")
         if "last_freeze" in st:
-            lf = st["last_freeze"]
-            lines.append(f"last_freeze: {lf['freeze_s']:.3f}s, {lf['clients']} clients, "
-                         f"{lf['flushed_bytes']} bytes in {lf['flushed_updates']} updates "
-                         f"flushed, {lf['evicted']} evicted")
+            lines.append(f"last_freeze: {describe_freeze(st['last_freeze'])}")
         return lines

@@ -771,23 +771,16 @@ class MdtStore:
         dir_parent = parent[_INO] if is_dir else 0
         # gen .. ctime_ns, in the column order shared by the INSERT and the returned row.
         common = (self._meta["boots"], mode, nlink, cred.uid, gid, rdev, size, now, now, now)
-        forced = self._replayed_identity()
-        if forced is not None:  # a replayed create: the inode it had the first time
+        forced = self._replayed_identity()  # a replayed create: its first ino and gen
+        if forced is not None:
             common = (forced[1], *common[1:])
-            self._db.execute(
-                "INSERT INTO inodes (ino, gen, mode, nlink, uid, gid, rdev, size, atime_ns,"
-                " mtime_ns, ctime_ns, target, layout, parent)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (forced[0], *common, target, layout_json, dir_parent),
-            )
-            ino = forced[0]
-        else:
-            ino = self._db.execute(
-                "INSERT INTO inodes (gen, mode, nlink, uid, gid, rdev, size, atime_ns,"
-                " mtime_ns, ctime_ns, target, layout, parent)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (*common, target, layout_json, dir_parent),
-            ).lastrowid
+        # (ino NULL: SQLite picks the next rowid)
+        ino = self._db.execute(
+            "INSERT INTO inodes (ino, gen, mode, nlink, uid, gid, rdev, size, atime_ns,"
+            " mtime_ns, ctime_ns, target, layout, parent)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (forced[0] if forced else None, *common, target, layout_json, dir_parent),
+        ).lastrowid
         self._meta_add("inodes", 1)
         return (ino, *common, layout_json, dir_parent, 0, None)
 

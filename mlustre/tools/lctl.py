@@ -327,10 +327,10 @@ def _barrier(args: argparse.Namespace, body: dict[str, Any]) -> int:
             continue
         what = {"barrier_freeze": "frozen", "barrier_thaw": "thawed"}.get(args.lctl_command)
         if what == "frozen":
-            f = result["frozen"]
-            print(f"{src.name}: frozen in {f['freeze_s']:.3f}s ({f['clients']} clients "
-                  f"flushed {f['flushed_bytes']} bytes in {f['flushed_updates']} updates, "
-                  f"{f['evicted']} evicted); expires in {result.get('time_to_expire', 0)}s")
+            from ..servers.barrier import describe_freeze
+
+            print(f"{src.name}: {describe_freeze(result['frozen'])}; expires in "
+                  f"{result.get('time_to_expire', 0)}s")
         elif what == "thawed":
             print(f"{src.name}: {'thawed' if result['thawed'] else 'was not frozen'}")
         else:
