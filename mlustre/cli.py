@@ -88,7 +88,8 @@ def cmd_server(args: argparse.Namespace) -> int:
     else:
         from .servers.ost import OstServer
         server = OstServer(args.fsname, args.index, args.data, mgs=mgs,
-                           failover_nids=args.failover_nid, **common)
+                           failover_nids=args.failover_nid,
+                           recovery_window=args.recovery_window, **common)
     if args.kind != "mgs" and not mgs:
         raise CliError(f"a {args.kind} needs --mgs HOST:PORT")
     return serve_forever(server)
@@ -147,8 +148,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         for kind, idx in specs:
             name = f"{args.fsname}-{kind.upper()}{idx:04X}"
             tdir = data / name
-            extra = (["--osts", str(args.osts), "--recovery-window", str(args.recovery_window),
-                      *squash] if kind == "mdt" else [])
+            extra = ["--recovery-window", str(args.recovery_window)]
+            if kind == "mdt":
+                extra += ["--osts", str(args.osts), *squash]
             if args.failover_pairs:
                 # Two servers for one storage directory: this one on PAIR_ADDRS[0], its
                 # partner (started by `mlustre failover --partner`) on PAIR_ADDRS[1].
@@ -499,8 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "127.0.0.3) sharing its storage: `mlustre failover --partner` "
                          "moves it to the other")
     up.add_argument("--recovery-window", type=float, default=15.0,
-                    help="seconds after an MDT start during which clients re-open their "
-                         "open files")
+                    help="seconds a restarted MDT or OST waits for its clients to replay "
+                         "their uncommitted updates, open files and locks")
     up.add_argument("--ldlm-timeout", type=float, default=10.0,
                     help="lock callback timeout of every server, seconds: a client that "
                          "does not give back a lock in time is evicted")
@@ -568,8 +570,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "clients then recover from a restart by resend and replay")
     sv.add_argument("--commit-interval", type=float, default=1.0)
     sv.add_argument("--recovery-window", type=float, default=15.0,
-                    help="(mdt) seconds after a start during which clients re-open their "
-                         "open files; unlinked files still open survive it")
+                    help="(mdt, ost) seconds a restarted target waits for the clients it "
+                         "knew to replay their uncommitted updates, open files and locks")
     sv.add_argument("--ldlm-timeout", type=float, default=10.0,
                     help="seconds a lock holder has to cancel after a blocking AST "
                          "before it is evicted")

@@ -36,6 +36,8 @@ class ImportState(Enum):
     NEW = "NEW"
     CONNECTING = "CONNECTING"
     REPLAY = "REPLAY"  # sending the updates a restarted target may have lost
+    REPLAY_LOCKS = "REPLAY_LOCKS"  # taking our locks again on the restarted target
+    RECOVER = "RECOVER"  # resending the requests the old connection left unanswered
     FULL = "FULL"
     DISCONN = "DISCONN"
     EVICTED = "EVICTED"
@@ -56,7 +58,8 @@ class Import:
 
     def __init__(self, target: str, nids: list[Nid], *, connect_opc: int, client_uuid: str,
                  release: str = "2.0", flags: int = 0, handler: Handler | None = None,
-                 request_timeout: float = 30.0, connect_timeout: float = 5.0) -> None:
+                 request_timeout: float = 30.0, connect_timeout: float = 5.0,
+                 ping_interval: float = 5.0) -> None:
         self.target = target
         self.nids = nids
         self.connect_opc = connect_opc
@@ -90,6 +93,18 @@ class Import:
         # Re-sends, to a new instance of the target, the updates it may have lost
         # (mdc.Mdc.replay); runs before the import is FULL again.
         self.replayer: Callable[[Endpoint], Awaitable[None]] | None = None
+        # Takes our locks again on a new instance (ldlm.LockClient.replay_locks).
+        self.lock_replayer: Callable[[Endpoint], Awaitable[None]] | None = None
+        # Called when the target reports a higher last_committed (what was kept for
+        # replay up to there can go).
+        self.on_committed: list[Callable[[int], None]] = []
+        self.ping_interval = ping_interval
+        self.recovery_time = 0.0  # seconds the last recovery took (connect to FULL)
+        self.pings = 0
+        self._last_sent = 0.0
+        self._to_resend: set[int] = set()  # xids of requests a dead connection left
+        self._resend_ok = trio.Event()  # set in RECOVER and FULL
+        self._resends_changed = trio.Event()
         self._instance: Any = None
         self.replays = 0  # connections to a new instance that replayed something
         self.resent_updates = 0  # update requests sent again after a lost connection
@@ -105,6 +120,10 @@ class Import:
             self._full.set()
         elif self._full.is_set():
             self._full = trio.Event()
+        if state in (ImportState.FULL, ImportState.RECOVER):
+            self._resend_ok.set()
+        elif self._resend_ok.is_set():
+            self._resend_ok = trio.Event()
 
     async def connect(self, nursery: trio.Nursery, *, first_timeout: float | None = None) -> None:
         """Connect now (raising ConnectionLost if no NID answers within first_timeout),
@@ -119,6 +138,8 @@ class Import:
                                      f"{', '.join(map(str, self.nids))}: {self.last_error}")
             await trio.sleep(0.2)
         nursery.start_soon(self._keeper)
+        if self.ping_interval > 0:
+            nursery.start_soon(self._pinger)
 
     async def _try_all_nids(self) -> bool:
         for _ in range(len(self.nids)):
@@ -174,23 +195,73 @@ class Import:
             except Exception:
                 log.exception("%s: on_connected hook failed", self.target)
         instance, self._instance = self._instance, reply.body.get("instance")
-        if (self.replayer is not None and instance is not None
-                and instance != self._instance and not reply.body.get("evicted")):
-            self._set_state(ImportState.REPLAY)
+        if instance is not None and instance != self._instance \
+                and not reply.body.get("evicted"):
+            started = trio.current_time()
             try:
-                await self.replayer(endpoint)
-                # Done: the target need not wait for us any more (MSG_REQ_REPLAY_DONE).
-                await endpoint.call(C.OBD_PING, {}, flags=C.MSG_REQ_REPLAY_DONE,
-                                    timeout=self.request_timeout, conn_cnt=self.conn_cnt)
+                await self._recover(endpoint)
             except (ConnectionLost, RpcTimeout) as e:
-                self.last_error = f"{nid}: replay: {e}"
+                self.last_error = f"{nid}: recovery: {e}"
                 await endpoint.aclose()
                 self._set_state(ImportState.DISCONN)
                 return False
+            self.recovery_time = trio.current_time() - started
+        if self._to_resend:
+            # Requests the dead connection left unanswered go first (RECOVER), then
+            # the rest (FULL).
+            self._set_state(ImportState.RECOVER)
+            with trio.move_on_after(self.connect_timeout):
+                while self._to_resend and self.endpoint is endpoint and not endpoint.closed:
+                    changed = self._resends_changed = trio.Event()
+                    await changed.wait()
         self._set_state(ImportState.FULL)
         log.info("%s: connected to %s (release %s, instance %s)", self.target, nid,
                  reply.body.get("release"), reply.body.get("instance"))
         return True
+
+    async def _recover(self, endpoint: Endpoint) -> None:
+        """A new instance of the target: Lustre's recovery, seen from one client.
+        REPLAY: the updates it may have lost (and says it is done with them);
+        REPLAY_LOCKS: the locks it no longer has (and says it is done)."""
+        self._set_state(ImportState.REPLAY)
+        if self.replayer is not None:
+            await self.replayer(endpoint)
+        await endpoint.call(C.OBD_PING, {}, flags=C.MSG_REQ_REPLAY_DONE,
+                            timeout=self.request_timeout, conn_cnt=self.conn_cnt)
+        self._set_state(ImportState.REPLAY_LOCKS)
+        if self.lock_replayer is not None:
+            await self.lock_replayer(endpoint)
+        reply = await endpoint.call(C.OBD_PING, {}, flags=C.MSG_LOCK_REPLAY_DONE,
+                                    timeout=self.request_timeout, conn_cnt=self.conn_cnt)
+        self._note_committed(reply)
+
+    def new_xid(self) -> int:
+        """An xid of this import (replays that did not have one)."""
+        xid = self._next_xid
+        self._next_xid += 1
+        return xid
+
+    async def _pinger(self) -> None:
+        """Ping an idle target every ping_interval: a dead peer is noticed without a
+        request waiting for its timeout, and last_committed keeps moving (so kept
+        replay data is freed)."""
+        while self.state is not ImportState.CLOSED:
+            await trio.sleep(self.ping_interval)
+            endpoint = self.endpoint
+            if self.state is not ImportState.FULL or endpoint is None \
+                    or trio.current_time() - self._last_sent < self.ping_interval:
+                continue
+            self.pings += 1
+            try:
+                reply = await endpoint.call(C.OBD_PING, {}, conn_cnt=self.conn_cnt,
+                                            timeout=max(self.ping_interval,
+                                                        self.request_timeout / 2))
+            except (ConnectionLost, RpcTimeout) as e:
+                if not endpoint.closed:
+                    log.warning("%s: ping failed (%s); reconnecting", self.target, e)
+                    await endpoint.aclose(f"ping failed: {e}")
+                continue
+            self._note_committed(reply)
 
     async def _keeper(self) -> None:
         """Reconnect whenever the connection dies, with backoff, until closed."""
@@ -230,6 +301,8 @@ class Import:
     def _note_committed(self, reply: Message) -> None:
         if reply.last_committed > self.peer_committed:
             self.peer_committed = reply.last_committed
+            for hook in self.on_committed:
+                hook(reply.last_committed)
         if reply.transno > self.last_transno:
             self.last_transno = reply.transno
 
@@ -258,16 +331,33 @@ class Import:
     async def _call(self, opc: int, body: dict[str, Any] | None, timeout: float | None,
                     bulk: bytes | bytearray | memoryview | None,
                     encode: BodyEncoder | None = None) -> Message:
+        sent: list[int] = []  # the xid, once given
+        try:
+            return await self._call_until_answered(opc, body, timeout, bulk, encode, sent)
+        finally:
+            if sent and self._to_resend:
+                self._resend_done(sent[0])
+
+    def _resend_done(self, xid: int) -> None:
+        if xid in self._to_resend:
+            self._to_resend.discard(xid)
+            self._resends_changed.set()
+
+    async def _call_until_answered(self, opc: int, body: dict[str, Any] | None,
+                                   timeout: float | None,
+                                   bulk: bytes | bytearray | memoryview | None,
+                                   encode: BodyEncoder | None, sent: list[int]) -> Message:
         flags = 0
         xid: int | None = None
         evictions = self.evictions
         while True:
             if self.state is ImportState.CLOSED:
                 raise ImportClosed(self.target)
-            if self.state is not ImportState.FULL:  # (waiting on a set Event still yields)
-                await self._full.wait()
-                if self.state is ImportState.CLOSED:
-                    raise ImportClosed(self.target)
+            if self.state is not ImportState.FULL and not (
+                    flags & C.MSG_RESENT and self.state is ImportState.RECOVER):
+                # (waiting on a set Event still yields)
+                await (self._resend_ok if flags & C.MSG_RESENT else self._full).wait()
+                continue
             if self.evictions != evictions:
                 raise RpcError(errno.EIO, f"{self.target}: evicted while the request waited")
             endpoint = self.endpoint
@@ -275,6 +365,10 @@ class Import:
             if xid is None:
                 xid = self._next_xid  # per import, so a resend keeps it across connections
                 self._next_xid += 1
+                sent.append(xid)
+            elif self._to_resend:
+                self._resend_done(xid)
+            self._last_sent = trio.current_time()
             wire = encode(endpoint.codec.release, body) if encode and body is not None else body
             try:
                 reply = await endpoint.call(opc, wire, timeout=timeout or self.request_timeout,
@@ -287,6 +381,7 @@ class Import:
                 if self.endpoint is endpoint and self.state is ImportState.FULL:
                     self._set_state(ImportState.DISCONN)  # the keeper reconnects
                 flags |= C.MSG_RESENT
+                self._to_resend.add(xid)
                 if opc in C.UPDATE_OPCODES:
                     self.resent_updates += 1
                 continue

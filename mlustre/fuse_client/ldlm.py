@@ -47,6 +47,7 @@ from .ldlm_client import (
     ClientNamespace,
     LockState,
     UnknownLock,
+    replay_flags,
 )
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ class LockClient:
             "enqueue_rpcs": 0, "matches": 0, "waits": 0, "cancel_rpcs": 0, "cancels": 0,
             "basts": 0, "cps": 0, "evictions": 0, "intents": 0, "intent_grants": 0,
             "glimpses": 0, "glimpse_grants": 0, "gl_asts": 0, "elc": 0, "resets": 0,
-            "reenqueues": 0,
+            "reenqueues": 0, "replayed": 0,
         }
         if imp is not None:
             self.attach(imp)
@@ -142,6 +143,7 @@ class LockClient:
         have been built with handler=self.handle_request (its ASTs come that way)."""
         self.imp = imp
         imp.on_connected.append(self._connected)
+        imp.lock_replayer = self.replay_locks
 
     # ---- background tasks ---------------------------------------------------------------
 
@@ -475,16 +477,63 @@ class LockClient:
         if event is not None:
             event.set()
 
+    # ---- lock replay (the import's REPLAY_LOCKS state) -------------------------------
+
+    async def replay_locks(self, endpoint: Endpoint) -> None:
+        """The target restarted: take our granted locks again, as they were, so that the
+        caches they protect stay valid. A lock the server refuses is dropped with what it
+        protected (on_reset), as all were before lock replay."""
+        assert self.imp is not None
+        locks = [lk for lk in self.ns.replay_list() if not lk.waiting]
+        refused = []
+        for lock in locks:
+            if lock.state is LockState.CANCELLED:
+                continue
+            reply = await endpoint.call(C.LDLM_ENQUEUE, {
+                "res": list(lock.res), "type": int(lock.type), "mode": int(lock.mode),
+                "policy": wire_policy(lock.type, lock.policy), "handle": lock.handle,
+                "flags": replay_flags(lock)}, timeout=self.imp.request_timeout,
+                conn_cnt=self.imp.conn_cnt)
+            if reply.status or not isinstance(reply.body.get("handle"), int):
+                refused.append(lock)
+                continue
+            if lock.state is not LockState.CANCELLED:
+                self.ns.replayed(lock.handle, reply.body["handle"])
+                self.stats["replayed"] += 1
+        if refused:
+            log.warning("%s: %d of %d locks refused at replay; dropped", self.target,
+                        len(refused), len(locks))
+            self._reset(refused, "refused at replay")
+        elif locks:
+            log.info("%s: %d locks replayed", self.target, len(locks))
+
+    def _reset(self, locks: list[ClientLock], why: str) -> None:
+        dropped = self.ns.forget(locks)
+        if not dropped:
+            return
+        self.stats["resets"] += 1
+        log.info("%s: %d locks dropped (%s)", self.target, len(dropped), why)
+        for lock in dropped:
+            event = self._grants.get(lock.handle)
+            if event is not None:
+                event.set()  # the waiting enqueue asks the new instance again
+        self._spawn(self.on_reset, dropped)
+
     # ---- eviction ---------------------------------------------------------------------
 
     def _connected(self, reply_body: dict[str, Any]) -> None:
         instance = reply_body.get("instance")
         restarted = self._instance is not None and instance != self._instance
         self._instance = instance
+        if restarted and not reply_body.get("evicted") and self.imp is not None \
+                and self.imp.lock_replayer is not None:
+            # The granted locks are replayed (replay_locks); the enqueues queued on the
+            # old instance are asked for again.
+            self._reset([lk for lk in self.ns.all_locks() if lk.waiting], "waiting")
+            return
         if restarted and not reply_body.get("evicted"):
-            # A new server instance knows none of our locks (no lock replay yet): what
-            # they protected can no longer be trusted, but nothing is lost (dirty data
-            # is written back as usual).
+            # A new server instance knows none of our locks: what they protected can no
+            # longer be trusted, but nothing is lost (dirty data is written back as usual).
             dropped = self.ns.invalidate_all()
             self.stats["resets"] += 1
             log.warning("%s: server restarted; %d locks dropped", self.target, len(dropped))

@@ -423,6 +423,16 @@ class ClientNamespace:
         self._set_remote(lock, remote_handle)
         return lock
 
+    def forget(self, locks: list[ClientLock]) -> list[ClientLock]:
+        """A restarted server does not have these (waiting enqueues, replays it refused):
+        dropped like invalidate_all() drops every lock."""
+        dropped = [lk for lk in locks if self._locks.get(lk.handle) is lk]
+        for lock in dropped:
+            lock.flags |= FL_FAILED
+            self._drop(lock)
+        self.stats["invalidated"] += len(dropped)
+        return dropped
+
     def invalidate_all(self) -> list[ClientLock]:
         """Eviction: every lock is dropped (state CANCELLED, FL_FAILED). The caller drops
         the caches under them and fails their users with EIO; those users' decref calls

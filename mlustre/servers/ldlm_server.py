@@ -188,6 +188,9 @@ class Namespace:
     def lock(self, handle: int) -> ServerLock | None:
         return self._locks.get(handle)
 
+    def lock_by_owner(self, owner: str, remote_handle: int) -> ServerLock | None:
+        return self._by_owner.get(owner, {}).get(remote_handle)
+
     def locks_of(self, owner: str) -> list[ServerLock]:
         return sorted(self._by_owner.get(owner, {}).values(), key=lambda lk: lk.handle)
 

@@ -34,6 +34,7 @@ from .ldlm_server import (
     FL_BLOCK_WAIT,
     FL_LOCK_CHANGED,
     FL_NO_EXPANSION,
+    FL_REPLAY,
     LockError,
     Namespace,
     Reprocessed,
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 U64 = (1 << 64) - 1
+FL_BLOCK_GRANTED = 0x2  # a replayed lock was granted before the restart
 CANCEL_MAX = 512  # handles in one LDLM_CANCEL
 LDLM_OPCODES = frozenset({C.LDLM_ENQUEUE, C.LDLM_CANCEL})
 # Reply flags a client may see (lustre_dlm_flags.h values).
@@ -147,6 +149,9 @@ class LdlmService:
             now = trio.current_time()
             if body.get("intent") == "glimpse":
                 return await self._glimpse(export, handle, resid, LockType(type_), mode, policy)
+            if flags & FL_REPLAY:
+                return self._replay(export, handle, resid, LockType(type_), mode, policy,
+                                    flags)
             result = self.namespace.enqueue(export.uuid, handle, resid, LockType(type_), mode,
                                             policy, now, no_expand=bool(flags & FL_NO_EXPANSION))
         except LockError as e:
@@ -158,6 +163,27 @@ class LdlmService:
         self._update_gauges()
         return {"handle": lock.handle, "granted": result.granted, "mode": int(lock.mode),
                 "policy": _wire_policy(lock), "flags": lock.flags & REPLY_FLAGS}
+
+    def _replay(self, export: Export, handle: int, res: ResId, type_: LockType, mode: Any,
+                policy: Any, flags: int) -> dict[str, Any]:
+        """Lock replay (the server's recovery lets it through only in its lock phase):
+        a lock the client held from the last instance is granted again as it was. One
+        that would conflict with a lock granted since is refused (ESTALE): the client
+        then drops it with what it protected."""
+        if not flags & FL_BLOCK_GRANTED:
+            raise LockError(errno.EINVAL, "only granted locks are replayed")
+        if self.namespace.would_block(export.uuid, res, type_, mode, policy) \
+                and self.namespace.lock_by_owner(export.uuid, handle) is None:
+            self.server.count("ldlm_replays_refused")
+            raise LockError(errno.ESTALE, "a replayed lock conflicts with a granted one")
+        result = self.namespace.enqueue(export.uuid, handle, res, type_, mode,
+                                        policy, trio.current_time(), replay=True,
+                                        no_expand=bool(flags & FL_NO_EXPANSION))
+        self.server.count("ldlm_replays")
+        self._update_gauges()
+        lock = result.lock
+        return {"handle": lock.handle, "granted": True, "mode": int(lock.mode),
+                "policy": _wire_policy(lock), "flags": 0}
 
     async def _glimpse(self, export: Export, handle: int, res: ResId, type_: LockType,
                        mode: int, policy: Any) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from .ldlm_service import CANCEL_MAX
 from .mdt_store import REPLAY_HINT, Cred, MdtError, MdtStore
 from .mgs import target_name
 from .ost import register_with_mgs
-from .recovery import Recovery
+from .recovering import RecoveringTarget
 from .reply_log import SavedReply
 from .squash import RootSquash, parse_nids, parse_squash
 from .target import DEFERRED, Export, ServiceError, TargetServer, body_field
@@ -92,7 +92,7 @@ def inode_res(ino: int) -> ResId:
 RDEV_MAX = (1 << 32) - 1
 
 
-class MdtServer(TargetServer):
+class MdtServer(RecoveringTarget, TargetServer):
     kind = "mdt"
     connect_opcodes = (C.MDS_CONNECT,)
     disconnect_opcodes = (C.MDS_DISCONNECT,)
@@ -111,11 +111,6 @@ class MdtServer(TargetServer):
         # Given on the command line (None: as kept in the storage, else off).
         self._squash_args = (root_squash, nosquash_nids)
         self.squash = RootSquash()
-        self._known: set[str] = set()  # clients connected now (kept as recovery.json)
-        self.recovery: Recovery | None = None
-        self._recovered = trio.Event()
-        self._recovery_changed = trio.Event()
-        self._known_changed = trio.Event()
         self.fsname = fsname
         self.index = index
         self.mgs = mgs or []
@@ -158,10 +153,7 @@ class MdtServer(TargetServer):
             log.info("%s: OST count changes from %s to %d", self.name, cfg.get("ost_count"),
                      self.ost_count)
         self.storage.write_atomic("mdt.json", f'{{"ost_count": {self.ost_count}}}'.encode())
-        known = self.storage.read_json("recovery.json", []) or []
-        self._known = {u for u in known if isinstance(u, str)}
-        if self._known:  # clients of the last instance: wait for their replays
-            self.recovery = Recovery(set(self._known), deadline=float("inf"))
+        self.load_known()
         self.squash = RootSquash.from_dict(self.storage.read_json("squash.json", {}) or {})
         squash, nids = self._squash_args
         if squash is not None:
@@ -198,118 +190,18 @@ class MdtServer(TargetServer):
             return req.reply({}, transno=req.transno, last_committed=self.last_committed)
         return None
 
-    async def dispatch(self, handler: Any, export: Export, req: Message) -> Any:
-        replaying = bool(req.flags & C.MSG_REPLAY and req.transno)
-        if not self._recovered.is_set() and not replaying and not self._exempt(req):
-            self.count("recovery_waits")
-            await self._recovered.wait()  # (others' replays run first)
-        if not replaying:
-            return await handler(export, req)
-        rec = self.recovery if not self._recovered.is_set() else None
-        if rec is not None:
-            rec.known.add(export.uuid)
-            rec.queued[export.uuid] = req.transno
-            self._recovery_changed.set()
-            while not rec.may_run(export.uuid, req.transno,
-                                  self._store().last_transno + 1, trio.current_time()):
-                changed = self._recovery_changed = trio.Event()
-                with trio.move_on_at(rec.deadline):
-                    await changed.wait()
+    async def run_replay(self, handler: Any, export: Export, req: Message) -> Any:
         attr = req.body.get("replay_attr") if isinstance(req.body, dict) else None
         token = REPLAY_HINT.set((req.transno, attr if isinstance(attr, dict) else {}))
-        self.count("replayed_updates")
         try:
             return await handler(export, req)
         finally:
             REPLAY_HINT.reset(token)
-            if rec is not None:
-                rec.queued.pop(export.uuid, None)
-                rec.replayed += 1
-                self._recovery_changed.set()
 
-    @staticmethod
-    def _exempt(req: Message) -> bool:
-        """What goes on during recovery: lctl, cancels, and the open replays that are
-        part of it."""
-        if req.opc in (C.OBD_ADMIN, C.LDLM_CANCEL):
-            return True
-        return isinstance(req.body, dict) and req.body.get("replay") is True
-
-    # -- recovery (servers/recovery.py): the clients of the last instance --
-    def client_joined(self, export: Export) -> None:
-        # Only clients that keep their updates for replay (OBD_CONNECT_TRANSNO, as a
-        # mount's imports do) are waited for; tools' sessions are not.
-        if export.flags & C.OBD_CONNECT_TRANSNO and export.uuid not in self._known:
-            self._known.add(export.uuid)
-            self._known_changed.set()
-
-    def client_left(self, uuid: str) -> None:
-        if uuid in self._known:
-            self._known.discard(uuid)
-            self._known_changed.set()
-        if self.recovery is not None and not self._recovered.is_set():
-            self.replay_finished_uuid(uuid)
-
-    async def _known_saver(self) -> None:
-        """Keep recovery.json current, at most a few times a second (a thousand clients
-        connecting must not mean a thousand rewrites)."""
-        while True:
-            await self._known_changed.wait()
-            self._known_changed = trio.Event()
-            self.storage.write_atomic("recovery.json",
-                                      json.dumps(sorted(self._known)).encode())
-            await trio.sleep(0.2)
-
-    def replay_finished(self, export: Export) -> None:
-        self.replay_finished_uuid(export.uuid)
-
-    def replay_finished_uuid(self, uuid: str) -> None:
-        rec = self.recovery
-        if rec is None or self._recovered.is_set():
-            return
-        rec.finish(uuid)
-        self._recovery_changed.set()
-        if not rec.active:
-            self._end_recovery("every client has replayed")
-
-    def _end_recovery(self, why: str) -> None:
-        rec = self.recovery
-        if rec is None or self._recovered.is_set():
-            return
-        log.info("%s: recovery over (%s): %d replays, %d of %d clients", self.name, why,
-                 rec.replayed, len(rec.done & rec.known), len(rec.known))
-        self._recovered.set()
-        self._recovery_changed.set()
-
-    def _recovery_lines(self) -> list[str]:
-        """lctl get_param mdt.*.recovery_status, shaped like Lustre's."""
-        rec = self.recovery
-        if rec is None:
-            return ["status: INACTIVE", f"known_clients: {len(self._known)}"]
-        active = not self._recovered.is_set()
-        lines = [f"status: {'RECOVERING' if active else 'COMPLETE'}"]
-        if active:
-            left = max(0.0, rec.deadline - trio.current_time())
-            lines.append(f"time_remaining: {left:.1f}")
-        lines += [f"completed_clients: {len(rec.done & rec.known)}/{len(rec.known)}",
-                  f"replayed_requests: {rec.replayed}",
-                  f"evicted_clients: {self.stats.get('recovery_evictions', 0)}",
-                  f"known_clients: {len(self._known)}"]
-        return lines
-
-    async def _recovery_timer(self) -> None:
-        rec = self.recovery
-        assert rec is not None
-        await trio.sleep_until(rec.deadline)
-        if self._recovered.is_set():
-            return
-        missing = rec.missing()
-        self._end_recovery(f"the window of {self.recovery_window:g}s is over")
-        for uuid in sorted(missing):  # never came back (or never finished): evicted
-            self.count("recovery_evictions")
-            self.ldlm.evicted[uuid] = None
-            await self.evict_export(uuid, "did not finish recovery in the window")
-            self.client_left(uuid)
+    def recovery_exempt(self, req: Message) -> bool:
+        """Also the open replays, which are part of recovery."""
+        return super().recovery_exempt(req) or (
+            isinstance(req.body, dict) and req.body.get("replay") is True)
 
     # -- root squash (servers/squash.py), kept in the storage across restarts --
     def _save_squash(self) -> None:
@@ -350,7 +242,7 @@ class MdtServer(TargetServer):
             base = f"mdt.{self.name}."
             tree.add(base + "root_squash", lambda: self.squash.to_dict()["root_squash"],
                      self._set_root_squash)
-            tree.add(base + "recovery_status", self._recovery_lines)
+            tree.add(base + "recovery_status", self.recovery_lines)
             tree.add(base + "replay_barrier",
                      lambda: int(self.store is not None and self.store.replay_barrier),
                      self._set_replay_barrier)
@@ -403,15 +295,8 @@ class MdtServer(TargetServer):
     async def started(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
         self.reopen_until = trio.current_time() + self.recovery_window
-        if self.recovery is not None:
-            self.recovery.deadline = self.reopen_until
-            log.info("%s: recovery: waiting up to %gs for %d clients", self.name,
-                     self.recovery_window, len(self.recovery.known))
-            nursery.start_soon(self._recovery_timer)
-        else:
-            self._recovered.set()
+        self.start_recovery(nursery, self.reopen_until)
         nursery.start_soon(self._orphans_after_reopen)
-        nursery.start_soon(self._known_saver)
         if self.mgs:
             await register_with_mgs(nursery, self.mgs, self.fsname, self.name, "mdt", self.index,
                                     self.nid, self.failover_nids, self.storage.instance)

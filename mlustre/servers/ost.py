@@ -16,6 +16,7 @@ from typing import Any
 
 import trio
 
+from ..params import ParamError, ParamTree
 from ..protocol import constants as C
 from ..protocol.ldlm import Extent, LockType, ResId
 from ..protocol.message import Message
@@ -23,14 +24,16 @@ from ..protocol.nid import Nid
 from ..protocol.session import Session
 from .mgs import target_name
 from .object_store import ObjectStore
+from .recovering import RecoveringTarget
 from .target import Export, ServiceError, TargetServer, body_field
+from .undo_log import UndoLog
 
 log = logging.getLogger(__name__)
 
 THREAD_IO_MIN = 64 << 10  # below this, a syscall is cheaper than a thread hop
 
 
-class OstServer(TargetServer):
+class OstServer(RecoveringTarget, TargetServer):
     kind = "ost"
     connect_opcodes = (C.OST_CONNECT,)
     disconnect_opcodes = (C.OST_DISCONNECT,)
@@ -39,8 +42,11 @@ class OstServer(TargetServer):
                                 C.OST_STATFS})
 
     def __init__(self, fsname: str, index: int, data_dir: str, *, mgs: list[Nid] | None = None,
-                 failover_nids: list[str] | None = None, **kw: Any) -> None:
+                 failover_nids: list[str] | None = None, recovery_window: float = 15.0,
+                 **kw: Any) -> None:
         super().__init__(target_name(fsname, "ost", index), data_dir, **kw)
+        self.recovery_window = recovery_window
+        self.undo: UndoLog | None = None
         self.fsname = fsname
         self.index = index
         self.mgs = mgs or []
@@ -65,25 +71,51 @@ class OstServer(TargetServer):
     def open_storage(self) -> None:
         super().open_storage()
         self.objects = ObjectStore(self.storage.path)
+        self.undo = UndoLog(self.storage.path)
+        undone = self.undo.rollback(self.objects)
+        if undone:
+            self.count("replay_barrier_undone", undone)
         rcvd = self.storage.read_json("last_rcvd", {}) or {}
         self._last_transno = self._last_committed = int(rcvd.get("last_committed", 0))
+        self.load_known()
 
     def close_storage(self) -> None:
         if self.objects is not None:
             self.objects.close()
         super().close_storage()
 
-    def _transno(self) -> int:
+    def _transno(self, req: Message) -> int:
+        """A new transno; a replayed update keeps its first one (recovery runs replays
+        in transno order, so they leave no gap behind)."""
+        if req.flags & C.MSG_REPLAY and req.transno:
+            self._last_transno = max(self._last_transno, req.transno)
+            return req.transno
         self._last_transno += 1
         return self._last_transno
 
     async def do_commit(self) -> None:
         assert self.objects is not None
+        if self.undo is not None and self.undo.active:
+            return  # replay barrier: nothing is made durable
         target = self._last_transno
         oids = self.objects.take_dirty()
         fds = [self.objects.fd(oid, create=True) for oid in oids]
         try:
             await trio.to_thread.run_sync(self._sync_fds, fds)
+        finally:
+            for oid in oids:
+                self.objects.unpin(oid)
+        self.storage.write_atomic("last_rcvd", f'{{"last_committed": {target}}}'.encode())
+        self._last_committed = target
+
+    def _commit_now(self) -> None:
+        """A commit without leaving the event loop (lctl's replay_barrier=1: nothing may
+        slip between the commit and the barrier)."""
+        assert self.objects is not None
+        target = self._last_transno
+        oids = self.objects.take_dirty()
+        try:
+            self._sync_fds([self.objects.fd(oid, create=True) for oid in oids])
         finally:
             for oid in oids:
                 self.objects.unpin(oid)
@@ -96,7 +128,11 @@ class OstServer(TargetServer):
             if fd is not None:
                 os.fsync(fd)
 
+    def needs_commit(self) -> bool:
+        return super().needs_commit() and not (self.undo is not None and self.undo.active)
+
     async def started(self, nursery: trio.Nursery) -> None:
+        self.start_recovery(nursery, trio.current_time() + self.recovery_window)
         if self.mgs:
             await register_with_mgs(nursery, self.mgs, self.fsname, self.name, "ost", self.index,
                                     self.nid, self.failover_nids, self.storage.instance)
@@ -126,6 +162,8 @@ class OstServer(TargetServer):
         data = req.bulk if req.bulk is not None else b""
         self._range(offset, len(data))
         self._prolong(export, oid, offset, len(data))
+        if self.undo is not None and self.undo.active:
+            self.undo.before_write(self.objects, oid, offset, len(data))
         fd = self.objects.fd(oid, create=True)
         assert fd is not None
         if len(data) >= THREAD_IO_MIN:
@@ -138,7 +176,7 @@ class OstServer(TargetServer):
             os.pwrite(fd, data, offset)
         self.objects.mark_dirty(oid)
         self.count("write_bytes", len(data))
-        return self._transno(), {}
+        return self._transno(req), {}
 
     async def read(self, export: Export, req: Message) -> tuple[int, dict[str, Any], bytes]:
         assert self.objects is not None
@@ -166,8 +204,10 @@ class OstServer(TargetServer):
         oid = self._oid(req.body)
         size = body_field(req.body, "size", int)
         self._range(size, 0)
+        if self.undo is not None and self.undo.active:
+            self.undo.before_punch(self.objects, oid, size)
         self.objects.punch(oid, size)
-        return self._transno(), {}
+        return self._transno(req), {}
 
     async def getattr(self, export: Export, req: Message) -> dict[str, Any]:
         assert self.objects is not None
@@ -180,8 +220,11 @@ class OstServer(TargetServer):
         if len(oids) > 4096 or not all(type(o) is int for o in oids):
             raise ServiceError(errno.EINVAL, "bad object list")
         for oid in oids:
-            self.objects.destroy(self._oid({"oid": oid}))
-        return self._transno(), {}
+            oid = self._oid({"oid": oid})
+            if self.undo is not None and self.undo.active:
+                self.undo.before_destroy(self.objects, oid)
+            self.objects.destroy(oid)
+        return self._transno(req), {}
 
     async def statfs(self, export: Export, req: Message) -> dict[str, Any]:
         st = os.statvfs(self.storage.path)
@@ -191,6 +234,30 @@ class OstServer(TargetServer):
     async def sync(self, export: Export, req: Message) -> dict[str, Any]:
         await self.commit()
         return {}
+
+    def _set_replay_barrier(self, text: str) -> None:
+        """1: everything so far is made durable, then what is written is undone at the
+        next start (servers/undo_log.py), so clients must replay it; 0: lift it."""
+        if text.strip() not in ("0", "1") or self.undo is None:
+            raise ParamError(errno.EINVAL, "replay_barrier is 1 (set) or 0 (lift)")
+        if text.strip() == "1":
+            self._commit_now()
+            self.undo.start()
+            log.warning("%s: replay barrier set: updates from now on are undone at the next "
+                        "start (transno %d)", self.name, self._last_committed)
+        else:
+            self.undo.stop()
+
+    def params(self) -> ParamTree:
+        fresh = self._params is None
+        tree = super().params()
+        if fresh:
+            base = f"obdfilter.{self.name}."
+            tree.add(base + "recovery_status", self.recovery_lines)
+            tree.add(base + "replay_barrier", lambda: int(self.undo is not None
+                                                          and self.undo.active),
+                     self._set_replay_barrier)
+        return tree
 
 
 async def register_with_mgs(nursery: trio.Nursery, mgs: list[Nid], fsname: str, name: str,

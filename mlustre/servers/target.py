@@ -268,6 +268,9 @@ class TargetServer:
     def replay_finished(self, export: Export) -> None:
         """Hook: a client says it has replayed everything (the MDT's recovery)."""
 
+    def lock_replay_finished(self, export: Export) -> None:
+        """Hook: a client says it has replayed its locks too (end of its recovery)."""
+
     def client_joined(self, export: Export) -> None:
         """Hook: a client connected (the MDT remembers the ones that replay, for its
         next recovery)."""
@@ -307,6 +310,8 @@ class TargetServer:
             if req.opc == C.OBD_PING:
                 if req.flags & C.MSG_REQ_REPLAY_DONE and "export" in endpoint.context:
                     self.replay_finished(endpoint.context["export"])
+                if req.flags & C.MSG_LOCK_REPLAY_DONE and "export" in endpoint.context:
+                    self.lock_replay_finished(endpoint.context["export"])
                 return req.reply(last_committed=self.last_committed)
             export: Export | None = endpoint.context.get("export")
             if export is None:

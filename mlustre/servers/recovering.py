@@ -1,0 +1,215 @@
+"""recovering.py - the recovery window of a target that clients replay to (MDT, OST).
+
+The decisions are in recovery.Recovery; this mixin keeps the known clients in the
+storage (recovery.json), holds requests while a restarted instance waits for its
+former clients, lets update replays through in transno order and lock replays in
+their phase, and evicts the clients that did not come back in the window.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ..protocol import constants as C
+from ..protocol.message import Message
+from .ldlm_server import FL_REPLAY
+from .recovery import Recovery
+
+if TYPE_CHECKING:
+    from .target import Export, TargetServer
+
+    _Base = TargetServer
+else:
+    _Base = object
+
+log = logging.getLogger(__name__)
+
+
+def is_lock_replay(req: Message) -> bool:
+    if req.opc != C.LDLM_ENQUEUE or not isinstance(req.body, dict):
+        return False
+    flags = req.body.get("flags", 0)
+    return type(flags) is int and bool(flags & FL_REPLAY)
+
+
+class RecoveringTarget(_Base):
+    """Mixed into a TargetServer subclass before it; call load_known() when the storage
+    is open and start_recovery() once serving."""
+
+    recovery_window: float
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._known: set[str] = set()  # clients connected now (kept as recovery.json)
+        self.recovery: Recovery | None = None
+        self._recovered = trio.Event()
+        self._recovery_changed = trio.Event()
+        self._known_changed = trio.Event()
+
+    def load_known(self) -> None:
+        known = self.storage.read_json("recovery.json", []) or []
+        self._known = {u for u in known if isinstance(u, str)}
+        if self._known:  # clients of the last instance: wait for their replays
+            self.recovery = Recovery(set(self._known), deadline=float("inf"))
+
+    def start_recovery(self, nursery: trio.Nursery, deadline: float) -> None:
+        if self.recovery is not None:
+            self.recovery.deadline = deadline
+            log.info("%s: recovery: waiting up to %gs for %d clients", self.name,
+                     self.recovery_window, len(self.recovery.known))
+            nursery.start_soon(self._recovery_timer)
+        else:
+            self._recovered.set()
+        nursery.start_soon(self._known_saver)
+
+    @property
+    def recovering(self) -> bool:
+        return not self._recovered.is_set()
+
+    async def wait_recovered(self) -> None:
+        await self._recovered.wait()
+
+    def recovery_exempt(self, req: Message) -> bool:
+        """What goes on during recovery besides replays: lctl and lock cancels."""
+        return req.opc in (C.OBD_ADMIN, C.LDLM_CANCEL)
+
+    async def run_replay(self, handler: Any, export: Export, req: Message) -> Any:
+        """Run a replayed update (the MDT reuses the first time's identities)."""
+        return await handler(export, req)
+
+    async def dispatch(self, handler: Any, export: Export, req: Message) -> Any:
+        replaying = bool(req.flags & C.MSG_REPLAY and req.transno)
+        if is_lock_replay(req):
+            return await self._lock_replay(handler, export, req)
+        if not self._recovered.is_set() and not replaying and not self.recovery_exempt(req):
+            self.count("recovery_waits")
+            await self._recovered.wait()  # (others' replays run first)
+        if not replaying:
+            return await handler(export, req)
+        rec = self.recovery if not self._recovered.is_set() else None
+        if rec is not None:
+            rec.known.add(export.uuid)
+            rec.queued[export.uuid] = req.transno
+            self._recovery_changed.set()
+            while not rec.may_run(export.uuid, req.transno, self.last_transno + 1,
+                                  trio.current_time()):
+                changed = self._recovery_changed = trio.Event()
+                with trio.move_on_at(rec.deadline):
+                    await changed.wait()
+        self.count("replayed_updates")
+        try:
+            return await self.run_replay(handler, export, req)
+        finally:
+            if rec is not None:
+                rec.queued.pop(export.uuid, None)
+                rec.replayed += 1
+                self._recovery_changed.set()
+
+    async def _lock_replay(self, handler: Any, export: Export, req: Message) -> Any:
+        """A lock of the last instance: taken again in the lock phase of recovery only
+        (after it, locks granted since could conflict: refused, the client drops it)."""
+        from .target import ServiceError
+
+        rec = self.recovery
+        if rec is not None and not self._recovered.is_set():
+            while not self._recovered.is_set() and not rec.locks_may_replay(
+                    trio.current_time()):
+                changed = self._recovery_changed = trio.Event()
+                with trio.move_on_at(rec.deadline):
+                    await changed.wait()
+        if self._recovered.is_set():
+            self.count("lock_replays_refused")
+            raise ServiceError(errno.ESTALE, "lock replay outside recovery")
+        result = await handler(export, req)
+        if rec is not None:
+            rec.replayed_locks += 1
+        return result
+
+    # -- the known clients --
+    def client_joined(self, export: Export) -> None:
+        # Only clients that keep their updates for replay (OBD_CONNECT_TRANSNO, as a
+        # mount's imports do) are waited for; tools' sessions are not.
+        if export.flags & C.OBD_CONNECT_TRANSNO and export.uuid not in self._known:
+            self._known.add(export.uuid)
+            self._known_changed.set()
+
+    def client_left(self, uuid: str) -> None:
+        if uuid in self._known:
+            self._known.discard(uuid)
+            self._known_changed.set()
+        if self.recovery is not None and not self._recovered.is_set():
+            self._finish(uuid, locks=True)
+
+    async def _known_saver(self) -> None:
+        """Keep recovery.json current, at most a few times a second (a thousand clients
+        connecting must not mean a thousand rewrites)."""
+        while True:
+            await self._known_changed.wait()
+            self._known_changed = trio.Event()
+            self.storage.write_atomic("recovery.json",
+                                      json.dumps(sorted(self._known)).encode())
+            await trio.sleep(0.2)
+
+    def replay_finished(self, export: Export) -> None:
+        self._finish(export.uuid, locks=False)
+
+    def lock_replay_finished(self, export: Export) -> None:
+        self._finish(export.uuid, locks=True)
+
+    def _finish(self, uuid: str, *, locks: bool) -> None:
+        rec = self.recovery
+        if rec is None or self._recovered.is_set():
+            return
+        if locks:
+            rec.finish(uuid)
+        else:
+            rec.finish_requests(uuid)
+        self._recovery_changed.set()
+        if not rec.active:
+            self._end_recovery("every client has replayed")
+
+    def _end_recovery(self, why: str) -> None:
+        rec = self.recovery
+        if rec is None or self._recovered.is_set():
+            return
+        log.info("%s: recovery over (%s): %d replays, %d locks, %d of %d clients", self.name,
+                 why, rec.replayed, rec.replayed_locks, len(rec.done & rec.known),
+                 len(rec.known))
+        self._recovered.set()
+        self._recovery_changed.set()
+
+    def recovery_lines(self) -> list[str]:
+        """lctl get_param {mdt,obdfilter}.*.recovery_status, shaped like Lustre's."""
+        rec = self.recovery
+        if rec is None:
+            return ["status: INACTIVE", f"known_clients: {len(self._known)}"]
+        active = not self._recovered.is_set()
+        lines = [f"status: {'RECOVERING' if active else 'COMPLETE'}"]
+        if active:
+            left = max(0.0, rec.deadline - trio.current_time())
+            lines.append(f"time_remaining: {left:.1f}")
+        lines += [f"completed_clients: {len(rec.done & rec.known)}/{len(rec.known)}",
+                  f"replayed_requests: {rec.replayed}",
+                  f"replayed_locks: {rec.replayed_locks}",
+                  f"evicted_clients: {self.stats.get('recovery_evictions', 0)}",
+                  f"known_clients: {len(self._known)}"]
+        return lines
+
+    async def _recovery_timer(self) -> None:
+        rec = self.recovery
+        assert rec is not None
+        await trio.sleep_until(rec.deadline)
+        if self._recovered.is_set():
+            return
+        missing = rec.missing()
+        self._end_recovery(f"the window of {self.recovery_window:g}s is over")
+        for uuid in sorted(missing):  # never came back (or never finished): evicted
+            self.count("recovery_evictions")
+            self.ldlm.evicted[uuid] = None
+            await self.evict_export(uuid, "did not finish recovery in the window")
+            self.client_left(uuid)
