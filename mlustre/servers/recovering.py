@@ -142,8 +142,12 @@ class RecoveringTarget(_Base):
         if uuid in self._known:
             self._known.discard(uuid)
             self._known_changed.set()
-        if self.recovery is not None and not self._recovered.is_set():
-            self._finish(uuid, locks=True)
+        rec = self.recovery
+        if rec is not None and not self._recovered.is_set():
+            rec.leave(uuid)
+            self._recovery_changed.set()
+            if not rec.active:
+                self._end_recovery("every client has replayed")
 
     async def _known_saver(self) -> None:
         """Keep recovery.json current, at most a few times a second (a thousand clients
@@ -178,8 +182,7 @@ class RecoveringTarget(_Base):
         if rec is None or self._recovered.is_set():
             return
         log.info("%s: recovery over (%s): %d replays, %d locks, %d of %d clients", self.name,
-                 why, rec.replayed, rec.replayed_locks, len(rec.done & rec.known),
-                 len(rec.known))
+                 why, rec.replayed, rec.replayed_locks, rec.completed, len(rec.known))
         self._recovered.set()
         self._recovery_changed.set()
 
@@ -193,7 +196,7 @@ class RecoveringTarget(_Base):
         if active:
             left = max(0.0, rec.deadline - trio.current_time())
             lines.append(f"time_remaining: {left:.1f}")
-        lines += [f"completed_clients: {len(rec.done & rec.known)}/{len(rec.known)}",
+        lines += [f"completed_clients: {rec.completed}/{len(rec.known)}",
                   f"replayed_requests: {rec.replayed}",
                   f"replayed_locks: {rec.replayed_locks}",
                   f"evicted_clients: {self.stats.get('recovery_evictions', 0)}",
@@ -201,15 +204,30 @@ class RecoveringTarget(_Base):
         return lines
 
     async def _recovery_timer(self) -> None:
+        """At the window's end the known clients that did not come back are evicted;
+        the ones that did and are still replaying go on (past the window their replays
+        no longer wait for gaps), up to twice the window more, then they are evicted
+        too."""
         rec = self.recovery
         assert rec is not None
         await trio.sleep_until(rec.deadline)
         if self._recovered.is_set():
             return
-        missing = rec.missing()
-        self._end_recovery(f"the window of {self.recovery_window:g}s is over")
-        for uuid in sorted(missing):  # never came back (or never finished): evicted
+        stale = sorted(uuid for uuid in rec.missing() if uuid not in self.exports)
+        log.info("%s: recovery window over; evicting %d clients that did not come back",
+                 self.name, len(stale))
+        self._recovery_changed.set()
+        await self._evict_unrecovered(stale, "did not come back in the recovery window")
+        await trio.sleep_until(rec.deadline + 2 * self.recovery_window)
+        if self._recovered.is_set():
+            return
+        missing = sorted(rec.missing())
+        self._end_recovery(f"the window of {self.recovery_window:g}s is long over")
+        await self._evict_unrecovered(missing, "did not finish recovery")
+
+    async def _evict_unrecovered(self, uuids: list[str], reason: str) -> None:
+        for uuid in uuids:
             self.count("recovery_evictions")
-            self.ldlm.evicted[uuid] = None
-            await self.evict_export(uuid, "did not finish recovery in the window")
+            self.ldlm.evicted[uuid] = None  # told so when it connects again
+            await self.evict_export(uuid, reason)
             self.client_left(uuid)

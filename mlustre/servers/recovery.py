@@ -32,24 +32,29 @@ class Recovery:
     deadline: float  # in the server's clock
     req_done: set[str] = field(default_factory=set)  # phase 1 over for these clients
     done: set[str] = field(default_factory=set)  # both phases over
+    gone: set[str] = field(default_factory=set)  # left or evicted: not waited for
     queued: dict[str, int] = field(default_factory=dict)  # client -> transno it waits with
     replayed: int = 0
     replayed_locks: int = 0
 
     @property
     def active(self) -> bool:
-        return bool(self.known - self.done)
+        return bool(self.missing())
+
+    @property
+    def completed(self) -> int:
+        return len((self.done & self.known) - self.gone)
 
     def may_run(self, uuid: str, transno: int, next_transno: int, now: float) -> bool:
         """May `uuid`'s replay numbered `transno` run now?"""
         if transno <= next_transno or now >= self.deadline:
             return min(self.queued.values(), default=transno) >= transno
-        waiting_for = self.known - self.req_done - set(self.queued)
+        waiting_for = self.known - self.req_done - self.gone - set(self.queued)
         return not waiting_for and min(self.queued.values()) == transno
 
     def locks_may_replay(self, now: float) -> bool:
         """Phase 2: no update replay can come any more."""
-        return not (self.known - self.req_done) or now >= self.deadline
+        return not (self.known - self.req_done - self.gone) or now >= self.deadline
 
     def finish_requests(self, uuid: str) -> None:
         self.req_done.add(uuid)
@@ -59,6 +64,11 @@ class Recovery:
         self.finish_requests(uuid)
         self.done.add(uuid)
 
+    def leave(self, uuid: str) -> None:
+        """A client disconnected cleanly or was evicted: not waited for any more."""
+        self.gone.add(uuid)
+        self.queued.pop(uuid, None)
+
     def missing(self) -> set[str]:
         """Known clients that did not finish (to evict when the window ends)."""
-        return self.known - self.done
+        return self.known - self.done - self.gone
