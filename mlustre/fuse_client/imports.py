@@ -99,6 +99,9 @@ class Import:
         # replay up to there can go).
         self.on_committed: list[Callable[[int], None]] = []
         self.ping_interval = ping_interval
+        # Replays wait for the target's recovery (other clients' replays, its window):
+        # longer than a request; a dead server still ends them (connection closed).
+        self.replay_timeout = max(request_timeout, 300.0)
         self.recovery_time = 0.0  # seconds the last recovery took (connect to FULL)
         self.pings = 0
         self._last_sent = 0.0
@@ -227,12 +230,12 @@ class Import:
         if self.replayer is not None:
             await self.replayer(endpoint)
         await endpoint.call(C.OBD_PING, {}, flags=C.MSG_REQ_REPLAY_DONE,
-                            timeout=self.request_timeout, conn_cnt=self.conn_cnt)
+                            timeout=self.replay_timeout, conn_cnt=self.conn_cnt)
         self._set_state(ImportState.REPLAY_LOCKS)
         if self.lock_replayer is not None:
             await self.lock_replayer(endpoint)
         reply = await endpoint.call(C.OBD_PING, {}, flags=C.MSG_LOCK_REPLAY_DONE,
-                                    timeout=self.request_timeout, conn_cnt=self.conn_cnt)
+                                    timeout=self.replay_timeout, conn_cnt=self.conn_cnt)
         self._note_committed(reply)
 
     def new_xid(self) -> int:

@@ -492,7 +492,7 @@ class LockClient:
             reply = await endpoint.call(C.LDLM_ENQUEUE, {
                 "res": list(lock.res), "type": int(lock.type), "mode": int(lock.mode),
                 "policy": wire_policy(lock.type, lock.policy), "handle": lock.handle,
-                "flags": replay_flags(lock)}, timeout=self.imp.request_timeout,
+                "flags": replay_flags(lock)}, timeout=self.imp.replay_timeout,
                 conn_cnt=self.imp.conn_cnt)
             if reply.status or not isinstance(reply.body.get("handle"), int):
                 refused.append(lock)

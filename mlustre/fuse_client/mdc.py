@@ -95,7 +95,7 @@ class Mdc:
             neutral = {key: v for key, v in k.body.items() if key not in _NOT_REPLAYED}
             body = dialect.encode_request(release, {**neutral, "replay_attr": k.attr},
                                           self.identity, k.opc)
-            reply = await endpoint.call(k.opc, body, timeout=self.imp.request_timeout,
+            reply = await endpoint.call(k.opc, body, timeout=self.imp.replay_timeout,
                                         flags=C.MSG_REPLAY, conn_cnt=self.imp.conn_cnt,
                                         xid=k.xid, transno=k.transno)
             if reply.status:

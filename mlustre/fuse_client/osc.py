@@ -75,7 +75,7 @@ class Osc:
         for transno in sorted(self.unstable):
             opc, body, data = self.unstable[transno]
             reply = await endpoint.call(opc, body, bulk=data, flags=C.MSG_REPLAY,
-                                        timeout=self.imp.request_timeout,
+                                        timeout=self.imp.replay_timeout,
                                         conn_cnt=self.imp.conn_cnt, xid=self.imp.new_xid(),
                                         transno=transno)
             if reply.status:

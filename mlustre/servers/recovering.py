@@ -67,6 +67,11 @@ class RecoveringTarget(_Base):
             self._recovered.set()
         nursery.start_soon(self._known_saver)
 
+    def _changed(self) -> None:
+        """Wake every task waiting for its turn in recovery (each checks again)."""
+        self._recovery_changed.set()
+        self._recovery_changed = trio.Event()
+
     @property
     def recovering(self) -> bool:
         return not self._recovered.is_set()
@@ -95,12 +100,11 @@ class RecoveringTarget(_Base):
         if rec is not None:
             rec.known.add(export.uuid)
             rec.queued[export.uuid] = req.transno
-            self._recovery_changed.set()
+            self._changed()
             while not rec.may_run(export.uuid, req.transno, self.last_transno + 1,
                                   trio.current_time()):
-                changed = self._recovery_changed = trio.Event()
                 with trio.move_on_at(rec.deadline):
-                    await changed.wait()
+                    await self._recovery_changed.wait()
         self.count("replayed_updates")
         try:
             return await self.run_replay(handler, export, req)
@@ -108,7 +112,7 @@ class RecoveringTarget(_Base):
             if rec is not None:
                 rec.queued.pop(export.uuid, None)
                 rec.replayed += 1
-                self._recovery_changed.set()
+                self._changed()
 
     async def _lock_replay(self, handler: Any, export: Export, req: Message) -> Any:
         """A lock of the last instance: taken again in the lock phase of recovery only
@@ -119,9 +123,8 @@ class RecoveringTarget(_Base):
         if rec is not None and not self._recovered.is_set():
             while not self._recovered.is_set() and not rec.locks_may_replay(
                     trio.current_time()):
-                changed = self._recovery_changed = trio.Event()
                 with trio.move_on_at(rec.deadline):
-                    await changed.wait()
+                    await self._recovery_changed.wait()
         if self._recovered.is_set():
             self.count("lock_replays_refused")
             raise ServiceError(errno.ESTALE, "lock replay outside recovery")
@@ -145,7 +148,7 @@ class RecoveringTarget(_Base):
         rec = self.recovery
         if rec is not None and not self._recovered.is_set():
             rec.leave(uuid)
-            self._recovery_changed.set()
+            self._changed()
             if not rec.active:
                 self._end_recovery("every client has replayed")
 
@@ -173,7 +176,7 @@ class RecoveringTarget(_Base):
             rec.finish(uuid)
         else:
             rec.finish_requests(uuid)
-        self._recovery_changed.set()
+        self._changed()
         if not rec.active:
             self._end_recovery("every client has replayed")
 
@@ -184,7 +187,7 @@ class RecoveringTarget(_Base):
         log.info("%s: recovery over (%s): %d replays, %d locks, %d of %d clients", self.name,
                  why, rec.replayed, rec.replayed_locks, rec.completed, len(rec.known))
         self._recovered.set()
-        self._recovery_changed.set()
+        self._changed()
 
     def recovery_lines(self) -> list[str]:
         """lctl get_param {mdt,obdfilter}.*.recovery_status, shaped like Lustre's."""
@@ -216,7 +219,7 @@ class RecoveringTarget(_Base):
         stale = sorted(uuid for uuid in rec.missing() if uuid not in self.exports)
         log.info("%s: recovery window over; evicting %d clients that did not come back",
                  self.name, len(stale))
-        self._recovery_changed.set()
+        self._changed()
         await self._evict_unrecovered(stale, "did not come back in the recovery window")
         await trio.sleep_until(rec.deadline + 2 * self.recovery_window)
         if self._recovered.is_set():
