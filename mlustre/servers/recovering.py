@@ -34,7 +34,7 @@ def is_lock_replay(req: Message) -> bool:
     if req.opc != C.LDLM_ENQUEUE or not isinstance(req.body, dict):
         return False
     flags = req.body.get("flags", 0)
-    return type(flags) is int and bool(flags & FL_REPLAY)
+    return type(flags) is int and flags >= 0 and bool(flags & FL_REPLAY)
 
 
 class RecoveringTarget(_Base):
