@@ -263,3 +263,44 @@ def test_mdt_locks_are_replayed_too(tmp_path: Path) -> None:
             lc.close()
             second.stop()
     run(main)
+
+
+def test_the_ping_evictor_drops_silent_and_vanished_clients(tmp_path: Path) -> None:
+    """With ping_evict_timeout 1 s: a client that pings stays; one connected but silent
+    (no pinger: a hung process) and one whose connection broke for good (a dead one)
+    are evicted and their locks released; the dead one is no longer waited for at the
+    next restart (recovery.json). (The hung one, alive here, reconnects and learns it
+    was evicted.)"""
+    async def main() -> None:
+        server = ost_server(tmp_path, recovery_window=5.0)
+        async with trio.open_nursery() as outer:
+            nid = Nid.parse(await outer.start(server.run))
+            server.params().set(f"obdfilter.{OST_NAME}.ping_evict_timeout", "1")
+            async with ost_client(outer, nid, "alive", ping_interval=0.2) as (alive, _), \
+                    ost_client(outer, nid, "hung", ping_interval=0) as (hung, _):
+                dead = Import(OST_NAME, [nid], connect_opc=C.OST_CONNECT,
+                              client_uuid="client-dead", flags=FLAGS, connect_timeout=1.0)
+                await dead.connect(outer)
+                held = await hung.enqueue(ResId(5, 0, 0, 0), LockType.EXTENT, Mode.PW,
+                                          Extent(0, 99))
+                hung.release(held)
+                assert dead.endpoint is not None
+                dead.nids = [Nid.parse("127.0.0.1:1")]  # (it never comes back)
+                await dead.endpoint.aclose("the client dies")
+                with trio.fail_after(10):
+                    await until(lambda: server.stats.get("ping_evictions", 0) == 2)
+                assert server.ldlm.namespace.locks_of("client-hung") == []
+                with trio.fail_after(10):  # (told at its reconnect)
+                    await until(lambda: held.state is LockState.CANCELLED)
+                await trio.sleep(0.5)  # (recovery.json is written within 0.2 s)
+                known = server.storage.read_json("recovery.json", [])
+                assert "client-dead" not in known and "client-alive" in known, known
+                await dead.close()
+            try:
+                server.params().set(f"obdfilter.{OST_NAME}.ping_evict_timeout", "0")
+            except Exception as e:
+                assert "0.1 to 86400" in str(e)
+            else:
+                raise AssertionError("a timeout of 0 was accepted")
+            server.stop()
+    run(main)

@@ -242,7 +242,7 @@ class MdtServer(RecoveringTarget, TargetServer):
             base = f"mdt.{self.name}."
             tree.add(base + "root_squash", lambda: self.squash.to_dict()["root_squash"],
                      self._set_root_squash)
-            tree.add(base + "recovery_status", self.recovery_lines)
+            self.add_recovery_params(tree, base)
             tree.add(base + "replay_barrier",
                      lambda: int(self.store is not None and self.store.replay_barrier),
                      self._set_replay_barrier)

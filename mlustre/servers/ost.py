@@ -253,7 +253,7 @@ class OstServer(RecoveringTarget, TargetServer):
         tree = super().params()
         if fresh:
             base = f"obdfilter.{self.name}."
-            tree.add(base + "recovery_status", self.recovery_lines)
+            self.add_recovery_params(tree, base)
             tree.add(base + "replay_barrier", lambda: int(self.undo is not None
                                                           and self.undo.active),
                      self._set_replay_barrier)

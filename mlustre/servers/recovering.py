@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ..params import ParamError, ParamTree
 from ..protocol import constants as C
 from ..protocol.message import Message
 from .ldlm_server import FL_REPLAY
@@ -28,6 +29,10 @@ else:
     _Base = object
 
 log = logging.getLogger(__name__)
+
+# A client that pings (every 5 s when idle) and has not been heard from for this long,
+# or whose connection broke and did not come back, is evicted (Lustre's ping evictor).
+PING_EVICT_TIMEOUT = 60.0
 
 
 def is_lock_replay(req: Message) -> bool:
@@ -50,6 +55,8 @@ class RecoveringTarget(_Base):
         self._recovered = trio.Event()
         self._recovery_changed = trio.Event()
         self._known_changed = trio.Event()
+        self.ping_evict_timeout = PING_EVICT_TIMEOUT
+        self._lost: dict[str, float] = {}  # known client -> when its connection broke
 
     def load_known(self) -> None:
         known = self.storage.read_json("recovery.json", []) or []
@@ -66,6 +73,46 @@ class RecoveringTarget(_Base):
         else:
             self._recovered.set()
         nursery.start_soon(self._known_saver)
+        nursery.start_soon(self._ping_evictor)
+
+    def add_recovery_params(self, tree: ParamTree, base: str) -> None:
+        tree.add(base + "recovery_status", self.recovery_lines)
+        tree.add(base + "ping_evict_timeout", lambda: self.ping_evict_timeout,
+                 self._set_ping_evict_timeout)
+
+    def _set_ping_evict_timeout(self, text: str) -> None:
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not 0.1 <= value <= 86400:
+            raise ParamError(errno.EINVAL, "ping_evict_timeout is 0.1 to 86400 seconds")
+        self.ping_evict_timeout = value
+
+    async def _ping_evictor(self) -> None:
+        """Evict the clients that keep transnos (they ping when idle) and were not heard
+        from for ping_evict_timeout: connected but silent (a hung client), or whose
+        connection broke and who did not come back (a dead one). Their locks go, and a
+        later restart does not wait for them."""
+        while True:
+            await trio.sleep(min(max(self.ping_evict_timeout / 4, 0.05), 5.0))
+            if not self._recovered.is_set():
+                continue  # (the recovery window decides then)
+            now = trio.current_time()
+            limit = self.ping_evict_timeout
+            silent = [e.uuid for e in list(self.exports.values())
+                      if e.flags & C.OBD_CONNECT_TRANSNO and now - e.last_seen > limit]
+            lost = [u for u, t in list(self._lost.items())
+                    if now - t > limit and u not in self.exports]
+            for uuid in silent + lost:
+                self.count("ping_evictions")
+                await self.ldlm.evict(uuid, f"not heard from for {limit:g}s")
+                self.client_left(uuid)
+
+    async def export_disconnected(self, export: Export) -> None:
+        await super().export_disconnected(export)
+        if export.uuid in self._known:
+            self._lost[export.uuid] = trio.current_time()
 
     def _changed(self) -> None:
         """Wake every task waiting for its turn in recovery (each checks again)."""
@@ -137,11 +184,13 @@ class RecoveringTarget(_Base):
     def client_joined(self, export: Export) -> None:
         # Only clients that keep their updates for replay (OBD_CONNECT_TRANSNO, as a
         # mount's imports do) are waited for; tools' sessions are not.
+        self._lost.pop(export.uuid, None)
         if export.flags & C.OBD_CONNECT_TRANSNO and export.uuid not in self._known:
             self._known.add(export.uuid)
             self._known_changed.set()
 
     def client_left(self, uuid: str) -> None:
+        self._lost.pop(uuid, None)
         if uuid in self._known:
             self._known.discard(uuid)
             self._known_changed.set()

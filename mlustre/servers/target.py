@@ -68,6 +68,7 @@ class Export:
     flags: int = 0
     handle: int = 0
     requests: int = 0
+    last_seen: float = 0.0  # (trio clock) the last request, pings included
 
 
 # A handler returns a reply body, (transno, body) for updates, or (transno, body, bulk);
@@ -303,6 +304,9 @@ class TargetServer:
 
     async def _handle_one(self, endpoint: Endpoint, req: Message) -> Message | None:
         self.count(f"req.{C.OPCODE_NAMES.get(req.opc, req.opc)}")
+        seen: Export | None = endpoint.context.get("export")
+        if seen is not None:
+            seen.last_seen = trio.current_time()
         try:
             if req.opc in self.connect_opcodes:
                 body = await self._connect(endpoint, req)
@@ -539,6 +543,7 @@ class TargetServer:
                         flags=body_field(body, "flags", int, default=0),
                         handle=self._next_handle)
         self._next_handle += 1
+        export.last_seen = trio.current_time()
         if old is not None and old.endpoint is not endpoint:
             # The client reconnected: the old connection is dead to it.
             await old.endpoint.aclose("replaced by a reconnect")
