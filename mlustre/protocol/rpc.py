@@ -236,8 +236,8 @@ class Endpoint:
                 await waiter.event.wait()
         finally:
             self._waiters.pop(msg.xid, None)
-        if waiter.error is not None:
-            raise waiter.error
+        if waiter.reply is None and waiter.error is not None:  # (a reply read before the
+            raise waiter.error  # connection closed is still the answer)
         if waiter.reply is None:
             raise RpcTimeout(f"{self.name}: no reply to opc {opc} xid {msg.xid} in {timeout}s")
         return waiter.reply

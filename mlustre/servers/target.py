@@ -303,6 +303,8 @@ class TargetServer:
             nursery.start_soon(endpoint.serve)
             with trio.move_on_after(REFUSE_GRACE):
                 await answered.wait()
+            with trio.move_on_after(1.0):  # let the peer read the answer and close first
+                await endpoint.wait_closed()
             await endpoint.aclose("too many connections")
             nursery.cancel_scope.cancel()
 
