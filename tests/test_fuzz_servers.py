@@ -132,3 +132,17 @@ def test_lock_limit_is_answered_enolck(cluster: FuzzCluster) -> None:
     finally:
         ns.max_locks = old
     cluster.check()
+
+
+@pytest.mark.parametrize("opc,body,code", [
+    # ids past uid_t were accepted (and, in a create or setattr, stored as owners)
+    (C.MDS_GETATTR_NAME, {"cred": [(1 << 64) - 1, 0, []], "parent": 1, "name": b"x"},
+     errno.EINVAL),
+    (C.MDS_GETATTR_NAME, {"cred": [5, 5, [1 << 40]], "parent": 1, "name": b"x"},
+     errno.EINVAL),
+    (C.MDS_GETXATTR, {"cred": [5, 5, []], "ino": 1, "name": b"user." + b"x" * 300},
+     errno.ERANGE),
+])
+def test_out_of_range_ids_and_names_are_refused(cluster: FuzzCluster, opc: int, body: dict,
+                                                code: int) -> None:
+    assert _mdt_call(cluster, opc, body).status == code
