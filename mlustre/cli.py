@@ -17,6 +17,7 @@ from typing import Any
 from . import registry
 from .procs import DaemonFailed, spawn, stop_pid, wait_ready
 from .protocol.nid import Nid, format_spec, parse_spec
+from .servers.limits import DEFAULT_EVICT_THRESHOLD, DEFAULT_MAX_LOCKS
 
 READY_TIMEOUT = 30.0
 
@@ -67,8 +68,17 @@ def cmd_server(args: argparse.Namespace) -> int:
     common: dict[str, Any] = {"host": host, "port": port, "release": args.release,
                               "commit_interval": args.commit_interval,
                               "ldlm_timeout": args.ldlm_timeout,
-                              "update_lock": not args.no_update_lock}
+                              "update_lock": not args.no_update_lock,
+                              "max_connections": args.max_connections,
+                              "max_locks": args.max_locks,
+                              "evict_threshold": args.evict_threshold}
     check_stripes(args)
+    if args.max_connections is not None and args.max_connections < 1:
+        raise CliError("--max-connections must be at least 1")
+    if args.max_locks < 1:
+        raise CliError("--max-locks must be at least 1")
+    if args.evict_threshold is not None and args.evict_threshold < 0:
+        raise CliError("--evict-threshold must be 0 (never) or more")
     if not args.ldlm_timeout > 0:
         raise CliError("--ldlm-timeout must be positive")
     if not 0 <= args.recovery_window <= 3600:
@@ -575,6 +585,15 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--ldlm-timeout", type=float, default=10.0,
                     help="seconds a lock holder has to cancel after a blocking AST "
                          "before it is evicted")
+    sv.add_argument("--max-connections", type=int, default=None,
+                    help="connections this server keeps; more are refused with EUSERS "
+                         "(default 4096, less if the descriptor limit is lower)")
+    sv.add_argument("--max-locks", type=int, default=DEFAULT_MAX_LOCKS,
+                    help="locks one client may hold on this target; more are refused with "
+                         f"ENOLCK (default {DEFAULT_MAX_LOCKS})")
+    sv.add_argument("--evict-threshold", type=int, default=None,
+                    help="protocol violations of one client within a minute that get it "
+                         f"evicted (default {DEFAULT_EVICT_THRESHOLD}; 0: never)")
     sv.add_argument("--log-level", default="info")
     stripe_opts(sv)
     sv.set_defaults(fn=cmd_server)

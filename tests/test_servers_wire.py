@@ -723,7 +723,8 @@ BAD_MDT_REQUESTS: list[tuple[int, dict, int]] = [
 
 def test_bad_mdt_requests(tmp_path: Path) -> None:
     async def main() -> None:
-        async with serving(mdt_server(tmp_path / "mdt")) as (nid, nursery):
+        # (evict_threshold=0: so many violations on one connection would get it evicted)
+        async with serving(mdt_server(tmp_path / "mdt", evict_threshold=0)) as (nid, nursery):
             s = await mdt_session(nursery, nid)
             for opc, body, code in BAD_MDT_REQUESTS:
                 r = await raw_call(s, opc, body)

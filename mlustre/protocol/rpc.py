@@ -200,6 +200,9 @@ class Endpoint:
         self.requests_in = 0
         self.requests_out = 0
         self.malformed = 0
+        # Told (kind, detail) of each protocol violation by the peer: "malformed" (an
+        # undecodable message in an intact frame) or "oversized" (a frame over the limits).
+        self.on_violation: Callable[[str, str], None] | None = None
         # Backpressure: a peer that floods requests (or junk) and never reads the replies
         # stalls its own connection, not the server's memory or its other clients.
         self._slots = trio.Semaphore(MAX_INFLIGHT)
@@ -233,8 +236,8 @@ class Endpoint:
                 await waiter.event.wait()
         finally:
             self._waiters.pop(msg.xid, None)
-        if waiter.error is not None:
-            raise waiter.error
+        if waiter.reply is None and waiter.error is not None:  # (a reply read before the
+            raise waiter.error  # connection closed is still the answer)
         if waiter.reply is None:
             raise RpcTimeout(f"{self.name}: no reply to opc {opc} xid {msg.xid} in {timeout}s")
         return waiter.reply
@@ -340,6 +343,8 @@ class Endpoint:
                 bulk = await reader.exactly(bulk_len) if bulk_len else None
             except ProtocolError as e:
                 log.warning("%s: %s; closing", self.name, e)
+                if self.on_violation is not None:
+                    self.on_violation("oversized", str(e))
                 await self.send_reply(Message(ERR, 0, 0, status=errno.EMSGSIZE,
                                               body={"error": str(e)}))
                 self._mark_closed(str(e))
@@ -366,6 +371,8 @@ class Endpoint:
         except ProtocolError as e:
             self.malformed += 1
             log.warning("%s: malformed message: %s", self.name, e)
+            if self.on_violation is not None:
+                self.on_violation("malformed", str(e))
             # Answer under the request's xid when it can be found, so its caller is not left
             # waiting for a timeout; else under xid 0.
             nursery.start_soon(self._reply_and_release,

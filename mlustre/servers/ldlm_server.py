@@ -194,6 +194,14 @@ class Namespace:
     def locks_of(self, owner: str) -> list[ServerLock]:
         return sorted(self._by_owner.get(owner, {}).values(), key=lambda lk: lk.handle)
 
+    def count_of(self, owner: str) -> int:
+        """How many locks (granted or waiting) `owner` has."""
+        return len(self._by_owner.get(owner, ()))
+
+    def has(self, owner: str, remote_handle: int) -> bool:
+        """Does `owner` have a lock it named `remote_handle` (a resent enqueue)?"""
+        return remote_handle in self._by_owner.get(owner, {})
+
     def owners(self) -> list[str]:
         return list(self._by_owner)
 

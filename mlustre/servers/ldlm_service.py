@@ -43,6 +43,7 @@ from .ldlm_server import (
 from .ldlm_server import (
     LOCAL_OWNER as LOCAL,
 )
+from .limits import DEFAULT_MAX_LOCKS
 
 if TYPE_CHECKING:
     from .target import Export, TargetServer
@@ -97,6 +98,7 @@ class LdlmService:
         self._local_granted: dict[int, trio.Event] = {}  # local lock handle -> set on grant
         self._nursery: trio.Nursery | None = None
         self._wakeup = trio.Event()
+        self.max_locks = DEFAULT_MAX_LOCKS  # per client (limits.py); the server sets it
         self._update_gauges()
 
     @property
@@ -123,6 +125,20 @@ class LdlmService:
                 await self.evict(owner, "lock callback timeout")
 
     # -- requests --
+    def at_lock_limit(self, owner: str, handle: int) -> bool:
+        """Would a new lock of `owner` (not a resend of `handle`) go over the limit of
+        locks one client may hold (granted or waiting)?"""
+        return (self.namespace.count_of(owner) >= self.max_locks
+                and not self.namespace.has(owner, handle))
+
+    def _refuse_over_limit(self, export: Export) -> None:
+        from .target import ServiceError
+        self.server.count("ldlm_lock_limit")
+        self.server.violation(export.uuid, "lock_limit",
+                              f"holds {self.namespace.count_of(export.uuid)} locks")
+        raise ServiceError(errno.ENOLCK, f"a client may hold at most {self.max_locks} locks "
+                                         f"on {self.server.name}")
+
     async def enqueue(self, export: Export, req: Message) -> dict[str, Any]:
         body = req.body
         try:
@@ -147,6 +163,8 @@ class LdlmService:
             handle = _u64(body.get("handle"), "handle")
             flags = _u64(body.get("flags", 0), "flags")
             now = trio.current_time()
+            if self.at_lock_limit(export.uuid, handle):
+                self._refuse_over_limit(export)
             if body.get("intent") == "glimpse":
                 return await self._glimpse(export, handle, resid, LockType(type_), mode, policy)
             if flags & FL_REPLAY:
@@ -243,8 +261,11 @@ class LdlmService:
         for handle in handles:
             try:
                 done = self.namespace.cancel(export.uuid, handle, now)
-            except LockError:  # unknown or another client's: ignored, as Lustre does
+            except LockError as e:  # unknown or another client's: ignored, as Lustre does
                 self.server.count("ldlm_cancel_unknown")
+                if e.errno == errno.EPERM:  # another client's: never by mistake
+                    self.server.count("ldlm_cancel_foreign")
+                    self.server.violation(export.uuid, "foreign_lock", f"handle {handle:#x}")
                 continue
             self.server.count("ldlm_cancels")
             out.granted += done.granted
@@ -257,6 +278,9 @@ class LdlmService:
         """Grant `export` a PR IBITS lock with its reply, if that needs no waiting
         (Lustre's intent locks of getattr/lookup); the server's handle, or None."""
         if type(handle) is not int or not 0 <= handle <= U64:
+            return None
+        if self.at_lock_limit(export.uuid, handle):  # the reply goes out without a lock
+            self.server.count("ldlm_lock_limit")
             return None
         try:
             lock = self.namespace.try_enqueue(export.uuid, handle, res, LockType.IBITS,

@@ -33,7 +33,7 @@ from .ost import register_with_mgs
 from .recovering import RecoveringTarget
 from .reply_log import SavedReply
 from .squash import RootSquash, parse_nids, parse_squash
-from .target import DEFERRED, Export, ServiceError, TargetServer, body_field
+from .target import DEFERRED, Export, FieldError, ServiceError, TargetServer, body_field
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +42,17 @@ MAX_XATTR_VALUE = 64 << 10
 READDIR_MAX = 1024
 
 
+ID_MAX = (1 << 32) - 2  # uids and gids: a Linux uid_t, but (uid_t)-1, which means "none"
+
+
 def _cred(body: dict[str, Any]) -> Cred:
     raw = body.get("cred")
     if (type(raw) is not list or len(raw) != 3 or type(raw[0]) is not int
             or type(raw[1]) is not int or type(raw[2]) is not list or len(raw[2]) > 65536
             or not all(type(g) is int for g in raw[2])):
-        raise ServiceError(errno.EINVAL, "bad credentials")
+        raise FieldError("bad credentials")
+    if not all(0 <= i <= ID_MAX for i in (raw[0], raw[1], *raw[2])):
+        raise ServiceError(errno.EINVAL, "uid or gid out of range")
     return Cred(raw[0], raw[1], tuple(raw[2]))
 
 
@@ -61,11 +66,11 @@ def _name(body: dict[str, Any], field: str = "name") -> bytes:
 def _ino(body: dict[str, Any], field: str = "ino") -> int:
     """The inode a body field names: a neutral number, 1.8's [ino, gen] or a FID."""
     if field not in body:
-        raise ServiceError(errno.EINVAL, f"request lacks field {field!r}")
+        raise FieldError(f"request lacks field {field!r}")
     try:
         ino = dialect.parse_id(body[field])
     except dialect.DialectError as e:
-        raise ServiceError(errno.EINVAL, f"field {field!r}: {e}") from None
+        raise FieldError(f"field {field!r}: {e}") from None
     if not 0 < ino < (1 << 63):
         raise ServiceError(errno.EINVAL, "inode number out of range")
     return ino
@@ -111,6 +116,9 @@ class MdtServer(RecoveringTarget, TargetServer):
         # Given on the command line (None: as kept in the storage, else off).
         self._squash_args = (root_squash, nosquash_nids)
         self.squash = RootSquash()
+        # Open handles by the client that opened them: kept across its reconnects, closed
+        # when it leaves or is evicted; nobody else may close them.
+        self.open_handles: dict[str, set[int]] = {}
         self.fsname = fsname
         self.index = index
         self.mgs = mgs or []
@@ -202,6 +210,10 @@ class MdtServer(RecoveringTarget, TargetServer):
         """Also the open replays, which are part of recovery."""
         return super().recovery_exempt(req) or (
             isinstance(req.body, dict) and req.body.get("replay") is True)
+
+    def client_left(self, uuid: str) -> None:
+        self._close_handles_of(uuid)
+        super().client_left(uuid)
 
     # -- root squash (servers/squash.py), kept in the storage across restarts --
     def _save_squash(self) -> None:
@@ -449,6 +461,8 @@ class MdtServer(RecoveringTarget, TargetServer):
         name = body_field(b, "name", bytes, default=None)
         if name is None:
             return {"names": self._call(store.listxattr, _cred(b), _ino(b))}
+        if len(name) > MAX_NAME:
+            raise ServiceError(errno.ERANGE, "xattr name longer than 255 bytes")
         if name == LOV_XATTR:
             ino = _ino(b)
             attr = self._call(store.getattr, ino)
@@ -474,9 +488,30 @@ class MdtServer(RecoveringTarget, TargetServer):
         return {}
 
     async def close(self, export: Export, req: Message) -> tuple[int, dict[str, Any]]:
-        result = self._call(self._store().close, _int(req.body, "handle"))
-        self._forget_handle(export, req.body["handle"])
+        handle = _int(req.body, "handle")
+        store = self._store()
+        if handle not in self.open_handles.get(export.uuid, ()):
+            if store.handle_open(handle):  # another client's open: never by mistake
+                self.count("close_foreign")
+                self.violation(export.uuid, "foreign_handle", f"handle {handle}")
+            raise ServiceError(errno.EBADF, f"no open handle {handle} of this client")
+        result = self._call(store.close, handle)
+        self._forget_handle(export, handle)
         return result
+
+    def _close_handles_of(self, uuid: str) -> None:
+        """A client left (disconnect, eviction, missed recovery): its opens go, as
+        Lustre's export cleanup closes them (open-unlinked files are destroyed)."""
+        handles = self.open_handles.pop(uuid, set())
+        if not handles or self.store is None:
+            return
+        for handle in sorted(handles):
+            try:
+                self.store.close(handle)
+            except MdtError:
+                continue
+            self.count("closed_on_leave")
+        self._commit_wanted.set()
 
     async def reint(self, export: Export, req: Message) -> Any:
         """An update: early-cancelled locks first, then EX locks on every inode it
@@ -637,7 +672,10 @@ class MdtServer(RecoveringTarget, TargetServer):
             if k.endswith("_now"):
                 if type(v) is not bool:
                     raise ServiceError(errno.EINVAL, f"{k} must be a bool")
-            elif type(v) is not int or not 0 <= v < (1 << 63) or (k == "mode" and v > 0o7777):
+            elif type(v) is not int:
+                raise FieldError(f"{k} must be an int")
+            elif (not 0 <= v < (1 << 63) or (k == "mode" and v > 0o7777)
+                  or (k in ("uid", "gid") and v > ID_MAX)):
                 raise ServiceError(errno.EINVAL, f"{k} out of range")
         transno, attr = self._call(self._store().setattr, _cred(b), _ino(b), attrs,
                                    via_handle=body_field(b, "via_handle", bool, default=False))
@@ -690,10 +728,12 @@ class MdtServer(RecoveringTarget, TargetServer):
         return transno, {"attr": attr}
 
     # -- open handles belong to the export that made them --
-    @staticmethod
-    def _remember_handle(export: Export, handle: int) -> None:
-        export.__dict__.setdefault("handles", set()).add(handle)
+    def _remember_handle(self, export: Export, handle: int) -> None:
+        self.open_handles.setdefault(export.uuid, set()).add(handle)
 
-    @staticmethod
-    def _forget_handle(export: Export, handle: int) -> None:
-        export.__dict__.setdefault("handles", set()).discard(handle)
+    def _forget_handle(self, export: Export, handle: int) -> None:
+        mine = self.open_handles.get(export.uuid)
+        if mine is not None:
+            mine.discard(handle)
+            if not mine:
+                del self.open_handles[export.uuid]

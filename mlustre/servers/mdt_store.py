@@ -60,6 +60,7 @@ SYMLINK_MAX = 4095
 XATTR_NAME_MAX = 255
 XATTR_SIZE_MAX = 65536
 STRIPE_SIZE_UNIT = 65536
+STRIPE_SIZE_MAX = 1 << 32  # as Lustre (LOV_MAX_STRIPE_SIZE: under 4 GiB, here 4 GiB)
 SCHEMA_VERSION = 1
 
 _S_IFMT = stat.S_IFMT(0o177777)
@@ -248,8 +249,9 @@ def _check_layout(layout: dict | None, ost_count: int) -> dict:
     if count is not None and count < -1:
         raise _fail(errno.EINVAL, "stripe_count must be -1 or >= 0")
     size = out.get("stripe_size")
-    if size is not None and (size <= 0 or size % STRIPE_SIZE_UNIT):
-        raise _fail(errno.EINVAL, f"stripe_size must be a positive multiple of {STRIPE_SIZE_UNIT}")
+    if size is not None and (size <= 0 or size % STRIPE_SIZE_UNIT or size > STRIPE_SIZE_MAX):
+        raise _fail(errno.EINVAL, f"stripe_size must be a positive multiple of {STRIPE_SIZE_UNIT} "
+                                  f"of at most {STRIPE_SIZE_MAX}")
     offset = out.get("stripe_offset")
     if offset is not None and not (offset == -1 or 0 <= offset < ost_count):
         raise _fail(errno.EINVAL, "stripe_offset must be -1 or a valid OST index")
@@ -1321,6 +1323,10 @@ class MdtStore:
             )
             truncated = True
         return {"handle": self._new_handle(ino), "attr": _attr(r), "truncated": truncated}
+
+    def handle_open(self, handle: int) -> bool:
+        """Is `handle` an open handle (of any client)?"""
+        return handle in self._handles
 
     def _close_handle(self, handle: int) -> dict:
         ino = self._handles.get(handle)

@@ -64,6 +64,8 @@ class MgsServer(TargetServer):
         instance = body_field(body, "instance", int, default=0)
         if kind not in TARGET_KINDS or not 0 <= index <= 0xFFFF:
             raise ServiceError(errno.EINVAL, "bad target kind or index")
+        if not 0 <= instance < (1 << 63):
+            raise ServiceError(errno.EINVAL, "instance out of range")
         if name != target_name(self.fsname, kind, index):
             raise ServiceError(errno.EINVAL, f"target name {name!r} does not match its kind/index")
         try:

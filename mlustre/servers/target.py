@@ -23,7 +23,7 @@ from typing import Any
 
 import trio
 
-from ..params import ParamError, ParamTree, parse_positive_float
+from ..params import ParamError, ParamTree, parse_positive_float, parse_positive_int
 from ..procs import detach_stdout_to_stderr
 from ..protocol import constants as C
 from ..protocol.errors import ConnectionLost
@@ -34,6 +34,7 @@ from . import fail_loc
 from .barrier import DEFAULT_FREEZE_TIMEOUT, ServerBarrier
 from .fail_loc import FailLoc
 from .ldlm_service import LDLM_OPCODES, LdlmService
+from .limits import DEFAULT_MAX_LOCKS, ConnectionLimit, Misbehaviour
 from .reply_log import ReplyLog, SavedReply
 from .storage import StorageBusy, TargetStorage
 
@@ -54,6 +55,20 @@ class ServiceError(Exception):
     def __init__(self, err: int, msg: str = "") -> None:
         self.errno = err
         super().__init__(msg or os.strerror(err))
+
+
+class FieldError(ServiceError):
+    """A request field missing or of the wrong type (EINVAL): what no real client sends,
+    so it counts as a protocol violation (limits.Misbehaviour), unlike a value out of
+    range, which an application can cause."""
+
+    def __init__(self, msg: str) -> None:
+        super().__init__(errno.EINVAL, msg)
+
+
+# How long a connection refused for the connection limit may take to send its first
+# request (answered EUSERS) before it is closed anyway.
+REFUSE_GRACE = 5.0
 
 
 @dataclass
@@ -83,11 +98,11 @@ def body_field(body: dict[str, Any], name: str, typ: type | tuple[type, ...],
     """A type-checked request field: a wrong or missing one is EINVAL, never a crash."""
     value = body.get(name, default)
     if value is ...:
-        raise ServiceError(errno.EINVAL, f"request lacks field {name!r}")
+        raise FieldError(f"request lacks field {name!r}")
     if value is default and default is not ...:
         return value
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        raise ServiceError(errno.EINVAL, f"field {name!r} has the wrong type")
+        raise FieldError(f"field {name!r} has the wrong type")
     return value
 
 
@@ -106,7 +121,9 @@ class TargetServer:
 
     def __init__(self, name: str, data_dir: str, *, host: str = "127.0.0.1", port: int = 0,
                  release: str = "2.0", commit_interval: float = 1.0,
-                 ldlm_timeout: float = 10.0, update_lock: bool = True) -> None:
+                 ldlm_timeout: float = 10.0, update_lock: bool = True,
+                 max_connections: int | None = None, max_locks: int = DEFAULT_MAX_LOCKS,
+                 evict_threshold: int | None = None) -> None:
         self.name = name
         self.storage = TargetStorage(data_dir)
         self.host = host
@@ -126,6 +143,20 @@ class TargetServer:
             raise ValueError("ldlm_timeout must be positive")
         self.ldlm_timeout = ldlm_timeout
         self.ldlm = LdlmService(self, self.lock_types, ldlm_timeout)
+        # Limits against hostile or broken clients (limits.py, docs/protocol.md "Limits").
+        self.connections = ConnectionLimit()
+        if max_connections is not None:
+            if max_connections < 1:
+                raise ValueError("max_connections must be at least 1")
+            self.connections.limit = max_connections
+        if max_locks < 1:
+            raise ValueError("max_locks must be at least 1")
+        self.ldlm.max_locks = max_locks
+        self.misbehaviour = Misbehaviour()
+        if evict_threshold is not None:
+            if evict_threshold < 0:
+                raise ValueError("evict_threshold must be 0 (never) or more")
+            self.misbehaviour.threshold = evict_threshold
         # Connect flags this server grants (a client gets the ones both sides have).
         self.connect_flags = C.OBD_CONNECT_FID | C.OBD_CONNECT_IBITS | C.OBD_CONNECT_TRANSNO
         if update_lock and self.lock_types:
@@ -233,19 +264,71 @@ class TargetServer:
             peer_nid = f"{peer[0]}:{peer[1]}"
         except OSError:
             peer_nid = "?"
+        if not self.connections.admit():
+            await self._refuse_connection(stream, peer_nid)
+            return
         endpoint = Endpoint(stream, codec=self.release, handler=self._handle,
                             name=f"{self.name}<-{peer_nid}", follow_peer_release=True,
                             inline_opcodes=self.inline_opcodes)
         endpoint.context["nid"] = peer_nid
+        endpoint.on_violation = partial(self._endpoint_violation, endpoint)
         try:
             await endpoint.serve()
         except Exception:  # never let one connection take the server down
             log.exception("%s: connection from %s failed", self.name, peer_nid)
         finally:
+            self.connections.release()
             export = endpoint.context.get("export")
             if export is not None and self.exports.get(export.uuid) is export:
                 self.exports.pop(export.uuid, None)
                 await self.export_disconnected(export)
+
+    async def _refuse_connection(self, stream: trio.SocketStream, peer_nid: str) -> None:
+        """A connection over the limit: its first request is answered EUSERS (so its
+        caller gets a clear error, not a timeout), then it is closed."""
+        self.count("connections_refused")
+        log.warning("%s: refusing a connection from %s: %d connections is the limit",
+                    self.name, peer_nid, self.connections.limit)
+        answered = trio.Event()
+
+        async def refuse(endpoint: Endpoint, req: Message) -> None:
+            await endpoint.send_reply(req.reply(
+                {"error": f"{self.name}: too many connections (limit "
+                          f"{self.connections.limit})"},
+                status=errno.EUSERS, last_committed=self.last_committed))
+            answered.set()
+
+        endpoint = Endpoint(stream, codec=self.release, handler=refuse,
+                            name=f"{self.name}<-{peer_nid} (refused)", follow_peer_release=True)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(endpoint.serve)
+            with trio.move_on_after(REFUSE_GRACE):
+                await answered.wait()
+            with trio.move_on_after(1.0):  # let the peer read the answer and close first
+                await endpoint.wait_closed()
+            await endpoint.aclose("too many connections")
+            nursery.cancel_scope.cancel()
+
+    def violation(self, uuid: str, kind: str, detail: str = "") -> None:
+        """A connected client broke the protocol (limits.VIOLATIONS): counted, and once
+        it has done so too often (limits.Misbehaviour) it is evicted through the lock
+        service's eviction path: its locks are released and its export forgotten."""
+        self.count("violations")
+        self.count(f"violation.{kind}")
+        if uuid not in self.exports:
+            return
+        log.info("%s: protocol violation by %s (%s): %s", self.name, uuid, kind, detail)
+        if self.misbehaviour.note(uuid, time.monotonic()) and self._tasks is not None:
+            self.count("misbehaviour_evictions")
+            self._tasks.start_soon(self.ldlm.evict, uuid,
+                                   f"repeated protocol violations (last: {kind})")
+
+    def _endpoint_violation(self, endpoint: Endpoint, kind: str, detail: str) -> None:
+        export = endpoint.context.get("export")
+        if export is None:  # not connected: nothing to evict, the error reply suffices
+            self.count(f"violation.{kind}")
+            return
+        self.violation(export.uuid, kind, detail)
 
     async def export_disconnected(self, export: Export) -> None:
         """Hook: a client's connection ended (subclasses clean up its state)."""
@@ -257,6 +340,7 @@ class TargetServer:
         if export is None:
             return
         log.warning("%s: evicting client %s (%s): %s", self.name, uuid, export.nid, reason)
+        self.misbehaviour.forget(uuid)
         export.endpoint.context.pop("export", None)
         await self.export_disconnected(export)
         self.client_left(uuid)
@@ -383,8 +467,13 @@ class TargetServer:
                 raise ServiceError(errno.EOPNOTSUPP, f"opcode {req.opc} not served by {self.kind}")
             export.requests += 1
             result = await self.dispatch(handler, export, req)
-        except ServiceError as e:
+        except (ServiceError, OSError) as e:
             export = endpoint.context.get("export")
+            if isinstance(e, OSError):  # e.g. EFBIG, ENOSPC from the storage
+                log.info("%s: opc %d xid %d: %s", self.name, req.opc, req.xid, e)
+                e = ServiceError(e.errno or errno.EIO, str(e))
+            elif isinstance(e, FieldError) and export is not None:
+                self.violation(export.uuid, "bad_field", str(e))
             reply = self.error_reply(req, e)
             return await self.finish(export, req, reply) if export is not None else reply
         except ConnectionLost:
@@ -472,6 +561,13 @@ class TargetServer:
             tree.add(base + "commit_interval", lambda: self.commit_interval,
                      self._set_commit_interval)
             tree.add(base + "num_exports", lambda: len(self.exports))
+            tree.add(base + "num_connections", lambda: self.connections.current)
+            tree.add(base + "max_connections", lambda: self.connections.limit,
+                     self._set_max_connections)
+            tree.add(base + "evict_threshold", lambda: self.misbehaviour.threshold,
+                     self._set_evict_threshold)
+            tree.add(base + "evict_window", lambda: self.misbehaviour.window,
+                     self._set_evict_window)
             tree.add(base + "exports", lambda: sorted(self.exports))
             tree.add(base + "stats", self._stats_lines)
             tree.add(base + "fail_loc", lambda: str(self.fail) if self.fail else "none",
@@ -483,6 +579,8 @@ class TargetServer:
                 tree.add(ns + "waiting_count", lambda: self.ldlm.namespace.waiting_count)
                 tree.add(ns + "resource_count", lambda: len(self.ldlm.namespace.resources()))
                 tree.add(ns + "ldlm_timeout", lambda: self.ldlm_timeout)
+                tree.add(ns + "max_locks_per_client", lambda: self.ldlm.max_locks,
+                         self._set_max_locks)
                 tree.add(ns + "locks", self.ldlm.dump)
             if self.barrier is not None:
                 tree.add(base + "barrier_stat", self.barrier.stat_lines)
@@ -512,6 +610,19 @@ class TargetServer:
         except fail_loc.FailLocError as e:
             raise ParamError(errno.EINVAL, str(e)) from None
         log.warning("%s: fail_loc set to %s", self.name, self.fail or "none")
+
+    def _set_max_connections(self, text: str) -> None:
+        self.connections.limit = parse_positive_int(text, limit=1 << 20)
+
+    def _set_max_locks(self, text: str) -> None:
+        self.ldlm.max_locks = parse_positive_int(text, limit=1 << 30)
+
+    def _set_evict_threshold(self, text: str) -> None:
+        value = 0 if text.strip() == "0" else parse_positive_int(text, limit=1 << 20)
+        self.misbehaviour.threshold = value
+
+    def _set_evict_window(self, text: str) -> None:
+        self.misbehaviour.window = parse_positive_float(text, limit=86400.0)
 
     def _set_commit_interval(self, text: str) -> None:
         self.commit_interval = parse_positive_float(text, limit=3600.0)
