@@ -8,6 +8,9 @@ blocks the connection. One send lock per connection keeps frames whole.
 A malformed message gets an EPROTO reply (when its frame was intact) and the
 connection goes on; a broken frame (oversized) gets an ERR message and the
 connection is closed. Nothing a peer sends can raise out of `serve`.
+
+On an authenticated connection (`mac`, see auth.py) every frame is followed by a
+MAC tag; a frame whose tag fails closes the connection unanswered.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 
 import trio
 
+from .auth import TAG_BYTES, FrameMac
 from .codec import PREFIX, Codec, check_prefix, codec_for, decode_payload
 from .constants import ERR, MAX_BULK, MAX_HEADER, REPLY, REQUEST
 from .errors import ConnectionLost, ProtocolError, RpcTimeout
@@ -135,7 +139,7 @@ class _Reader:
         return out
 
 
-def _salvage_xid(header: bytes | bytearray) -> int:
+def salvage_xid(header: bytes | bytearray) -> int:
     """The xid of a *request* whose header is invalid, if it can be read at all.
 
     Never that of a reply: its xid belongs to our own numbering, and an ERR under it
@@ -178,8 +182,11 @@ class Endpoint:
                  handler: Handler | None = None, name: str = "",
                  max_header: int = MAX_HEADER, max_bulk: int = MAX_BULK,
                  follow_peer_release: bool = False,
-                 inline_opcodes: frozenset[int] = frozenset()) -> None:
+                 inline_opcodes: frozenset[int] = frozenset(),
+                 mac: FrameMac | None = None) -> None:
         self.stream = stream
+        # Set on an authenticated connection (secure.py): every frame carries a tag.
+        self.mac = mac
         self._raw = _raw_socket(stream)
         # Requests whose handlers never wait (pure computation, e.g. SQLite lookups) are
         # handled by the reader itself: a task spawn per request costs more than they do.
@@ -200,6 +207,7 @@ class Endpoint:
         self.requests_in = 0
         self.requests_out = 0
         self.malformed = 0
+        self.mac_failures = 0
         # Backpressure: a peer that floods requests (or junk) and never reads the replies
         # stalls its own connection, not the server's memory or its other clients.
         self._slots = trio.Semaphore(MAX_INFLIGHT)
@@ -249,9 +257,12 @@ class Endpoint:
                 await self._send_raw(head, bulk)
                 return
             async with self._send_lock:
+                tag = self.mac.seal(head, bulk) if self.mac is not None else b""
                 await self.stream.send_all(head)
                 if bulk:
                     await self.stream.send_all(bulk)
+                if tag:
+                    await self.stream.send_all(tag)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             self._mark_closed(f"send failed: {e}")
             raise ConnectionLost(self.close_reason) from None
@@ -264,11 +275,17 @@ class Endpoint:
         """Send one frame on the socket, without a scheduler pass when it fits at once.
 
         Frames stay whole: the fast path runs only while nobody holds the send lock, and
-        does not yield before the frame is fully handed to the kernel."""
+        does not yield before the frame is fully handed to the kernel. A frame's tag is
+        computed when the frame takes the wire (fast path, or the lock acquired), so
+        sequence numbers follow the order of frames on the wire."""
         raw = self._raw
         assert raw is not None
         views = [memoryview(head)] + ([memoryview(bulk)] if bulk else [])
+        mac = self.mac
         if not self._send_lock.locked():
+            if mac is not None:
+                views.append(memoryview(mac.seal(head, bulk)))
+                mac = None
             try:
                 n = raw.sendmsg(views)
             except BlockingIOError:
@@ -277,6 +294,8 @@ class Endpoint:
             if not views:
                 return
         async with self._send_lock:  # the rest (or all of it) when the socket is full
+            if mac is not None:
+                views.append(memoryview(mac.seal(head, bulk)))
             while views:
                 try:
                     n = raw.sendmsg(views)
@@ -304,8 +323,9 @@ class Endpoint:
         self.close_reason = reason
         self._closed.set()
         for waiter in self._waiters.values():
-            waiter.error = ConnectionLost(reason)
-            waiter.event.set()
+            if waiter.reply is None:  # (a reply read just before the close still counts)
+                waiter.error = ConnectionLost(reason)
+                waiter.event.set()
 
     async def aclose(self, reason: str = "closed locally") -> None:
         self._mark_closed(reason)
@@ -338,10 +358,20 @@ class Endpoint:
                 check_prefix(header_len, bulk_len, self.max_header, self.max_bulk)
                 header = await reader.exactly(header_len)
                 bulk = await reader.exactly(bulk_len) if bulk_len else None
+                if self.mac is not None and not self.mac.verify(
+                        await reader.exactly(TAG_BYTES), prefix, header, bulk):
+                    # Injected, altered or replayed: nothing more from this stream is
+                    # trusted, and no reply is owed to a frame nobody proved to send.
+                    self.mac_failures += 1
+                    log.warning("%s: a message failed authentication (bad MAC); closing",
+                                self.name)
+                    self._mark_closed("a message failed authentication")
+                    return
             except ProtocolError as e:
                 log.warning("%s: %s; closing", self.name, e)
-                await self.send_reply(Message(ERR, 0, 0, status=errno.EMSGSIZE,
-                                              body={"error": str(e)}))
+                if self.mac is None:  # (authenticated: unproved bytes get no answer)
+                    await self.send_reply(Message(ERR, 0, 0, status=errno.EMSGSIZE,
+                                                  body={"error": str(e)}))
                 self._mark_closed(str(e))
                 return
             except EOFError:
@@ -369,7 +399,7 @@ class Endpoint:
             # Answer under the request's xid when it can be found, so its caller is not left
             # waiting for a timeout; else under xid 0.
             nursery.start_soon(self._reply_and_release,
-                               Message(ERR, 0, _salvage_xid(header), status=errno.EPROTO,
+                               Message(ERR, 0, salvage_xid(header), status=errno.EPROTO,
                                        body={"error": str(e)}))
             return True
         if msg.type == REQUEST:
