@@ -26,10 +26,11 @@ import trio
 from ..params import ParamError, ParamTree, parse_positive_float
 from ..procs import detach_stdout_to_stderr
 from ..protocol import constants as C
-from ..protocol.errors import ConnectionLost
+from ..protocol.errors import AuthError, ConnectionLost
 from ..protocol.ldlm import LockType
 from ..protocol.message import Message
 from ..protocol.rpc import Endpoint
+from ..protocol.secure import HANDSHAKE_TIMEOUT, server_handshake
 from . import fail_loc
 from .barrier import DEFAULT_FREEZE_TIMEOUT, ServerBarrier
 from .fail_loc import FailLoc
@@ -105,8 +106,13 @@ class TargetServer:
 
     def __init__(self, name: str, data_dir: str, *, host: str = "127.0.0.1", port: int = 0,
                  release: str = "2.0", commit_interval: float = 1.0,
-                 ldlm_timeout: float = 10.0, update_lock: bool = True) -> None:
+                 ldlm_timeout: float = 10.0, update_lock: bool = True,
+                 auth_key: bytes | None = None) -> None:
         self.name = name
+        # Secure mode: every connection proves this filesystem key before its first
+        # request, and every frame carries a MAC (protocol/auth.py). The same key
+        # authenticates this server's own links to the MGS and the OSTs.
+        self.auth_key = auth_key
         self.storage = TargetStorage(data_dir)
         self.host = host
         self.port = port
@@ -232,19 +238,46 @@ class TargetServer:
             peer_nid = f"{peer[0]}:{peer[1]}"
         except OSError:
             peer_nid = "?"
+        mac = None
+        if self.auth_key is not None:
+            mac = await self._authenticate(stream, peer_nid)
+            if mac is None:
+                return
         endpoint = Endpoint(stream, codec=self.release, handler=self._handle,
                             name=f"{self.name}<-{peer_nid}", follow_peer_release=True,
-                            inline_opcodes=self.inline_opcodes)
+                            inline_opcodes=self.inline_opcodes, mac=mac)
         endpoint.context["nid"] = peer_nid
         try:
             await endpoint.serve()
         except Exception:  # never let one connection take the server down
             log.exception("%s: connection from %s failed", self.name, peer_nid)
         finally:
+            if endpoint.mac_failures:
+                self.count("auth_mac_failures", endpoint.mac_failures)
             export = endpoint.context.get("export")
             if export is not None and self.exports.get(export.uuid) is export:
                 self.exports.pop(export.uuid, None)
                 await self.export_disconnected(export)
+
+    async def _authenticate(self, stream: trio.SocketStream, peer_nid: str) -> Any:
+        """The connection's FrameMac once the peer proved the key; None (counted,
+        logged, the stream closed) if it did not."""
+        try:
+            mac = await server_handshake(stream, self.auth_key or b"", name=self.name,
+                                         release=self.release, timeout=HANDSHAKE_TIMEOUT)
+        except AuthError as e:
+            why = str(e)
+        except trio.TooSlowError:
+            why = f"no handshake within {HANDSHAKE_TIMEOUT:g}s"
+        except (EOFError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+            why = f"connection lost during the handshake ({e or type(e).__name__})"
+        else:
+            self.count("auth_ok")
+            return mac
+        self.count("auth_refused")
+        log.warning("%s: refused connection from %s: %s", self.name, peer_nid, why)
+        await trio.aclose_forcefully(stream)
+        return None
 
     async def export_disconnected(self, export: Export) -> None:
         """Hook: a client's connection ended (subclasses clean up its state)."""
@@ -564,11 +597,11 @@ def serve_forever(server: TargetServer) -> int:
     try:
         server.open_storage()
         trio.run(main)
-    except (StorageBusy, OSError) as e:  # startup failures print one clear line
+    except (StorageBusy, OSError, AuthError) as e:  # startup failures print one clear line
         print(f"error: {server.name}: {e}", file=sys.stderr, flush=True)
         return 1
     except BaseExceptionGroup as eg:
-        match, _ = eg.split(OSError)  # e.g. the port is in use, however deeply nested
+        match, _ = eg.split((OSError, AuthError))  # e.g. the port is in use, however deeply nested
         if match is None:
             raise
         leaf: BaseException = match
