@@ -14,8 +14,8 @@ tell a wrong-key client "wrong key". Both nonces make every connection's proofs
 and session keys fresh: a recorded handshake cannot be replayed.
 
 Afterwards every frame (docs/protocol.md "Frames") is followed by a 16-byte tag,
-HMAC-SHA256 truncated to 128 bits (as RFC 4868), over an implicit per-direction
-sequence number and the frame's bytes, keyed by a per-direction session key
+HMAC-SHA256 truncated to 128 bits (as RFC 4868), over the frame's bytes and an
+implicit per-direction sequence number, keyed by a per-direction session key
 derived from K and both nonces. A frame injected, altered, replayed, reordered or
 taken from another connection fails its tag, and the receiver closes the
 connection. The data is not encrypted (integrity and authenticity only, like
@@ -76,29 +76,46 @@ class FrameMac:
         self.send_seq = 0
         self.recv_seq = 0
 
+    # A frame's tag is HMAC(K_dir, frame bytes | seq). The sequence number goes last so
+    # that the frame's bytes can be hashed ahead (absorb_*, in a worker thread for a
+    # large bulk), and the frame's place in the sequence fixed only when it takes the
+    # wire (finish_*).
+    def absorb_send(self, *parts: bytes | bytearray | memoryview | None) -> hmac.HMAC:
+        return self._absorb(self._send, parts)
+
+    def absorb_recv(self, *parts: bytes | bytearray | memoryview | None) -> hmac.HMAC:
+        return self._absorb(self._recv, parts)
+
     @staticmethod
-    def _tag(base: hmac.HMAC, seq: int, parts: tuple[bytes | bytearray | memoryview | None, ...]
-             ) -> bytes:
+    def _absorb(base: hmac.HMAC, parts: tuple[bytes | bytearray | memoryview | None, ...]
+                ) -> hmac.HMAC:
         h = base.copy()
-        h.update(_SEQ.pack(seq))
         for part in parts:
             if part:
                 h.update(part)
-        return h.digest()[:TAG_BYTES]
+        return h
+
+    def finish_send(self, absorbed: hmac.HMAC) -> bytes:
+        """The tag of the next frame sent, whose bytes `absorbed` holds."""
+        absorbed.update(_SEQ.pack(self.send_seq))
+        self.send_seq += 1
+        return absorbed.digest()[:TAG_BYTES]
+
+    def finish_recv(self, absorbed: hmac.HMAC, tag: bytes | bytearray) -> bool:
+        """Whether the next frame received carries its tag. A failure is final: the
+        caller closes the connection (the sequence cannot be resynchronised)."""
+        absorbed.update(_SEQ.pack(self.recv_seq))
+        self.recv_seq += 1
+        return hmac.compare_digest(absorbed.digest()[:TAG_BYTES], bytes(tag))
 
     def seal(self, *parts: bytes | bytearray | memoryview | None) -> bytes:
         """The tag of the next frame sent (its bytes in wire order)."""
-        tag = self._tag(self._send, self.send_seq, parts)
-        self.send_seq += 1
-        return tag
+        return self.finish_send(self.absorb_send(*parts))
 
     def verify(self, tag: bytes | bytearray,
                *parts: bytes | bytearray | memoryview | None) -> bool:
-        """Whether the next frame received carries its tag. A failure is final: the
-        caller closes the connection (the sequence cannot be resynchronised)."""
-        good = hmac.compare_digest(self._tag(self._recv, self.recv_seq, parts), bytes(tag))
-        self.recv_seq += 1
-        return good
+        """Whether the next frame received (its bytes in wire order) carries tag."""
+        return self.finish_recv(self.absorb_recv(*parts), tag)
 
 
 def _session(key: bytes, nc: bytes, ns: bytes, *, client: bool) -> FrameMac:
