@@ -71,7 +71,8 @@ def cmd_server(args: argparse.Namespace) -> int:
                               "update_lock": not args.no_update_lock,
                               "max_connections": args.max_connections,
                               "max_locks": args.max_locks,
-                              "evict_threshold": args.evict_threshold}
+                              "evict_threshold": args.evict_threshold,
+                              "auth_key": _server_key(args)}
     check_stripes(args)
     if args.max_connections is not None and args.max_connections < 1:
         raise CliError("--max-connections must be at least 1")
@@ -103,6 +104,55 @@ def cmd_server(args: argparse.Namespace) -> int:
     if args.kind != "mgs" and not mgs:
         raise CliError(f"a {args.kind} needs --mgs HOST:PORT")
     return serve_forever(server)
+
+
+def _load_key(path: str) -> bytes:
+    from .protocol.keyfile import KeyFileError, load_key
+
+    try:
+        return load_key(path)
+    except KeyFileError as e:
+        raise CliError(str(e)) from None
+
+
+def _server_key(args: argparse.Namespace) -> bytes | None:
+    """A server in secure mode (--secure, or a --key given) must have a usable key:
+    it refuses to start rather than serve without authentication."""
+    if args.key:
+        return _load_key(args.key)
+    if args.secure:
+        raise CliError("secure mode needs the filesystem's key: --key FILE "
+                       "(create one with `mlustre keygen FILE`)")
+    return None
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from .protocol.keyfile import KeyFileError, create_key_file
+
+    try:
+        create_key_file(args.file, force=args.force)
+    except KeyFileError as e:
+        raise CliError(str(e)) from None
+    print(f"created key file {args.file} (mode 0600): give it to every server (--key) and "
+          f"client (mount --key) of the filesystem")
+    return 0
+
+
+def _cluster_key(data: Path, no_auth: bool) -> Path | None:
+    """The key file of a local cluster: DATA/auth.key, created on first use (None with
+    --no-auth)."""
+    if no_auth:
+        return None
+    path = data / "auth.key"
+    if not path.exists():
+        from .protocol.keyfile import KeyFileError, create_key_file
+
+        try:
+            create_key_file(path)
+        except KeyFileError as e:
+            raise CliError(str(e)) from None
+    _load_key(str(path))  # a damaged or widened key file: say so before starting anything
+    return path
 
 
 def _start(args: list[str], log: Path, what: str) -> tuple[int, str]:
@@ -137,12 +187,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     if not 0 <= args.recovery_window <= 3600:
         raise CliError("--recovery-window must be between 0 and 3600 seconds")
     _check_squash(args)
+    key_file = _cluster_key(data, args.no_auth)
+    keyed = ["--key", str(key_file)] if key_file else []
     squash = [*(["--root-squash", args.root_squash] if args.root_squash else []),
               *(["--nosquash-nids", args.nosquash_nids] if args.nosquash_nids else [])]
     base = ["--fsname", args.fsname, "--release", args.release,
             "--commit-interval", str(args.commit_interval),
             "--ldlm-timeout", str(args.ldlm_timeout),
-            *(["--no-update-lock"] if args.no_update_lock else [])]
+            *(["--no-update-lock"] if args.no_update_lock else []), *keyed]
     try:
         stripes = [f"--{k.replace('_', '-')}={v}" for k, v in
                    (("stripe_count", args.stripe_count), ("stripe_size", args.stripe_size))
@@ -181,11 +233,13 @@ def cmd_up(args: argparse.Namespace) -> int:
             line = wait_ready(proc, log, name, READY_TIMEOUT)
             entry["nid"] = dict(f.split("=", 1) for f in line.split() if "=" in f)["nid"]
         spec = format_spec([Nid.parse(mgs_nid)], args.fsname)
+        key = str(key_file) if key_file else None
         registry.write_json(cluster_file, {"fsname": args.fsname, "spec": spec,
                                            "data": str(data), "servers": servers,
-                                           "first_mount": mnt, "started": time.time()})
-        registry.register_cluster(spec, str(data))
-        client_pid = _mount(spec, mnt, data, args)
+                                           "first_mount": mnt, "started": time.time(),
+                                           "key": key})
+        registry.register_cluster(spec, str(data), key)
+        client_pid = _mount(spec, mnt, data, args, key)
     except (DaemonFailed, CliError) as e:
         for s in reversed(servers):
             stop_pid(s["pid"], timeout=5)
@@ -194,10 +248,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"{s['name']:<16} {s['kind']:<4} nid={s['nid']:<22} pid={s['pid']}")
     print(f"client           pid={client_pid} mounted on {mnt}")
     print(f"spec: {spec}")
+    print(f"key: {key_file}" if key_file else "key: none (--no-auth: connections are not "
+          "authenticated)")
     return 0
 
 
-def _mount(spec: str, mnt: str, cluster_data: Path | None, args: argparse.Namespace) -> int:
+def _mount(spec: str, mnt: str, cluster_data: Path | None, args: argparse.Namespace,
+           key_file: str | None = None) -> int:
     logdir = cluster_data or Path(registry.state_dir()) / "logs"
     log = logdir / f"client-{os.path.basename(mnt) or 'root'}-{os.getpid()}.log"
     cmd = ["client", spec, mnt, "--max-dirty-mb", str(args.max_dirty_mb),
@@ -206,13 +263,19 @@ def _mount(spec: str, mnt: str, cluster_data: Path | None, args: argparse.Namesp
         cmd += ["--client-no-update-lock"]
     if cluster_data:
         cmd += ["--cluster-data", str(cluster_data)]
+    if key_file:
+        _load_key(key_file)
+        cmd += ["--key", os.path.abspath(key_file)]
     proc = spawn(cmd, log)
     try:
         wait_ready(proc, log, f"client of {spec}", READY_TIMEOUT + 10)
     except DaemonFailed as e:
         if registry.is_mounted(mnt):
             subprocess.run(["fusermount3", "-uz", mnt], timeout=10, check=False)
-        raise CliError(str(e)) from None
+        # The client's own one-line reason (e.g. a wrong key), not its whole log tail.
+        reasons = [line.removeprefix("error: ") for line in str(e).splitlines()
+                   if line.startswith("error: cannot mount")]
+        raise CliError(reasons[-1] if reasons else str(e)) from None
     return proc.pid
 
 
@@ -223,6 +286,8 @@ def cmd_client(args: argparse.Namespace) -> int:
             "--max-dirty-mb", str(args.max_dirty_mb), "--max-cached-mb", str(args.max_cached_mb)]
     if args.cluster_data:
         argv += ["--cluster-data", args.cluster_data]
+    if args.key:
+        argv += ["--key", args.key]
     if args.client_no_update_lock:
         argv += ["--no-update-lock"]
     return mount_main.main(argv)
@@ -234,7 +299,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise CliError(str(e)) from None
     mnt = check_mountpoint(args.mountpoint)
-    pid = _mount(args.spec, mnt, None, args)
+    # Without --key, a local cluster's own key (mlustre up made one) is used.
+    pid = _mount(args.spec, mnt, None, args, args.key or registry.key_file_for_spec(args.spec))
     print(f"mounted {args.spec} on {mnt} (client pid {pid})")
     return 0
 
@@ -346,7 +412,7 @@ def _check_squash(args: argparse.Namespace) -> None:
         raise CliError(str(e)) from None
 
 
-def _freeze(server: dict[str, Any]) -> dict[str, Any] | None:
+def _freeze(server: dict[str, Any], key_file: str | None) -> dict[str, Any] | None:
     """A controlled stop begins with the target's barrier: its clients flush, wait for
     the commit and hold their updates, so the restart leaves nothing to replay. The
     freeze's report, or None (an MGS; a server that does not answer: its own stop
@@ -355,7 +421,7 @@ def _freeze(server: dict[str, Any]) -> dict[str, Any] | None:
         return None
     from .tools import lctl
 
-    src = lctl.Source(server["kind"], server["name"], server["nid"], {})
+    src = lctl.Source(server["kind"], server["name"], server["nid"], {"key": key_file})
     [(_, err, result)] = lctl.ask_all([src], {"op": "barrier_freeze", "timeout": 60.0},
                                       lctl.FREEZE_TIMEOUT)
     if err:
@@ -438,7 +504,7 @@ def cmd_failover(args: argparse.Namespace) -> int:
             time.sleep(0.02)
         how = "killed (SIGKILL)"
     else:
-        barrier = _freeze(server)
+        barrier = _freeze(server, cluster.get("key"))
         if not stop_pid(server["pid"], timeout=30):
             print(f"warning: {server['name']} did not stop within 30 s and was killed",
                   file=sys.stderr)
@@ -518,6 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "does not give back a lock in time is evicted")
     up.add_argument("--no-update-lock", action="store_true",
                     help="servers do not offer the SIR barrier lock (recovery by replay)")
+    up.add_argument("--no-auth", action="store_true",
+                    help="no shared key: connections are not authenticated (by default the "
+                         "cluster's key is DATA/auth.key, created on the first `up`)")
     squash_opts(up)
     stripe_opts(up)
     client_opts(up)
@@ -526,6 +595,9 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("mount", help="mount an existing filesystem (one more client)")
     m.add_argument("spec", help="MGSNID:/FSNAME, e.g. 127.0.0.1:40001:/mlustre")
     m.add_argument("mountpoint")
+    m.add_argument("--key", metavar="FILE", default=None,
+                   help="the filesystem's key file (default: that of the local cluster "
+                        "serving SPEC, if it has one)")
     client_opts(m)
     m.set_defaults(fn=cmd_mount)
 
@@ -594,6 +666,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--evict-threshold", type=int, default=None,
                     help="protocol violations of one client within a minute that get it "
                          f"evicted (default {DEFAULT_EVICT_THRESHOLD}; 0: never)")
+    sv.add_argument("--key", metavar="FILE", default=None,
+                    help="the filesystem's key file (mode 0600): secure mode, every "
+                         "connection must prove this key")
+    sv.add_argument("--secure", action="store_true",
+                    help="refuse to start without --key")
     sv.add_argument("--log-level", default="info")
     stripe_opts(sv)
     sv.set_defaults(fn=cmd_server)
@@ -602,8 +679,15 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("spec")
     cl.add_argument("mountpoint")
     cl.add_argument("--cluster-data")
+    cl.add_argument("--key", default=None)
     client_opts(cl)
     cl.set_defaults(fn=cmd_client)
+
+    kg = sub.add_parser("keygen", help="create a filesystem key file (mode 0600) for "
+                                       "authenticated connections")
+    kg.add_argument("file")
+    kg.add_argument("--force", action="store_true", help="replace an existing key file")
+    kg.set_defaults(fn=cmd_keygen)
 
     # Listed for --help only: main() hands `lfs ...` to mlustre.tools.lfs, which parses it.
     sub.add_parser("lfs", add_help=False,

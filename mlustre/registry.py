@@ -73,9 +73,10 @@ def cluster_file(spec: str) -> Path:
     return state_dir() / "clusters" / f"{hashlib.sha1(spec.encode()).hexdigest()[:16]}.json"
 
 
-def register_cluster(spec: str, data_dir: str) -> None:
-    """Remember which local cluster serves spec, for clients mounted later by spec."""
-    write_json(cluster_file(spec), {"spec": spec, "data": data_dir})
+def register_cluster(spec: str, data_dir: str, key_file: str | None = None) -> None:
+    """Remember which local cluster serves spec (and its key file, if it is secure), for
+    clients mounted later by spec and for the tools."""
+    write_json(cluster_file(spec), {"spec": spec, "data": data_dir, "key": key_file})
 
 
 def find_cluster_data(spec: str) -> str | None:
@@ -83,6 +84,30 @@ def find_cluster_data(spec: str) -> str | None:
         return json.loads(cluster_file(spec).read_text()).get("data")
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def key_file_for_spec(spec: str) -> str | None:
+    """The key file of the filesystem at spec as this machine knows it: that of the
+    local cluster serving it, else that of a client that mounted it with one."""
+    try:
+        key = json.loads(cluster_file(spec).read_text()).get("key")
+    except (FileNotFoundError, json.JSONDecodeError):
+        key = None
+    if key:
+        return str(key)
+    for m in all_mounts():
+        if m.get("spec") == spec and m.get("key"):
+            return str(m["key"])
+    return None
+
+
+def key_for_spec(spec: str) -> bytes | None:
+    """The key the tools use to talk to spec's servers (None: no key known, so the
+    filesystem is taken to be insecure). KeyFileError if the file is unusable."""
+    from .protocol.keyfile import load_key
+
+    path = key_file_for_spec(spec)
+    return load_key(path) if path else None
 
 
 def all_mounts() -> list[dict[str, Any]]:

@@ -43,6 +43,8 @@ def start_ost(data: Path, mgs_nid: str, listen: str | None) -> subprocess.Popen[
            "--index", "0", "--data", str(data / "mlustre-OST0000"), "--mgs", mgs_nid]
     if listen:
         cmd += ["--listen", listen]
+    if (data / "auth.key").exists():  # `mlustre up` made the cluster secure
+        cmd += ["--key", str(data / "auth.key")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             start_new_session=True)
     assert proc.stdout is not None

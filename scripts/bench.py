@@ -586,7 +586,8 @@ class MlustreTarget(Target):
         self.mnt.mkdir()
         logfile = self.logdir / "mlustre-up.log"
         self.up_proc = start_bg(
-            [self.cli, "up", self.mnt, "--osts", "2", "--data", self.data], logfile)
+            [self.cli, "up", self.mnt, "--osts", "2", "--data", self.data,
+             *(["--no-auth"] if self.args.no_auth else [])], logfile)
         proc = self.up_proc
 
         def spec_printed() -> bool:
@@ -605,6 +606,7 @@ class MlustreTarget(Target):
             raise BenchError(f"mlustre up exited {proc.returncode}\n{tail(logfile)}")
         self.info["up_returned"] = proc.returncode is not None
         self.info.update(spec=self.spec, mnt=str(self.mnt), data=str(self.data),
+                         auth=not self.args.no_auth,
                          data_fstype=fstype_of(self.data.parent))
         log(f"mlustre spec: {self.spec}")
         self._client_pid_from_log(logfile)
@@ -1508,6 +1510,9 @@ def parse_args(argv):
                     help="also drop the kernel caches of the machine (root) after each "
                          "remount, so that the servers' backing files are cold too; by default "
                          "only the client is cold")
+    ap.add_argument("--no-auth", action="store_true",
+                    help="start the mlustre cluster with `up --no-auth` (no shared key, no "
+                         "per-message MACs), to measure what authentication costs")
     ap.add_argument("--data-base", default=None,
                     help="directory for mlustre server data (default: the temporary dir "
                          "under $TMPDIR or /tmp)")

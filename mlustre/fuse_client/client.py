@@ -33,8 +33,9 @@ class ClientNode:
 
     def __init__(self, spec: str, *, release: str = "2.0", client_uuid: str | None = None,
                  connect_timeout: float = 5.0, mount_timeout: float = 20.0,
-                 update_lock: bool = True) -> None:
+                 update_lock: bool = True, key: bytes | None = None) -> None:
         self.spec = spec
+        self.key = key  # the filesystem's shared key (None: an insecure filesystem)
         self.mgs_nids, self.fsname = parse_spec(spec)
         self.release = release
         self.uuid = client_uuid or str(uuidlib.uuid4())
@@ -56,7 +57,7 @@ class ClientNode:
                 session = await Session.open(nursery, self.mgs_nids,
                                              target=f"{self.fsname}-MGS",
                                              connect_opc=C.MGS_CONNECT, client_uuid=self.uuid,
-                                             timeout=self.connect_timeout)
+                                             timeout=self.connect_timeout, key=self.key)
                 break
             except ConnectionLost as e:
                 if trio.current_time() >= deadline:
@@ -97,7 +98,8 @@ class ClientNode:
             flags |= C.OBD_CONNECT_UPDATE_LOCK
         imp = Import(target["name"], [Nid.parse(n) for n in target["nids"]], connect_opc=opc,
                      client_uuid=self.uuid, release=self.release, flags=flags,
-                     connect_timeout=self.connect_timeout, handler=locks.handle_request)
+                     connect_timeout=self.connect_timeout, handler=locks.handle_request,
+                     key=self.key)
         imp.nid_source = self.target_nids
         locks.attach(imp)
         self.locks[target["name"]] = locks

@@ -20,10 +20,11 @@ import trio
 
 from ..protocol import constants as C
 from ..protocol.codec import RELEASES, codec_for
-from ..protocol.errors import ConnectionLost, RpcError, RpcTimeout
+from ..protocol.errors import AuthError, ConnectionLost, RpcError, RpcTimeout
 from ..protocol.message import Message
 from ..protocol.nid import Nid
-from ..protocol.rpc import Endpoint, Handler, connect_stream
+from ..protocol.rpc import Endpoint, Handler
+from ..protocol.secure import open_connection
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,9 @@ class Import:
     def __init__(self, target: str, nids: list[Nid], *, connect_opc: int, client_uuid: str,
                  release: str = "2.0", flags: int = 0, handler: Handler | None = None,
                  request_timeout: float = 30.0, connect_timeout: float = 5.0,
-                 ping_interval: float = 5.0) -> None:
+                 ping_interval: float = 5.0, key: bytes | None = None) -> None:
         self.target = target
+        self.key = key  # the filesystem's shared key: connections are authenticated
         self.nids = nids
         self.connect_opc = connect_opc
         self.client_uuid = client_uuid
@@ -78,6 +80,7 @@ class Import:
         self.peer_committed = 0
         self.last_transno = 0  # highest transno of our requests the target answered
         self.last_error = ""
+        self.auth_error: AuthError | None = None  # the last connect failed authentication
         self._full = trio.Event()
         self._reconnect_wanted = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -136,6 +139,8 @@ class Import:
         while True:
             if await self._try_all_nids():
                 break
+            if self.auth_error is not None:  # a wrong or missing key: waiting cannot help
+                raise self.auth_error
             if trio.current_time() >= deadline:
                 raise ConnectionLost(f"cannot reach {self.target} at "
                                      f"{', '.join(map(str, self.nids))}: {self.last_error}")
@@ -145,6 +150,7 @@ class Import:
             nursery.start_soon(self._pinger)
 
     async def _try_all_nids(self) -> bool:
+        self.auth_error = None
         for _ in range(len(self.nids)):
             nid = self.nids[self._nid_idx % len(self.nids)]
             if await self._try_connect(nid):
@@ -156,14 +162,18 @@ class Import:
         assert self._nursery is not None
         self._set_state(ImportState.CONNECTING)
         try:
-            stream = await connect_stream(nid.host, nid.port, self.connect_timeout)
-        except (OSError, trio.TooSlowError) as e:
+            stream, mac = await open_connection(nid.host, nid.port, self.key,
+                                                peer=f"{self.target} at {nid}",
+                                                timeout=self.connect_timeout)
+        except (OSError, trio.TooSlowError, ConnectionLost) as e:
             self.last_error = f"{nid}: {e or 'connect timed out'}"
             self._set_state(ImportState.DISCONN)
             return False
+        except AuthError as e:
+            return self._auth_failed(e)
         self.conn_cnt += 1
         endpoint = Endpoint(stream, codec=self.release, handler=self.handler,
-                            name=f"{self.target}@{nid}")
+                            name=f"{self.target}@{nid}", mac=mac)
         endpoint._next_xid = 1 << 62  # connect requests never collide with the import's xids
         await self._nursery.start(endpoint.serve)
         try:
@@ -175,6 +185,11 @@ class Import:
             await endpoint.aclose()
             self._set_state(ImportState.DISCONN)
             return False
+        if reply.status == errno.EACCES:  # a secure target, and this client has no key
+            await endpoint.aclose()
+            return self._auth_failed(AuthError(
+                f"authentication with {self.target} at {nid} failed: "
+                f"{reply.body.get('error', 'key required')}"))
         if reply.status:
             self.last_error = f"{nid}: connect refused: {reply.body.get('error', reply.status)}"
             await endpoint.aclose()
@@ -265,6 +280,13 @@ class Import:
                     await endpoint.aclose(f"ping failed: {e}")
                 continue
             self._note_committed(reply)
+
+    def _auth_failed(self, e: AuthError) -> bool:
+        log.error("%s", e)
+        self.auth_error = e
+        self.last_error = str(e)
+        self._set_state(ImportState.DISCONN)
+        return False
 
     async def _keeper(self) -> None:
         """Reconnect whenever the connection dies, with backoff, until closed."""

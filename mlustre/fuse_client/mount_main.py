@@ -18,7 +18,8 @@ import trio
 
 from .. import registry
 from ..procs import detach_stdout_to_stderr
-from ..protocol.errors import ConnectionLost, RpcError
+from ..protocol.errors import AuthError, ConnectionLost, RpcError
+from ..protocol.keyfile import KeyFileError, load_key
 from . import admin
 from .client import ClientNode
 from .llite import Llite
@@ -34,6 +35,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-dirty-mb", type=int, default=256)
     p.add_argument("--max-cached-mb", type=int, default=512)
     p.add_argument("--cluster-data", default=None)
+    p.add_argument("--key", default=None, help="the filesystem's key file (secure filesystems)")
     p.add_argument("--debug", action="store_true")
     p.add_argument("--mount-timeout", type=float, default=20.0)
     p.add_argument("--no-update-lock", action="store_true",
@@ -44,8 +46,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 async def run(args: argparse.Namespace) -> None:
     # Resolve now: once mounted, touching the mount point from this process would deadlock.
     args.mountpoint = os.path.realpath(args.mountpoint)
+    key = load_key(args.key) if args.key else None
     node = ClientNode(args.spec, release=args.release, mount_timeout=args.mount_timeout,
-                      update_lock=not args.no_update_lock)
+                      update_lock=not args.no_update_lock, key=key)
     async with trio.open_nursery() as nursery:
         await node.connect(nursery)
         ops = Llite(node, max_dirty_mb=args.max_dirty_mb, max_cached_mb=args.max_cached_mb)
@@ -58,6 +61,7 @@ async def run(args: argparse.Namespace) -> None:
         registry.register_mount(args.mountpoint, {
             "pid": os.getpid(), "spec": args.spec, "fsname": node.fsname,
             "cluster_data": args.cluster_data, "uuid": node.uuid,
+            "key": os.path.abspath(args.key) if args.key else None,
             "admin_socket": str(admin_path)})
         ops.start(nursery)
         nursery.start_soon(admin.serve_admin, listener, admin.client_params(ops))
@@ -103,14 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.register(signal.SIGUSR1)
     try:
         trio.run(run, args)
-    except (ConnectionLost, RpcError, OSError) as e:
+    except (ConnectionLost, RpcError, OSError, AuthError, KeyFileError) as e:
         print(f"error: cannot mount {args.spec} on {args.mountpoint}: {e}", file=sys.stderr)
         return 1
     except BaseExceptionGroup as eg:
         first = eg.exceptions[0]
         while isinstance(first, BaseExceptionGroup):
             first = first.exceptions[0]
-        if isinstance(first, ConnectionLost | RpcError | OSError | RuntimeError):
+        if isinstance(first, ConnectionLost | RpcError | OSError | RuntimeError | AuthError
+                      | KeyFileError):
             print(f"error: cannot mount {args.spec} on {args.mountpoint}: {first}",
                   file=sys.stderr)
             return 1

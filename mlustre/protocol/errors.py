@@ -24,3 +24,9 @@ class RpcTimeout(Exception):
 
 class ConnectionLost(Exception):
     """The connection closed before a reply came."""
+
+
+class AuthError(Exception):
+    """A connection failed the shared-key handshake (wrong or missing key on either
+    side, or a peer that does not authenticate). Never retried: a wrong key stays
+    wrong, so callers report it at once instead of waiting out a timeout."""

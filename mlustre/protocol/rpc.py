@@ -8,6 +8,9 @@ blocks the connection. One send lock per connection keeps frames whole.
 A malformed message gets an EPROTO reply (when its frame was intact) and the
 connection goes on; a broken frame (oversized) gets an ERR message and the
 connection is closed. Nothing a peer sends can raise out of `serve`.
+
+On an authenticated connection (`mac`, see auth.py) every frame is followed by a
+MAC tag; a frame whose tag fails closes the connection unanswered.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 
 import trio
 
+from .auth import TAG_BYTES, FrameMac
 from .codec import PREFIX, Codec, check_prefix, codec_for, decode_payload
 from .constants import ERR, MAX_BULK, MAX_HEADER, REPLY, REQUEST
 from .errors import ConnectionLost, ProtocolError, RpcTimeout
@@ -33,6 +37,9 @@ _RECV_CHUNK = 64 << 10  # (per connection: a server with 1000 clients keeps 1000
 MAX_INFLIGHT = 64  # requests of one peer handled at once; the reader waits beyond that
 _SMALL_BULK = 64 << 10  # below this, header and bulk go out in one send
 SOCKET_BUFFER = 4 << 20
+# A bulk this large is MAC'd in a worker thread (hashlib releases the GIL): the
+# hashing of a 1 MiB BRW then overlaps the process's other work on another core.
+_THREAD_MAC = 256 << 10
 
 
 def tune_socket(stream: trio.abc.Stream) -> None:
@@ -135,7 +142,7 @@ class _Reader:
         return out
 
 
-def _salvage_xid(header: bytes | bytearray) -> int:
+def salvage_xid(header: bytes | bytearray) -> int:
     """The xid of a *request* whose header is invalid, if it can be read at all.
 
     Never that of a reply: its xid belongs to our own numbering, and an ERR under it
@@ -178,8 +185,11 @@ class Endpoint:
                  handler: Handler | None = None, name: str = "",
                  max_header: int = MAX_HEADER, max_bulk: int = MAX_BULK,
                  follow_peer_release: bool = False,
-                 inline_opcodes: frozenset[int] = frozenset()) -> None:
+                 inline_opcodes: frozenset[int] = frozenset(),
+                 mac: FrameMac | None = None) -> None:
         self.stream = stream
+        # Set on an authenticated connection (secure.py): every frame carries a tag.
+        self.mac = mac
         self._raw = _raw_socket(stream)
         # Requests whose handlers never wait (pure computation, e.g. SQLite lookups) are
         # handled by the reader itself: a task spawn per request costs more than they do.
@@ -203,6 +213,7 @@ class Endpoint:
         # Told (kind, detail) of each protocol violation by the peer: "malformed" (an
         # undecodable message in an intact frame) or "oversized" (a frame over the limits).
         self.on_violation: Callable[[str, str], None] | None = None
+        self.mac_failures = 0
         # Backpressure: a peer that floods requests (or junk) and never reads the replies
         # stalls its own connection, not the server's memory or its other clients.
         self._slots = trio.Semaphore(MAX_INFLIGHT)
@@ -247,14 +258,23 @@ class Endpoint:
         bulk = msg.bulk
         if bulk is not None and len(bulk) < _SMALL_BULK:
             head, bulk = head + bytes(bulk), None
+        absorbed = None
+        if self.mac is not None:
+            if bulk is not None and len(bulk) >= _THREAD_MAC:
+                absorbed = await trio.to_thread.run_sync(self.mac.absorb_send, head, bulk)
+            else:
+                absorbed = self.mac.absorb_send(head, bulk)
         try:
             if self._raw is not None:
-                await self._send_raw(head, bulk)
+                await self._send_raw(head, bulk, absorbed)
                 return
             async with self._send_lock:
+                tag = self.mac.finish_send(absorbed) if self.mac is not None else b""
                 await self.stream.send_all(head)
                 if bulk:
                     await self.stream.send_all(bulk)
+                if tag:
+                    await self.stream.send_all(tag)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             self._mark_closed(f"send failed: {e}")
             raise ConnectionLost(self.close_reason) from None
@@ -263,15 +283,22 @@ class Endpoint:
             self._mark_closed("send cancelled mid-frame")
             raise
 
-    async def _send_raw(self, head: bytes, bulk: bytes | bytearray | memoryview | None) -> None:
+    async def _send_raw(self, head: bytes, bulk: bytes | bytearray | memoryview | None,
+                        absorbed: Any = None) -> None:
         """Send one frame on the socket, without a scheduler pass when it fits at once.
 
         Frames stay whole: the fast path runs only while nobody holds the send lock, and
-        does not yield before the frame is fully handed to the kernel."""
+        does not yield before the frame is fully handed to the kernel. A frame's tag
+        (its bytes already absorbed) is finished when the frame takes the wire (fast
+        path, or the lock acquired), so sequence numbers follow wire order."""
         raw = self._raw
         assert raw is not None
         views = [memoryview(head)] + ([memoryview(bulk)] if bulk else [])
+        mac = self.mac if absorbed is not None else None
         if not self._send_lock.locked():
+            if mac is not None:
+                views.append(memoryview(mac.finish_send(absorbed)))
+                mac = None
             try:
                 n = raw.sendmsg(views)
             except BlockingIOError:
@@ -280,6 +307,8 @@ class Endpoint:
             if not views:
                 return
         async with self._send_lock:  # the rest (or all of it) when the socket is full
+            if mac is not None:
+                views.append(memoryview(mac.finish_send(absorbed)))
             while views:
                 try:
                     n = raw.sendmsg(views)
@@ -307,8 +336,9 @@ class Endpoint:
         self.close_reason = reason
         self._closed.set()
         for waiter in self._waiters.values():
-            waiter.error = ConnectionLost(reason)
-            waiter.event.set()
+            if waiter.reply is None:  # (a reply read just before the close still counts)
+                waiter.error = ConnectionLost(reason)
+                waiter.event.set()
 
     async def aclose(self, reason: str = "closed locally") -> None:
         self._mark_closed(reason)
@@ -341,12 +371,22 @@ class Endpoint:
                 check_prefix(header_len, bulk_len, self.max_header, self.max_bulk)
                 header = await reader.exactly(header_len)
                 bulk = await reader.exactly(bulk_len) if bulk_len else None
+                if self.mac is not None and not await self._verify(
+                        reader, prefix, header, bulk):
+                    # Injected, altered or replayed: nothing more from this stream is
+                    # trusted, and no reply is owed to a frame nobody proved to send.
+                    self.mac_failures += 1
+                    log.warning("%s: a message failed authentication (bad MAC); closing",
+                                self.name)
+                    self._mark_closed("a message failed authentication")
+                    return
             except ProtocolError as e:
                 log.warning("%s: %s; closing", self.name, e)
                 if self.on_violation is not None:
                     self.on_violation("oversized", str(e))
-                await self.send_reply(Message(ERR, 0, 0, status=errno.EMSGSIZE,
-                                              body={"error": str(e)}))
+                if self.mac is None:  # (authenticated: unproved bytes get no answer)
+                    await self.send_reply(Message(ERR, 0, 0, status=errno.EMSGSIZE,
+                                                  body={"error": str(e)}))
                 self._mark_closed(str(e))
                 return
             except EOFError:
@@ -362,6 +402,16 @@ class Endpoint:
             elif not routed:
                 self._slots.release()
 
+    async def _verify(self, reader: _Reader, prefix: bytearray, header: bytearray,
+                      bulk: bytearray | None) -> bool:
+        assert self.mac is not None
+        tag = await reader.exactly(TAG_BYTES)
+        if bulk is not None and len(bulk) >= _THREAD_MAC:
+            absorbed = await trio.to_thread.run_sync(self.mac.absorb_recv, prefix, header, bulk)
+        else:
+            absorbed = self.mac.absorb_recv(prefix, header, bulk)
+        return self.mac.finish_recv(absorbed, tag)
+
     def _dispatch(self, header: bytes | bytearray, bulk: bytearray | None,
                   nursery: trio.Nursery) -> bool | Message:
         """Route one message: True if a task now holds a slot (and will release it),
@@ -376,7 +426,7 @@ class Endpoint:
             # Answer under the request's xid when it can be found, so its caller is not left
             # waiting for a timeout; else under xid 0.
             nursery.start_soon(self._reply_and_release,
-                               Message(ERR, 0, _salvage_xid(header), status=errno.EPROTO,
+                               Message(ERR, 0, salvage_xid(header), status=errno.EPROTO,
                                        body={"error": str(e)}))
             return True
         if msg.type == REQUEST:

@@ -311,7 +311,8 @@ class MdtServer(RecoveringTarget, TargetServer):
         nursery.start_soon(self._orphans_after_reopen)
         if self.mgs:
             await register_with_mgs(nursery, self.mgs, self.fsname, self.name, "mdt", self.index,
-                                    self.nid, self.failover_nids, self.storage.instance)
+                                    self.nid, self.failover_nids, self.storage.instance,
+                                    key=self.auth_key)
             await self._apply_fs_defaults()
             nursery.start_soon(self._destroy_loop)
 
@@ -320,7 +321,8 @@ class MdtServer(RecoveringTarget, TargetServer):
         assert self._nursery is not None and self.store is not None
         try:
             session = await Session.open(self._nursery, self.mgs, target=f"{self.fsname}-MGS",
-                                         connect_opc=C.MGS_CONNECT, client_uuid=self.name)
+                                         connect_opc=C.MGS_CONNECT, client_uuid=self.name,
+                                         key=self.auth_key)
             try:
                 cfg = (await session.call(C.MGS_CONFIG_READ)).body
             finally:
@@ -349,7 +351,8 @@ class MdtServer(RecoveringTarget, TargetServer):
     async def _refresh_osts(self) -> None:
         assert self._nursery is not None
         session = await Session.open(self._nursery, self.mgs, target=f"{self.fsname}-MGS",
-                                     connect_opc=C.MGS_CONNECT, client_uuid=self.name)
+                                     connect_opc=C.MGS_CONNECT, client_uuid=self.name,
+                                     key=self.auth_key)
         try:
             cfg = (await session.call(C.MGS_CONFIG_READ)).body
         finally:
@@ -366,7 +369,8 @@ class MdtServer(RecoveringTarget, TargetServer):
             await self._refresh_osts()
         session = await Session.open(self._nursery, self.osts[idx],
                                      target=target_name(self.fsname, "ost", idx),
-                                     connect_opc=C.OST_CONNECT, client_uuid=f"{self.name}-osp")
+                                     connect_opc=C.OST_CONNECT, client_uuid=f"{self.name}-osp",
+                                     key=self.auth_key)
         self._ost_sessions[idx] = session
         return session
 

@@ -18,6 +18,7 @@ import trio
 
 from ..params import ParamError, ParamTree
 from ..protocol import constants as C
+from ..protocol.errors import AuthError
 from ..protocol.ldlm import Extent, LockType, ResId
 from ..protocol.message import Message
 from ..protocol.nid import Nid
@@ -135,7 +136,8 @@ class OstServer(RecoveringTarget, TargetServer):
         self.start_recovery(nursery, trio.current_time() + self.recovery_window)
         if self.mgs:
             await register_with_mgs(nursery, self.mgs, self.fsname, self.name, "ost", self.index,
-                                    self.nid, self.failover_nids, self.storage.instance)
+                                    self.nid, self.failover_nids, self.storage.instance,
+                                    key=self.auth_key)
 
     def _oid(self, body: dict[str, Any]) -> int:
         oid = body_field(body, "oid", int)
@@ -262,13 +264,15 @@ class OstServer(RecoveringTarget, TargetServer):
 
 async def register_with_mgs(nursery: trio.Nursery, mgs: list[Nid], fsname: str, name: str,
                             kind: str, index: int, nid: str, failover_nids: list[str],
-                            instance: int) -> None:
-    """Tell the MGS this target now serves at nid (retrying while it is unreachable)."""
+                            instance: int, *, key: bytes | None = None) -> None:
+    """Tell the MGS this target now serves at nid (retrying while it is unreachable;
+    an AuthError, a wrong key, is final: the server does not start)."""
     delay = 0.2
     while True:
         try:
             session = await Session.open(nursery, mgs, target=f"{fsname}-MGS",
-                                         connect_opc=C.MGS_CONNECT, client_uuid=name)
+                                         connect_opc=C.MGS_CONNECT, client_uuid=name,
+                                         key=key)
             try:
                 await session.call(C.MGS_TARGET_REG, {
                     "name": name, "kind": kind, "index": index, "nid": nid,
@@ -276,6 +280,8 @@ async def register_with_mgs(nursery: trio.Nursery, mgs: list[Nid], fsname: str, 
             finally:
                 await session.close()
             return
+        except AuthError:
+            raise
         except Exception as e:  # the MGS may start later; keep trying, loudly
             log.warning("%s: cannot register with the MGS (%s); retrying", name, e)
             await trio.sleep(delay)

@@ -26,10 +26,11 @@ import trio
 from ..params import ParamError, ParamTree, parse_positive_float, parse_positive_int
 from ..procs import detach_stdout_to_stderr
 from ..protocol import constants as C
-from ..protocol.errors import ConnectionLost
+from ..protocol.errors import AuthError, ConnectionLost
 from ..protocol.ldlm import LockType
 from ..protocol.message import Message
 from ..protocol.rpc import Endpoint
+from ..protocol.secure import HANDSHAKE_TIMEOUT, server_handshake
 from . import fail_loc
 from .barrier import DEFAULT_FREEZE_TIMEOUT, ServerBarrier
 from .fail_loc import FailLoc
@@ -123,8 +124,12 @@ class TargetServer:
                  release: str = "2.0", commit_interval: float = 1.0,
                  ldlm_timeout: float = 10.0, update_lock: bool = True,
                  max_connections: int | None = None, max_locks: int = DEFAULT_MAX_LOCKS,
-                 evict_threshold: int | None = None) -> None:
+                 evict_threshold: int | None = None, auth_key: bytes | None = None) -> None:
         self.name = name
+        # Secure mode: every connection proves this filesystem key before its first
+        # request, and every frame carries a MAC (protocol/auth.py). The same key
+        # authenticates this server's own links to the MGS and the OSTs.
+        self.auth_key = auth_key
         self.storage = TargetStorage(data_dir)
         self.host = host
         self.port = port
@@ -265,11 +270,25 @@ class TargetServer:
         except OSError:
             peer_nid = "?"
         if not self.connections.admit():
-            await self._refuse_connection(stream, peer_nid)
+            # (A secure peer must prove the key first: the refusal is then authenticated.)
+            mac = await self._authenticate(stream, peer_nid) if self.auth_key else None
+            if self.auth_key is None or mac is not None:
+                await self._refuse_connection(stream, peer_nid, mac)
             return
+        try:
+            await self._serve_admitted(stream, peer_nid)
+        finally:
+            self.connections.release()
+
+    async def _serve_admitted(self, stream: trio.SocketStream, peer_nid: str) -> None:
+        mac = None
+        if self.auth_key is not None:
+            mac = await self._authenticate(stream, peer_nid)
+            if mac is None:
+                return
         endpoint = Endpoint(stream, codec=self.release, handler=self._handle,
                             name=f"{self.name}<-{peer_nid}", follow_peer_release=True,
-                            inline_opcodes=self.inline_opcodes)
+                            inline_opcodes=self.inline_opcodes, mac=mac)
         endpoint.context["nid"] = peer_nid
         endpoint.on_violation = partial(self._endpoint_violation, endpoint)
         try:
@@ -277,13 +296,15 @@ class TargetServer:
         except Exception:  # never let one connection take the server down
             log.exception("%s: connection from %s failed", self.name, peer_nid)
         finally:
-            self.connections.release()
+            if endpoint.mac_failures:
+                self.count("auth_mac_failures", endpoint.mac_failures)
             export = endpoint.context.get("export")
             if export is not None and self.exports.get(export.uuid) is export:
                 self.exports.pop(export.uuid, None)
                 await self.export_disconnected(export)
 
-    async def _refuse_connection(self, stream: trio.SocketStream, peer_nid: str) -> None:
+    async def _refuse_connection(self, stream: trio.SocketStream, peer_nid: str,
+                                 mac: Any = None) -> None:
         """A connection over the limit: its first request is answered EUSERS (so its
         caller gets a clear error, not a timeout), then it is closed."""
         self.count("connections_refused")
@@ -299,7 +320,8 @@ class TargetServer:
             answered.set()
 
         endpoint = Endpoint(stream, codec=self.release, handler=refuse,
-                            name=f"{self.name}<-{peer_nid} (refused)", follow_peer_release=True)
+                            name=f"{self.name}<-{peer_nid} (refused)", follow_peer_release=True,
+                            mac=mac)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(endpoint.serve)
             with trio.move_on_after(REFUSE_GRACE):
@@ -329,6 +351,26 @@ class TargetServer:
             self.count(f"violation.{kind}")
             return
         self.violation(export.uuid, kind, detail)
+
+    async def _authenticate(self, stream: trio.SocketStream, peer_nid: str) -> Any:
+        """The connection's FrameMac once the peer proved the key; None (counted,
+        logged, the stream closed) if it did not."""
+        try:
+            mac = await server_handshake(stream, self.auth_key or b"", name=self.name,
+                                         release=self.release, timeout=HANDSHAKE_TIMEOUT)
+        except AuthError as e:
+            why = str(e)
+        except trio.TooSlowError:
+            why = f"no handshake within {HANDSHAKE_TIMEOUT:g}s"
+        except (EOFError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+            why = f"connection lost during the handshake ({e or type(e).__name__})"
+        else:
+            self.count("auth_ok")
+            return mac
+        self.count("auth_refused")
+        log.warning("%s: refused connection from %s: %s", self.name, peer_nid, why)
+        await trio.aclose_forcefully(stream)
+        return None
 
     async def export_disconnected(self, export: Export) -> None:
         """Hook: a client's connection ended (subclasses clean up its state)."""
@@ -685,11 +727,11 @@ def serve_forever(server: TargetServer) -> int:
     try:
         server.open_storage()
         trio.run(main)
-    except (StorageBusy, OSError) as e:  # startup failures print one clear line
+    except (StorageBusy, OSError, AuthError) as e:  # startup failures print one clear line
         print(f"error: {server.name}: {e}", file=sys.stderr, flush=True)
         return 1
     except BaseExceptionGroup as eg:
-        match, _ = eg.split(OSError)  # e.g. the port is in use, however deeply nested
+        match, _ = eg.split((OSError, AuthError))  # e.g. the port is in use, however deeply nested
         if match is None:
             raise
         leaf: BaseException = match

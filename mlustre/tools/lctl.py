@@ -109,7 +109,8 @@ def sources(scope: str | None = None) -> list[Source]:
         for s in c.get("servers", []):
             if s.get("nid") and registry.pid_alive(s.get("pid")) and s["name"] not in seen:
                 seen.add(s["name"])
-                found.append(Source(s["kind"], s["name"], s["nid"], {**s, "spec": c.get("spec")}))
+                found.append(Source(s["kind"], s["name"], s["nid"],
+                                    {**s, "spec": c.get("spec"), "key": c.get("key")}))
     return found
 
 
@@ -145,10 +146,13 @@ async def _ask(src: Source, body: dict[str, Any],
                         finally:
                             await endpoint.aclose()
                     else:
+                        from ..protocol.keyfile import load_key
+
                         conn, disc = _opcodes(src.kind)
+                        key = load_key(src.info["key"]) if src.info.get("key") else None
                         s = await Session.open(nursery, [Nid.parse(src.address)],
                                                target=src.name, connect_opc=conn,
-                                               timeout=CONNECT_TIMEOUT)
+                                               timeout=CONNECT_TIMEOUT, key=key)
                         try:
                             reply = await s.endpoint.call(C.OBD_ADMIN, body,
                                                           timeout=call_timeout)

@@ -304,22 +304,35 @@ def _leaf(eg: BaseExceptionGroup) -> BaseException:
     return next((e for e in leaves if isinstance(e, LfsError)), leaves[0] if leaves else eg)
 
 
+def _key_for(spec: str) -> bytes | None:
+    """The filesystem key this machine has for spec (its local cluster's, or the one a
+    client mounted it with); LfsError if that key file is unusable."""
+    from .. import registry
+    from ..protocol.keyfile import KeyFileError
+
+    try:
+        return registry.key_for_spec(spec)
+    except KeyFileError as e:
+        raise LfsError(str(e)) from None
+
+
 async def _with_node(spec: str, fn: Callable[[Any], Awaitable[T]]) -> T:
     """Connect a ClientNode to spec, run fn(node), disconnect."""
     import trio
 
     from ..fuse_client.client import ClientNode
-    from ..protocol.errors import ConnectionLost, RpcError
+    from ..protocol.errors import AuthError, ConnectionLost, RpcError
 
     try:
-        node = ClientNode(spec, connect_timeout=CONNECT_TIMEOUT, mount_timeout=MOUNT_TIMEOUT)
+        node = ClientNode(spec, connect_timeout=CONNECT_TIMEOUT, mount_timeout=MOUNT_TIMEOUT,
+                          key=_key_for(spec))
     except ValueError as e:
         raise LfsError(str(e)) from None
     async with trio.open_nursery() as nursery:
         try:
             await node.connect(nursery)
             return await fn(node)
-        except ConnectionLost as e:
+        except (ConnectionLost, AuthError) as e:
             raise LfsError(f"{spec}: {e}") from None
         except RpcError as e:
             raise LfsError(f"{spec}: {os.strerror(e.errno)}"
@@ -542,13 +555,14 @@ async def _check_fs(spec: str) -> list[tuple[str, str, str]]:
     from ..protocol.session import Session
 
     mgs_nids, fsname = parse_spec(spec)
+    key = _key_for(spec)
 
     async def probe(nursery: trio.Nursery, name: str, nids: list[Any], opc: int,
                     disc: int | None) -> tuple[str, str]:
         try:
             with trio.fail_after(CONNECT_TIMEOUT * max(len(nids), 1) + 2):
                 s = await Session.open(nursery, nids, target=name, connect_opc=opc,
-                                       timeout=CONNECT_TIMEOUT)
+                                       timeout=CONNECT_TIMEOUT, key=key)
         except trio.TooSlowError:
             return ",".join(map(str, nids)), "timed out"
         except Exception as e:  # ConnectionLost, RpcError: report, never raise
@@ -567,7 +581,8 @@ async def _check_fs(spec: str) -> list[tuple[str, str, str]]:
         try:
             with trio.fail_after(CONNECT_TIMEOUT * max(len(mgs_nids), 1) + 2):
                 s = await Session.open(nursery, mgs_nids, target=f"{fsname}-MGS",
-                                       connect_opc=C.MGS_CONNECT, timeout=CONNECT_TIMEOUT)
+                                       connect_opc=C.MGS_CONNECT, timeout=CONNECT_TIMEOUT,
+                                       key=key)
             try:
                 config = (await s.call(C.MGS_CONFIG_READ, timeout=CONNECT_TIMEOUT)).body
             finally:
