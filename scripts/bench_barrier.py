@@ -41,6 +41,7 @@ from mlustre.fuse_client.barrier import Barrier, GateState  # noqa: E402
 from mlustre.fuse_client.imports import Import  # noqa: E402
 from mlustre.fuse_client.ldlm import LockClient  # noqa: E402
 from mlustre.protocol import constants as C  # noqa: E402
+from mlustre.protocol.keyfile import load_key  # noqa: E402
 from mlustre.protocol.nid import Nid  # noqa: E402
 
 MLUSTRE = [str(ROOT / ".venv" / "bin" / "mlustre")]
@@ -68,9 +69,16 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def cluster_key(data: Path) -> bytes | None:
+    """The key `mlustre up` made for the cluster (library clients must prove it)."""
+    path = data / "auth.key"
+    return load_key(str(path)) if path.exists() else None
+
+
 # ---- 1. the barrier across N library clients ----------------------------------------
 
-async def scale_run(target: str, kind: str, nid: Nid, n: int, mnt: str) -> dict[str, Any]:
+async def scale_run(target: str, kind: str, nid: Nid, n: int, mnt: str,
+                    key: bytes | None) -> dict[str, Any]:
     opc = C.MDS_CONNECT if kind == "mdt" else C.OST_CONNECT
     barriers: list[Barrier] = []
     async with trio.open_nursery() as nursery:
@@ -80,7 +88,7 @@ async def scale_run(target: str, kind: str, nid: Nid, n: int, mnt: str) -> dict[
             lc = LockClient(target)
             imp = Import(target, [nid], connect_opc=opc, client_uuid=f"bench-{n}-{i}",
                          handler=lc.handle_request, flags=C.OBD_CONNECT_UPDATE_LOCK,
-                         connect_timeout=30, request_timeout=60)
+                         connect_timeout=30, request_timeout=60, key=key)
             lc.attach(imp)
             b = Barrier(target, kind, imp, lc)
             await nursery.start(lc.run)
@@ -228,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in counts:
             log(f"scale: {n} library clients on {tgt['name']}")
             r = trio.run(scale_run, tgt["name"], tgt["kind"], Nid.parse(tgt["nid"]), n,
-                         str(mnt))
+                         str(mnt), cluster_key(work / "data"))
             log(f"  freeze {r['freeze_s']:.3f}s across {r['clients']} clients (+ the mount), "
                 f"{r['evicted']} evicted; every gate open {r['thaw_to_all_open_s']:.3f}s "
                 f"after the thaw")

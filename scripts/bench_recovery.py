@@ -35,6 +35,7 @@ from mlustre.fuse_client.imports import Import, ImportState  # noqa: E402
 from mlustre.fuse_client.ldlm import LockClient  # noqa: E402
 from mlustre.fuse_client.mdc import Mdc  # noqa: E402
 from mlustre.protocol import constants as C  # noqa: E402
+from mlustre.protocol.keyfile import load_key  # noqa: E402
 from mlustre.protocol.ldlm import LockType, Mode, ResId  # noqa: E402
 from mlustre.protocol.nid import Nid  # noqa: E402
 
@@ -61,7 +62,14 @@ def status_lines(mnt: str) -> dict[str, str]:
     return dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
 
 
-async def run_once(target: str, nid: Nid, n: int, mnt: str, tag: str) -> dict[str, Any]:
+def cluster_key(data: Path) -> bytes | None:
+    """The key `mlustre up` made for the cluster (library clients must prove it)."""
+    path = data / "auth.key"
+    return load_key(str(path)) if path.exists() else None
+
+
+async def run_once(target: str, nid: Nid, n: int, mnt: str, tag: str,
+                   key: bytes | None) -> dict[str, Any]:
     clients: list[tuple[Import, LockClient, Mdc]] = []
     async with trio.open_nursery() as nursery:
 
@@ -70,7 +78,7 @@ async def run_once(target: str, nid: Nid, n: int, mnt: str, tag: str) -> dict[st
             imp = Import(target, [nid], connect_opc=C.MDS_CONNECT,
                          client_uuid=f"rbench-{tag}-{i}", handler=lc.handle_request,
                          flags=C.OBD_CONNECT_TRANSNO, connect_timeout=30,
-                         request_timeout=120)
+                         request_timeout=120, key=key)
             lc.attach(imp)
             await nursery.start(lc.run)
             await imp.connect(nursery, first_timeout=60)
@@ -145,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                 "each after the replay barrier, then kill -9 of the MDT")
             status = json.loads(sh("status", str(mnt), "--json"))
             mdt = next(s for s in status["servers"] if s["kind"] == "mdt")
-            r = trio.run(run_once, mdt["name"], Nid.parse(mdt["nid"]), n, str(mnt), f"n{n}")
+            r = trio.run(run_once, mdt["name"], Nid.parse(mdt["nid"]), n, str(mnt), f"n{n}",
+                         cluster_key(work / "data"))
             log(f"  every client FULL {r['ready_to_all_full_s']:.3f}s after the new MDT was "
                 f"ready; per client median {r['client_recovery_median_s']:.3f}s, max "
                 f"{r['client_recovery_max_s']:.3f}s; {r['updates_replayed']} updates and "
