@@ -211,3 +211,38 @@ def test_tar_extraction_survives_the_mdt_and_an_ost_each_killed_twice(
         assert tree_sums(m2 / f"x{i}" / "src") == want, f"x{i} differs"
     assert stat_sum(m, "mdt.*.stats", "replayed_updates") > 0
     assert stat_sum(m, "obdfilter.*.stats", "replay_barrier_undone") > 0
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_replayed_opens_leave_one_handle_each(cluster_factory, tmp_path):  # noqa: F811
+    """After the MDT's replay barrier: a file created and held open, one truncated by
+    an O_TRUNC open and held open, one created, unlinked and held open (open-unlinked),
+    and one created and closed. After a kill -9 of the MDT, the update replays open
+    them again and the open replays take those handles over: each open file has one
+    handle, the closed one none, and the open-unlinked file lives until its close."""
+    c = cluster_factory("--osts", "1", "--fsname", fsname())
+    m = c.mnt
+    (m / "old").write_bytes(b"o" * 10_000)
+    os.sync()
+    barrier(m, "mdt.*")
+    held = [os.open(m / "new", os.O_RDWR | os.O_CREAT, 0o644),
+            os.open(m / "old", os.O_RDWR | os.O_TRUNC),
+            os.open(m / "gone", os.O_RDWR | os.O_CREAT, 0o644)]
+    try:
+        os.write(held[2], b"still here")
+        os.unlink(m / "gone")
+        (m / "closed").write_text("closed before the crash")
+        crash(m, "MDT0000")
+        assert os.pread(held[2], 100, 0) == b"still here"
+        assert os.fstat(held[1]).st_size == 0
+        os.write(held[0], b"written after the crash")
+        stats = "mdt.*.stats"
+        assert wait_until(lambda: stat_sum(m, stats, "replayed_opens_closed") == 1, 30)
+        assert stat_sum(m, stats, "replayed_opens_handed_over") == 3
+        assert stat_sum(m, stats, "open_replays") == 3
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert (m / "new").read_bytes() == b"written after the crash"
+    assert (m / "closed").read_text() == "closed before the crash"
+    assert not (m / "gone").exists()

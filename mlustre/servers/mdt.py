@@ -119,6 +119,7 @@ class MdtServer(RecoveringTarget, TargetServer):
         # Open handles by the client that opened them: kept across its reconnects, closed
         # when it leaves or is evicted; nobody else may close them.
         self.open_handles: dict[str, set[int]] = {}
+        self._replayed_opens: dict[tuple[str, int], list[int]] = {}  # (client, ino) -> handles
         self.fsname = fsname
         self.index = index
         self.mgs = mgs or []
@@ -206,10 +207,10 @@ class MdtServer(RecoveringTarget, TargetServer):
         finally:
             REPLAY_HINT.reset(token)
 
-    def recovery_exempt(self, req: Message) -> bool:
-        """Also the open replays, which are part of recovery."""
-        return super().recovery_exempt(req) or (
-            isinstance(req.body, dict) and req.body.get("replay") is True)
+    def after_update_replay(self, req: Message) -> bool:
+        """Open replays are part of recovery, but each takes a transno: after the
+        updates replayed in transno order."""
+        return isinstance(req.body, dict) and req.body.get("replay") is True
 
     def client_left(self, uuid: str) -> None:
         self._close_handles_of(uuid)
@@ -340,7 +341,15 @@ class MdtServer(RecoveringTarget, TargetServer):
         """Unlinked inodes left by the last run are destroyed once clients have had the
         recovery window to re-open the ones they still hold open."""
         await trio.sleep_until(self.reopen_until)
+        await self.wait_recovered()
         assert self.store is not None
+        # Opens that update replays made again and no open replay took over: the file
+        # was closed before the crash (the close is not replayed).
+        for (uuid, _), handles in sorted(self._replayed_opens.items()):
+            for handle in handles:
+                self._close_quietly(uuid, handle)
+                self.count("replayed_opens_closed")
+        self._replayed_opens.clear()
         orphans = self.store.cleanup_orphans()
         self.count("orphan_cleanups")
         if orphans:
@@ -637,7 +646,7 @@ class MdtServer(RecoveringTarget, TargetServer):
             _int(b, "mode", hi=MODE_MAX), _int(b, "rdev", 0, hi=RDEV_MAX), open_flags=open_flags,
             exclusive=body_field(b, "exclusive", bool, default=True), layout=layout)
         if result.get("handle") is not None:
-            self._remember_handle(export, result["handle"])
+            self._remember_handle(export, result["handle"], result["attr"]["ino"])
         return transno, result
 
     def r_mkdir(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -693,9 +702,12 @@ class MdtServer(RecoveringTarget, TargetServer):
             if trio.current_time() > self.reopen_until:
                 raise ServiceError(errno.ESTALE, "open replay after the recovery window")
             self.count("open_replays")
-        transno, result = self._call(self._store().open, _cred(b), _ino(b),
+        ino = _ino(b)
+        transno, result = self._call(self._store().open, _cred(b), ino,
                                      _int(b, "flags", hi=(1 << 32) - 1), replay=replay)
-        self._remember_handle(export, result["handle"])
+        self._remember_handle(export, result["handle"], ino)
+        if replay:
+            self._hand_over_replayed_open(export, ino)
         return transno, result
 
     def r_setxattr(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -732,8 +744,35 @@ class MdtServer(RecoveringTarget, TargetServer):
         return transno, {"attr": attr}
 
     # -- open handles belong to the export that made them --
-    def _remember_handle(self, export: Export, handle: int) -> None:
+    def _remember_handle(self, export: Export, handle: int, ino: int) -> None:
         self.open_handles.setdefault(export.uuid, set()).add(handle)
+        if REPLAY_HINT.get() is not None:
+            # An update replay made an open (O_CREAT/O_TRUNC) again: the client's open
+            # replay takes it over (or the window's end closes it).
+            self._replayed_opens.setdefault((export.uuid, ino), []).append(handle)
+
+    def _hand_over_replayed_open(self, export: Export, ino: int) -> None:
+        """The open replay of `ino` made its own handle: the one the update replay of
+        the same open made goes (the file stays open through the new one)."""
+        handles = self._replayed_opens.get((export.uuid, ino))
+        if not handles:
+            return
+        handle = handles.pop()
+        if not handles:
+            del self._replayed_opens[(export.uuid, ino)]
+        self._close_quietly(export.uuid, handle)
+        self.count("replayed_opens_handed_over")
+
+    def _close_quietly(self, uuid: str, handle: int) -> None:
+        try:
+            self._store().close(handle)
+        except MdtError:
+            return
+        mine = self.open_handles.get(uuid)
+        if mine is not None:
+            mine.discard(handle)
+            if not mine:
+                del self.open_handles[uuid]
 
     def _forget_handle(self, export: Export, handle: int) -> None:
         mine = self.open_handles.get(export.uuid)

@@ -130,6 +130,22 @@ class RecoveringTarget(_Base):
         """What goes on during recovery besides replays: lctl and lock cancels."""
         return req.opc in (C.OBD_ADMIN, C.LDLM_CANCEL)
 
+    def after_update_replay(self, req: Message) -> bool:
+        """Hook: a request that is part of recovery but must not run while updates are
+        being replayed in transno order (it takes a transno of its own): the MDT's open
+        replays. It waits for the lock phase, then runs."""
+        return False
+
+    async def _wait_lock_phase(self) -> Recovery | None:
+        """Wait until no update replay can come any more; the recovery, if running."""
+        rec = self.recovery
+        if rec is None or self._recovered.is_set():
+            return None
+        while not self._recovered.is_set() and not rec.locks_may_replay(trio.current_time()):
+            with trio.move_on_at(rec.deadline):
+                await self._recovery_changed.wait()
+        return rec
+
     async def run_replay(self, handler: Any, export: Export, req: Message) -> Any:
         """Run a replayed update (the MDT reuses the first time's identities)."""
         return await handler(export, req)
@@ -138,6 +154,9 @@ class RecoveringTarget(_Base):
         replaying = bool(req.flags & C.MSG_REPLAY and req.transno)
         if is_lock_replay(req):
             return await self._lock_replay(handler, export, req)
+        if self.after_update_replay(req):
+            await self._wait_lock_phase()
+            return await handler(export, req)
         if not self._recovered.is_set() and not replaying and not self.recovery_exempt(req):
             self.count("recovery_waits")
             await self._recovered.wait()  # (others' replays run first)
@@ -166,12 +185,7 @@ class RecoveringTarget(_Base):
         (after it, locks granted since could conflict: refused, the client drops it)."""
         from .target import ServiceError
 
-        rec = self.recovery
-        if rec is not None and not self._recovered.is_set():
-            while not self._recovered.is_set() and not rec.locks_may_replay(
-                    trio.current_time()):
-                with trio.move_on_at(rec.deadline):
-                    await self._recovery_changed.wait()
+        rec = await self._wait_lock_phase()
         if self._recovered.is_set():
             self.count("lock_replays_refused")
             raise ServiceError(errno.ESTALE, "lock replay outside recovery")
