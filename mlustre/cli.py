@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -55,9 +56,21 @@ def check_mountpoint(mnt: str) -> str:
 
 
 # -- servers --
+def _raise_fd_limit() -> None:
+    """A server keeps one descriptor per client connection: use the hard limit, not
+    the shell's soft one (often 1024), so that the connection limit follows it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     from .servers.target import serve_forever
 
+    _raise_fd_limit()
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
