@@ -648,6 +648,13 @@ def test_mdt_permissions_come_from_the_request_cred(tmp_path: Path) -> None:
             assert r.status == errno.EACCES
             r = await raw_call(s, C.MDS_ACCESS, {"cred": ROOT_CRED, "ino": d["ino"], "mask": 4})
             assert r.status == 0
+            # fid2path bypasses every directory's permissions: root only.
+            r = await raw_call(s, C.MDS_FID2PATH, {"cred": [1000, 1000, []], "ino": d["ino"]})
+            assert r.status == errno.EPERM
+            r = await raw_call(s, C.MDS_FID2PATH, {"ino": d["ino"]})
+            assert r.status == errno.EINVAL  # (no credentials: refused, not trusted)
+            r = await raw_call(s, C.MDS_FID2PATH, {"cred": ROOT_CRED, "ino": d["ino"]})
+            assert (r.status, r.body.get("path")) == (0, b"private")
             await s.close()
 
     run(main)

@@ -145,9 +145,10 @@ class Mdc:
     async def statfs(self) -> dict[str, Any]:
         return await self._call(C.MDS_STATFS, {})
 
-    async def fid2path(self, ino: int) -> bytes:
-        """The path of inode ino relative to the root (b"" for the root itself)."""
-        return (await self._call(C.MDS_FID2PATH, {"ino": ino}))["path"]
+    async def fid2path(self, cred: Cred, ino: int) -> bytes:
+        """The path of inode ino relative to the root (b"" for the root itself); only
+        for root (EPERM otherwise), as Lustre's fid2path needs CAP_DAC_READ_SEARCH."""
+        return (await self._call(C.MDS_FID2PATH, {"ino": ino, "cred": cred}))["path"]
 
     async def sync(self) -> None:
         await self._call(C.MDS_SYNC, {})

@@ -489,7 +489,13 @@ class MdtServer(RecoveringTarget, TargetServer):
         return self._store().statfs()
 
     async def fid2path(self, export: Export, req: Message) -> dict[str, Any]:
-        return {"path": self._call(self._store().path_of, _ino(req.body))}
+        """A path from an identifier bypasses every directory's permissions: root only
+        (after root squash), as Lustre's fid2path needs CAP_DAC_READ_SEARCH."""
+        cred = _cred(req.body)
+        ino = _ino(req.body)
+        if cred.uid != 0:
+            raise ServiceError(errno.EPERM, "fid2path is for root only")
+        return {"path": self._call(self._store().path_of, ino)}
 
     async def access(self, export: Export, req: Message) -> dict[str, Any]:
         b = req.body

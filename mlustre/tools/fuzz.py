@@ -456,7 +456,7 @@ TEMPLATES: dict[int, list[str]] = {
     C.MDS_GETATTR: ["ino", "lock"], C.MDS_GETATTR_NAME: ["cred", "parent", "name", "lock"],
     C.MDS_READLINK: ["ino"], C.MDS_READPAGE: ["cred", "ino", "cookie", "count"],
     C.MDS_GETXATTR: ["cred", "ino", "name"], C.MDS_ACCESS: ["cred", "ino", "mask"],
-    C.MDS_CLOSE: ["handle"], C.MDS_FID2PATH: ["ino"],
+    C.MDS_CLOSE: ["handle"], C.MDS_FID2PATH: ["ino", "cred"],
     C.MDS_REINT: ["op", "cred", "ino", "parent", "name", "new_parent", "new_name", "mode",
                   "flags", "attrs", "value", "target", "layout", "cancels"],
     C.LDLM_ENQUEUE: ["res", "type", "mode", "policy", "handle", "flags"],

@@ -519,13 +519,15 @@ def cmd_fid2path(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise LfsError(f"{e} (expected [0xSEQ:0xOID:0xVER])") from None
 
+    cred = [os.geteuid(), os.getegid(), os.getgroups()]
+
     async def query(node: Any) -> list[tuple[str, bytes | int]]:
         from ..protocol.errors import RpcError
 
         out: list[tuple[str, bytes | int]] = []
         for text, ino in inos:
             try:
-                out.append((text, await node.mdc.fid2path(ino)))
+                out.append((text, await node.mdc.fid2path(cred, ino)))
             except RpcError as e:
                 out.append((text, e.errno))
         return out
