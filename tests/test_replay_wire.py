@@ -137,8 +137,10 @@ def test_replays_of_two_clients_run_in_transno_order(tmp_path: Path) -> None:
                 assert trio.current_time() - t0 >= 2.0  # (it was waited for)
                 gone.nids = [nid]
                 with trio.fail_after(10):
-                    while gone.evictions == 0:
+                    while gone.evictions == 0 or gone.state.value != "FULL":
                         await trio.sleep(0.05)
+                states = [st for _, st in gone.history]
+                assert states[-2:] == ["EVICTED", "FULL"], states
                 await gone.close()
                 second.stop()
     run(main)

@@ -41,7 +41,7 @@ class ImportState(Enum):
     RECOVER = "RECOVER"  # resending the requests the old connection left unanswered
     FULL = "FULL"
     DISCONN = "DISCONN"
-    EVICTED = "EVICTED"
+    EVICTED = "EVICTED"  # the target evicted us: what it granted is dropped, then FULL
     CLOSED = "CLOSED"
 
 
@@ -204,8 +204,10 @@ class Import:
             endpoint.codec = codec_for(peer_release)
         if reply.body.get("evicted"):
             # Requests begun before are void: resending them (a write-back snapshot, an
-            # update) could undo what other clients did since.
+            # update) could undo what other clients did since. EVICTED while the hooks
+            # (the lock client) drop what the target no longer grants us.
             self.evictions += 1
+            self._set_state(ImportState.EVICTED)
         self._note_committed(reply)
         for hook in self.on_connected:
             try:
