@@ -20,7 +20,7 @@ from .barrier import Barrier
 from .imports import Import
 from .ldlm import LockClient
 from .mdc import Mdc
-from .osc import Osc
+from .osc import UNSTABLE_TOTAL, Osc
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,10 @@ class ClientNode:
         imp = self._import(mdt, C.MDS_CONNECT)
         self.mdc = Mdc(imp)
         for t in osts:
-            self.oscs[t["index"]] = Osc(t["index"], self._import(t, C.OST_CONNECT))
+            # Unstable data kept for replay: 128 MiB for the whole client at most (the
+            # client stays within its memory budget however many OSTs there are).
+            self.oscs[t["index"]] = Osc(t["index"], self._import(t, C.OST_CONNECT),
+                                        unstable_limit=max(8 << 20, UNSTABLE_TOTAL // len(osts)))
         for locks in self.locks.values():
             await nursery.start(locks.run)
         for barrier in self.barriers.values():

@@ -3,8 +3,9 @@
 Written data the OST has answered but not committed ("unstable" pages) is kept,
 with the punches, until the OST's last_committed covers it: a crash of the OST can
 lose it, and the client then replays it, in transno order, to the new instance.
-The amount kept is bounded (`unstable_limit`): beyond it the client asks the OST to
-commit (OST_SYNC), as Lustre's unstable-page accounting does.
+The amount kept is bounded (`unstable_limit`; a mount's OSCs share 128 MiB):
+beyond it the client asks the OST to commit (OST_SYNC), as Lustre's unstable-page
+accounting does.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from .imports import Import
 
 log = logging.getLogger(__name__)
 
-UNSTABLE_LIMIT = 64 << 20
+UNSTABLE_LIMIT = 64 << 20  # per OSC by default
+UNSTABLE_TOTAL = 128 << 20  # a mount's OSCs share this (client.py)
 
 
 class Osc:
