@@ -420,16 +420,14 @@ def test_evict_never_drops_dirty_or_busy_chunks() -> None:
     assert pc.evict() == 200
     assert sorted(pc.files[1].chunks) == [0, 1] and pc.files[2].chunks == {}
     assert pc.evict() == 0
-    pc.writeback_done(1, 1, snap[0], len(snap[1]), ok=True)  # clean again: evictable
-    assert pc.evict() == 100
+    pc.writeback_done(1, 1, snap[0], len(snap[1]), ok=True)  # clean: evicted at once
     assert sorted(pc.files[1].chunks) == [0]
     lo, data = pc.take_dirty(1, 0)
     assert pc.evict() == 0
     pc.writeback_done(1, 0, lo, len(data), ok=False)  # failed: dirty, not evictable
     assert pc.evict() == 0
     lo, data = pc.take_dirty(1, 0)
-    pc.writeback_done(1, 0, lo, len(data), ok=True)
-    assert pc.evict() == 100
+    pc.writeback_done(1, 0, lo, len(data), ok=True)  # (over max_cached: evicted at once)
     assert pc.cached_bytes == 0 and pc.dirty_bytes == 0
     check_accounting(pc)
 
@@ -656,3 +654,19 @@ def test_cache_model_truncate_any_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """The documented contract: truncate may run while chunks are in flight."""
     monkeypatch.setattr(page_cache, "CHUNK", SMALL_CHUNK)
     run_state_machine_as_test(CacheMachineAnyTimeTruncate, settings=STATEFUL)
+
+
+def test_written_data_is_evicted_once_written_back() -> None:
+    """A writer that never reads: each chunk becomes clean when its write-back is done,
+    and the cache then drops the oldest clean chunks to stay within max_cached (with
+    the data kept elsewhere for replay counted too)."""
+    cache = PageCache(max_dirty=4 * CHUNK, max_cached=3 * CHUNK)
+    elsewhere = [CHUNK]
+    cache.held_elsewhere = lambda: elsewhere[0]
+    for idx in range(6):
+        cache.write(7, idx, 0, b"w" * CHUNK)
+        snap = cache.take_dirty(7, idx)
+        assert snap is not None
+        cache.writeback_done(7, idx, snap[0], len(snap[1]), True)
+        assert cache.cached_bytes + elsewhere[0] <= 3 * CHUNK
+    assert cache.cached_bytes == 2 * CHUNK and cache.dirty_bytes == 0

@@ -84,6 +84,9 @@ def client_params(ops: Llite) -> ParamTree:
         tree.add(base + "max_dirty_mb", lambda: cache.max_dirty >> 20, set_max_dirty)
         tree.add(base + "write_bytes", lambda o=osc: o.write_bytes)
         tree.add(base + "read_bytes", lambda o=osc: o.read_bytes)
+        tree.add(base + "unstable_bytes", lambda o=osc: o.unstable_bytes)
+        tree.add(base + "unstable_syncs", lambda o=osc: o.unstable_syncs)
+        tree.add(base + "replayed", lambda o=osc: o.replayed)
     ll = f"llite.{node.fsname}-{cid}."
     tree.add(ll + "uuid", lambda: node.uuid)
     tree.add(ll + "max_cached_mb", lambda: cache.max_cached >> 20, set_max_cached)

@@ -81,10 +81,10 @@ class ClientNode:
         imp = self._import(mdt, C.MDS_CONNECT)
         self.mdc = Mdc(imp)
         for t in osts:
-            # Unstable data kept for replay: 128 MiB for the whole client at most (the
+            # Unstable data kept for replay: 64 MiB for the whole client (the
             # client stays within its memory budget however many OSTs there are).
             self.oscs[t["index"]] = Osc(t["index"], self._import(t, C.OST_CONNECT),
-                                        unstable_limit=max(8 << 20, UNSTABLE_TOTAL // len(osts)))
+                                        unstable_limit=max(4 << 20, UNSTABLE_TOTAL // len(osts)))
         for locks in self.locks.values():
             await nursery.start(locks.run)
         for barrier in self.barriers.values():

@@ -150,6 +150,7 @@ class Llite(LockedCaches, pyfuse3.Operations):
         self.mdc = node.mdc
         self.mdc.identity = self._identity
         self.cache = PageCache(max_dirty_mb << 20, max_cached_mb << 20)
+        self.cache.held_elsewhere = lambda: sum(o.unstable_bytes for o in node.oscs.values())
         self.inodes: dict[int, Inode] = {}
         self.handles = OpenHandles()
         self.groups = Groups()

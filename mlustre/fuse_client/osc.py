@@ -3,7 +3,7 @@
 Written data the OST has answered but not committed ("unstable" pages) is kept,
 with the punches, until the OST's last_committed covers it: a crash of the OST can
 lose it, and the client then replays it, in transno order, to the new instance.
-The amount kept is bounded (`unstable_limit`; a mount's OSCs share 128 MiB):
+The amount kept is bounded (`unstable_limit`; a mount's OSCs share 64 MiB):
 beyond it the client asks the OST to commit (OST_SYNC), as Lustre's unstable-page
 accounting does.
 """
@@ -14,6 +14,8 @@ import heapq
 import logging
 from typing import Any
 
+import trio
+
 from ..protocol import constants as C
 from ..protocol.rpc import Endpoint
 from .imports import Import
@@ -21,7 +23,7 @@ from .imports import Import
 log = logging.getLogger(__name__)
 
 UNSTABLE_LIMIT = 64 << 20  # per OSC by default
-UNSTABLE_TOTAL = 128 << 20  # a mount's OSCs share this (client.py)
+UNSTABLE_TOTAL = 64 << 20  # a mount's OSCs share this (client.py)
 
 
 class Osc:
@@ -37,7 +39,7 @@ class Osc:
         self.unstable_bytes = 0
         self.replayed = 0
         self.unstable_syncs = 0
-        self._syncing = False
+        self._syncing: trio.Event | None = None  # set when the sync under way is done
         imp.replayer = self.replay
         imp.on_committed.append(self._committed)
 
@@ -55,15 +57,21 @@ class Osc:
             self.unstable_bytes -= len(data or b"")
 
     async def _limit_unstable(self) -> None:
-        """Too much kept: have the OST commit (one sync at a time)."""
-        if self.unstable_bytes <= self.unstable_limit or self._syncing:
+        """Too much kept: have the OST commit (one sync at a time). Writers past twice
+        the limit wait for that sync, so what is kept stays bounded."""
+        if self.unstable_bytes <= self.unstable_limit:
             return
-        self._syncing = True
+        if self._syncing is not None:
+            if self.unstable_bytes > 2 * self.unstable_limit:
+                await self._syncing.wait()
+            return
+        self._syncing = trio.Event()
         try:
             self.unstable_syncs += 1
             await self.sync()
         finally:
-            self._syncing = False
+            self._syncing.set()
+            self._syncing = None
 
     async def replay(self, endpoint: Endpoint) -> None:
         """The OST restarted: send again, in transno order and with their first

@@ -15,6 +15,7 @@ No I/O here: the write-back engine and llite drive it.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 CHUNK = 1 << 20
@@ -52,6 +53,9 @@ class PageCache:
         self.dirty_bytes = 0
         self.cached_bytes = 0
         self._lru: OrderedDict[tuple[int, int], None] = OrderedDict()
+        # Written data the client keeps outside the cache (the OSCs' unstable data, for
+        # replay): counted against max_cached, so the client's memory stays bounded.
+        self.held_elsewhere: Callable[[], int] = lambda: 0
 
     def file(self, ino: int) -> FileCache:
         fc = self.files.get(ino)
@@ -160,6 +164,10 @@ class PageCache:
             fc.dirty.add(idx)
         if not chunk.dirty and not chunk.busy:
             self._lru[(ino, idx)] = None
+            # Written data becomes evictable only here: a writer that never reads must
+            # not grow the cache past its limit.
+            if self.cached_bytes + self.held_elsewhere() > self.max_cached:
+                self.evict()
 
     def truncate(self, ino: int, size: int) -> None:
         """Drop cached data beyond size (dirty data included: it no longer exists)."""
@@ -208,7 +216,7 @@ class PageCache:
     def evict(self) -> int:
         """Drop least recently used clean chunks until under max_cached; bytes freed."""
         freed = 0
-        while self.cached_bytes > self.max_cached and self._lru:
+        while self.cached_bytes + self.held_elsewhere() > self.max_cached and self._lru:
             (ino, idx), _ = self._lru.popitem(last=False)
             fc = self.files.get(ino)
             chunk = fc.chunks.get(idx) if fc else None
