@@ -30,16 +30,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import trio  # noqa: E402
+from bench_barrier import MLUSTRE, cluster_key, sh  # noqa: E402  (scripts/ is on the path)
 
 from mlustre.fuse_client.imports import Import, ImportState  # noqa: E402
 from mlustre.fuse_client.ldlm import LockClient  # noqa: E402
 from mlustre.fuse_client.mdc import Mdc  # noqa: E402
 from mlustre.protocol import constants as C  # noqa: E402
-from mlustre.protocol.keyfile import load_key  # noqa: E402
 from mlustre.protocol.ldlm import LockType, Mode, ResId  # noqa: E402
 from mlustre.protocol.nid import Nid  # noqa: E402
 
-MLUSTRE = [str(ROOT / ".venv" / "bin" / "mlustre")]
 ROOT_INO = 1
 CRED = [0, 0, []]
 UPDATES = 4  # directories each client makes after the barrier
@@ -50,22 +49,9 @@ def log(msg: str) -> None:
     print(f"[recovery-bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def sh(*args: str, timeout: float = 180) -> str:
-    res = subprocess.run([*MLUSTRE, *args], capture_output=True, text=True, timeout=timeout)
-    if res.returncode:
-        raise RuntimeError(f"mlustre {' '.join(args)}: {res.stderr.strip() or res.stdout}")
-    return res.stdout
-
-
 def status_lines(mnt: str) -> dict[str, str]:
     out = sh("lctl", "-m", mnt, "get_param", "-n", "mdt.*.recovery_status")
     return dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
-
-
-def cluster_key(data: Path) -> bytes | None:
-    """The key `mlustre up` made for the cluster (library clients must prove it)."""
-    path = data / "auth.key"
-    return load_key(str(path)) if path.exists() else None
 
 
 async def run_once(target: str, nid: Nid, n: int, mnt: str, tag: str,

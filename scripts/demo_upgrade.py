@@ -145,6 +145,14 @@ class Worker:
         self.count("open")
         return fd
 
+    def close(self, fd: int) -> None:
+        """os.close, counted; a failure is counted (in a finally: it abandons nothing)."""
+        try:
+            os.close(fd)
+            self.count("close")
+        except OSError as e:
+            self.failed("close", e)
+
     def save(self) -> None:
         out = {"ops": self.ops, "ops_total": sum(self.ops.values()), "errors": self.errors,
                "mismatches": self.mismatches, "notes": self.notes[:50],
@@ -217,11 +225,7 @@ def worker_writer(w: Worker) -> None:
                 os.fsync(fd)
             w.count("fsync")
         finally:
-            try:
-                os.close(fd)
-                w.count("close")
-            except OSError as e:
-                w.failed("close", e)
+            w.close(fd)
     except Abandon:
         pass  # counted; what was written is still verified below
     times.tofile(times_file)
@@ -318,11 +322,7 @@ def worker_held(w: Worker) -> None:
                 else:
                     w.bytes_verified += HELD_CHUNK
         finally:
-            try:
-                os.close(fd)
-                w.count("close")
-            except OSError as e:
-                w.failed("close", e)
+            w.close(fd)
         # And through a fresh open.
         with w.call("open (verify)"), open(path, "rb") as f:
             w.count("open")

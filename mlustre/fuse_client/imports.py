@@ -358,64 +358,60 @@ class Import:
     async def _call(self, opc: int, body: dict[str, Any] | None, timeout: float | None,
                     bulk: bytes | bytearray | memoryview | None,
                     encode: BodyEncoder | None = None) -> Message:
-        sent: list[int] = []  # the xid, once given
+        flags = 0
+        xid: int | None = None
+        evictions = self.evictions
         try:
-            return await self._call_until_answered(opc, body, timeout, bulk, encode, sent)
+            while True:
+                if self.state is ImportState.CLOSED:
+                    raise ImportClosed(self.target)
+                if self.state is not ImportState.FULL and not (
+                        flags & C.MSG_RESENT and self.state is ImportState.RECOVER):
+                    # (waiting on a set Event still yields)
+                    await (self._resend_ok if flags & C.MSG_RESENT else self._full).wait()
+                    continue
+                if self.evictions != evictions:
+                    raise RpcError(errno.EIO,
+                                   f"{self.target}: evicted while the request waited")
+                endpoint = self.endpoint
+                assert endpoint is not None
+                if xid is None:
+                    xid = self._next_xid  # per import: a resend keeps it across connections
+                    self._next_xid += 1
+                elif self._to_resend:
+                    self._resend_done(xid)
+                self._last_sent = trio.current_time()
+                wire = (encode(endpoint.codec.release, body) if encode and body is not None
+                        else body)
+                try:
+                    reply = await endpoint.call(opc, wire,
+                                                timeout=timeout or self.request_timeout,
+                                                flags=flags, conn_cnt=self.conn_cnt, xid=xid,
+                                                bulk=bulk)
+                except (ConnectionLost, RpcTimeout) as e:
+                    log.info("%s: request opc %d xid %d: %s; will resend", self.target, opc,
+                             xid, e)
+                    if not endpoint.closed:
+                        await endpoint.aclose(f"request timed out: {e}")
+                    if self.endpoint is endpoint and self.state is ImportState.FULL:
+                        self._set_state(ImportState.DISCONN)  # the keeper reconnects
+                    flags |= C.MSG_RESENT
+                    self._to_resend.add(xid)
+                    if opc in C.UPDATE_OPCODES:
+                        self.resent_updates += 1
+                    continue
+                self._note_committed(reply)
+                if reply.status:
+                    raise RpcError(reply.status, str(reply.body.get("error", "")))
+                return reply
         finally:
-            if sent and self._to_resend:
-                self._resend_done(sent[0])
+            if xid is not None and self._to_resend:
+                self._resend_done(xid)  # (answered, failed or abandoned: not owed any more)
 
     def _resend_done(self, xid: int) -> None:
         if xid in self._to_resend:
             self._to_resend.discard(xid)
             self._resends_changed.set()
-
-    async def _call_until_answered(self, opc: int, body: dict[str, Any] | None,
-                                   timeout: float | None,
-                                   bulk: bytes | bytearray | memoryview | None,
-                                   encode: BodyEncoder | None, sent: list[int]) -> Message:
-        flags = 0
-        xid: int | None = None
-        evictions = self.evictions
-        while True:
-            if self.state is ImportState.CLOSED:
-                raise ImportClosed(self.target)
-            if self.state is not ImportState.FULL and not (
-                    flags & C.MSG_RESENT and self.state is ImportState.RECOVER):
-                # (waiting on a set Event still yields)
-                await (self._resend_ok if flags & C.MSG_RESENT else self._full).wait()
-                continue
-            if self.evictions != evictions:
-                raise RpcError(errno.EIO, f"{self.target}: evicted while the request waited")
-            endpoint = self.endpoint
-            assert endpoint is not None
-            if xid is None:
-                xid = self._next_xid  # per import, so a resend keeps it across connections
-                self._next_xid += 1
-                sent.append(xid)
-            elif self._to_resend:
-                self._resend_done(xid)
-            self._last_sent = trio.current_time()
-            wire = encode(endpoint.codec.release, body) if encode and body is not None else body
-            try:
-                reply = await endpoint.call(opc, wire, timeout=timeout or self.request_timeout,
-                                            flags=flags, conn_cnt=self.conn_cnt, xid=xid,
-                                            bulk=bulk)
-            except (ConnectionLost, RpcTimeout) as e:
-                log.info("%s: request opc %d xid %d: %s; will resend", self.target, opc, xid, e)
-                if not endpoint.closed:
-                    await endpoint.aclose(f"request timed out: {e}")
-                if self.endpoint is endpoint and self.state is ImportState.FULL:
-                    self._set_state(ImportState.DISCONN)  # the keeper reconnects
-                flags |= C.MSG_RESENT
-                self._to_resend.add(xid)
-                if opc in C.UPDATE_OPCODES:
-                    self.resent_updates += 1
-                continue
-            self._note_committed(reply)
-            if reply.status:
-                raise RpcError(reply.status, str(reply.body.get("error", "")))
-            return reply
 
     async def close(self, disconnect_opc: int | None = None) -> None:
         endpoint = self.endpoint

@@ -515,7 +515,7 @@ class MdtServer(RecoveringTarget, TargetServer):
                 self.violation(export.uuid, "foreign_handle", f"handle {handle}")
             raise ServiceError(errno.EBADF, f"no open handle {handle} of this client")
         result = self._call(store.close, handle)
-        self._forget_handle(export, handle)
+        self._forget_handle(export.uuid, handle)
         return result
 
     def _close_handles_of(self, uuid: str) -> None:
@@ -774,15 +774,11 @@ class MdtServer(RecoveringTarget, TargetServer):
             self._store().close(handle)
         except MdtError:
             return
+        self._forget_handle(uuid, handle)
+
+    def _forget_handle(self, uuid: str, handle: int) -> None:
         mine = self.open_handles.get(uuid)
         if mine is not None:
             mine.discard(handle)
             if not mine:
                 del self.open_handles[uuid]
-
-    def _forget_handle(self, export: Export, handle: int) -> None:
-        mine = self.open_handles.get(export.uuid)
-        if mine is not None:
-            mine.discard(handle)
-            if not mine:
-                del self.open_handles[export.uuid]
