@@ -780,6 +780,13 @@ class Llite(LockedCaches, pyfuse3.Operations):
             n = min(CHUNK - lo, end - pos)
             if self.cache.needs_fill(node.ino, idx, lo, lo + n, node.size):
                 await self._fetch(node, idx)
+                if self.cache.needs_fill(node.ino, idx, lo, lo + n, node.size):
+                    # Evicted at once under memory pressure (or dropped by a lock given
+                    # back): fetch again, as a read does. Writing into an empty chunk
+                    # would take its zeros for the file's data.
+                    await self._fetch(node, idx)
+                    if self.cache.needs_fill(node.ino, idx, lo, lo + n, node.size):
+                        raise pyfuse3.FUSEError(errno.EIO)
             if self.cache.get(node.ino, idx) is None and lo != 0:
                 # Nothing of this chunk exists yet (beyond EOF): start it with a hole.
                 self.cache.put(node.ino, idx, bytearray(lo))
