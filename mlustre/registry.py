@@ -8,6 +8,7 @@ point points to it, so `mlustre status|down MNT` need no other bookkeeping.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -77,6 +78,23 @@ def register_cluster(spec: str, data_dir: str, key_file: str | None = None) -> N
     """Remember which local cluster serves spec (and its key file, if it is secure), for
     clients mounted later by spec and for the tools."""
     write_json(cluster_file(spec), {"spec": spec, "data": data_dir, "key": key_file})
+    prune_clusters()
+
+
+def prune_clusters() -> int:
+    """Forget clusters whose data directory is gone (removed by hand or by a test), so
+    the records do not pile up and the tools do not read each of them every time."""
+    gone = 0
+    for f in (state_dir() / "clusters").glob("*.json"):
+        try:
+            data = json.loads(f.read_text()).get("data")
+        except (OSError, json.JSONDecodeError):
+            data = None
+        if not data or not (Path(data) / "cluster.json").exists():
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
+                gone += 1
+    return gone
 
 
 def find_cluster_data(spec: str) -> str | None:

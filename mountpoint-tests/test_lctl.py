@@ -119,18 +119,20 @@ def test_dl_lists_devices(cluster, cid):
 
 @pytest.mark.timeout(TIMEOUT)
 def test_errors_are_one_line(cluster, cid):
-    assert_error(lctl("get_param", "no.such.param"), "no such parameter")
-    assert_error(lctl("set_param", "no.such.param=1"), "no such parameter")
-    assert_error(lctl("set_param", f"osc.*-{cid}.max_dirty_mb=lots"), "not a whole number")
-    assert_error(lctl("set_param", f"osc.*-{cid}.max_dirty_mb=0"), "between 1 and")
+    # Scoped to this mount: another cluster going away meanwhile adds its own warning.
+    here = ("-m", str(cluster.mnt))
+    assert_error(lctl(*here, "get_param", "no.such.param"), "no such parameter")
+    assert_error(lctl(*here, "set_param", "no.such.param=1"), "no such parameter")
+    assert_error(lctl(*here, "set_param", f"osc.*-{cid}.max_dirty_mb=lots"), "not a whole number")
+    assert_error(lctl(*here, "set_param", f"osc.*-{cid}.max_dirty_mb=0"), "between 1 and")
     fs = cluster_fsname(cluster)
-    assert_error(lctl("set_param", f"obdfilter.{fs}-OST0000.commit_interval=soon"),
+    assert_error(lctl(*here, "set_param", f"obdfilter.{fs}-OST0000.commit_interval=soon"),
                  "not a number")
-    assert_error(lctl("set_param", f"obdfilter.{fs}-OST0000.commit_interval=-1"),
+    assert_error(lctl(*here, "set_param", f"obdfilter.{fs}-OST0000.commit_interval=-1"),
                  "greater than 0")
-    assert_error(lctl("set_param", f"mdt.{fs}-MDT0000.uuid=x"), "read-only")
-    assert_error(lctl("set_param", f"osc.*-{cid}.max_dirty_mb"), "NAME=VALUE")
-    assert_error(lctl("frobnicate"), "invalid choice")
+    assert_error(lctl(*here, "set_param", f"mdt.{fs}-MDT0000.uuid=x"), "read-only")
+    assert_error(lctl(*here, "set_param", f"osc.*-{cid}.max_dirty_mb"), "NAME=VALUE")
+    assert_error(lctl(*here, "frobnicate"), "invalid choice")
     assert params(lctl_ok("get_param", f"osc.*-{cid}.max_dirty_mb"))  # still set
 
 
@@ -161,7 +163,8 @@ def test_client_lock_namespaces(cluster, cid, tmp_path):
     assert path.read_bytes() == b"y" * 5000  # read again under a new lock
     size = params(lctl_ok("get_param", f"ldlm.namespaces.*-MDT0000-mdc-{cid}.lru_size"))
     assert list(size.values()) == ["8192"], size
-    assert_error(lctl("set_param", f"ldlm.namespaces.*-{cid}.lru_size=-3"), "lru_size")
+    assert_error(lctl("-m", str(cluster.mnt), "set_param", f"ldlm.namespaces.*-{cid}.lru_size=-3"),
+                 "lru_size")
 
 
 @pytest.mark.timeout(TIMEOUT)

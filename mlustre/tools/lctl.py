@@ -166,8 +166,11 @@ async def _ask(src: Source, body: dict[str, Any],
         return errno.ETIMEDOUT, f"{src.name}: no answer"
     except Exception as e:  # ConnectionLost, RpcError, OSError: that source is unreachable
         return errno.EHOSTUNREACH, f"{src.name}: {e}"
-    except BaseExceptionGroup as eg:
-        return errno.EHOSTUNREACH, f"{src.name}: {eg.exceptions[0]}"
+    except BaseExceptionGroup as eg:  # a connection's task failed: say what, not "group"
+        leaf: BaseException = eg
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        return errno.EHOSTUNREACH, f"{src.name}: {leaf or type(leaf).__name__}"
     if reply.status:
         return reply.status, str(reply.body.get("error") or os.strerror(reply.status))
     return 0, reply.body
