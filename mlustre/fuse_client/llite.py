@@ -82,7 +82,7 @@ class Inode:
     __slots__ = ("ino", "attr", "layout", "size", "mtime_ns", "ctime_ns", "meta_dirty",
                  "meta_inflight", "kill_priv", "lookups", "opens", "write_error", "meta_lock",
                  "fetching", "md", "data_gen", "size_gen", "revoking", "revoke_io", "lockless",
-                 "lockless_idle", "kernel_pages", "attr_at")
+                 "lockless_idle", "lock_waiters", "waiter_came", "kernel_pages", "attr_at")
 
     def __init__(self, ino: int, attr: dict[str, Any]) -> None:
         self.ino = ino
@@ -106,6 +106,8 @@ class Inode:
         self.revoke_io = 0  # I/O served under a lock being given back (a count)
         self.lockless = 0  # such I/O in progress
         self.lockless_idle = trio.Event()
+        self.lock_waiters = 0  # I/O of this file waiting for a data lock to be granted
+        self.waiter_came = trio.Event()  # set (and replaced) when one starts waiting
         self.kernel_pages = False  # read through a buffered handle since last invalidated
         self.attr_at: float | None = None  # when the MDT request that gave attr was sent
 

@@ -25,6 +25,15 @@ back when a lock is called back.
   pages, then cancel. I/O the kernel sends meanwhile (it may hold the very page
   lock the invalidation waits for) is served under the lock being given back,
   and the flush and invalidation are repeated until a pass sees no such I/O.
+  If I/O keeps coming, the lock stops being lent after REVOKE_PASSES, the I/O
+  in progress ends, and a last flush and drop follow: nothing written under
+  the lock may stay behind once it is cancelled.
+* The kernel locks a page before it sends a read or write of it, so an I/O
+  waiting for a new lock (a write while this client's PR lock is called back)
+  can hold a page the invalidation waits for, while its lock waits for this
+  cancel. The invalidation is then left to finish in its thread after the
+  cancel (until that I/O gets its lock, pages past the locked one may still be
+  stale) instead of waiting for the callback timeout to evict the client.
 """
 
 from __future__ import annotations
@@ -131,8 +140,12 @@ class LockedCaches:
         self.counters: dict[str, int] = {
             "md_cache_hits": 0, "md_rpcs": 0, "glimpse_rpcs": 0, "size_refreshes": 0,
             "size_refreshes_no_mdt": 0, "revokes": 0, "revoke_passes": 0, "revoke_borrowed_io": 0,
-            "kernel_invalidations": 0, "open_replays": 0,
+            "kernel_invalidations": 0, "kernel_invalidations_left_running": 0,
+            "revokes_forced": 0, "open_replays": 0,
         }
+        # Invalidations of pages may wait for I/O that waits for a lock: their threads
+        # must not take those of other work (the default limiter's).
+        self._inval_threads = trio.CapacityLimiter(64)
 
     # ---- kernel invalidation ----------------------------------------------------------
 
@@ -146,6 +159,34 @@ class LockedCaches:
         except OSError as e:
             if e.errno != errno.ENOENT:  # ENOENT: the kernel has forgotten the inode
                 log.warning("kernel invalidation of inode %d failed: %s", ino, e)
+
+    async def _kernel_pages_dropped(self, node: Inode) -> None:
+        """Invalidate the kernel's pages of node before one of its data locks is
+        given back; left running in its thread once I/O of node waits for a lock
+        (see the module docstring: it may be waiting for that I/O)."""
+        if not self.kernel_ready:
+            return
+        self.counters["kernel_invalidations"] += 1
+
+        async def watch(scope: trio.CancelScope) -> None:
+            while True:
+                came = node.waiter_came
+                if node.lock_waiters:
+                    break
+                await came.wait()
+            self.counters["kernel_invalidations_left_running"] += 1
+            scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch, nursery.cancel_scope)
+            try:
+                await trio.to_thread.run_sync(pyfuse3.invalidate_inode, node.ino, False,
+                                              abandon_on_cancel=True,
+                                              limiter=self._inval_threads)
+            except OSError as e:
+                if e.errno != errno.ENOENT:
+                    log.warning("kernel invalidation of inode %d failed: %s", node.ino, e)
+            nursery.cancel_scope.cancel()
 
     # ---- MDT locks ------------------------------------------------------------------
 
@@ -375,7 +416,14 @@ class LockedCaches:
                             self.counters["revoke_borrowed_io"] += 1
                         continue
                     lc = self.ost_locks[ost]
-                    held.append((lc, await lc.enqueue(ResId(oid), LockType.EXTENT, mode, ext)))
+                    node.lock_waiters += 1  # (a revocation must not wait for this I/O)
+                    node.waiter_came.set()
+                    node.waiter_came = trio.Event()
+                    try:
+                        lock = await lc.enqueue(ResId(oid), LockType.EXTENT, mode, ext)
+                    finally:
+                        node.lock_waiters -= 1
+                    held.append((lc, lock))
             yield borrowed
         finally:
             for lc, lock in held:
@@ -452,20 +500,31 @@ class LockedCaches:
                 while node.lockless:
                     await node.lockless_idle.wait()
                 mark = node.revoke_io
-                await self.writeback.flush_file(ino)  # type: ignore[attr-defined]
-                # (Also waits for a size update the flusher has in flight: the next
-                # holder reads the size from the MDT.)
-                await self._push_meta(node)  # type: ignore[attr-defined]
-                node.kernel_pages = False
-                await self._kernel_inval(ino, attr_only=False)
-                self.cache.drop_clean(ino)  # type: ignore[attr-defined]
+                await self._give_back_pass(node)
                 if node.revoke_io == mark and not node.lockless:
                     break
             else:
-                log.warning("inode %d: I/O kept coming while giving back a lock", ino)
+                # I/O kept coming: lend the lock no more, let the I/O under it end, and
+                # write back and drop what it left (later I/O waits for a new lock).
+                self.counters["revokes_forced"] += 1
+                log.debug("inode %d: I/O kept coming while giving back a lock", ino)
+                lock.flags |= FL_NO_BORROW
+                while node.lockless:
+                    await node.lockless_idle.wait()
+                await self._give_back_pass(node)
         finally:
             lock.flags |= FL_NO_BORROW  # later I/O waits for a new lock
             node.revoking.remove(entry)
+
+    async def _give_back_pass(self, node: Inode) -> None:
+        """What a data lock protects, written back and dropped: dirty data, size and
+        mtime (also waiting for an update the flusher has in flight: the next holder
+        reads the size from the MDT), the kernel's pages, the daemon's clean pages."""
+        await self.writeback.flush_file(node.ino)  # type: ignore[attr-defined]
+        await self._push_meta(node)  # type: ignore[attr-defined]
+        node.kernel_pages = False
+        await self._kernel_pages_dropped(node)
+        self.cache.drop_clean(node.ino)  # type: ignore[attr-defined]
 
     # ---- SIR barrier ---------------------------------------------------------------------
 
