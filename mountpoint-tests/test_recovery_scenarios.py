@@ -246,3 +246,48 @@ def test_replayed_opens_leave_one_handle_each(cluster_factory, tmp_path):  # noq
     assert (m / "new").read_bytes() == b"written after the crash"
     assert (m / "closed").read_text() == "closed before the crash"
     assert not (m / "gone").exists()
+
+
+def object_files(ost_dir: Path) -> set[str]:
+    return {p.name for p in (ost_dir / "O").glob("*/*")}
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_objects_of_creations_lost_for_good_are_destroyed(cluster_factory, tmp_path):  # noqa: F811
+    """Orphan cleanup (Lustre's MDS-OST orphan deletion): B creates and writes files
+    after the MDT's replay barrier and dies before the MDT is killed, so those
+    creations are never replayed, yet their objects hold data on the OST. Once the
+    recovery is over the OST destroys them; the objects of A's files created after the
+    barrier (replayed with the same object ids) and of older files stay."""
+    fs = fsname()
+    c = cluster_factory("--osts", "1", "--fsname", fs, "--recovery-window", "4")
+    m = c.mnt
+    ost_dir = c.data / f"{fs}-OST0000"
+    m2 = tmp_path / "b"
+    m2.mkdir()
+    c.mount_client(m2).check()
+    (m / "old").write_bytes(b"o" * 100_000)
+    os.sync()
+    time.sleep(0.5)  # (the MDT writes down its clients)
+    before = object_files(ost_dir)
+    barrier(m, "mdt.*")
+    for i in range(5):
+        (m2 / f"lost{i}").write_bytes(b"x" * 50_000)
+    for i in range(3):
+        (m / f"kept{i}").write_bytes(bytes([i]) * 70_000)
+    os.sync()
+    with_lost = object_files(ost_dir)
+    assert len(with_lost - before) == 8, "every new file's object is on the OST"
+    sigkill_client(c, m2)
+    crash(m, "MDT0000")
+    c.remember_pids(c.status())
+    assert sorted(os.listdir(m)) == ["kept0", "kept1", "kept2", "old"]
+    assert wait_until(lambda: stat_sum(m, "mdt.*.stats", "orphan_objects_destroyed") == 5, 60)
+    after = object_files(ost_dir)
+    assert len(after - before) == 3 and after >= before, (before, with_lost, after)
+    assert stat_sum(m, "obdfilter.*.stats", "orphan_objects_destroyed") == 5
+    for i in range(3):
+        assert (m / f"kept{i}").read_bytes() == bytes([i]) * 70_000
+    assert (m / "old").read_bytes() == b"o" * 100_000
+    (m / "new").write_bytes(b"n" * 1000)  # new creations after the cleanup work
+    assert (m / "new").read_bytes() == b"n" * 1000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import stat
 import subprocess
@@ -1125,6 +1126,57 @@ def test_destroy_log_survives_commit(db_path: Path) -> None:
         assert destroyed(s2) == objects_of(f)
     finally:
         s2.close()
+
+
+def test_orphan_object_ranges_after_a_crash(db_path: Path) -> None:
+    """Ids handed out after the last commit are lost with a crash; the next run starts
+    past them and reports [first lost id, its first id) per OST until cleaned, keeping
+    the earliest start across runs not cleaned up; objects_in names what layouts use."""
+    s = open_store(db_path, ost_count=1)
+    assert s.orphan_ranges() == {}  # a new filesystem: nothing can be lost
+    kept = mkfile(s, b"kept")
+    s.commit()
+    lost = mkfile(s, b"lost")  # never committed
+    crash(s)
+    (_, first_lost), = objects_of(lost)
+    (_, kept_oid), = objects_of(kept)
+    s2 = open_store(db_path, ost_count=1)
+    (lo, hi), = s2.orphan_ranges().values()
+    assert lo == first_lost and hi > lo + 1_000_000
+    (_, new_oid), = objects_of(mkfile(s2, b"new"))
+    assert new_oid == hi  # this run's ids start past every lost one
+    assert s2.objects_in(0, lo, hi) == []
+    assert s2.objects_in(0, 0, hi + 1) == [kept_oid, new_oid]
+    s2.commit()
+    crash(s2)  # not cleaned up: the next run's range starts as early
+    s3 = open_store(db_path, ost_count=1)
+    try:
+        (lo3, hi3), = s3.orphan_ranges().values()
+        assert lo3 == lo and hi3 > hi
+        s3.orphans_cleaned(0)
+        assert s3.orphan_ranges() == {}
+        s3.commit()
+    finally:
+        s3.close()
+    s4 = open_store(db_path, ost_count=1)
+    try:
+        (lo4, _), = s4.orphan_ranges().values()
+        assert lo4 == hi3  # (cleaned: only ids from the last run on are looked at again)
+    finally:
+        s4.close()
+
+
+def test_orphan_requests_name_at_most_so_many_ids_to_keep() -> None:
+    from mlustre.servers.mdt import _orphan_requests
+    from mlustre.servers.ost import ORPHAN_KEEP_MAX
+
+    assert _orphan_requests(10, 20, []) == [(10, 20, [])]
+    keep = list(range(100, 100 + 2 * ORPHAN_KEEP_MAX + 5))
+    pieces = _orphan_requests(50, 1 << 40, keep)
+    assert [len(k) for _, _, k in pieces] == [ORPHAN_KEEP_MAX, ORPHAN_KEEP_MAX, 5]
+    assert pieces[0][0] == 50 and pieces[-1][1] == 1 << 40
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(pieces))  # contiguous
+    assert all(lo <= k < hi for lo, hi, kept in pieces for k in kept)
 
 
 def test_handles_unique_across_restarts(db_path: Path) -> None:

@@ -361,6 +361,7 @@ BAD_OST_REQUESTS = [
     (C.OST_DESTROY, {"oids": [-1]}, errno.EINVAL),
     (C.OST_DESTROY, {"oids": list(range(4097))}, errno.EINVAL),
     (C.OST_DESTROY, {}, errno.EINVAL),
+    (C.OST_CREATE, {"delorphan": [0, 1 << 40], "keep": []}, errno.EPERM),  # not the MDT
     (C.MDS_REINT, {"op": 1}, errno.EOPNOTSUPP),  # not an OST opcode
     (9999, {}, errno.EOPNOTSUPP),
 ]
@@ -381,6 +382,32 @@ def test_bad_ost_requests(tmp_path: Path) -> None:
             assert r.bulk == b"keep me"
             await s.close()
             await ost_still_serves(nursery, nid)
+
+    run(main)
+
+
+def test_ost_orphan_cleanup_from_the_mdt(tmp_path: Path) -> None:
+    """OST_CREATE "delorphan" from the MDT's link destroys the objects in [lo, hi) but
+    those to keep; malformed requests change nothing."""
+    async def main() -> None:
+        async with serving(ost_server(tmp_path / "ost")) as (nid, nursery):
+            s = await ost_session(nursery, nid, client_uuid=f"{FS}-MDT0000-osp")
+            for oid in range(1, 11):
+                await ok(s, C.OST_WRITE, {"oid": oid, "offset": 0}, bulk=b"o%d" % oid)
+            for body in ({"delorphan": [8, 3], "keep": []}, {"delorphan": [3], "keep": []},
+                         {"delorphan": [3, 8], "keep": ["5"]}, {"delorphan": [3, 8]},
+                         {"delorphan": [-1, 8], "keep": []},
+                         {"delorphan": [3, 8], "keep": list(range(4097))}):
+                r = await raw_call(s, C.OST_CREATE, body)
+                assert r.status == errno.EINVAL and r.transno == 0, (body, r.body)
+            r = await ok(s, C.OST_CREATE, {"delorphan": [3, 8], "keep": [5, 9]})
+            assert r.body == {"destroyed": 4} and r.transno > 0
+            sizes = {oid: (await ok(s, C.OST_GETATTR, {"oid": oid})).body["size"]
+                     for oid in range(1, 11)}
+            assert [oid for oid, size in sizes.items() if size] == [1, 2, 5, 8, 9, 10]
+            r = await ok(s, C.OST_CREATE, {"delorphan": [3, 8], "keep": [5]})
+            assert r.body == {"destroyed": 0}  # done again after a crash: nothing more
+            await s.close()
 
     run(main)
 

@@ -29,7 +29,7 @@ from .layout_xattr import LOV_XATTR, format_layout, parse_layout
 from .ldlm_service import CANCEL_MAX
 from .mdt_store import REPLAY_HINT, Cred, MdtError, MdtStore
 from .mgs import target_name
-from .ost import register_with_mgs
+from .ost import ORPHAN_KEEP_MAX, register_with_mgs
 from .recovering import RecoveringTarget
 from .reply_log import SavedReply
 from .squash import RootSquash, parse_nids, parse_squash
@@ -316,6 +316,7 @@ class MdtServer(RecoveringTarget, TargetServer):
                                     key=self.auth_key)
             await self._apply_fs_defaults()
             nursery.start_soon(self._destroy_loop)
+            nursery.start_soon(self._orphan_objects)
 
     async def _apply_fs_defaults(self) -> None:
         """The filesystem's default striping lives in the MGS configuration."""
@@ -382,6 +383,34 @@ class MdtServer(RecoveringTarget, TargetServer):
                                      key=self.auth_key)
         self._ost_sessions[idx] = session
         return session
+
+    async def _orphan_objects(self) -> None:
+        """Lustre's MDS-OST orphan cleanup: once no replayed creation can come, each
+        OST destroys the objects of ids the last runs handed out after their last
+        commit that no file names (their creations were lost with a crash)."""
+        await self.wait_recovered()
+        assert self.store is not None
+        ranges = self.store.orphan_ranges()
+        while ranges:
+            for ost, (lo, hi) in sorted(ranges.items()):
+                keep = self.store.objects_in(ost, lo, hi)
+                try:
+                    destroyed = 0
+                    session = await self._ost_session(ost)
+                    for a, b, kept in _orphan_requests(lo, hi, keep):
+                        reply = await session.call(C.OST_CREATE,
+                                                   {"delorphan": [a, b], "keep": kept})
+                        destroyed += reply.body.get("destroyed", 0)
+                except Exception as e:  # that OST is down: again later
+                    log.info("%s: orphan cleanup of OST%04x postponed: %s", self.name, ost, e)
+                    self._ost_sessions.pop(ost, None)
+                    continue
+                self.store.orphans_cleaned(ost)
+                self._commit_wanted.set()
+                self.count("orphan_objects_destroyed", destroyed)
+                del ranges[ost]
+            if ranges:
+                await trio.sleep(5.0)
 
     async def _destroy_loop(self) -> None:
         while True:
@@ -782,3 +811,16 @@ class MdtServer(RecoveringTarget, TargetServer):
             mine.discard(handle)
             if not mine:
                 del self.open_handles[uuid]
+
+
+def _orphan_requests(lo: int, hi: int, keep: list[int]) -> list[tuple[int, int, list[int]]]:
+    """[lo, hi) cut so that each piece names at most ORPHAN_KEEP_MAX ids to keep
+    (keep: sorted, within [lo, hi))."""
+    pieces = []
+    start = lo
+    for i in range(0, len(keep), ORPHAN_KEEP_MAX):
+        kept = keep[i:i + ORPHAN_KEEP_MAX]
+        end = keep[i + ORPHAN_KEEP_MAX] if i + ORPHAN_KEEP_MAX < len(keep) else hi
+        pieces.append((start, end, kept))
+        start = end
+    return pieces or [(lo, hi, [])]

@@ -316,8 +316,15 @@ class MdtStore:
         # Ids handed out after the last commit of an earlier run were lost with it but may
         # already name objects on the OSTs: never hand them out again. The generation of new
         # inodes is the boot count, so a reused inode number is a different (ino, gen).
+        # Objects of those ids may exist without a file (orphans): cleaned up once recovery
+        # is over, from the first id not committed (of the earliest run not cleaned up yet)
+        # to this run's first id.
+        self._run_start: dict[int, int] = {}
         for key in [k for k in self._meta if k.startswith("obj_next:")]:
+            ost = int(key.split(":", 1)[1])
+            self._meta.setdefault(f"orphans_from:{ost}", self._meta[key])
             self._meta[key] += OBJECT_ID_GAP
+            self._run_start[ost] = self._meta[key]
         # Which release created which inodes (by ranges of inode numbers), for their FIDs:
         # IGIF for those created under 1.8. A new range starts where the release changes.
         code = 18 if release == "1.8" else 20
@@ -531,6 +538,38 @@ class MdtStore:
             ost = (start + i) % n
             objects.append([ost, self._meta_add(f"obj_next:{ost}", 1, default=1)])
         return start, objects
+
+    def orphan_ranges(self) -> dict[int, tuple[int, int]]:
+        """OST index -> object ids [lo, hi) handed out by earlier runs after their last
+        commit: objects of creations lost with a crash may exist there."""
+        out = {}
+        for key, lo in self._meta.items():
+            if key.startswith("orphans_from:"):
+                ost = int(key.split(":", 1)[1])
+                hi = self._run_start.get(ost, lo)
+                out[ost] = (lo, max(lo, hi))
+        return out
+
+    def objects_in(self, ost: int, lo: int, hi: int) -> list[int]:
+        """Object ids in [lo, hi) on OST `ost` that a file's layout names (replayed
+        creations reuse the ids they had), open-unlinked files included."""
+        rows = self._db.execute(
+            "SELECT DISTINCT json_extract(o.value, '$[1]') AS oid"
+            " FROM inodes, json_each(inodes.layout, '$.objects') AS o"
+            " WHERE inodes.layout IS NOT NULL AND json_extract(o.value, '$[0]') = ?"
+            " AND oid >= ? AND oid < ? ORDER BY oid", (ost, lo, hi))
+        return [r[0] for r in rows]
+
+    def orphans_cleaned(self, ost: int) -> None:
+        """The OST destroyed the orphans of orphan_ranges()[ost] (kept at the next commit;
+        done again after a crash before it, which destroys nothing more)."""
+        key = f"orphans_from:{ost}"
+
+        def op() -> None:
+            self._db.execute("DELETE FROM meta WHERE key = ?", (key,))
+            self._hooks.append(lambda: self._meta.pop(key, None))
+
+        self._run(op, transno=False)
 
     def _new_layout(self, settings: dict, gen: int) -> dict:
         count = settings["stripe_count"]

@@ -87,6 +87,24 @@ class ObjectStore:
             os.ftruncate(fd, size)
             self.mark_dirty(oid)
 
+    def oids_in(self, lo: int, hi: int) -> list[int]:
+        """Ids in [lo, hi) of the objects on disk (a scan of the object directories:
+        for orphan cleanup, once per MDT start)."""
+        found = []
+        for sub in range(256):
+            try:
+                with os.scandir(self.root / f"{sub:02x}") as it:
+                    for entry in it:
+                        try:
+                            oid = int(entry.name, 16)
+                        except ValueError:
+                            continue  # (not an object: a temporary or foreign file)
+                        if lo <= oid < hi:
+                            found.append(oid)
+            except FileNotFoundError:
+                continue
+        return sorted(found)
+
     def destroy(self, oid: int) -> None:
         fd = self._fds.pop(oid, None)
         if fd is not None:

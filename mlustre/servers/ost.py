@@ -32,6 +32,7 @@ from .undo_log import UndoLog
 log = logging.getLogger(__name__)
 
 THREAD_IO_MIN = 64 << 10  # below this, a syscall is cheaper than a thread hop
+ORPHAN_KEEP_MAX = 4096  # object ids one orphan cleanup request may ask to keep
 
 
 class OstServer(RecoveringTarget, TargetServer):
@@ -58,7 +59,7 @@ class OstServer(RecoveringTarget, TargetServer):
         self.handlers = {
             C.OST_WRITE: self.write, C.OST_READ: self.read, C.OST_PUNCH: self.punch,
             C.OST_GETATTR: self.getattr, C.OST_DESTROY: self.destroy,
-            C.OST_STATFS: self.statfs, C.OST_SYNC: self.sync,
+            C.OST_CREATE: self.delete_orphans, C.OST_STATFS: self.statfs, C.OST_SYNC: self.sync,
         }
 
     @property
@@ -226,6 +227,38 @@ class OstServer(RecoveringTarget, TargetServer):
                 self.undo.before_destroy(self.objects, oid)
             self.objects.destroy(oid)
         return self._transno(req), {}
+
+    async def delete_orphans(self, export: Export, req: Message) -> tuple[int, dict[str, Any]]:
+        """OST_CREATE with "delorphan" (as Lustre's OBD_FL_DELORPHAN): the MDT lost the
+        creations of ids [lo, hi) with a crash; destroy the objects in that range but
+        those it still names ("keep"). Objects are otherwise created by their first
+        write, so this is the opcode's only use. Only the MDT's own link may ask."""
+        assert self.objects is not None
+        fsname = self.name.rsplit("-", 1)[0]
+        if not (export.uuid.startswith(f"{fsname}-MDT") and export.uuid.endswith("-osp")):
+            raise ServiceError(errno.EPERM, "orphan cleanup is for the MDT")
+        span = body_field(req.body, "delorphan", list)
+        keep = body_field(req.body, "keep", list)
+        if (len(span) != 2 or not all(type(x) is int for x in span)
+                or not 0 <= span[0] <= span[1] <= (1 << 63)):
+            raise ServiceError(errno.EINVAL, "delorphan is [lo, hi), 0 <= lo <= hi <= 2^63")
+        if len(keep) > ORPHAN_KEEP_MAX or not all(type(o) is int for o in keep):
+            raise ServiceError(errno.EINVAL, f"keep is at most {ORPHAN_KEEP_MAX} object ids")
+        kept = set(keep)
+        found = await trio.to_thread.run_sync(self.objects.oids_in, span[0], span[1])
+        destroyed = 0
+        for oid in found:
+            if oid in kept:
+                continue
+            if self.undo is not None and self.undo.active:
+                self.undo.before_destroy(self.objects, oid)
+            self.objects.destroy(oid)
+            destroyed += 1
+        if destroyed:
+            log.info("%s: destroyed %d orphan objects in [%d, %d)", self.name, destroyed,
+                     span[0], span[1])
+        self.count("orphan_objects_destroyed", destroyed)
+        return self._transno(req), {"destroyed": destroyed}
 
     async def statfs(self, export: Export, req: Message) -> dict[str, Any]:
         st = os.statvfs(self.storage.path)
