@@ -191,6 +191,11 @@ class Llite(LockedCaches, pyfuse3.Operations):
         for inode in list(self.inodes.values()):
             if inode.meta_dirty:
                 await self._push_meta(inode)
+        # Invalidations left running in their threads end with the kernel connection;
+        # none may still be inside pyfuse3 when it closes.
+        with trio.move_on_after(10):
+            while self._inval_threads.borrowed_tokens:
+                await trio.sleep(0.01)
 
     # -- open replay --
     def _mdt_connected(self, reply_body: dict[str, Any]) -> None:
