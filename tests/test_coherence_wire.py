@@ -26,10 +26,10 @@ from test_servers_wire import (
 from mlustre.fuse_client.imports import Import
 from mlustre.fuse_client.ldlm import LockClient
 from mlustre.fuse_client.ldlm_client import ClientLock, LockState
-from mlustre.fuse_client.llite_locks import DIR_ATTR_BITS, FILE_BITS, WHOLE, inode_res
+from mlustre.fuse_client.llite_locks import DIR_ATTR_BITS, FILE_BITS, WHOLE
 from mlustre.fuse_client.mdc import Mdc
 from mlustre.protocol import constants as C
-from mlustre.protocol.ldlm import Extent, IBits, LockType, Mode, ResId
+from mlustre.protocol.ldlm import Extent, IBits, LockType, Mode, ResId, inode_res
 from mlustre.protocol.nid import Nid
 
 LIMIT = 30

@@ -25,12 +25,11 @@ from test_servers_wire import (
 
 from mlustre.protocol import constants as C
 from mlustre.protocol.errors import ConnectionLost
-from mlustre.protocol.ldlm import OBJECT_EOF, IBits, LockType, Mode
+from mlustre.protocol.ldlm import FL_NO_EXPANSION, OBJECT_EOF, IBits, LockType, Mode
 from mlustre.protocol.message import Message
 from mlustre.protocol.nid import Nid
 from mlustre.protocol.rpc import Endpoint
 from mlustre.protocol.session import Session
-from mlustre.servers.ldlm_server import FL_NO_EXPANSION
 from mlustre.servers.target import TargetServer
 
 RES = [7, 0, 0, 0]

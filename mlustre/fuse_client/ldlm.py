@@ -35,7 +35,7 @@ import trio
 
 from ..protocol import constants as C
 from ..protocol.errors import ConnectionLost, RpcError
-from ..protocol.ldlm import Extent, LockType, Mode, ResId
+from ..protocol.ldlm import FL_ELC, Extent, LockType, Mode, ResId
 from ..protocol.message import Message
 from ..protocol.rpc import Endpoint
 from .imports import Import, ImportClosed
@@ -53,7 +53,6 @@ from .ldlm_client import (
 log = logging.getLogger(__name__)
 
 CANCEL_MAX = 512  # handles in one LDLM_CANCEL (docs/protocol.md)
-FL_ELC = 1 << 59  # (client-local) cancelled early by an update of this client
 _READ_MODES = Mode.PR | Mode.CR | Mode.NL
 
 OnBlocking = Callable[[ClientLock], Awaitable[None]]

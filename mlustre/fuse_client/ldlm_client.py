@@ -34,16 +34,23 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from enum import Enum
 
-from mlustre.protocol.ldlm import Extent, LockType, Mode, ResId, conflicts, covers
+from mlustre.protocol.ldlm import (  # noqa: F401  (re-exported to the client modules)
+    FL_BL_DONE,
+    FL_BLOCK_GRANTED,
+    FL_BLOCK_WAIT,
+    FL_CBPENDING,
+    FL_DISCARD_DATA,
+    FL_FAILED,
+    FL_REPLAY,
+    Extent,
+    LockType,
+    Mode,
+    ResId,
+    conflicts,
+    covers,
+)
 
-# LDLM flags (lustre_dlm_flags.h), kept in ClientLock.flags.
-FL_BLOCK_GRANTED = 0x2
-FL_BLOCK_WAIT = 0x8          # the enqueue reply said "queued": a CP AST will grant it
-FL_REPLAY = 0x100
-FL_DISCARD_DATA = 0x10000    # the BAST asked to drop the pages without writeback
-FL_CBPENDING = 1 << 34       # a BAST arrived (also before the grant)
-FL_FAILED = 1 << 38          # enqueue failed or the lock was dropped by eviction
-FL_BL_DONE = 1 << 47         # the cancel has started (blocking callback done)
+# LDLM flags (protocol/ldlm.py) are kept in ClientLock.flags.
 
 READ = "r"
 WRITE = "w"

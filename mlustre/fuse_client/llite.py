@@ -25,7 +25,7 @@ import trio
 
 from ..protocol import constants as C
 from ..protocol.errors import RpcError
-from ..protocol.ldlm import IBits, Mode
+from ..protocol.ldlm import NAME_BITS, IBits, Mode
 from .client import ClientNode
 from .imports import ImportClosed
 from .ldlm import LockFailed
@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-NAME_BITS = int(IBits.LOOKUP | IBits.UPDATE)  # what an update that removes a name revokes
 LAYOUT_BITS = int(IBits.UPDATE | IBits.LAYOUT)
 READDIR_BATCH = 512
 READAHEAD_MAX = 8  # chunks ahead of a sequential reader

@@ -50,8 +50,19 @@ import pyfuse3
 import trio
 
 from ..protocol.errors import RpcError
-from ..protocol.ldlm import OBJECT_EOF, Extent, IBits, LockType, Mode, ResId, covers
-from .ldlm import FL_ELC, LockClient
+from ..protocol.ldlm import (
+    FL_ELC,
+    FL_NO_BORROW,
+    OBJECT_EOF,
+    Extent,
+    IBits,
+    LockType,
+    Mode,
+    ResId,
+    covers,
+    inode_res,
+)
+from .ldlm import LockClient
 from .ldlm_client import ClientLock, LockState
 from .lov import Layout
 
@@ -73,11 +84,6 @@ DIR_ATTR_BITS = UPDATE | PERM | LAYOUT
 ATTR_BITS = UPDATE | PERM  # what the attributes handed to the kernel need
 WHOLE = Extent(0, OBJECT_EOF)
 EOF = -1  # "to the end of the file" for _data_locks
-FL_NO_BORROW = 1 << 60  # (client-local) this lock's flush is done: I/O may no longer use it
-
-
-def inode_res(ino: int) -> ResId:
-    return ResId(ino, 0, 0, 0)
 
 
 def object_extents(layout: Layout, start: int, end: int) -> list[tuple[int, int, Extent]]:

@@ -6,16 +6,23 @@ import errno
 import os
 
 
+class ErrnoError(Exception):
+    """The one base of every failure that carries a POSIX errno (positive int in
+    `.errno`): a reply status on the wire (RpcError), a server's refusal (ServiceError,
+    MdtError, LockError). Code that turns failures into a status or a FUSEError catches
+    this one class, so a new errno-carrying failure needs no new conversion."""
+
+    def __init__(self, err: int, msg: str = "") -> None:
+        self.errno = err
+        super().__init__(msg or f"{errno.errorcode.get(err, err)}: {os.strerror(err)}")
+
+
 class ProtocolError(Exception):
     """The peer sent something this side cannot accept; the connection is closed."""
 
 
-class RpcError(Exception):
+class RpcError(ErrnoError):
     """A request got a reply with a non-zero status (a positive errno)."""
-
-    def __init__(self, status: int, msg: str = "") -> None:
-        self.errno = status
-        super().__init__(msg or f"{errno.errorcode.get(status, status)}: {os.strerror(status)}")
 
 
 class RpcTimeout(Exception):

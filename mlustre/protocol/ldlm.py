@@ -83,6 +83,26 @@ IBITS_FULL = IBits.LOOKUP | IBits.UPDATE | IBits.OPEN | IBits.LAYOUT | IBits.PER
 
 OBJECT_EOF = (1 << 64) - 1  # an extent "to the end of the object"
 
+# What an update that removes or renames a name revokes on the MDT: the name's lookup
+# bit and the child's attributes (nlink, ctime). Both sides must agree on it.
+NAME_BITS = int(IBits.LOOKUP | IBits.UPDATE)
+
+# LDLM wire flags (lustre_dlm_flags.h values where Lustre has them). The one list both
+# sides use: a value defined twice is a value that can drift apart.
+FL_LOCK_CHANGED = 0x1          # the granted extent differs from the requested one
+FL_BLOCK_GRANTED = 0x2         # a replayed lock was granted before the restart
+FL_BLOCK_WAIT = 0x8            # the lock was queued: a CP AST will grant it
+FL_AST_SENT = 0x20             # a blocking AST went out for this lock
+FL_REPLAY = 0x100              # the lock comes back by lock replay
+FL_DISCARD_DATA = 0x10000      # the BAST asks to drop the pages without writeback
+FL_CBPENDING = 1 << 34         # a BAST arrived (also before the grant)
+FL_FAILED = 1 << 38            # enqueue failed or the lock was dropped by eviction
+FL_NO_EXPANSION = 1 << 40      # never expand this lock's extent (mlustre's own bit)
+FL_BL_DONE = 1 << 47           # the cancel has started (blocking callback done)
+# Bits a client keeps in its own locks and never sends (above every wire bit).
+FL_ELC = 1 << 59               # cancelled early by an update of this client
+FL_NO_BORROW = 1 << 60         # this lock's flush is done: I/O may no longer use it
+
 
 class Extent(NamedTuple):
     """A byte range [start, end], inclusive, as Lustre's ldlm_extent."""
@@ -108,6 +128,11 @@ class ResId(NamedTuple):
     b: int = 0
     c: int = 0
     d: int = 0
+
+
+def inode_res(ino: int) -> ResId:
+    """The lock resource of an MDT inode (its object id in the first word)."""
+    return ResId(ino, 0, 0, 0)
 
 
 def policies_conflict(type_: LockType, held_policy: object, wanted_policy: object) -> bool:

@@ -41,8 +41,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import chain
 
+from mlustre.protocol.errors import ErrnoError
 from mlustre.protocol.ldlm import (
     COMPAT,
+    FL_AST_SENT,
+    FL_BLOCK_WAIT,
+    FL_LOCK_CHANGED,
+    FL_NO_EXPANSION,
+    FL_REPLAY,
     IBITS_FULL,
     OBJECT_EOF,
     WHOLE,
@@ -55,21 +61,11 @@ from mlustre.protocol.ldlm import (
     conflicts,
 )
 
-# Server-side lock flags (values of lustre_dlm_flags.h where Lustre has them).
-FL_LOCK_CHANGED = 0x1  # the granted extent differs from the requested one
-FL_BLOCK_WAIT = 0x8  # the lock was queued (a CP AST will come when granted)
-FL_AST_SENT = 0x20  # a blocking AST went out for this lock
-FL_REPLAY = 0x100  # the lock came back by lock replay
-FL_NO_EXPANSION = 1 << 40  # never expand this lock's extent (mlustre-local bit)
 PW_RELEASED_MAX = 65536  # resources whose last PW release time is remembered
 
 
-class LockError(Exception):
+class LockError(ErrnoError):
     """A lock request refused; `errno` is the positive errno for the reply status."""
-
-    def __init__(self, err: int, msg: str = "") -> None:
-        self.errno = err
-        super().__init__(msg or errno.errorcode.get(err, str(err)))
 
 
 @dataclass(slots=True, eq=False)

@@ -28,20 +28,27 @@ import trio
 
 from ..protocol import constants as C
 from ..protocol.errors import ConnectionLost, RpcTimeout
-from ..protocol.ldlm import Extent, LockType, Mode, ResId
-from ..protocol.message import Message
-from .ldlm_server import (
+from ..protocol.ldlm import (
+    FL_BLOCK_GRANTED,
     FL_BLOCK_WAIT,
     FL_LOCK_CHANGED,
     FL_NO_EXPANSION,
     FL_REPLAY,
+    Extent,
+    LockType,
+    Mode,
+    ResId,
+)
+from ..protocol.message import Message
+from .errors import ServiceError
+from .ldlm_server import (
+    LOCAL_OWNER as LOCAL,
+)
+from .ldlm_server import (
     LockError,
     Namespace,
     Reprocessed,
     ServerLock,
-)
-from .ldlm_server import (
-    LOCAL_OWNER as LOCAL,
 )
 from .limits import DEFAULT_MAX_LOCKS
 
@@ -51,7 +58,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 U64 = (1 << 64) - 1
-FL_BLOCK_GRANTED = 0x2  # a replayed lock was granted before the restart
 CANCEL_MAX = 512  # handles in one LDLM_CANCEL
 LDLM_OPCODES = frozenset({C.LDLM_ENQUEUE, C.LDLM_CANCEL})
 # Reply flags a client may see (lustre_dlm_flags.h values).
@@ -132,7 +138,6 @@ class LdlmService:
                 and not self.namespace.has(owner, handle))
 
     def _refuse_over_limit(self, export: Export) -> None:
-        from .target import ServiceError
         self.server.count("ldlm_lock_limit")
         self.server.violation(export.uuid, "lock_limit",
                               f"holds {self.namespace.count_of(export.uuid)} locks")
@@ -173,7 +178,6 @@ class LdlmService:
             result = self.namespace.enqueue(export.uuid, handle, resid, LockType(type_), mode,
                                             policy, now, no_expand=bool(flags & FL_NO_EXPANSION))
         except LockError as e:
-            from .target import ServiceError
             raise ServiceError(e.errno, str(e)) from None
         lock = result.lock
         self.server.count("ldlm_enqueues")
@@ -244,7 +248,6 @@ class LdlmService:
         return {"granted": False, "aborted": True, "lvbs": lvbs, "released_ago": ago}
 
     async def cancel(self, export: Export, req: Message) -> dict[str, Any]:
-        from .target import ServiceError
         handles = req.body.get("handles")
         if (type(handles) is not list or len(handles) > CANCEL_MAX
                 or not all(type(h) is int for h in handles)):

@@ -21,7 +21,7 @@ from ..params import ParamError, ParamTree
 from ..protocol import constants as C
 from ..protocol import dialect
 from ..protocol.errors import ConnectionLost
-from ..protocol.ldlm import IBITS_FULL, IBits, LockType, ResId
+from ..protocol.ldlm import IBITS_FULL, NAME_BITS, IBits, LockType, ResId, inode_res
 from ..protocol.message import Message
 from ..protocol.nid import Nid
 from ..protocol.session import Session
@@ -88,12 +88,6 @@ def _int(body: dict[str, Any], field: str, default: Any = ..., *, lo: int = 0,
 MODE_MAX = 0o177777
 UPDATE = int(IBits.UPDATE)
 ATTRS = int(IBits.UPDATE | IBits.PERM)  # attributes, including those permissions use
-NAME_BITS = int(IBits.LOOKUP | IBits.UPDATE)  # the name goes, and the child's nlink/ctime
-
-
-def inode_res(ino: int) -> ResId:
-    """The lock resource of an MDT inode."""
-    return ResId(ino, 0, 0, 0)
 RDEV_MAX = (1 << 32) - 1
 
 

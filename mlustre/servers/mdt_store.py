@@ -35,6 +35,7 @@ from typing import Any, overload
 
 import msgpack
 
+from ..protocol.errors import ErrnoError
 from .reply_log import SavedReply
 
 log = logging.getLogger(__name__)
@@ -141,12 +142,8 @@ class Cred:
     groups: tuple[int, ...] = ()
 
 
-class MdtError(Exception):
+class MdtError(ErrnoError):
     """An operation failed with a POSIX errno (positive int in .errno)."""
-
-    def __init__(self, errno: int, msg: str = "") -> None:
-        self.errno = errno
-        super().__init__(errno, msg or os.strerror(errno))
 
 
 Row = tuple[Any, ...]

@@ -17,8 +17,9 @@ import trio
 
 from ..params import ParamError, ParamTree
 from ..protocol import constants as C
+from ..protocol.ldlm import FL_REPLAY
 from ..protocol.message import Message
-from .ldlm_server import FL_REPLAY
+from .errors import ServiceError
 from .recovery import Recovery
 
 if TYPE_CHECKING:
@@ -183,7 +184,6 @@ class RecoveringTarget(_Base):
     async def _lock_replay(self, handler: Any, export: Export, req: Message) -> Any:
         """A lock of the last instance: taken again in the lock phase of recovery only
         (after it, locks granted since could conflict: refused, the client drops it)."""
-        from .target import ServiceError
 
         rec = await self._wait_lock_phase()
         if self._recovered.is_set():

@@ -33,6 +33,7 @@ from ..protocol.rpc import Endpoint
 from ..protocol.secure import HANDSHAKE_TIMEOUT, server_handshake
 from . import fail_loc
 from .barrier import DEFAULT_FREEZE_TIMEOUT, ServerBarrier
+from .errors import FieldError, ServiceError, body_field  # noqa: F401  (servers import them here)
 from .fail_loc import FailLoc
 from .ldlm_service import LDLM_OPCODES, LdlmService
 from .limits import DEFAULT_MAX_LOCKS, ConnectionLimit, Misbehaviour
@@ -48,23 +49,6 @@ def crash(why: str) -> None:
     for h in logging.getLogger().handlers:
         h.flush()
     os.kill(os.getpid(), signal.SIGKILL)
-
-
-class ServiceError(Exception):
-    """A request failed with a positive errno; becomes the reply's status."""
-
-    def __init__(self, err: int, msg: str = "") -> None:
-        self.errno = err
-        super().__init__(msg or os.strerror(err))
-
-
-class FieldError(ServiceError):
-    """A request field missing or of the wrong type (EINVAL): what no real client sends,
-    so it counts as a protocol violation (limits.Misbehaviour), unlike a value out of
-    range, which an application can cause."""
-
-    def __init__(self, msg: str) -> None:
-        super().__init__(errno.EINVAL, msg)
 
 
 # How long a connection refused for the connection limit may take to send its first
@@ -92,19 +76,6 @@ class Export:
 # must not hold up the connection's reader, which brings the cancels it waits for).
 DEFERRED: Any = object()
 Handler = Callable[[Export, Message], Awaitable[Any]]
-
-
-def body_field(body: dict[str, Any], name: str, typ: type | tuple[type, ...],
-               default: Any = ...) -> Any:
-    """A type-checked request field: a wrong or missing one is EINVAL, never a crash."""
-    value = body.get(name, default)
-    if value is ...:
-        raise FieldError(f"request lacks field {name!r}")
-    if value is default and default is not ...:
-        return value
-    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        raise FieldError(f"field {name!r} has the wrong type")
-    return value
 
 
 class TargetServer:
