@@ -139,7 +139,7 @@ def test_unauthenticated_request_gets_one_error_then_close(tmp_path: Path) -> No
                 dec.feed(data)
                 frame = dec.next_frame()
                 assert frame is not None and dec.next_frame() is None
-                msg, got = decode_payload(*frame)
+                msg, got = decode_payload(frame.header, frame.bulk)
                 assert got.release == codec.release
                 assert (msg.type, msg.xid, msg.status) == (C.ERR, 77, errno.EACCES)
                 assert "requires authentication" in msg.body["error"]

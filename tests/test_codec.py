@@ -67,7 +67,7 @@ def decode_frame(frame: bytes) -> tuple[Message, str]:
     got = dec.next_frame()
     assert got is not None
     assert dec.next_frame() is None
-    msg, codec = decode_payload(*got)
+    msg, codec = decode_payload(got.header, got.bulk)
     return msg, codec.release
 
 
@@ -326,7 +326,7 @@ def test_frame_decoder_byte_by_byte() -> None:
         dec.feed(stream[i:i + 1])
         frame = dec.next_frame()
         if frame is not None:
-            got.append(decode_payload(*frame)[0])
+            got.append(decode_payload(frame.header, frame.bulk)[0])
             assert dec.next_frame() is None
     assert got == msgs
 
@@ -337,7 +337,7 @@ def test_frame_decoder_several_frames_in_one_feed() -> None:
     dec.feed(b"".join(frame_of("2.0", m) for m in msgs) + b"\x00\x00")  # and a partial prefix
     got = []
     while (frame := dec.next_frame()) is not None:
-        got.append(decode_payload(*frame)[0])
+        got.append(decode_payload(frame.header, frame.bulk)[0])
     assert got == msgs
     assert dec.wanted() == PREFIX.size - 2
 
@@ -354,7 +354,7 @@ def test_frame_decoder_random_splits(msgs: list[Message], data: st.DataObject) -
         dec.feed(stream[prev:cut])
         prev = cut
         while (frame := dec.next_frame()) is not None:
-            got.append(decode_payload(*frame)[0])
+            got.append(decode_payload(frame.header, frame.bulk)[0])
     assert got == msgs
 
 
@@ -372,11 +372,59 @@ def test_frame_decoder_wanted() -> None:
     assert dec.wanted() == 1
     dec.feed(b"b")
     assert dec.wanted() == 1  # a whole frame is waiting: still "at least 1"
-    assert dec.next_frame() == (b"h" * 10, b"b" * 5)
+    assert dec.next_frame()[:2] == (b"h" * 10, b"b" * 5)
     assert dec.wanted() == PREFIX.size
     dec.feed(PREFIX.pack(0, 0))
-    assert dec.next_frame() == (b"", None)
+    assert dec.next_frame()[:2] == (b"", None)
     assert dec.wanted() == PREFIX.size
+
+
+def test_frame_decoder_takes_the_tag_after_each_frame() -> None:
+    msgs = [Message.request(3, i, {"i": i}, bulk=b"q" * i or None) for i in range(4)]
+    frames = [frame_of("2.0", m) for m in msgs]
+    tags = [bytes([i]) * 4 for i in range(4)]
+    stream = b"".join(f + t for f, t in zip(frames, tags, strict=True))
+    dec = FrameDecoder(tag_bytes=4)
+    got = []
+    for i in range(0, len(stream), 5):
+        dec.feed(stream[i:i + 5])
+        while (frame := dec.next_frame()) is not None:
+            got.append(frame)
+    assert [decode_payload(f.header, f.bulk)[0] for f in got] == msgs
+    assert [f.tag for f in got] == tags
+    assert [f.prefix + f.header + (f.bulk or b"") for f in got] == frames
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 300), st.integers(1, 50), st.integers(0, 4), st.data())
+def test_frame_decoder_receives_large_bulks_in_place(bulk_len: int, direct_min: int,
+                                                     tag_bytes: int, data: st.DataObject) -> None:
+    """A reader that reads into receive_buffer() whenever there is one (as rpc.py does)
+    gets the same frames as one that feeds everything, and the bulk it reads in place is
+    the frame's own buffer (no copy after the read)."""
+    msgs = [Message.request(4, i, {"i": i}, bulk=bytes(range(256)) * (bulk_len // 256)
+                            + bytes(bulk_len % 256) or None) for i in range(3)]
+    stream = b"".join(frame_of("2.0", m) + b"T" * tag_bytes for m in msgs)
+    dec = FrameDecoder(tag_bytes=tag_bytes, direct_min=direct_min)
+    pos, got, in_place = 0, [], []
+    while pos < len(stream):
+        step = data.draw(st.integers(1, 64))
+        target = dec.receive_buffer()
+        if target is not None:
+            n = min(step, len(target), len(stream) - pos)
+            target[:n] = stream[pos:pos + n]
+            dec.received(n)
+            in_place.append(target.obj)
+        else:
+            n = min(step, len(stream) - pos)
+            dec.feed(stream[pos:pos + n])
+        pos += n
+        while (frame := dec.next_frame()) is not None:
+            got.append(frame)
+    assert [decode_payload(f.header, f.bulk)[0] for f in got] == msgs
+    assert dec.pending == 0 and dec.receive_buffer() is None
+    for buf in in_place:
+        assert any(f.bulk is buf for f in got)
 
 
 @settings(max_examples=50, deadline=None)
@@ -392,8 +440,8 @@ def test_reading_exactly_wanted_bytes_never_overreads(msgs: list[Message]) -> No
         pos += n
         frame = dec.next_frame()
         if frame is not None:
-            got.append(decode_payload(*frame)[0])
-            assert dec._buf == b""  # the frame ended exactly where the read did
+            got.append(decode_payload(frame.header, frame.bulk)[0])
+            assert dec.pending == 0  # the frame ended exactly where the read did
     assert got == msgs
 
 

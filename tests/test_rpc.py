@@ -76,7 +76,7 @@ class RawPeer:
         while True:
             got = self.decoder.next_frame()
             if got is not None:
-                msg, codec = decode_payload(*got)
+                msg, codec = decode_payload(got.header, got.bulk)
                 return msg, codec.release
             data = await self.stream.receive_some(1 << 16)
             if not data:

@@ -135,7 +135,7 @@ class RawConn:
             while True:
                 got = self.decoder.next_frame()
                 if got is not None:
-                    msg, codec = decode_payload(*got)
+                    msg, codec = decode_payload(got.header, got.bulk)
                     return msg, codec.release
                 try:
                     data = await self.stream.receive_some(1 << 16)

@@ -11,6 +11,10 @@ connection is closed. Nothing a peer sends can raise out of `serve`.
 
 On an authenticated connection (`mac`, see auth.py) every frame is followed by a
 MAC tag; a frame whose tag fails closes the connection unanswered.
+
+Framing is decided by codec.FrameDecoder (sans-IO: prefix, limits, header, bulk,
+tag); this module only moves bytes between the socket and it, reading large bulks
+straight into their buffer.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any
 import trio
 
 from .auth import TAG_BYTES, FrameMac
-from .codec import PREFIX, Codec, check_prefix, codec_for, decode_payload
+from .codec import Codec, Frame, FrameDecoder, codec_for, decode_payload
 from .constants import ERR, MAX_BULK, MAX_HEADER, REPLY, REQUEST
 from .errors import ConnectionLost, ProtocolError, RpcTimeout
 from .message import Message
@@ -72,22 +76,22 @@ def _raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
     return raw if isinstance(raw, socket.socket) else None
 
 
-class _Reader:
-    """Reads exact byte counts from a stream; large ones straight into their buffer.
+class _Receiver:
+    """Feeds a connection's bytes to its sans-IO FrameDecoder and hands out whole frames.
 
     On a socket it calls recv directly and waits for readability only when nothing
     is there: trio's receive_some costs several scheduler passes per message, which is
-    most of a metadata RPC's round trip on loopback.
+    most of a metadata RPC's round trip on loopback. Frames already buffered come out
+    without any await, so one read that brought many messages is handled in one go.
     """
 
-    YIELD_EVERY = 64  # messages read without waiting before giving other tasks a turn
+    YIELD_EVERY = 64  # reads without waiting before giving other tasks a turn
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    def __init__(self, stream: trio.abc.Stream, decoder: FrameDecoder) -> None:
         self.stream = stream
+        self.decoder = decoder
         self.raw = _raw_socket(stream)
         self.scratch = bytearray(_RECV_CHUNK) if self.raw is not None else bytearray()
-        self.buf = bytearray()
-        self.pos = 0
         self.unyielded = 0
 
     async def _recv_into(self, view: memoryview) -> int:
@@ -107,39 +111,26 @@ class _Reader:
                 await trio.lowlevel.checkpoint()
             return k
 
-    async def _more(self) -> None:
-        if self.pos:
-            del self.buf[:self.pos]
-            self.pos = 0
-        if self.raw is None:
-            data = await self.stream.receive_some(_RECV_CHUNK)
-            if not data:
-                raise EOFError
-            self.buf += data
-            return
-        with memoryview(self.scratch) as view:
-            k = await self._recv_into(view)
-            self.buf += view[:k]
-
-    async def exactly(self, n: int) -> bytearray:
-        avail = len(self.buf) - self.pos
-        if avail >= n:
-            out = self.buf[self.pos:self.pos + n]
-            self.pos += n
-            return out
-        if n < _SMALL_BULK or self.raw is None:
-            while len(self.buf) - self.pos < n:
-                await self._more()
-            return await self.exactly(n)
-        out = bytearray(n)
-        out[:avail] = self.buf[self.pos:]
-        self.buf.clear()
-        self.pos = 0
-        got = avail
-        with memoryview(out) as view:
-            while got < n:
-                got += await self._recv_into(view[got:])
-        return out
+    async def next_frame(self) -> Frame:
+        decoder = self.decoder
+        while True:
+            frame = decoder.next_frame()
+            if frame is not None:
+                return frame
+            if self.raw is None:
+                data = await self.stream.receive_some(_RECV_CHUNK)
+                if not data:
+                    raise EOFError
+                decoder.feed(data)
+                continue
+            target = decoder.receive_buffer()
+            if target is not None:  # a large bulk, read in place
+                with target:
+                    decoder.received(await self._recv_into(target))
+                continue
+            with memoryview(self.scratch) as view:
+                k = await self._recv_into(view)
+                decoder.feed(view[:k])
 
 
 def salvage_xid(header: bytes | bytearray) -> int:
@@ -357,22 +348,20 @@ class Endpoint:
         try:
             async with trio.open_nursery() as nursery:
                 try:
-                    await self._read_loop(_Reader(self.stream), nursery)
+                    decoder = FrameDecoder(self.max_header, self.max_bulk,
+                                           tag_bytes=TAG_BYTES if self.mac is not None else 0,
+                                           direct_min=_SMALL_BULK)
+                    await self._read_loop(_Receiver(self.stream, decoder), nursery)
                 finally:
                     nursery.cancel_scope.cancel()
         finally:
             await self.aclose(self.close_reason or "connection ended")
 
-    async def _read_loop(self, reader: _Reader, nursery: trio.Nursery) -> None:
+    async def _read_loop(self, receiver: _Receiver, nursery: trio.Nursery) -> None:
         while True:
             try:
-                prefix = await reader.exactly(PREFIX.size)
-                header_len, bulk_len = PREFIX.unpack(prefix)
-                check_prefix(header_len, bulk_len, self.max_header, self.max_bulk)
-                header = await reader.exactly(header_len)
-                bulk = await reader.exactly(bulk_len) if bulk_len else None
-                if self.mac is not None and not await self._verify(
-                        reader, prefix, header, bulk):
+                frame = await receiver.next_frame()
+                if self.mac is not None and not await self._verify(frame):
                     # Injected, altered or replayed: nothing more from this stream is
                     # trusted, and no reply is owed to a frame nobody proved to send.
                     self.mac_failures += 1
@@ -395,6 +384,7 @@ class Endpoint:
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
                 self._mark_closed(f"receive failed: {e}")
                 return
+            header, bulk = frame.header, frame.bulk
             await self._slots.acquire()
             routed = self._dispatch(header, bulk, nursery)
             if isinstance(routed, Message):
@@ -402,15 +392,14 @@ class Endpoint:
             elif not routed:
                 self._slots.release()
 
-    async def _verify(self, reader: _Reader, prefix: bytearray, header: bytearray,
-                      bulk: bytearray | None) -> bool:
+    async def _verify(self, frame: Frame) -> bool:
         assert self.mac is not None
-        tag = await reader.exactly(TAG_BYTES)
-        if bulk is not None and len(bulk) >= _THREAD_MAC:
-            absorbed = await trio.to_thread.run_sync(self.mac.absorb_recv, prefix, header, bulk)
+        parts = (frame.prefix, frame.header, frame.bulk)
+        if frame.bulk is not None and len(frame.bulk) >= _THREAD_MAC:
+            absorbed = await trio.to_thread.run_sync(self.mac.absorb_recv, *parts)
         else:
-            absorbed = self.mac.absorb_recv(prefix, header, bulk)
-        return self.mac.finish_recv(absorbed, tag)
+            absorbed = self.mac.absorb_recv(*parts)
+        return self.mac.finish_recv(absorbed, frame.tag)
 
     def _dispatch(self, header: bytes | bytearray, bulk: bytearray | None,
                   nursery: trio.Nursery) -> bool | Message:
