@@ -1,4 +1,4 @@
-"""Unit tests for mlustre.servers.mdt_store: namespace, permissions, layouts, transactions."""
+"""Unit tests for mlustre.servers.mdt.store: namespace, permissions, layouts, transactions."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mlustre.servers.mdt_store import (
+from mlustre.servers.mdt.store import (
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
     ROOT_INO,
@@ -1167,7 +1167,7 @@ def test_orphan_object_ranges_after_a_crash(db_path: Path) -> None:
 
 
 def test_orphan_requests_name_at_most_so_many_ids_to_keep() -> None:
-    from mlustre.servers.mdt import _orphan_requests
+    from mlustre.servers.mdt.server import _orphan_requests
     from mlustre.servers.ost import ORPHAN_KEEP_MAX
 
     assert _orphan_requests(10, 20, []) == [(10, 20, [])]
@@ -1376,7 +1376,7 @@ def test_process_crash_in_subprocess(db_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import os, stat
-        from mlustre.servers.mdt_store import MdtStore, Cred, ROOT_INO
+        from mlustre.servers.mdt.store import MdtStore, Cred, ROOT_INO
         s = MdtStore({str(db_path)!r}, ost_count=2)
         root = Cred(0, 0)
         s.create(root, ROOT_INO, b"durable", stat.S_IFREG | 0o644)

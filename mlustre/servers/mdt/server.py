@@ -17,23 +17,23 @@ from typing import Any
 
 import trio
 
-from ..params import ParamError, ParamTree
-from ..protocol import constants as C
-from ..protocol import dialect
-from ..protocol.errors import ConnectionLost
-from ..protocol.ldlm import IBITS_FULL, NAME_BITS, IBits, LockType, ResId, inode_res
-from ..protocol.message import Message
-from ..protocol.nid import Nid
-from ..protocol.session import Session
-from .layout_xattr import LOV_XATTR, format_layout, parse_layout
-from .ldlm_service import CANCEL_MAX
-from .mdt_store import REPLAY_HINT, Cred, MdtError, MdtStore
-from .mgs import target_name
-from .ost import ORPHAN_KEEP_MAX, register_with_mgs
-from .recovering import RecoveringTarget
-from .reply_log import SavedReply
-from .squash import RootSquash, parse_nids, parse_squash
-from .target import DEFERRED, Export, FieldError, ServiceError, TargetServer, body_field
+from ...params import ParamError, ParamTree
+from ...protocol import constants as C
+from ...protocol import dialect
+from ...protocol.errors import ConnectionLost
+from ...protocol.ldlm import IBITS_FULL, NAME_BITS, IBits, LockType, ResId, inode_res
+from ...protocol.message import Message
+from ...protocol.nid import Nid
+from ...protocol.session import Session
+from ..layout_xattr import LOV_XATTR, format_layout, parse_layout
+from ..ldlm_service import CANCEL_MAX
+from ..mgs import target_name
+from ..ost import ORPHAN_KEEP_MAX, register_with_mgs
+from ..recovering import RecoveringTarget
+from ..reply_log import SavedReply
+from ..squash import RootSquash, parse_nids, parse_squash
+from ..target import DEFERRED, Export, FieldError, ServiceError, TargetServer, body_field
+from .store import REPLAY_HINT, Cred, MdtError, MdtStore
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ from typing import Any, overload
 
 import msgpack
 
-from ..protocol.errors import ErrnoError
-from .reply_log import SavedReply
+from ...protocol.errors import ErrnoError
+from ..reply_log import SavedReply
 
 log = logging.getLogger(__name__)
 
