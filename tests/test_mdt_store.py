@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,13 +51,13 @@ def raises(code: int) -> Iterator[None]:
 
 def open_store(path: Path, **kw: int) -> MdtStore:
     kw.setdefault("ost_count", OST_COUNT)
-    return MdtStore(str(path), **kw)
+    return MdtStore(str(path), clock=time.time_ns, **kw)
 
 
 def crash(store: MdtStore) -> None:
     """Abandon a store like a killed process: its open transaction is never committed."""
-    store._db.close()  # closing with a transaction open rolls it back
-    store._closed = True
+    store._db.conn.close()  # closing with a transaction open rolls it back
+    store._db.closed = True
 
 
 @pytest.fixture
@@ -1060,7 +1061,7 @@ def test_destroyed_inode_loses_xattrs(store: MdtStore) -> None:
     f = mkfile(store, b"f")
     store.setxattr(ROOT, f["ino"], b"user.a", b"v")
     store.unlink(ROOT, ROOT_INO, b"f")
-    assert store._db.execute("SELECT COUNT(*) FROM xattrs").fetchone()[0] == 0
+    assert store._db.conn.execute("SELECT COUNT(*) FROM xattrs").fetchone()[0] == 0
 
 
 def test_cleanup_orphans_after_restart(db_path: Path) -> None:
@@ -1256,8 +1257,8 @@ def test_failures_consume_no_transno_and_leave_no_trace(store: MdtStore) -> None
     mkfile(store, b"x", parent=d["ino"])
     mkdir(store, b"e")
     base = store.last_transno
-    snapshot = store._db.execute("SELECT * FROM inodes ORDER BY ino").fetchall()
-    dirents = store._db.execute("SELECT * FROM dirents ORDER BY id").fetchall()
+    snapshot = store._db.conn.execute("SELECT * FROM inodes ORDER BY ino").fetchall()
+    dirents = store._db.conn.execute("SELECT * FROM dirents ORDER BY id").fetchall()
     with raises(errno.EEXIST):
         store.create(ROOT, ROOT_INO, b"d", 0o644)
     with raises(errno.ENOTEMPTY):
@@ -1273,9 +1274,9 @@ def test_failures_consume_no_transno_and_leave_no_trace(store: MdtStore) -> None
     with raises(errno.EACCES):
         store.open(ALICE, store.lookup(ROOT, d["ino"], b"x")["ino"], os.O_WRONLY)
     assert store.last_transno == base
-    assert store._db.execute("SELECT * FROM inodes ORDER BY ino").fetchall() == snapshot
-    assert store._db.execute("SELECT * FROM dirents ORDER BY id").fetchall() == dirents
-    assert store._handles == {} and store.open_count(d["ino"]) == 0
+    assert store._db.conn.execute("SELECT * FROM inodes ORDER BY ino").fetchall() == snapshot
+    assert store._db.conn.execute("SELECT * FROM dirents ORDER BY id").fetchall() == dirents
+    assert len(store._handles) == 0 and store.open_count(d["ino"]) == 0
     assert store.create(ROOT, ROOT_INO, b"ok", 0o644)[0] == base + 1
 
 
@@ -1285,20 +1286,20 @@ def test_failure_after_partial_writes_is_rolled_back(store: MdtStore) -> None:
     base = store.last_transno
     before = store.getattr(f["ino"])
     inodes_before = store.statfs()["files"]
-    orig = store._touch_dir
+    orig = store._inodes.touch_dir
 
     def boom(*args: object, **kw: object) -> None:
         orig(*args, **kw)
         raise MdtError(errno.EIO, "injected")
 
-    store._touch_dir = boom  # type: ignore[method-assign]
+    store._inodes.touch_dir = boom  # type: ignore[method-assign]
     try:
         with raises(errno.EIO):
             store.create(ROOT, ROOT_INO, b"g", 0o644)
         with raises(errno.EIO):
             store.unlink(ROOT, ROOT_INO, b"f")
     finally:
-        store._touch_dir = orig  # type: ignore[method-assign]
+        store._inodes.touch_dir = orig  # type: ignore[method-assign]
     assert store.last_transno == base
     assert store.getattr(f["ino"]) == before
     assert store.statfs()["files"] == inodes_before
@@ -1375,9 +1376,9 @@ def test_process_crash_in_subprocess(db_path: Path) -> None:
     """A real process death (os._exit) with an open transaction loses only that transaction."""
     script = textwrap.dedent(
         f"""
-        import os, stat
+        import os, stat, time
         from mlustre.servers.mdt.store import MdtStore, Cred, ROOT_INO
-        s = MdtStore({str(db_path)!r}, ost_count=2)
+        s = MdtStore({str(db_path)!r}, ost_count=2, clock=time.time_ns)
         root = Cred(0, 0)
         s.create(root, ROOT_INO, b"durable", stat.S_IFREG | 0o644)
         s.commit()
@@ -1414,9 +1415,9 @@ def test_store_default_striping(db_path: Path) -> None:
     finally:
         s.close()
     with pytest.raises(ValueError):
-        MdtStore(str(db_path), ost_count=0)
+        MdtStore(str(db_path), clock=time.time_ns, ost_count=0)
     with pytest.raises(ValueError):
-        MdtStore(str(db_path), ost_count=2, default_stripe_size=1000)
+        MdtStore(str(db_path), clock=time.time_ns, ost_count=2, default_stripe_size=1000)
 
 
 def test_explicit_striping(store: MdtStore) -> None:
@@ -1548,7 +1549,7 @@ def test_get_dir_layout_on_non_directory(store: MdtStore) -> None:
 
 
 def test_touch_atime_changes_atime_only(tmp_path: Path) -> None:
-    store = MdtStore(str(tmp_path / "mdt.sqlite"), ost_count=1)
+    store = MdtStore(str(tmp_path / "mdt.sqlite"), clock=time.time_ns, ost_count=1)
     root = Cred(0, 0)
     _, res = store.create(root, ROOT_INO, b"f", 0o100644)
     before = res["attr"]
@@ -1563,11 +1564,11 @@ def test_generation_is_the_boot_count_and_stays_put(tmp_path: Path) -> None:
     """New inodes carry the MDT's boot count as generation (a lost, reused inode number
     is then a different (ino, gen)); create's reply and later getattrs agree."""
     path = str(tmp_path / "mdt.sqlite")
-    store = MdtStore(path, ost_count=1)
+    store = MdtStore(path, clock=time.time_ns, ost_count=1)
     _, first = store.create(Cred(0, 0), ROOT_INO, b"a", 0o100644)
     assert store.getattr(first["attr"]["ino"])["gen"] == first["attr"]["gen"]
     store.close()
-    store = MdtStore(path, ost_count=1)
+    store = MdtStore(path, clock=time.time_ns, ost_count=1)
     _, second = store.create(Cred(0, 0), ROOT_INO, b"b", 0o100644)
     assert second["attr"]["gen"] == first["attr"]["gen"] + 1
     assert store.getattr(second["attr"]["ino"])["gen"] == second["attr"]["gen"]
