@@ -1,4 +1,4 @@
-"""mdt.py - the metadata target: namespace, attributes, layouts, opens.
+"""server.py - the metadata target: namespace, attributes, layouts, opens.
 
 The POSIX logic and its storage live in `MdtStore` (SQLite, no I/O besides
 the database); this layer checks request fields, maps opcodes to the store,
