@@ -679,7 +679,7 @@ class MdtServer(RecoveringTarget, TargetServer):
         return []  # REINT_ATIME: atime is not kept coherent (as relatime in Lustre)
 
     def r_create(self, export: Export, b: dict[str, Any],
-            replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
+                 replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         open_flags = _int(b, "open_flags", None, hi=(1 << 32) - 1)
         layout = body_field(b, "layout", dict, default=None)
         transno, result = self._call(
@@ -692,42 +692,42 @@ class MdtServer(RecoveringTarget, TargetServer):
         return transno, result
 
     def r_mkdir(self, export: Export, b: dict[str, Any],
-            replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
+                replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         transno, attr = self._call(self._store().mkdir, _cred(b), _ino(b, "parent"), _name(b),
                                    _int(b, "mode", hi=MODE_MAX), replayed=replayed)
         return transno, {"attr": attr}
 
     def r_symlink(self, export: Export, b: dict[str, Any],
-            replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
+                  replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         target = body_field(b, "target", bytes)
         transno, attr = self._call(self._store().symlink, _cred(b), _ino(b, "parent"), _name(b),
                                    target, replayed=replayed)
         return transno, {"attr": attr}
 
     def r_link(self, export: Export, b: dict[str, Any],
-            replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
+               replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         transno, attr = self._call(self._store().link, _cred(b), _ino(b), _ino(b, "parent"),
                                    _name(b), replayed=replayed)
         return transno, {"attr": attr}
 
     def r_unlink(self, export: Export, b: dict[str, Any],
-            replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
+                 replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         return self._call(self._store().unlink, _cred(b), _ino(b, "parent"), _name(b),
                           replayed=replayed)
 
     def r_rmdir(self, export: Export, b: dict[str, Any],
-            replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
+                replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         return self._call(self._store().rmdir, _cred(b), _ino(b, "parent"), _name(b),
                           replayed=replayed)
 
     def r_rename(self, export: Export, b: dict[str, Any],
-            replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
+                 replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         return self._call(self._store().rename, _cred(b), _ino(b, "parent"), _name(b),
                           _ino(b, "new_parent"), _name(b, "new_name"), _int(b, "flags", 0, hi=7),
                           replayed=replayed)
 
     def r_setattr(self, export: Export, b: dict[str, Any],
-            replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
+                  replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         attrs = body_field(b, "attrs", dict)
         allowed = {"mode", "uid", "gid", "size", "atime_ns", "mtime_ns", "atime_now",
                    "mtime_now"}
@@ -748,7 +748,7 @@ class MdtServer(RecoveringTarget, TargetServer):
         return transno, {"attr": attr}
 
     def r_open(self, export: Export, b: dict[str, Any],
-            replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
+               replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         replay = body_field(b, "replay", bool, default=False)
         if replay:
             # Open replay: a file the client held open before this server started. Only
@@ -766,7 +766,7 @@ class MdtServer(RecoveringTarget, TargetServer):
         return transno, result
 
     def r_setxattr(self, export: Export, b: dict[str, Any],
-            replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
+                   replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         name = _name(b)
         value = body_field(b, "value", bytes)
         if len(value) > MAX_XATTR_VALUE:
@@ -783,12 +783,12 @@ class MdtServer(RecoveringTarget, TargetServer):
                           _int(b, "flags", 0, hi=3), replayed=replayed)
 
     def r_removexattr(self, export: Export, b: dict[str, Any],
-            replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
+                      replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         return self._call(self._store().removexattr, _cred(b), _ino(b), _name(b),
                           replayed=replayed)
 
     def r_write_update(self, export: Export, b: dict[str, Any],
-            replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
+                       replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         transno, attr = self._call(self._store().write_update, _ino(b), _int(b, "size"),
                                    _int(b, "mtime_ns"),
                                    body_field(b, "kill_priv", bool, default=True),
@@ -796,13 +796,13 @@ class MdtServer(RecoveringTarget, TargetServer):
         return transno, {"attr": attr}
 
     def r_atime(self, export: Export, b: dict[str, Any],
-            replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
+                replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         transno, attr = self._call(self._store().touch_atime, _ino(b), _int(b, "atime_ns"),
                                    replayed=replayed)
         return transno, {"attr": attr}
 
     def r_setlayout(self, export: Export, b: dict[str, Any],
-            replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
+                    replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         layout = body_field(b, "layout", dict)
         transno, attr = self._call(self._store().set_layout, _cred(b), _ino(b), layout,
                                    replayed=replayed)
