@@ -102,7 +102,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         server: Any = MgsServer(args.fsname, args.data, stripe_count=args.stripe_count,
                                 stripe_size=args.stripe_size, **common)
     elif args.kind == "mdt":
-        from .servers.mdt import MdtServer
+        from .servers.mdt.server import MdtServer
         _check_squash(args)
         server = MdtServer(args.fsname, args.index, args.data, mgs=mgs, ost_count=args.osts,
                            failover_nids=args.failover_nid,

@@ -26,7 +26,7 @@ from mlustre.protocol.message import Message
 from mlustre.protocol.nid import Nid
 from mlustre.protocol.rpc import Endpoint, connect_stream
 from mlustre.protocol.session import Session
-from mlustre.servers.mdt import MdtServer
+from mlustre.servers.mdt.server import MdtServer
 from mlustre.servers.mgs import MgsServer
 from mlustre.servers.ost import OstServer
 from mlustre.servers.storage import StorageBusy

@@ -49,7 +49,7 @@ from ..protocol.message import Message
 from ..protocol.nid import Nid
 from ..protocol.rpc import Endpoint
 from ..protocol.session import Session
-from ..servers.mdt import MdtServer
+from ..servers.mdt.server import MdtServer
 from ..servers.mgs import MgsServer
 from ..servers.ost import OstServer
 from ..servers.target import TargetServer

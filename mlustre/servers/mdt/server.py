@@ -1,4 +1,4 @@
-"""mdt.py - the metadata target: namespace, attributes, layouts, opens.
+"""server.py - the metadata target: namespace, attributes, layouts, opens.
 
 The POSIX logic and its storage live in `MdtStore` (SQLite, no I/O besides
 the database); this layer checks request fields, maps opcodes to the store,
@@ -13,27 +13,28 @@ import json
 import logging
 import os
 import stat
+import time
 from typing import Any
 
 import trio
 
-from ..params import ParamError, ParamTree
-from ..protocol import constants as C
-from ..protocol import dialect
-from ..protocol.errors import ConnectionLost
-from ..protocol.ldlm import IBITS_FULL, NAME_BITS, IBits, LockType, ResId, inode_res
-from ..protocol.message import Message
-from ..protocol.nid import Nid
-from ..protocol.session import Session
-from .layout_xattr import LOV_XATTR, format_layout, parse_layout
-from .ldlm_service import CANCEL_MAX
-from .mdt_store import REPLAY_HINT, Cred, MdtError, MdtStore
-from .mgs import target_name
-from .ost import ORPHAN_KEEP_MAX, register_with_mgs
-from .recovering import RecoveringTarget
-from .reply_log import SavedReply
-from .squash import RootSquash, parse_nids, parse_squash
-from .target import DEFERRED, Export, FieldError, ServiceError, TargetServer, body_field
+from ...params import ParamError, ParamTree
+from ...protocol import constants as C
+from ...protocol import dialect
+from ...protocol.errors import ConnectionLost
+from ...protocol.ldlm import IBITS_FULL, NAME_BITS, IBits, LockType, ResId, inode_res
+from ...protocol.message import Message
+from ...protocol.nid import Nid
+from ...protocol.session import Session
+from ..layout_xattr import LOV_XATTR, format_layout, parse_layout
+from ..ldlm_service import CANCEL_MAX
+from ..mgs import target_name
+from ..ost import ORPHAN_KEEP_MAX, register_with_mgs
+from ..recovering import RecoveringTarget
+from ..reply_log import SavedReply
+from ..squash import RootSquash, parse_nids, parse_squash
+from ..target import DEFERRED, Export, FieldError, ServiceError, TargetServer, body_field
+from .store import Cred, MdtError, MdtStore, ReplayedUpdate
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ class MdtServer(RecoveringTarget, TargetServer):
         self._save_squash()
         self.store = MdtStore(str(self.storage.path / "mdt.sqlite"), ost_count=self.ost_count,
                               default_stripe_count=int(cfg.get("stripe_count", 1)),
-                              release=self.release)
+                              release=self.release, clock=time.time_ns)
         for uuid, xid, saved in self.store.saved_replies():
             self.reply_log.record(uuid, xid, saved)
         self.store.commit()
@@ -193,13 +194,14 @@ class MdtServer(RecoveringTarget, TargetServer):
             return req.reply({}, transno=req.transno, last_committed=self.last_committed)
         return None
 
-    async def run_replay(self, handler: Any, export: Export, req: Message) -> Any:
+    def _replayed_update(self, req: Message) -> ReplayedUpdate | None:
+        """An update a client replays because a crash lost it (dispatch runs it with
+        run_replay), with what its first reply said: the store gives it the same transno,
+        inode number, generation and OST objects again.  An open replay is a new open."""
+        if not (req.flags & C.MSG_REPLAY and req.transno) or self.after_update_replay(req):
+            return None
         attr = req.body.get("replay_attr") if isinstance(req.body, dict) else None
-        token = REPLAY_HINT.set((req.transno, attr if isinstance(attr, dict) else {}))
-        try:
-            return await handler(export, req)
-        finally:
-            REPLAY_HINT.reset(token)
+        return ReplayedUpdate(req.transno, attr if isinstance(attr, dict) else {})
 
     def after_update_replay(self, req: Message) -> bool:
         """Open replays are part of recovery, but each takes a transno: after the
@@ -290,12 +292,19 @@ class MdtServer(RecoveringTarget, TargetServer):
             self.store and (self.store.in_transaction or self.store.unsynced))
 
     async def do_commit(self) -> None:
-        assert self.store is not None
-        self.store.commit()
-        # Taken right after the commit, with no checkpoint in between: every row listed is
-        # committed, so destroying its objects can never outrun the unlink that logged it.
-        if not self._committed_destroys:
-            self._committed_destroys = self.store.pending_destroys(1024)
+        store = self.store
+        assert store is not None
+        ticket = store.begin_commit()
+        # Taken right after the COMMIT, before any other update: every row listed is in
+        # what the fsync makes durable, so destroying its objects (once it is done) can
+        # never outrun the unlink that logged it.
+        destroys = None if self._committed_destroys else store.pending_destroys(1024)
+        # The fsync runs in a worker thread without the connection (CommitTicket.sync),
+        # so requests go on using the store meanwhile.
+        await trio.to_thread.run_sync(ticket.sync)
+        store.end_commit(ticket)
+        if destroys is not None and not self._committed_destroys:
+            self._committed_destroys = destroys
         if self._committed_destroys:
             self._destroy_wanted.set()
 
@@ -537,7 +546,7 @@ class MdtServer(RecoveringTarget, TargetServer):
                 self.count("close_foreign")
                 self.violation(export.uuid, "foreign_handle", f"handle {handle}")
             raise ServiceError(errno.EBADF, f"no open handle {handle} of this client")
-        result = self._call(store.close, handle)
+        result = self._call(store.close, handle, replayed=self._replayed_update(req))
         self._forget_handle(export.uuid, handle)
         return result
 
@@ -576,15 +585,16 @@ class MdtServer(RecoveringTarget, TargetServer):
             self.count("reint_waits")
             self._nursery.start_soon(self._reint_after_locks, export, req, op, wanted)
             return DEFERRED
-        return await self._locked_reint(export, b, op, wanted)
+        return await self._locked_reint(export, b, op, wanted, self._replayed_update(req))
 
     async def _locked_reint(self, export: Export, b: dict[str, Any], op: Any,
-                            wanted: list[tuple[ResId, int]]) -> Any:
+                            wanted: list[tuple[ResId, int]],
+                            replayed: ReplayedUpdate | None) -> Any:
         locks = await self.ldlm.lock_local(wanted)
         try:
             if self.exports.get(export.uuid) is not export:
                 raise ServiceError(errno.ENOTCONN, "evicted while waiting for locks")
-            transno, body = op(export, b)
+            transno, body = op(export, b, replayed)
         finally:
             self.ldlm.unlock_local(locks)
         return transno, self._with_parent_intent(export, b, self._with_intent(export, b, body))
@@ -613,7 +623,8 @@ class MdtServer(RecoveringTarget, TargetServer):
     async def _reint_after_locks(self, export: Export, req: Message, op: Any,
                                  wanted: list[tuple[ResId, int]]) -> None:
         try:
-            reply = self.make_reply(req, await self._locked_reint(export, req.body, op, wanted))
+            reply = self.make_reply(req, await self._locked_reint(
+                export, req.body, op, wanted, self._replayed_update(req)))
         except ServiceError as e:
             reply = self.error_reply(req, e)
         out = await self.finish(export, req, reply)
@@ -667,44 +678,56 @@ class MdtServer(RecoveringTarget, TargetServer):
             return [(inode_res(_ino(b)), ATTRS)] if kill else []
         return []  # REINT_ATIME: atime is not kept coherent (as relatime in Lustre)
 
-    def r_create(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def r_create(self, export: Export, b: dict[str, Any],
+                 replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         open_flags = _int(b, "open_flags", None, hi=(1 << 32) - 1)
         layout = body_field(b, "layout", dict, default=None)
         transno, result = self._call(
             self._store().create, _cred(b), _ino(b, "parent"), _name(b),
             _int(b, "mode", hi=MODE_MAX), _int(b, "rdev", 0, hi=RDEV_MAX), open_flags=open_flags,
-            exclusive=body_field(b, "exclusive", bool, default=True), layout=layout)
+            exclusive=body_field(b, "exclusive", bool, default=True), layout=layout,
+            replayed=replayed)
         if result.get("handle") is not None:
-            self._remember_handle(export, result["handle"], result["attr"]["ino"])
+            self._remember_handle(export, result["handle"], result["attr"]["ino"], replayed)
         return transno, result
 
-    def r_mkdir(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def r_mkdir(self, export: Export, b: dict[str, Any],
+                replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         transno, attr = self._call(self._store().mkdir, _cred(b), _ino(b, "parent"), _name(b),
-                                   _int(b, "mode", hi=MODE_MAX))
+                                   _int(b, "mode", hi=MODE_MAX), replayed=replayed)
         return transno, {"attr": attr}
 
-    def r_symlink(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def r_symlink(self, export: Export, b: dict[str, Any],
+                  replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         target = body_field(b, "target", bytes)
         transno, attr = self._call(self._store().symlink, _cred(b), _ino(b, "parent"), _name(b),
-                                   target)
+                                   target, replayed=replayed)
         return transno, {"attr": attr}
 
-    def r_link(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def r_link(self, export: Export, b: dict[str, Any],
+               replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         transno, attr = self._call(self._store().link, _cred(b), _ino(b), _ino(b, "parent"),
-                                   _name(b))
+                                   _name(b), replayed=replayed)
         return transno, {"attr": attr}
 
-    def r_unlink(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        return self._call(self._store().unlink, _cred(b), _ino(b, "parent"), _name(b))
+    def r_unlink(self, export: Export, b: dict[str, Any],
+                 replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
+        return self._call(self._store().unlink, _cred(b), _ino(b, "parent"), _name(b),
+                          replayed=replayed)
 
-    def r_rmdir(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        return self._call(self._store().rmdir, _cred(b), _ino(b, "parent"), _name(b))
+    def r_rmdir(self, export: Export, b: dict[str, Any],
+                replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
+        return self._call(self._store().rmdir, _cred(b), _ino(b, "parent"), _name(b),
+                          replayed=replayed)
 
-    def r_rename(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def r_rename(self, export: Export, b: dict[str, Any],
+                 replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         return self._call(self._store().rename, _cred(b), _ino(b, "parent"), _name(b),
-                          _ino(b, "new_parent"), _name(b, "new_name"), _int(b, "flags", 0, hi=7))
+                          _ino(b, "new_parent"), _name(b, "new_name"), _int(b, "flags", 0, hi=7),
+                          replayed=replayed)
 
-    def r_setattr(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def r_setattr(self, export: Export, b: dict[str, Any],
+                  replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         attrs = body_field(b, "attrs", dict)
         allowed = {"mode", "uid", "gid", "size", "atime_ns", "mtime_ns", "atime_now",
                    "mtime_now"}
@@ -720,10 +743,12 @@ class MdtServer(RecoveringTarget, TargetServer):
                   or (k in ("uid", "gid") and v > ID_MAX)):
                 raise ServiceError(errno.EINVAL, f"{k} out of range")
         transno, attr = self._call(self._store().setattr, _cred(b), _ino(b), attrs,
-                                   via_handle=body_field(b, "via_handle", bool, default=False))
+                                   via_handle=body_field(b, "via_handle", bool, default=False),
+                                   replayed=replayed)
         return transno, {"attr": attr}
 
-    def r_open(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def r_open(self, export: Export, b: dict[str, Any],
+               replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         replay = body_field(b, "replay", bool, default=False)
         if replay:
             # Open replay: a file the client held open before this server started. Only
@@ -733,13 +758,15 @@ class MdtServer(RecoveringTarget, TargetServer):
             self.count("open_replays")
         ino = _ino(b)
         transno, result = self._call(self._store().open, _cred(b), ino,
-                                     _int(b, "flags", hi=(1 << 32) - 1), replay=replay)
-        self._remember_handle(export, result["handle"], ino)
+                                     _int(b, "flags", hi=(1 << 32) - 1), reopen=replay,
+                                     replayed=replayed)
+        self._remember_handle(export, result["handle"], ino, replayed)
         if replay:
             self._hand_over_replayed_open(export, ino)
         return transno, result
 
-    def r_setxattr(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def r_setxattr(self, export: Export, b: dict[str, Any],
+                   replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         name = _name(b)
         value = body_field(b, "value", bytes)
         if len(value) > MAX_XATTR_VALUE:
@@ -749,33 +776,43 @@ class MdtServer(RecoveringTarget, TargetServer):
                 layout = parse_layout(value)
             except ValueError as e:
                 raise ServiceError(errno.EINVAL, str(e)) from None
-            transno, attr = self._call(self._store().set_layout, _cred(b), _ino(b), layout)
+            transno, attr = self._call(self._store().set_layout, _cred(b), _ino(b), layout,
+                                       replayed=replayed)
             return transno, {"attr": attr}
         return self._call(self._store().setxattr, _cred(b), _ino(b), name, value,
-                          _int(b, "flags", 0, hi=3))
+                          _int(b, "flags", 0, hi=3), replayed=replayed)
 
-    def r_removexattr(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        return self._call(self._store().removexattr, _cred(b), _ino(b), _name(b))
+    def r_removexattr(self, export: Export, b: dict[str, Any],
+                      replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
+        return self._call(self._store().removexattr, _cred(b), _ino(b), _name(b),
+                          replayed=replayed)
 
-    def r_write_update(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def r_write_update(self, export: Export, b: dict[str, Any],
+                       replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         transno, attr = self._call(self._store().write_update, _ino(b), _int(b, "size"),
                                    _int(b, "mtime_ns"),
-                                   body_field(b, "kill_priv", bool, default=True))
+                                   body_field(b, "kill_priv", bool, default=True),
+                                   replayed=replayed)
         return transno, {"attr": attr}
 
-    def r_atime(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        transno, attr = self._call(self._store().touch_atime, _ino(b), _int(b, "atime_ns"))
+    def r_atime(self, export: Export, b: dict[str, Any],
+                replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
+        transno, attr = self._call(self._store().touch_atime, _ino(b), _int(b, "atime_ns"),
+                                   replayed=replayed)
         return transno, {"attr": attr}
 
-    def r_setlayout(self, export: Export, b: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def r_setlayout(self, export: Export, b: dict[str, Any],
+                    replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         layout = body_field(b, "layout", dict)
-        transno, attr = self._call(self._store().set_layout, _cred(b), _ino(b), layout)
+        transno, attr = self._call(self._store().set_layout, _cred(b), _ino(b), layout,
+                                   replayed=replayed)
         return transno, {"attr": attr}
 
     # -- open handles belong to the export that made them --
-    def _remember_handle(self, export: Export, handle: int, ino: int) -> None:
+    def _remember_handle(self, export: Export, handle: int, ino: int,
+                         replayed: ReplayedUpdate | None) -> None:
         self.open_handles.setdefault(export.uuid, set()).add(handle)
-        if REPLAY_HINT.get() is not None:
+        if replayed is not None:
             # An update replay made an open (O_CREAT/O_TRUNC) again: the client's open
             # replay takes it over (or the window's end closes it).
             self._replayed_opens.setdefault((export.uuid, ino), []).append(handle)

@@ -1,0 +1,140 @@
+"""attrs.py - an inode's attributes: reading them, access checks, and the updates that
+change them (chmod/chown/truncate/utimes, the size and times data writes leave, atime).
+
+Linux's rules: only the owner (or root) changes mode and explicit times, only root gives
+a file away, a non-root chown or write drops set-id bits, and "now" times need write
+permission.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from .db import MdtDb
+from .errors import fail
+from .inodes import Inodes
+from .permissions import Cred, in_group, kill_suid, perm_ok
+from .schema import ATIME, CTIME, GID, MODE, MTIME, S_IFMT, SIZE, UID, WRITTEN, attr_of
+
+KNOWN_ATTRS = frozenset(
+    {"mode", "uid", "gid", "size", "atime_ns", "mtime_ns", "atime_now", "mtime_now"}
+)
+
+
+class Attributes:
+    """Attribute reads and updates of inode rows."""
+
+    def __init__(self, db: MdtDb, inodes: Inodes) -> None:
+        self._conn = db.conn
+        self._inodes = inodes
+
+    def getattr(self, ino: int) -> dict:
+        """Attributes of an inode (ENOENT if it is gone)."""
+        return attr_of(self._inodes.row(ino))
+
+    def access(self, cred: Cred, ino: int, mask: int) -> None:
+        """EACCES unless cred may access ino with mask (os.R_OK|W_OK|X_OK; 0 = exists)."""
+        if mask & ~(os.R_OK | os.W_OK | os.X_OK):
+            raise fail(errno.EINVAL)
+        r = self._inodes.row(ino)
+        if mask and not perm_ok(cred, r, mask):
+            raise fail(errno.EACCES)
+
+    def setattr(self, cred: Cred, ino: int, attrs: dict, via_handle: bool, now: int) -> dict:
+        """chmod/chown/truncate/utimes with Linux permission rules; returns the new attr.
+        via_handle: a truncate through an open handle (its open checked the permission)."""
+        a = {k: v for k, v in attrs.items() if v is not None and v is not False}
+        unknown = set(a) - KNOWN_ATTRS
+        if unknown:
+            raise fail(errno.EINVAL, f"unknown attributes {sorted(unknown)}")
+        r = list(self._inodes.row(ino))
+        if not a:
+            return attr_of(r)
+        root = cred.uid == 0
+        owner = root or cred.uid == r[UID]
+        fmt = r[MODE] & S_IFMT
+        mode = r[MODE]
+        if "uid" in a:
+            uid = int(a["uid"])
+            if not root and not (cred.uid == r[UID] and uid == r[UID]):
+                raise fail(errno.EPERM, "chown")
+            r[UID] = uid
+        if "gid" in a:
+            gid = int(a["gid"])
+            if not root and not (cred.uid == r[UID] and (gid == r[GID] or in_group(cred, gid))):
+                raise fail(errno.EPERM, "chgrp")
+            r[GID] = gid
+        if "mode" in a:
+            if not owner:
+                raise fail(errno.EPERM, "chmod")
+            mode = (mode & S_IFMT) | (int(a["mode"]) & 0o7777)
+            if not root and not in_group(cred, r[GID]):
+                mode &= ~stat.S_ISGID
+        elif ("uid" in a or "gid" in a) and not root and fmt == stat.S_IFREG:
+            mode = kill_suid(mode)
+        if "size" in a:
+            size = int(a["size"])
+            if fmt == stat.S_IFDIR:
+                raise fail(errno.EISDIR)
+            if fmt != stat.S_IFREG:
+                raise fail(errno.EINVAL, "size of a non-regular file")
+            if size < 0:
+                raise fail(errno.EINVAL, "negative size")
+            if not via_handle and not perm_ok(cred, r, os.W_OK):
+                raise fail(errno.EACCES)
+            r[SIZE] = size
+            r[MTIME] = now
+            if size > 0:
+                r[WRITTEN] = 1
+            if not root and "mode" not in a:
+                mode = kill_suid(mode)
+        for key, idx in (("atime", ATIME), ("mtime", MTIME)):
+            if key + "_ns" in a:
+                if not owner:
+                    raise fail(errno.EPERM, "set times")
+                r[idx] = int(a[key + "_ns"])
+            elif a.get(key + "_now"):
+                if not owner and not perm_ok(cred, r, os.W_OK):
+                    raise fail(errno.EACCES)
+                r[idx] = now
+        r[MODE] = mode
+        r[CTIME] = now
+        self._conn.execute(
+            "UPDATE inodes SET mode = ?, uid = ?, gid = ?, size = ?, atime_ns = ?, mtime_ns = ?,"
+            " ctime_ns = ?, written = ? WHERE ino = ?",
+            (mode, r[UID], r[GID], r[SIZE], r[ATIME], r[MTIME], now, r[WRITTEN], ino),
+        )
+        return attr_of(r)
+
+    def touch_atime(self, ino: int, atime_ns: int) -> dict:
+        """A client read the file: set its atime only (ctime stays, as for a read)."""
+        r = list(self._inodes.row(ino))
+        if atime_ns < 0:
+            raise fail(errno.EINVAL, "negative time")
+        r[ATIME] = atime_ns
+        self._conn.execute("UPDATE inodes SET atime_ns = ? WHERE ino = ?", (atime_ns, ino))
+        return attr_of(r)
+
+    def write_update(self, ino: int, size: int, mtime_ns: int, kill_priv: bool) -> dict:
+        """The client wrote data to the OSTs: grow size, set mtime/ctime, and drop set-id
+        bits if a non-root writer wrote (kill_priv; root keeps them, as on Linux)."""
+        r = list(self._inodes.row(ino))
+        if stat.S_ISDIR(r[MODE]):
+            raise fail(errno.EISDIR)
+        if not stat.S_ISREG(r[MODE]):
+            raise fail(errno.EINVAL, "write to a non-regular file")
+        if size < 0:
+            raise fail(errno.EINVAL, "negative size")
+        r[SIZE] = max(size, r[SIZE])
+        r[MTIME] = r[CTIME] = mtime_ns
+        if kill_priv:
+            r[MODE] = kill_suid(r[MODE])
+        r[WRITTEN] = 1
+        self._conn.execute(
+            "UPDATE inodes SET size = ?, mtime_ns = ?, ctime_ns = ?, mode = ?, written = 1"
+            " WHERE ino = ?",
+            (r[SIZE], mtime_ns, mtime_ns, r[MODE], ino),
+        )
+        return attr_of(r)

@@ -1,0 +1,25 @@
+"""Fixtures shared by the unit tests (MDT store fixtures are prefixed mdt_)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mdt_helpers import open_store
+
+from mlustre.servers.mdt.store import MdtStore
+
+
+@pytest.fixture
+def mdt_db_path(tmp_path: Path) -> Path:
+    """Where an MDT store's database goes (a fresh directory per test)."""
+    return tmp_path / "mdt.db"
+
+
+@pytest.fixture
+def mdt_store(mdt_db_path: Path) -> Iterator[MdtStore]:
+    """An open MDT store with OST_COUNT OSTs, closed after the test."""
+    s = open_store(mdt_db_path)
+    yield s
+    s.close()
