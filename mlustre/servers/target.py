@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
-import signal
-import sys
 import time
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable
@@ -30,7 +27,6 @@ from typing import Any
 import trio
 
 from ..params import ParamTree
-from ..procs import detach_stdout_to_stderr
 from ..protocol import constants as C
 from ..protocol.errors import AuthError, ConnectionLost
 from ..protocol.ldlm import LockType
@@ -47,17 +43,10 @@ from .limits import DEFAULT_MAX_LOCKS, ConnectionLimit, Misbehaviour
 from .recovery_window import RecoveryWindow, ReplayRunner, run_handler
 from .reply_log import ReplyLog, SavedReply
 from .request_gate import Action, Fault, RequestGate, Route
-from .storage import StorageBusy, TargetStorage
+from .storage import TargetStorage
+from .target_process import crash, serve_forever  # noqa: F401  (cli.py imports it here)
 
 log = logging.getLogger(__name__)
-
-
-def crash(why: str) -> None:
-    """Die at once, as kill -9 would (fail_loc crash points): no commit, no cleanup."""
-    log.critical("%s", why)
-    for h in logging.getLogger().handlers:
-        h.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 # How long a connection refused for the connection limit may take to send its first
@@ -672,34 +661,3 @@ class TargetServer:
                 "flags": export.flags, "handle": export.handle, "kind": self.kind,
                 "reconnect": old is not None, "evicted": evicted}
 
-
-def serve_forever(server: TargetServer) -> int:
-    """Run a server in this process until SIGTERM/SIGINT; print READY once listening."""
-
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                nid = await nursery.start(server.run)
-                print(f"READY {server.kind} {server.name} nid={nid} pid={os.getpid()}", flush=True)
-                detach_stdout_to_stderr()
-                async for _ in signals:
-                    log.info("%s: stopping on signal", server.name)
-                    server.stop()
-                    break
-
-    try:
-        server.open_storage()
-        trio.run(main)
-    except (StorageBusy, OSError, AuthError) as e:  # startup failures print one clear line
-        print(f"error: {server.name}: {e}", file=sys.stderr, flush=True)
-        return 1
-    except BaseExceptionGroup as eg:
-        match, _ = eg.split((OSError, AuthError))  # e.g. the port is in use, however deeply nested
-        if match is None:
-            raise
-        leaf: BaseException = match
-        while isinstance(leaf, BaseExceptionGroup):
-            leaf = leaf.exceptions[0]
-        print(f"error: {server.name}: {leaf}", file=sys.stderr, flush=True)
-        return 1
-    return 0
