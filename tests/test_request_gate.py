@@ -18,7 +18,6 @@ from mlustre.servers.request_gate import (
     Fault,
     RequestGate,
     Route,
-    describe,
     is_lock_replay,
 )
 
@@ -114,7 +113,7 @@ def test_route_of_a_kept_update(flags: int, fault: Fault, saved: SavedReply | No
 def test_updates_not_kept_are_never_reconstructed() -> None:
     d = MDT.route(req(C.MDS_GETATTR, RESENT), fault=Fault.DROP_REPLY, saved=SAVED,
                   running=True)
-    assert describe(d) == {"action": "dispatch", "route": "run", "drop_reply": True}
+    assert d == Decision(Action.DISPATCH, route=Route.RUN, drop_reply=True)
     assert MDT.reconstructable(req(C.MDS_REINT, RESENT))
     assert not MDT.reconstructable(req(C.MDS_REINT))
     assert not MDT.reconstructable(req(C.MDS_GETATTR, RESENT))

@@ -23,7 +23,6 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
 
 from ..protocol import constants as C
 from ..protocol.ldlm import FL_REPLAY
@@ -163,15 +162,3 @@ class RequestGate:
             return Route.HOLD
         return Route.REPLAY if replaying else Route.RUN
 
-
-def describe(decision: Decision) -> dict[str, Any]:
-    """The decision as a dict of its set fields (logs and tests)."""
-    out: dict[str, Any] = {"action": decision.action.value}
-    if decision.action is Action.DISPATCH:
-        out["route"] = decision.route.value
-    for name in ("errno", "message", "track", "drop_reply", "replay_done",
-                 "lock_replay_done"):
-        value = getattr(decision, name)
-        if value:
-            out[name] = value
-    return out
