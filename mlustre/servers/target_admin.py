@@ -11,24 +11,83 @@ from __future__ import annotations
 import errno
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..params import ParamError, ParamTree, parse_positive_float, parse_positive_int
+from ..protocol.ldlm import LockType
 from . import fail_loc
-from .barrier import DEFAULT_FREEZE_TIMEOUT
+from .barrier import DEFAULT_FREEZE_TIMEOUT, ServerBarrier
 from .errors import ServiceError
-
-if TYPE_CHECKING:  # (for the type checker only: target.py imports this module)
-    from .target import TargetServer
+from .export import Export, Stats
+from .fail_loc import FailLoc
+from .ldlm_service import LdlmService
+from .limits import ConnectionLimit, Misbehaviour
+from .recovery_window import RecoveryWindow
+from .storage import TargetStorage
 
 log = logging.getLogger(__name__)
+
+
+class AdminTarget(Protocol):
+    """What lctl may read and change of a target (TargetServer): this module does not
+    import target.py, which imports it."""
+
+    commit_interval: float
+    fail: FailLoc | None
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def storage(self) -> TargetStorage: ...
+
+    @property
+    def last_transno(self) -> int: ...
+
+    @property
+    def last_committed(self) -> int: ...
+
+    @property
+    def exports(self) -> Mapping[str, Export]: ...
+
+    @property
+    def connections(self) -> ConnectionLimit: ...
+
+    @property
+    def misbehaviour(self) -> Misbehaviour: ...
+
+    @property
+    def stats(self) -> Stats: ...
+
+    @property
+    def lock_types(self) -> frozenset[LockType]: ...
+
+    @property
+    def ldlm(self) -> LdlmService: ...
+
+    @property
+    def ldlm_timeout(self) -> float: ...
+
+    @property
+    def barrier(self) -> ServerBarrier | None: ...
+
+    @property
+    def recovery(self) -> RecoveryWindow | None: ...
+
+    def params(self) -> ParamTree: ...
+
+    def want_commit(self) -> None: ...
 
 # The lctl prefix of each kind of target.
 PARAM_PREFIX = {"mgs": "mgs", "mdt": "mdt", "ost": "obdfilter"}
 
 
-def build_params(t: TargetServer) -> ParamTree:
+def build_params(t: AdminTarget) -> ParamTree:
     """The parameters every target has, e.g. obdfilter.FSNAME-OST0000.commit_interval."""
     tree = ParamTree()
     base = f"{PARAM_PREFIX.get(t.kind, t.kind)}.{t.name}."
@@ -68,7 +127,7 @@ def build_params(t: TargetServer) -> ParamTree:
     return tree
 
 
-async def admin(t: TargetServer, body: Any) -> dict[str, Any]:
+async def admin(t: AdminTarget, body: Any) -> dict[str, Any]:
     """An OBD_ADMIN request: a barrier operation, or lctl get/set/list of parameters."""
     op = body.get("op") if isinstance(body, dict) else None
     if op in ("barrier_freeze", "barrier_thaw", "barrier_stat"):
@@ -79,7 +138,7 @@ async def admin(t: TargetServer, body: Any) -> dict[str, Any]:
         raise ServiceError(e.errno, str(e)) from None
 
 
-async def barrier_admin(t: TargetServer, op: str, body: dict[str, Any]) -> dict[str, Any]:
+async def barrier_admin(t: AdminTarget, op: str, body: dict[str, Any]) -> dict[str, Any]:
     """lctl barrier_freeze / barrier_thaw / barrier_stat on this target."""
     if t.barrier is None:
         raise ServiceError(errno.EOPNOTSUPP, f"{t.name} has no barrier (no lock "
@@ -103,7 +162,7 @@ def stats_lines(stats: dict[str, int]) -> list[str]:
     return lines
 
 
-def _set_fail_loc(t: TargetServer, text: str) -> None:
+def _set_fail_loc(t: AdminTarget, text: str) -> None:
     try:
         t.fail = fail_loc.parse(text)
     except fail_loc.FailLocError as e:
@@ -111,23 +170,23 @@ def _set_fail_loc(t: TargetServer, text: str) -> None:
     log.warning("%s: fail_loc set to %s", t.name, t.fail or "none")
 
 
-def _set_max_connections(t: TargetServer, text: str) -> None:
+def _set_max_connections(t: AdminTarget, text: str) -> None:
     t.connections.limit = parse_positive_int(text, limit=1 << 20)
 
 
-def _set_max_locks(t: TargetServer, text: str) -> None:
+def _set_max_locks(t: AdminTarget, text: str) -> None:
     t.ldlm.max_locks = parse_positive_int(text, limit=1 << 30)
 
 
-def _set_evict_threshold(t: TargetServer, text: str) -> None:
+def _set_evict_threshold(t: AdminTarget, text: str) -> None:
     value = 0 if text.strip() == "0" else parse_positive_int(text, limit=1 << 20)
     t.misbehaviour.threshold = value
 
 
-def _set_evict_window(t: TargetServer, text: str) -> None:
+def _set_evict_window(t: AdminTarget, text: str) -> None:
     t.misbehaviour.window = parse_positive_float(text, limit=86400.0)
 
 
-def _set_commit_interval(t: TargetServer, text: str) -> None:
+def _set_commit_interval(t: AdminTarget, text: str) -> None:
     t.commit_interval = parse_positive_float(text, limit=3600.0)
     t.want_commit()  # restart the commit loop's wait with the new interval
