@@ -8,8 +8,11 @@ service, barrier, recovery window) can name them without importing the target.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+from ..protocol.message import Message
 from ..protocol.rpc import Endpoint
 
 
@@ -26,6 +29,10 @@ class Export:
     handle: int = 0
     requests: int = 0
     last_seen: float = 0.0  # (trio clock) the last request, pings included
+
+
+# A request handler: (export, request) -> what the reply carries (target.py, DEFERRED).
+Handler = Callable[[Export, Message], Awaitable[Any]]
 
 
 class Stats(dict[str, int]):

@@ -25,7 +25,7 @@ from ..params import ParamError, ParamTree
 from ..protocol import constants as C
 from ..protocol.message import Message
 from .errors import ServiceError
-from .export import Export, Stats
+from .export import Export, Handler, Stats
 from .interfaces import RecoveryHost
 from .recovery import Recovery
 from .request_gate import Route
@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 # or whose connection broke and did not come back, is evicted (Lustre's ping evictor).
 PING_EVICT_TIMEOUT = 60.0
 
-Handler = Callable[[Export, Message], Awaitable[Any]]
 ReplayRunner = Callable[[Handler, Export, Message], Awaitable[Any]]
 
 

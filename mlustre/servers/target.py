@@ -36,7 +36,7 @@ from ..protocol.secure import HANDSHAKE_TIMEOUT, server_handshake
 from . import target_admin
 from .barrier import ServerBarrier
 from .errors import FieldError, ServiceError, body_field  # noqa: F401  (servers import them here)
-from .export import Export, Stats
+from .export import Export, Handler, Stats
 from .fail_loc import FailLoc
 from .ldlm_service import LDLM_OPCODES, LdlmService
 from .limits import DEFAULT_MAX_LOCKS, ConnectionLimit, Misbehaviour
@@ -58,7 +58,6 @@ REFUSE_GRACE = 5.0
 # or DEFERRED when a task of its own sends the reply later (an update waiting for locks
 # must not hold up the connection's reader, which brings the cancels it waits for).
 DEFERRED: Any = object()
-Handler = Callable[[Export, Message], Awaitable[Any]]
 
 
 @dataclass(slots=True)
