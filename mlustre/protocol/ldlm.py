@@ -1,7 +1,7 @@
 """ldlm.py - the lock vocabulary shared by clients and servers: modes and their
 compatibility, lock types, inode bits, extents and resource ids (Lustre's LDLM).
 
-Pure data and functions; the server namespace (servers/ldlm_server.py) and the
+Pure data and functions; the server namespace (servers/ldlm_namespace.py) and the
 client namespace (fuse_client/ldlm_client.py) build on it.
 """
 

@@ -177,7 +177,8 @@ class Endpoint:
                  max_header: int = MAX_HEADER, max_bulk: int = MAX_BULK,
                  follow_peer_release: bool = False,
                  inline_opcodes: frozenset[int] = frozenset(),
-                 mac: FrameMac | None = None) -> None:
+                 mac: FrameMac | None = None,
+                 on_violation: Callable[[str, str], None] | None = None) -> None:
         self.stream = stream
         # Set on an authenticated connection (secure.py): every frame carries a tag.
         self.mac = mac
@@ -203,7 +204,7 @@ class Endpoint:
         self.malformed = 0
         # Told (kind, detail) of each protocol violation by the peer: "malformed" (an
         # undecodable message in an intact frame) or "oversized" (a frame over the limits).
-        self.on_violation: Callable[[str, str], None] | None = None
+        self.on_violation = on_violation
         self.mac_failures = 0
         # Backpressure: a peer that floods requests (or junk) and never reads the replies
         # stalls its own connection, not the server's memory or its other clients.

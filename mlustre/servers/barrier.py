@@ -19,15 +19,15 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from ..protocol.ldlm import Mode, barrier_lock
-
-if TYPE_CHECKING:
-    from .ldlm_server import ServerLock
-    from .target import Export, TargetServer
+from .export import Export, Stats
+from .interfaces import TaskHost
+from .ldlm_namespace import ServerLock
+from .ldlm_service import LdlmService
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,17 @@ class FreezeReport:
 
 
 class ServerBarrier:
-    def __init__(self, server: TargetServer) -> None:
-        self.server = server
-        self.res, self.type, self.policy = barrier_lock(server.kind)
+    """The barrier of one target: its lock service takes and releases the EX lock,
+    its target (`TaskHost`) commits and runs the expiry timer; the evictions a freeze
+    caused are read from the target's counters."""
+
+    def __init__(self, name: str, kind: str, locks: LdlmService, tasks: TaskHost,
+                 stats: Stats) -> None:
+        self.name = name
+        self.locks = locks
+        self.tasks = tasks
+        self.stats = stats
+        self.res, self.type, self.policy = barrier_lock(kind)
         self.state = BarrierState.THAWED
         self.since = time.time()
         self.expires_at: float | None = None  # trio time at which a freeze thaws itself
@@ -78,13 +86,13 @@ class ServerBarrier:
 
     def _set(self, state: BarrierState) -> None:
         if state is not self.state:
-            log.info("%s: barrier %s -> %s", self.server.name, self.state.value, state.value)
+            log.info("%s: barrier %s -> %s", self.name, self.state.value, state.value)
         self.state = state
         self.since = time.time()
 
     def holders(self) -> int:
         """Clients holding a CR lock on the barrier resource."""
-        ns = self.server.ldlm.namespace
+        ns = self.locks.namespace
         return len({lk.owner for lk in ns.granted_locks(self.res) if lk.mode == Mode.CR})
 
     async def freeze(self, timeout: float = DEFAULT_FREEZE_TIMEOUT) -> FreezeReport:
@@ -99,22 +107,22 @@ class ServerBarrier:
         self._frozen = trio.Event()
         self.freezes += 1
         report = self.report = FreezeReport(clients=self.holders())
-        evictions = self.server.stats.get("evictions", 0)
+        evictions = self.stats.get("evictions", 0)
         t0 = trio.current_time()
         try:
-            self._lock = await self.server.ldlm.lock_local_one(
+            self._lock = await self.locks.lock_local_one(
                 self.res, self.type, Mode.EX, self.policy)
         except BaseException:
             self._set(BarrierState.THAWED)
             self._frozen.set()
             raise
-        await self.server.commit()  # everything the clients flushed is durable
+        await self.tasks.commit()  # everything the clients flushed is durable
         report.freeze_s = trio.current_time() - t0
-        report.evicted = self.server.stats.get("evictions", 0) - evictions
+        report.evicted = self.stats.get("evictions", 0) - evictions
         self._set(BarrierState.FROZEN)
         self._frozen.set()
         self._arm_expiry(timeout)
-        log.info("%s: barrier %s", self.server.name, describe_freeze(asdict(report)))
+        log.info("%s: barrier %s", self.name, describe_freeze(asdict(report)))
         return report
 
     def thaw(self, *, expired: bool = False) -> bool:
@@ -126,7 +134,7 @@ class ServerBarrier:
             self._expiry = None
         lock, self._lock = self._lock, None
         if lock is not None:
-            self.server.ldlm.unlock_local([lock])
+            self.locks.unlock_local([lock])
         self.expires_at = None
         self.thaws += 1
         self._set(BarrierState.EXPIRED if expired else BarrierState.THAWED)
@@ -136,19 +144,17 @@ class ServerBarrier:
         if self._expiry is not None:
             self._expiry.cancel()
         self.expires_at = trio.current_time() + timeout
-        nursery = self.server._tasks
-        if nursery is None:
-            return
-        scope = self._expiry = trio.CancelScope()
+        scope = trio.CancelScope()
 
         async def expire() -> None:
             with scope:
                 await trio.sleep(timeout)
-                log.warning("%s: barrier expired after %gs; thawing", self.server.name, timeout)
+                log.warning("%s: barrier expired after %gs; thawing", self.name, timeout)
                 self._expiry = None
                 self.thaw(expired=True)
 
-        nursery.start_soon(expire)
+        if self.tasks.spawn(expire):
+            self._expiry = scope
 
     def note_update(self, export: Export, nbytes: int) -> None:
         """An update from a client while the freeze waits for it: counted as flushed,
@@ -157,7 +163,7 @@ class ServerBarrier:
             return
         self.report.flushed_bytes += nbytes
         self.report.flushed_updates += 1
-        self.server.ldlm.prolong(export, self.res)
+        self.locks.prolong(export, self.res)
 
     def stat(self) -> dict[str, Any]:
         out: dict[str, Any] = {"state": self.state.value, "since": round(self.since, 3),

@@ -1,7 +1,8 @@
 """ldlm_service.py - a target's lock service: the trio driver of its Namespace.
 
-`servers/ldlm_server.py` decides (grant, queue, which holders to call back,
-deadlines); this module does the I/O around it for a `TargetServer`:
+`servers/ldlm_namespace.py` decides (grant, queue, which holders to call back,
+deadlines); this module does the I/O around it for a target, which it reaches only through
+`interfaces.LockServiceHost` (its exports, violations, closing an evicted export):
 
 * LDLM_ENQUEUE and LDLM_CANCEL from clients (docs/protocol.md, "LDLM");
 * blocking (BAST) and completion (CP) ASTs sent to the clients as requests on
@@ -22,7 +23,7 @@ from __future__ import annotations
 import errno
 import logging
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
@@ -41,19 +42,18 @@ from ..protocol.ldlm import (
 )
 from ..protocol.message import Message
 from .errors import ServiceError
-from .ldlm_server import (
+from .export import Export, Stats
+from .interfaces import LockServiceHost
+from .ldlm_namespace import (
     LOCAL_OWNER as LOCAL,
 )
-from .ldlm_server import (
+from .ldlm_namespace import (
     LockError,
     Namespace,
     Reprocessed,
     ServerLock,
 )
 from .limits import DEFAULT_MAX_LOCKS
-
-if TYPE_CHECKING:
-    from .target import Export, TargetServer
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +92,15 @@ def _u64(value: Any, what: str) -> int:
 class LdlmService:
     """The lock namespace of one target and the tasks that drive it."""
 
-    def __init__(self, server: TargetServer, lock_types: frozenset[LockType],
-                 callback_timeout: float) -> None:
-        self.server = server
+    def __init__(self, host: LockServiceHost, stats: Stats, *, kind: str,
+                 lock_types: frozenset[LockType], callback_timeout: float,
+                 max_locks: int = DEFAULT_MAX_LOCKS) -> None:
+        self.host = host
+        self.stats = stats
+        self.name = host.name
+        self.kind = kind
         self.lock_types = lock_types
-        self.namespace = Namespace(server.name, callback_timeout=callback_timeout,
+        self.namespace = Namespace(host.name, callback_timeout=callback_timeout,
                                    first_handle=(secrets.randbits(32) << 20) | 1)
         self.evicted: dict[str, None] = {}  # uuids evicted and not reconnected since
         self._local_seq = 0
@@ -104,7 +108,7 @@ class LdlmService:
         self._local_granted: dict[int, trio.Event] = {}  # local lock handle -> set on grant
         self._nursery: trio.Nursery | None = None
         self._wakeup = trio.Event()
-        self.max_locks = DEFAULT_MAX_LOCKS  # per client (limits.py); the server sets it
+        self.max_locks = max_locks  # per client (limits.py); lctl may change it
         self._update_gauges()
 
     @property
@@ -127,7 +131,7 @@ class LdlmService:
                 if owner == LOCAL:
                     continue
                 log.warning("%s: lock callback timer expired for %s after %.1fs: evicting",
-                            self.server.name, owner, self.timeout)
+                            self.name, owner, self.timeout)
                 await self.evict(owner, "lock callback timeout")
 
     # -- requests --
@@ -138,11 +142,11 @@ class LdlmService:
                 and not self.namespace.has(owner, handle))
 
     def _refuse_over_limit(self, export: Export) -> None:
-        self.server.count("ldlm_lock_limit")
-        self.server.violation(export.uuid, "lock_limit",
+        self.stats.count("ldlm_lock_limit")
+        self.host.violation(export.uuid, "lock_limit",
                               f"holds {self.namespace.count_of(export.uuid)} locks")
         raise ServiceError(errno.ENOLCK, f"a client may hold at most {self.max_locks} locks "
-                                         f"on {self.server.name}")
+                                         f"on {self.name}")
 
     async def enqueue(self, export: Export, req: Message) -> dict[str, Any]:
         body = req.body
@@ -154,7 +158,7 @@ class LdlmService:
             type_ = body.get("type")
             if type(type_) is not int or type_ not in {int(t) for t in self.lock_types}:
                 raise LockError(errno.EINVAL, f"lock type {type_!r} not served by "
-                                              f"{self.server.kind}")
+                                              f"{self.kind}")
             mode = body.get("mode")
             if type(mode) is not int:
                 raise LockError(errno.EINVAL, "mode must be an integer")
@@ -180,7 +184,7 @@ class LdlmService:
         except LockError as e:
             raise ServiceError(e.errno, str(e)) from None
         lock = result.lock
-        self.server.count("ldlm_enqueues")
+        self.stats.count("ldlm_enqueues")
         self._send_asts(Reprocessed([], result.basts))
         self._update_gauges()
         return {"handle": lock.handle, "granted": result.granted, "mode": int(lock.mode),
@@ -196,12 +200,12 @@ class LdlmService:
             raise LockError(errno.EINVAL, "only granted locks are replayed")
         if self.namespace.would_block(export.uuid, res, type_, mode, policy) \
                 and self.namespace.lock_by_owner(export.uuid, handle) is None:
-            self.server.count("ldlm_replays_refused")
+            self.stats.count("ldlm_replays_refused")
             raise LockError(errno.ESTALE, "a replayed lock conflicts with a granted one")
         result = self.namespace.enqueue(export.uuid, handle, res, type_, mode,
                                         policy, trio.current_time(), replay=True,
                                         no_expand=bool(flags & FL_NO_EXPANSION))
-        self.server.count("ldlm_replays")
+        self.stats.count("ldlm_replays")
         self._update_gauges()
         lock = result.lock
         return {"handle": lock.handle, "granted": True, "mode": int(lock.mode),
@@ -214,7 +218,7 @@ class LdlmService:
         for the size and mtime its cache gives the file (LDLM_GL_CALLBACK)."""
         now = trio.current_time()
         lock = self.namespace.try_enqueue(export.uuid, handle, res, type_, mode, policy, now)
-        self.server.count("ldlm_glimpses")
+        self.stats.count("ldlm_glimpses")
         # How long ago a writer last gave a lock on it back ("never" = since this server
         # started): a size the client read from the MDT before that is still current.
         released = self.namespace.pw_released_at(res)
@@ -227,16 +231,16 @@ class LdlmService:
         lvbs: list[list[int]] = []
 
         async def ask(holder: ServerLock) -> None:
-            target = self.server.exports.get(holder.owner)
+            target = self.host.exports.get(holder.owner)
             if target is None:
                 return
-            self.server.count("ldlm_gl_asts")
+            self.stats.count("ldlm_gl_asts")
             try:
                 reply = await target.endpoint.call(
                     C.LDLM_GL_CALLBACK, {"handle": holder.handle, "remote": holder.remote_handle},
                     timeout=min(self.timeout, GLIMPSE_TIMEOUT))
             except (ConnectionLost, RpcTimeout) as e:
-                log.info("%s: glimpse AST to %s failed: %s", self.server.name, holder.owner, e)
+                log.info("%s: glimpse AST to %s failed: %s", self.name, holder.owner, e)
                 return
             size, mtime = reply.body.get("size"), reply.body.get("mtime_ns")
             if not reply.status and type(size) is int and type(mtime) is int:
@@ -265,12 +269,12 @@ class LdlmService:
             try:
                 done = self.namespace.cancel(export.uuid, handle, now)
             except LockError as e:  # unknown or another client's: ignored, as Lustre does
-                self.server.count("ldlm_cancel_unknown")
+                self.stats.count("ldlm_cancel_unknown")
                 if e.errno == errno.EPERM:  # another client's: never by mistake
-                    self.server.count("ldlm_cancel_foreign")
-                    self.server.violation(export.uuid, "foreign_lock", f"handle {handle:#x}")
+                    self.stats.count("ldlm_cancel_foreign")
+                    self.host.violation(export.uuid, "foreign_lock", f"handle {handle:#x}")
                 continue
-            self.server.count("ldlm_cancels")
+            self.stats.count("ldlm_cancels")
             out.granted += done.granted
             out.basts += done.basts
         self._send_asts(out)
@@ -283,7 +287,7 @@ class LdlmService:
         if type(handle) is not int or not 0 <= handle <= U64:
             return None
         if self.at_lock_limit(export.uuid, handle):  # the reply goes out without a lock
-            self.server.count("ldlm_lock_limit")
+            self.stats.count("ldlm_lock_limit")
             return None
         try:
             lock = self.namespace.try_enqueue(export.uuid, handle, res, LockType.IBITS,
@@ -291,9 +295,9 @@ class LdlmService:
         except LockError:
             return None
         if lock is None:
-            self.server.count("ldlm_intent_refused")
+            self.stats.count("ldlm_intent_refused")
             return None
-        self.server.count("ldlm_intent_grants")
+        self.stats.count("ldlm_intent_grants")
         self._update_gauges()
         return lock.handle
 
@@ -318,7 +322,7 @@ class LdlmService:
                 if not result.granted:
                     event = self._local_granted[result.lock.handle] = trio.Event()
                     self._send_asts(Reprocessed([], result.basts))
-                    self.server.count("ldlm_update_waits")
+                    self.stats.count("ldlm_update_waits")
                     await event.wait()
         except BaseException:
             self.unlock_local(locks)
@@ -358,7 +362,7 @@ class LdlmService:
     def prolong(self, export: Export, res: ResId, extent: Extent | None = None) -> None:
         """I/O by this client under its locks on `res`: push their callback deadlines."""
         if self.namespace.prolong(export.uuid, res, trio.current_time(), extent):
-            self.server.count("ldlm_prolongs")
+            self.stats.count("ldlm_prolongs")
 
     # -- releasing and evicting --
     def release(self, owner: str) -> None:
@@ -373,13 +377,18 @@ class LdlmService:
         if owner in self.evicted and not self.namespace.locks_of(owner):
             return  # already evicted (e.g. a BAST and a CP failed together)
         out = self.namespace.evict(owner, trio.current_time())
-        self.server.count("evictions")
+        self.stats.count("evictions")
         self.evicted[owner] = None
         while len(self.evicted) > EVICTED_MEMORY:
             del self.evicted[next(iter(self.evicted))]
         self._send_asts(out)
         self._update_gauges()
-        await self.server.evict_export(owner, reason)
+        await self.host.evict_export(owner, reason)
+
+    def mark_evicted(self, uuid: str) -> None:
+        """A client evicted by someone else (the recovery window): told so when it
+        connects again."""
+        self.evicted[uuid] = None
 
     def connected(self, uuid: str) -> bool:
         """A client connects: was it evicted since its last connection? (Forgets it.)"""
@@ -417,22 +426,22 @@ class LdlmService:
         """Send one AST; evict its owner if it cannot be delivered."""
         if self.namespace.lock(lock.handle) is not lock:
             return  # cancelled or evicted meanwhile
-        export = self.server.exports.get(lock.owner)
+        export = self.host.exports.get(lock.owner)
         try:
             if export is None:
                 raise ConnectionLost("client not connected")
-            self.server.count(stat)
+            self.stats.count(stat)
             reply = await export.endpoint.call(opc, body, timeout=self.timeout)
         except ConnectionLost as e:
             if self.namespace.lock(lock.handle) is lock:
-                log.warning("%s: %s to %s failed (%s): evicting", self.server.name,
+                log.warning("%s: %s to %s failed (%s): evicting", self.name,
                             C.OPCODE_NAMES.get(opc, opc), lock.owner, e)
                 await self.evict(lock.owner, f"AST failed: {e}")
             return
         except RpcTimeout:
             return  # a BAST's callback timer evicts the client if it does not cancel
         if reply.status:
-            log.info("%s: client %s answered %s with status %d", self.server.name, lock.owner,
+            log.info("%s: client %s answered %s with status %d", self.name, lock.owner,
                      C.OPCODE_NAMES.get(opc, opc), reply.status)
 
     def dump(self) -> list[str]:
@@ -450,5 +459,5 @@ class LdlmService:
 
     # -- statistics --
     def _update_gauges(self) -> None:
-        self.server.stats["ldlm_granted"] = self.namespace.granted_count
-        self.server.stats["ldlm_waiting"] = self.namespace.waiting_count
+        self.stats["ldlm_granted"] = self.namespace.granted_count
+        self.stats["ldlm_waiting"] = self.namespace.waiting_count

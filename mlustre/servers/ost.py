@@ -25,7 +25,6 @@ from ..protocol.nid import Nid
 from ..protocol.session import Session
 from .mgs import target_name
 from .object_store import ObjectStore
-from .recovering import RecoveringTarget
 from .target import Export, ServiceError, TargetServer, body_field
 from .undo_log import UndoLog
 
@@ -35,7 +34,7 @@ THREAD_IO_MIN = 64 << 10  # below this, a syscall is cheaper than a thread hop
 ORPHAN_KEEP_MAX = 4096  # object ids one orphan cleanup request may ask to keep
 
 
-class OstServer(RecoveringTarget, TargetServer):
+class OstServer(TargetServer):
     kind = "ost"
     connect_opcodes = (C.OST_CONNECT,)
     disconnect_opcodes = (C.OST_DISCONNECT,)
@@ -46,8 +45,8 @@ class OstServer(RecoveringTarget, TargetServer):
     def __init__(self, fsname: str, index: int, data_dir: str, *, mgs: list[Nid] | None = None,
                  failover_nids: list[str] | None = None, recovery_window: float = 15.0,
                  **kw: Any) -> None:
-        super().__init__(target_name(fsname, "ost", index), data_dir, **kw)
-        self.recovery_window = recovery_window
+        super().__init__(target_name(fsname, "ost", index), data_dir,
+                         recovery_window=recovery_window, **kw)
         self.undo: UndoLog | None = None
         self.fsname = fsname
         self.index = index
@@ -79,7 +78,6 @@ class OstServer(RecoveringTarget, TargetServer):
             self.count("replay_barrier_undone", undone)
         rcvd = self.storage.read_json("last_rcvd", {}) or {}
         self._last_transno = self._last_committed = int(rcvd.get("last_committed", 0))
-        self.load_known()
 
     def close_storage(self) -> None:
         if self.objects is not None:
@@ -133,7 +131,8 @@ class OstServer(RecoveringTarget, TargetServer):
         return super().needs_commit() and not (self.undo is not None and self.undo.active)
 
     async def started(self, nursery: trio.Nursery) -> None:
-        self.start_recovery(nursery, trio.current_time() + self.recovery_window)
+        assert self.recovery is not None
+        self.recovery.start(nursery, trio.current_time() + self.recovery.window)
         if self.mgs:
             await register_with_mgs(nursery, self.mgs, self.fsname, self.name, "ost", self.index,
                                     self.nid, self.failover_nids, self.storage.instance,
@@ -287,7 +286,6 @@ class OstServer(RecoveringTarget, TargetServer):
         tree = super().params()
         if fresh:
             base = f"obdfilter.{self.name}."
-            self.add_recovery_params(tree, base)
             tree.add(base + "replay_barrier", lambda: int(self.undo is not None
                                                           and self.undo.active),
                      self._set_replay_barrier)

@@ -1,54 +1,52 @@
 """target.py - what MGS, MDT and OST servers share: listening, connect and
-exports, opcode dispatch, transnos and the commit loop.
+exports, the request driver, transnos and the commit loop.
 
 A subclass provides `handlers` (opcode -> coroutine taking (export, request)
 and returning a reply body) and the storage-specific `do_commit`. Replies to
 updates carry the transno given to them and every reply carries the target's
 last_committed, so clients can tell which of their requests could still be lost.
+
+A target is composed here, in its constructor: its lock service (ldlm_service.py)
+and barrier (barrier.py) when it serves locks, its recovery window
+(recovery_window.py) when clients replay to it (MDT, OST), and the request gate
+(request_gate.py) that decides what each request gets; `_handle_one` only acts on
+the gate's decisions. Its lctl parameters are in target_admin.py.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import os
-import signal
-import sys
 import time
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import trio
 
-from ..params import ParamError, ParamTree, parse_positive_float, parse_positive_int
-from ..procs import detach_stdout_to_stderr
+from ..params import ParamTree
 from ..protocol import constants as C
 from ..protocol.errors import AuthError, ConnectionLost
 from ..protocol.ldlm import LockType
 from ..protocol.message import Message
 from ..protocol.rpc import Endpoint
 from ..protocol.secure import HANDSHAKE_TIMEOUT, server_handshake
-from . import fail_loc
-from .barrier import DEFAULT_FREEZE_TIMEOUT, ServerBarrier
+from . import target_admin
+from .barrier import ServerBarrier
 from .errors import FieldError, ServiceError, body_field  # noqa: F401  (servers import them here)
+from .export import Export, Handler, Stats
 from .fail_loc import FailLoc
 from .ldlm_service import LDLM_OPCODES, LdlmService
 from .limits import DEFAULT_MAX_LOCKS, ConnectionLimit, Misbehaviour
+from .recovery_window import RecoveryWindow, ReplayRunner, run_handler
 from .reply_log import ReplyLog, SavedReply
-from .storage import StorageBusy, TargetStorage
+from .request_gate import Action, Fault, RequestGate, Route
+from .storage import TargetStorage
+from .target_process import crash, serve_forever  # noqa: F401  (cli.py imports it here)
 
 log = logging.getLogger(__name__)
-
-
-def crash(why: str) -> None:
-    """Die at once, as kill -9 would (fail_loc crash points): no commit, no cleanup."""
-    log.critical("%s", why)
-    for h in logging.getLogger().handlers:
-        h.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 # How long a connection refused for the connection limit may take to send its first
@@ -56,26 +54,17 @@ def crash(why: str) -> None:
 REFUSE_GRACE = 5.0
 
 
-@dataclass
-class Export:
-    """The server side of one client's connection to this target."""
-
-    uuid: str
-    endpoint: Endpoint
-    connected_at: float = field(default_factory=time.time)
-    nid: str = ""
-    release: str = "2.0"
-    flags: int = 0
-    handle: int = 0
-    requests: int = 0
-    last_seen: float = 0.0  # (trio clock) the last request, pings included
-
-
 # A handler returns a reply body, (transno, body) for updates, or (transno, body, bulk);
 # or DEFERRED when a task of its own sends the reply later (an update waiting for locks
 # must not hold up the connection's reader, which brings the cancels it waits for).
 DEFERRED: Any = object()
-Handler = Callable[[Export, Message], Awaitable[Any]]
+
+
+@dataclass(slots=True)
+class Answered:
+    """A request answered without running its handler (None: no reply goes out)."""
+
+    reply: Message | None
 
 
 class TargetServer:
@@ -95,7 +84,12 @@ class TargetServer:
                  release: str = "2.0", commit_interval: float = 1.0,
                  ldlm_timeout: float = 10.0, update_lock: bool = True,
                  max_connections: int | None = None, max_locks: int = DEFAULT_MAX_LOCKS,
-                 evict_threshold: int | None = None, auth_key: bytes | None = None) -> None:
+                 evict_threshold: int | None = None, auth_key: bytes | None = None,
+                 recovery_window: float | None = None,
+                 run_replay: ReplayRunner = run_handler) -> None:
+        """recovery_window: the target keeps its clients for replay after a restart
+        (MDT, OST) and waits that long for them; run_replay: how it runs a replayed
+        update (the MDT's reuses the first execution's identities)."""
         self.name = name
         # Secure mode: every connection proves this filesystem key before its first
         # request, and every frame carries a MAC (protocol/auth.py). The same key
@@ -108,7 +102,7 @@ class TargetServer:
         self.commit_interval = commit_interval
         self.exports: dict[str, Export] = {}
         self.handlers: dict[int, Handler] = {}
-        self.stats: dict[str, int] = {}
+        self.stats = Stats()
         self.nid = ""
         self._commit_wanted = trio.Event()
         self._commit_lock = trio.Lock()
@@ -118,16 +112,16 @@ class TargetServer:
         if not ldlm_timeout > 0:
             raise ValueError("ldlm_timeout must be positive")
         self.ldlm_timeout = ldlm_timeout
-        self.ldlm = LdlmService(self, self.lock_types, ldlm_timeout)
+        if max_locks < 1:
+            raise ValueError("max_locks must be at least 1")
+        self.ldlm = LdlmService(self, self.stats, kind=self.kind, lock_types=self.lock_types,
+                                callback_timeout=ldlm_timeout, max_locks=max_locks)
         # Limits against hostile or broken clients (limits.py, docs/protocol.md "Limits").
         self.connections = ConnectionLimit()
         if max_connections is not None:
             if max_connections < 1:
                 raise ValueError("max_connections must be at least 1")
             self.connections.limit = max_connections
-        if max_locks < 1:
-            raise ValueError("max_locks must be at least 1")
-        self.ldlm.max_locks = max_locks
         self.misbehaviour = Misbehaviour()
         if evict_threshold is not None:
             if evict_threshold < 0:
@@ -137,7 +131,15 @@ class TargetServer:
         self.connect_flags = C.OBD_CONNECT_FID | C.OBD_CONNECT_IBITS | C.OBD_CONNECT_TRANSNO
         if update_lock and self.lock_types:
             self.connect_flags |= C.OBD_CONNECT_UPDATE_LOCK
-        self.barrier = ServerBarrier(self) if self.lock_types else None
+        self.barrier = (ServerBarrier(name, self.kind, self.ldlm, self, self.stats)
+                        if self.lock_types else None)
+        self.recovery = (RecoveryWindow(self, self.storage, self.stats, window=recovery_window,
+                                        run_replay=run_replay)
+                         if recovery_window is not None else None)
+        self.gate = RequestGate(connect_opcodes=self.connect_opcodes,
+                                disconnect_opcodes=self.disconnect_opcodes,
+                                reconstructable_opcodes=self.reconstructable_opcodes,
+                                recovers=self.recovery is not None)
         self._active = 0  # requests being handled (a graceful stop lets them finish)
         self._idle = trio.Event()
         self.reply_log = ReplyLog()
@@ -168,6 +170,10 @@ class TargetServer:
                 await self.do_commit()
             return self.last_committed
 
+    def want_commit(self) -> None:
+        """Commit soon (the commit loop wakes up), not only at the next interval."""
+        self._commit_wanted.set()
+
     async def _commit_loop(self) -> None:
         while True:
             with trio.move_on_after(self.commit_interval):
@@ -179,6 +185,8 @@ class TargetServer:
     def open_storage(self) -> None:
         """Claim the storage and load it (subclasses extend)."""
         self.storage.claim(self.name)
+        if self.recovery is not None:
+            self.recovery.load_known()
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         if not self.storage.claimed:
@@ -205,6 +213,13 @@ class TargetServer:
 
     async def started(self, nursery: trio.Nursery) -> None:
         """Hook run once listening (subclasses: register with the MGS, start tasks)."""
+
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> bool:
+        """Start a background task of this target; False if it is not running."""
+        if self._tasks is None:
+            return False
+        self._tasks.start_soon(fn, *args)
+        return True
 
     async def graceful_stop(self) -> None:
         """Freeze the barrier (the clients that hold it flush, wait for the commit and
@@ -257,11 +272,16 @@ class TargetServer:
             mac = await self._authenticate(stream, peer_nid)
             if mac is None:
                 return
+        endpoint: Endpoint
+
+        def on_violation(kind: str, detail: str) -> None:
+            self._endpoint_violation(endpoint, kind, detail)
+
         endpoint = Endpoint(stream, codec=self.release, handler=self._handle,
                             name=f"{self.name}<-{peer_nid}", follow_peer_release=True,
-                            inline_opcodes=self.inline_opcodes, mac=mac)
+                            inline_opcodes=self.inline_opcodes, mac=mac,
+                            on_violation=on_violation)
         endpoint.context["nid"] = peer_nid
-        endpoint.on_violation = partial(self._endpoint_violation, endpoint)
         try:
             await endpoint.serve()
         except Exception:  # never let one connection take the server down
@@ -313,8 +333,7 @@ class TargetServer:
         log.info("%s: protocol violation by %s (%s): %s", self.name, uuid, kind, detail)
         if self.misbehaviour.note(uuid, time.monotonic()) and self._tasks is not None:
             self.count("misbehaviour_evictions")
-            self._tasks.start_soon(self.ldlm.evict, uuid,
-                                   f"repeated protocol violations (last: {kind})")
+            self.spawn(self.ldlm.evict, uuid, f"repeated protocol violations (last: {kind})")
 
     def _endpoint_violation(self, endpoint: Endpoint, kind: str, detail: str) -> None:
         export = endpoint.context.get("export")
@@ -344,7 +363,10 @@ class TargetServer:
         return None
 
     async def export_disconnected(self, export: Export) -> None:
-        """Hook: a client's connection ended (subclasses clean up its state)."""
+        """A client's connection ended (the recovery window notes when, for the ping
+        evictor)."""
+        if self.recovery is not None:
+            self.recovery.export_disconnected(export)
 
     async def evict_export(self, uuid: str, reason: str) -> None:
         """Forget a client's export and close its connection (the lock service evicts
@@ -359,23 +381,41 @@ class TargetServer:
         self.client_left(uuid)
         await export.endpoint.aclose(f"evicted: {reason}")
 
-    async def dispatch(self, handler: Handler, export: Export, req: Message) -> Any:
-        """Run a request's handler (the MDT wraps replays)."""
-        return await handler(export, req)
+    async def evict(self, uuid: str, reason: str) -> None:
+        """Evict a client through the lock service: its locks go, then its export."""
+        await self.ldlm.evict(uuid, reason)
 
-    def replay_finished(self, export: Export) -> None:
-        """Hook: a client says it has replayed everything (the MDT's recovery)."""
+    async def evict_unrecovered(self, uuid: str, reason: str) -> None:
+        """A known client that did not finish recovery: its export goes, and its next
+        connect is told it was evicted."""
+        self.ldlm.mark_evicted(uuid)
+        await self.evict_export(uuid, reason)
 
-    def lock_replay_finished(self, export: Export) -> None:
-        """Hook: a client says it has replayed its locks too (end of its recovery)."""
+    @property
+    def recovering(self) -> bool:
+        return self.recovery is not None and self.recovery.recovering
+
+    async def wait_recovered(self) -> None:
+        if self.recovery is not None:
+            await self.recovery.wait_recovered()
 
     def client_joined(self, export: Export) -> None:
-        """Hook: a client connected (the MDT remembers the ones that replay, for its
-        next recovery)."""
+        """A client connected (the recovery window remembers the ones that replay, for
+        the next restart)."""
+        if self.recovery is not None:
+            self.recovery.client_joined(export)
 
     def client_left(self, uuid: str) -> None:
-        """Hook: a client disconnected cleanly or was evicted: not waited for at the
-        next restart."""
+        """A client disconnected cleanly or was evicted: not waited for at the next
+        restart (subclasses extend: the MDT closes its opens)."""
+        if self.recovery is not None:
+            self.recovery.client_left(uuid)
+
+    def after_update_replay(self, req: Message) -> bool:
+        """Hook: a request that is part of recovery but must not run while updates are
+        being replayed in transno order (it takes a transno of its own): the MDT's open
+        replays. It waits for the lock phase, then runs."""
+        return False
 
     def replay_done(self, req: Message) -> Message | None:
         """Hook: the reply to a replayed update whose effect survived the crash (None:
@@ -388,7 +428,7 @@ class TargetServer:
         named, 1.8's open layout)."""
 
     def count(self, what: str, n: int = 1) -> None:
-        self.stats[what] = self.stats.get(what, 0) + n
+        self.stats.count(what, n)
 
     async def _handle(self, endpoint: Endpoint, req: Message) -> Message | None:
         self._active += 1
@@ -400,86 +440,29 @@ class TargetServer:
                 self._idle.set()
 
     async def _handle_one(self, endpoint: Endpoint, req: Message) -> Message | None:
+        """The driver of one request: asks the gate (request_gate.py) and acts."""
         self.count(f"req.{C.OPCODE_NAMES.get(req.opc, req.opc)}")
-        seen: Export | None = endpoint.context.get("export")
-        if seen is not None:
-            seen.last_seen = trio.current_time()
+        export: Export | None = endpoint.context.get("export")
+        if export is not None:
+            export.last_seen = trio.current_time()
         try:
-            if req.opc in self.connect_opcodes:
+            decision = self.gate.admit(req, connected=export is not None)
+            if decision.action is Action.CONNECT:
                 body = await self._connect(endpoint, req)
                 return req.reply(body, last_committed=self.last_committed)
-            if req.opc == C.OBD_PING:
-                if req.flags & C.MSG_REQ_REPLAY_DONE and "export" in endpoint.context:
-                    self.replay_finished(endpoint.context["export"])
-                if req.flags & C.MSG_LOCK_REPLAY_DONE and "export" in endpoint.context:
-                    self.lock_replay_finished(endpoint.context["export"])
+            if decision.action is Action.PING:
+                if decision.replay_done and self.recovery is not None:
+                    self.recovery.replay_finished(endpoint.context["export"])
+                if decision.lock_replay_done and self.recovery is not None:
+                    self.recovery.lock_replay_finished(endpoint.context["export"])
                 return req.reply(last_committed=self.last_committed)
-            export: Export | None = endpoint.context.get("export")
-            if export is None:
-                raise ServiceError(errno.ENOTCONN, "not connected")
-            if req.opc in self.disconnect_opcodes:
-                await self.commit()
-                self.exports.pop(export.uuid, None)
-                endpoint.context.pop("export", None)
-                self.ldlm.release(export.uuid)
-                await self.export_disconnected(export)
-                self.client_left(export.uuid)
+            if decision.action is Action.REJECT:
+                raise ServiceError(decision.errno, decision.message)
+            assert export is not None
+            if decision.action is Action.DISCONNECT:
+                await self._disconnect(endpoint, export)
                 return req.reply(last_committed=self.last_committed)
-            self.check_request(export, req)
-            if C.is_update(req.opc, req.body):
-                if req.flags & C.MSG_RESENT:
-                    self.count("resent_updates")
-                if self.barrier is not None:
-                    self.barrier.note_update(export, len(req.bulk or b""))
-            fail = self.fail
-            drop_reply = False
-            if fail is not None and fail.matches(req.opc):
-                fail.hits += 1
-                self.count("fail_loc_hits")
-                log.warning("%s: fail_loc %s on xid %d", self.name, fail, req.xid)
-                if fail.action == "drop_request":
-                    await endpoint.aclose("fail_loc: request dropped")
-                    return None
-                if fail.action == "delay":
-                    await trio.sleep(fail.seconds)
-                if fail.action == "crash_before":
-                    crash(f"{self.name}: fail_loc {fail}: crashing before xid {req.xid}")
-                if fail.action == "crash_after":
-                    self._crash_replies.add((export.uuid, req.xid))
-                drop_reply = fail.action == "drop_reply"
-            if req.opc in self.reconstructable_opcodes:
-                key = (export.uuid, req.xid)
-                if req.flags & (C.MSG_RESENT | C.MSG_REPLAY):
-                    saved = self.reply_log.lookup(*key)
-                    if saved is not None:
-                        self.count("reconstructed")
-                        if drop_reply:
-                            await endpoint.aclose("fail_loc: reply dropped")
-                            return None
-                        return self._reconstructed(req, saved)
-                    done = self.replay_done(req) if req.flags & C.MSG_REPLAY else None
-                    if done is not None:  # it survived the crash: nothing to do again
-                        self.count("replays_already_done")
-                        return done
-                    if key in self._running:  # still executing: answer when it is done
-                        assert self._tasks is not None
-                        self._tasks.start_soon(self._answer_when_done, endpoint, req, key)
-                        return None
-                self._running[key] = trio.Event()
-                if drop_reply:
-                    self._drop_replies.add(key)
-            elif drop_reply:
-                self._drop_replies.add((export.uuid, req.xid))
-            handler = self.handlers.get(req.opc)
-            if handler is None and req.opc == C.OBD_ADMIN:
-                handler = self._admin
-            if handler is None and req.opc in LDLM_OPCODES and self.lock_types:
-                handler = (self.ldlm.enqueue if req.opc == C.LDLM_ENQUEUE
-                           else self.ldlm.cancel)
-            if handler is None:
-                raise ServiceError(errno.EOPNOTSUPP, f"opcode {req.opc} not served by {self.kind}")
-            export.requests += 1
-            result = await self.dispatch(handler, export, req)
+            result = await self._handle_admitted(endpoint, export, req)
         except (ServiceError, OSError) as e:
             export = endpoint.context.get("export")
             if isinstance(e, OSError):  # e.g. EFBIG, ENOSPC from the storage
@@ -496,9 +479,92 @@ class TargetServer:
                 if event is not None:
                     event.set()
             return None
+        if isinstance(result, Answered):
+            return result.reply
         if result is DEFERRED:
             return None  # the handler's own task calls finish() and sends the reply
+        assert export is not None
         return await self.finish(export, req, self.make_reply(req, result))
+
+    async def _disconnect(self, endpoint: Endpoint, export: Export) -> None:
+        await self.commit()
+        self.exports.pop(export.uuid, None)
+        endpoint.context.pop("export", None)
+        self.ldlm.release(export.uuid)
+        await self.export_disconnected(export)
+        self.client_left(export.uuid)
+
+    async def _handle_admitted(self, endpoint: Endpoint, export: Export, req: Message) -> Any:
+        """A connected client's request: Answered (or dropped: Answered(None)) without
+        its handler, or the handler's result."""
+        self.check_request(export, req)
+        if C.is_update(req.opc, req.body):
+            if req.flags & C.MSG_RESENT:
+                self.count("resent_updates")
+            if self.barrier is not None:
+                self.barrier.note_update(export, len(req.bulk or b""))
+        fault = self.gate.fault(self.fail, req.opc)
+        key = (export.uuid, req.xid)
+        if fault is not Fault.NONE:
+            fail = self.fail
+            assert fail is not None
+            fail.hits += 1
+            self.count("fail_loc_hits")
+            log.warning("%s: fail_loc %s on xid %d", self.name, fail, req.xid)
+            if fault is Fault.DROP_REQUEST:
+                await endpoint.aclose("fail_loc: request dropped")
+                return Answered(None)
+            if fault is Fault.DELAY:
+                await trio.sleep(fail.seconds)
+            if fault is Fault.CRASH_BEFORE:
+                crash(f"{self.name}: fail_loc {fail}: crashing before xid {req.xid}")
+            if fault is Fault.CRASH_AFTER:
+                self._crash_replies.add(key)
+        kept = self.gate.reconstructable(req)
+        done = self.replay_done(req) if kept and req.flags & C.MSG_REPLAY else None
+        decision = self.gate.route(
+            req, fault=fault, saved=self.reply_log.lookup(*key) if kept else None,
+            survived=done is not None, running=key in self._running,
+            recovering=self.recovering,
+            open_replay=self.recovery is not None and self.after_update_replay(req))
+        if decision.action is Action.RECONSTRUCT:
+            self.count("reconstructed")
+            if decision.drop_reply:
+                await endpoint.aclose("fail_loc: reply dropped")
+                return Answered(None)
+            saved = self.reply_log.lookup(*key)
+            assert saved is not None
+            return Answered(self._reconstructed(req, saved))
+        if decision.action is Action.ACK_SURVIVED:  # it survived the crash: not run again
+            self.count("replays_already_done")
+            return Answered(done)
+        if decision.action is Action.AWAIT_RUNNING:  # still executing: answer when done
+            self.spawn(self._answer_when_done, endpoint, req, key)
+            return Answered(None)
+        if decision.track:
+            self._running[key] = trio.Event()
+        if decision.drop_reply:
+            self._drop_replies.add(key)
+        handler = self._handler_for(req.opc)
+        export.requests += 1
+        return await self.dispatch(decision.route, handler, export, req)
+
+    def _handler_for(self, opc: int) -> Handler:
+        handler = self.handlers.get(opc)
+        if handler is None and opc == C.OBD_ADMIN:
+            handler = self._admin
+        if handler is None and opc in LDLM_OPCODES and self.lock_types:
+            handler = self.ldlm.enqueue if opc == C.LDLM_ENQUEUE else self.ldlm.cancel
+        if handler is None:
+            raise ServiceError(errno.EOPNOTSUPP, f"opcode {opc} not served by {self.kind}")
+        return handler
+
+    async def dispatch(self, route: Route, handler: Handler, export: Export,
+                       req: Message) -> Any:
+        """Run a request's handler on its path through recovery (if the target has one)."""
+        if self.recovery is None:
+            return await handler(export, req)
+        return await self.recovery.dispatch(route, handler, export, req)
 
     async def finish(self, export: Export, req: Message, reply: Message) -> Message | None:
         """The reply to a request is ready: keep it if the request was an update (and
@@ -559,101 +625,15 @@ class TargetServer:
             transno, body = 0, result
         return req.reply(body, transno=transno, last_committed=self.last_committed, bulk=bulk)
 
-    # -- lctl parameters (OBD_ADMIN) --
-    PARAM_PREFIX = {"mgs": "mgs", "mdt": "mdt", "ost": "obdfilter"}
-
+    # -- lctl parameters (OBD_ADMIN, target_admin.py) --
     def params(self) -> ParamTree:
-        """This target's lctl parameters, e.g. obdfilter.FSNAME-OST0000.commit_interval."""
+        """This target's lctl parameters (built once; subclasses add theirs)."""
         if self._params is None:
-            tree = ParamTree()
-            base = f"{self.PARAM_PREFIX.get(self.kind, self.kind)}.{self.name}."
-            tree.add(base + "uuid", lambda: f"{self.name}_UUID")
-            tree.add(base + "instance", lambda: self.storage.instance)
-            tree.add(base + "last_transno", lambda: self.last_transno)
-            tree.add(base + "last_committed", lambda: self.last_committed)
-            tree.add(base + "commit_interval", lambda: self.commit_interval,
-                     self._set_commit_interval)
-            tree.add(base + "num_exports", lambda: len(self.exports))
-            tree.add(base + "num_connections", lambda: self.connections.current)
-            tree.add(base + "max_connections", lambda: self.connections.limit,
-                     self._set_max_connections)
-            tree.add(base + "evict_threshold", lambda: self.misbehaviour.threshold,
-                     self._set_evict_threshold)
-            tree.add(base + "evict_window", lambda: self.misbehaviour.window,
-                     self._set_evict_window)
-            tree.add(base + "exports", lambda: sorted(self.exports))
-            tree.add(base + "stats", self._stats_lines)
-            tree.add(base + "fail_loc", lambda: str(self.fail) if self.fail else "none",
-                     self._set_fail_loc)
-            if self.lock_types:
-                ns = f"ldlm.namespaces.{self.name}."
-                tree.add(ns + "lock_count", lambda: len(self.ldlm.namespace))
-                tree.add(ns + "granted_count", lambda: self.ldlm.namespace.granted_count)
-                tree.add(ns + "waiting_count", lambda: self.ldlm.namespace.waiting_count)
-                tree.add(ns + "resource_count", lambda: len(self.ldlm.namespace.resources()))
-                tree.add(ns + "ldlm_timeout", lambda: self.ldlm_timeout)
-                tree.add(ns + "max_locks_per_client", lambda: self.ldlm.max_locks,
-                         self._set_max_locks)
-                tree.add(ns + "locks", self.ldlm.dump)
-            if self.barrier is not None:
-                tree.add(base + "barrier_stat", self.barrier.stat_lines)
-            self._params = tree
+            self._params = target_admin.build_params(self)
         return self._params
 
-    async def _barrier_admin(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
-        """lctl barrier_freeze / barrier_thaw / barrier_stat on this target."""
-        if self.barrier is None:
-            raise ServiceError(errno.EOPNOTSUPP, f"{self.name} has no barrier (no lock "
-                                                 "namespace)")
-        if op == "barrier_freeze":
-            timeout = body.get("timeout", DEFAULT_FREEZE_TIMEOUT)
-            if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
-                    or not 0 < timeout <= 86400:
-                raise ServiceError(errno.EINVAL, "barrier timeout must be a number of "
-                                                 "seconds in (0, 86400]")
-            report = await self.barrier.freeze(float(timeout))
-            return {"target": self.name, "frozen": asdict(report), **self.barrier.stat()}
-        if op == "barrier_thaw":
-            return {"target": self.name, "thawed": self.barrier.thaw(), **self.barrier.stat()}
-        return {"target": self.name, **self.barrier.stat()}
-
-    def _set_fail_loc(self, text: str) -> None:
-        try:
-            self.fail = fail_loc.parse(text)
-        except fail_loc.FailLocError as e:
-            raise ParamError(errno.EINVAL, str(e)) from None
-        log.warning("%s: fail_loc set to %s", self.name, self.fail or "none")
-
-    def _set_max_connections(self, text: str) -> None:
-        self.connections.limit = parse_positive_int(text, limit=1 << 20)
-
-    def _set_max_locks(self, text: str) -> None:
-        self.ldlm.max_locks = parse_positive_int(text, limit=1 << 30)
-
-    def _set_evict_threshold(self, text: str) -> None:
-        value = 0 if text.strip() == "0" else parse_positive_int(text, limit=1 << 20)
-        self.misbehaviour.threshold = value
-
-    def _set_evict_window(self, text: str) -> None:
-        self.misbehaviour.window = parse_positive_float(text, limit=86400.0)
-
-    def _set_commit_interval(self, text: str) -> None:
-        self.commit_interval = parse_positive_float(text, limit=3600.0)
-        self._commit_wanted.set()  # restart the commit loop's wait with the new interval
-
-    def _stats_lines(self) -> list[str]:
-        lines = [f"snapshot_time             {time.time():.6f} secs.usecs"]
-        lines += [f"{k:<25} {v} samples [reqs]" for k, v in sorted(self.stats.items())]
-        return lines
-
     async def _admin(self, export: Export, req: Message) -> dict[str, Any]:
-        op = req.body.get("op") if isinstance(req.body, dict) else None
-        if op in ("barrier_freeze", "barrier_thaw", "barrier_stat"):
-            return await self._barrier_admin(op, req.body)
-        try:
-            return self.params().handle(req.body)
-        except ParamError as e:
-            raise ServiceError(e.errno, str(e)) from None
+        return await target_admin.admin(self, req.body)
 
     async def _connect(self, endpoint: Endpoint, req: Message) -> dict[str, Any]:
         body = req.body
@@ -680,34 +660,3 @@ class TargetServer:
                 "flags": export.flags, "handle": export.handle, "kind": self.kind,
                 "reconnect": old is not None, "evicted": evicted}
 
-
-def serve_forever(server: TargetServer) -> int:
-    """Run a server in this process until SIGTERM/SIGINT; print READY once listening."""
-
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                nid = await nursery.start(server.run)
-                print(f"READY {server.kind} {server.name} nid={nid} pid={os.getpid()}", flush=True)
-                detach_stdout_to_stderr()
-                async for _ in signals:
-                    log.info("%s: stopping on signal", server.name)
-                    server.stop()
-                    break
-
-    try:
-        server.open_storage()
-        trio.run(main)
-    except (StorageBusy, OSError, AuthError) as e:  # startup failures print one clear line
-        print(f"error: {server.name}: {e}", file=sys.stderr, flush=True)
-        return 1
-    except BaseExceptionGroup as eg:
-        match, _ = eg.split((OSError, AuthError))  # e.g. the port is in use, however deeply nested
-        if match is None:
-            raise
-        leaf: BaseException = match
-        while isinstance(leaf, BaseExceptionGroup):
-            leaf = leaf.exceptions[0]
-        print(f"error: {server.name}: {leaf}", file=sys.stderr, flush=True)
-        return 1
-    return 0

@@ -1,8 +1,9 @@
 """server.py - the metadata target: namespace, attributes, layouts, opens.
 
 The POSIX logic and its storage live in `MdtStore` (SQLite, no I/O besides
-the database); this layer checks request fields, maps opcodes to the store,
-keeps the periodic commit going and, like Lustre's OSP, destroys the OST
+the database); this layer checks request fields, maps opcodes to the store and
+keeps the periodic commit going. Its components come in by the constructor: the
+recovery window (TargetServer's), and the OSP (mdt_osp.py) that destroys the OST
 objects of removed files once their removal is committed.
 """
 
@@ -29,70 +30,31 @@ from ...protocol.session import Session
 from ..layout_xattr import LOV_XATTR, format_layout, parse_layout
 from ..ldlm_service import CANCEL_MAX
 from ..mgs import target_name
-from ..ost import ORPHAN_KEEP_MAX, register_with_mgs
-from ..recovering import RecoveringTarget
+from ..ost import register_with_mgs
 from ..reply_log import SavedReply
 from ..squash import RootSquash, parse_nids, parse_squash
 from ..target import DEFERRED, Export, FieldError, ServiceError, TargetServer, body_field
-from .store import Cred, MdtError, MdtStore, ReplayedUpdate
+from .fields import (
+    ATTRS,
+    ID_MAX,
+    MAX_NAME,
+    MAX_XATTR_VALUE,
+    MODE_MAX,
+    RDEV_MAX,
+    READDIR_MAX,
+    UPDATE,
+    _cred,
+    _ino,
+    _int,
+    _name,
+)
+from .osp import DESTROY_BATCH, Osp, _orphan_requests  # noqa: F401  (tests import it here)
+from .store import MdtError, MdtStore, ReplayedUpdate
 
 log = logging.getLogger(__name__)
 
-MAX_NAME = 255
-MAX_XATTR_VALUE = 64 << 10
-READDIR_MAX = 1024
 
-
-ID_MAX = (1 << 32) - 2  # uids and gids: a Linux uid_t, but (uid_t)-1, which means "none"
-
-
-def _cred(body: dict[str, Any]) -> Cred:
-    raw = body.get("cred")
-    if (type(raw) is not list or len(raw) != 3 or type(raw[0]) is not int
-            or type(raw[1]) is not int or type(raw[2]) is not list or len(raw[2]) > 65536
-            or not all(type(g) is int for g in raw[2])):
-        raise FieldError("bad credentials")
-    if not all(0 <= i <= ID_MAX for i in (raw[0], raw[1], *raw[2])):
-        raise ServiceError(errno.EINVAL, "uid or gid out of range")
-    return Cred(raw[0], raw[1], tuple(raw[2]))
-
-
-def _name(body: dict[str, Any], field: str = "name") -> bytes:
-    name = body_field(body, field, bytes)
-    if len(name) > MAX_NAME:
-        raise ServiceError(errno.ENAMETOOLONG)
-    return name
-
-
-def _ino(body: dict[str, Any], field: str = "ino") -> int:
-    """The inode a body field names: a neutral number, 1.8's [ino, gen] or a FID."""
-    if field not in body:
-        raise FieldError(f"request lacks field {field!r}")
-    try:
-        ino = dialect.parse_id(body[field])
-    except dialect.DialectError as e:
-        raise FieldError(f"field {field!r}: {e}") from None
-    if not 0 < ino < (1 << 63):
-        raise ServiceError(errno.EINVAL, "inode number out of range")
-    return ino
-
-
-def _int(body: dict[str, Any], field: str, default: Any = ..., *, lo: int = 0,
-         hi: int = (1 << 63) - 1) -> int:
-    """An integer field within [lo, hi] (SQLite's integers are signed 64-bit)."""
-    value = body_field(body, field, int, default)
-    if value is not None and value is not default and not lo <= value <= hi:
-        raise ServiceError(errno.EINVAL, f"{field} out of range")
-    return value
-
-
-MODE_MAX = 0o177777
-UPDATE = int(IBits.UPDATE)
-ATTRS = int(IBits.UPDATE | IBits.PERM)  # attributes, including those permissions use
-RDEV_MAX = (1 << 32) - 1
-
-
-class MdtServer(RecoveringTarget, TargetServer):
+class MdtServer(TargetServer):
     kind = "mdt"
     connect_opcodes = (C.MDS_CONNECT,)
     disconnect_opcodes = (C.MDS_DISCONNECT,)
@@ -107,7 +69,8 @@ class MdtServer(RecoveringTarget, TargetServer):
                  failover_nids: list[str] | None = None, ost_count: int | None = None,
                  recovery_window: float = 15.0, root_squash: str | None = None,
                  nosquash_nids: str | None = None, **kw: Any) -> None:
-        super().__init__(target_name(fsname, "mdt", index), data_dir, **kw)
+        super().__init__(target_name(fsname, "mdt", index), data_dir,
+                         recovery_window=recovery_window, **kw)
         # Given on the command line (None: as kept in the storage, else off).
         self._squash_args = (root_squash, nosquash_nids)
         self.squash = RootSquash()
@@ -121,14 +84,11 @@ class MdtServer(RecoveringTarget, TargetServer):
         self.failover_nids = failover_nids or []
         self.ost_count = ost_count
         self.store: MdtStore | None = None
-        self.osts: dict[int, list[Nid]] = {}
-        self._ost_sessions: dict[int, Session] = {}
-        self._destroy_wanted = trio.Event()
-        self._committed_destroys: list[tuple[int, int, int]] = []
+        self.osp = Osp(self.name, fsname, self.mgs, auth_key=self.auth_key, stats=self.stats,
+                       want_commit=self.want_commit)
         self._nursery: trio.Nursery | None = None
         # After a start, clients re-open their open files (open replay) until this time;
         # unlinked inodes are destroyed only then, so that open-unlinked files survive.
-        self.recovery_window = recovery_window
         self.reopen_until = 0.0
         self.handlers = {
             C.MDS_GET_ROOT: self.get_root, C.MDS_GETATTR: self.getattr,
@@ -157,7 +117,6 @@ class MdtServer(RecoveringTarget, TargetServer):
             log.info("%s: OST count changes from %s to %d", self.name, cfg.get("ost_count"),
                      self.ost_count)
         self.storage.write_atomic("mdt.json", f'{{"ost_count": {self.ost_count}}}'.encode())
-        self.load_known()
         self.squash = RootSquash.from_dict(self.storage.read_json("squash.json", {}) or {})
         squash, nids = self._squash_args
         if squash is not None:
@@ -251,7 +210,6 @@ class MdtServer(RecoveringTarget, TargetServer):
             base = f"mdt.{self.name}."
             tree.add(base + "root_squash", lambda: self.squash.to_dict()["root_squash"],
                      self._set_root_squash)
-            self.add_recovery_params(tree, base)
             tree.add(base + "replay_barrier",
                      lambda: int(self.store is not None and self.store.replay_barrier),
                      self._set_replay_barrier)
@@ -297,29 +255,27 @@ class MdtServer(RecoveringTarget, TargetServer):
         ticket = store.begin_commit()
         # Taken right after the COMMIT, before any other update: every row listed is in
         # what the fsync makes durable, so destroying its objects (once it is done) can
-        # never outrun the unlink that logged it.
-        destroys = None if self._committed_destroys else store.pending_destroys(1024)
+        # never outrun the unlink that logged it (see Osp.committed).
+        destroys = None if self.osp.busy else store.pending_destroys(DESTROY_BATCH)
         # The fsync runs in a worker thread without the connection (CommitTicket.sync),
         # so requests go on using the store meanwhile.
         await trio.to_thread.run_sync(ticket.sync)
         store.end_commit(ticket)
-        if destroys is not None and not self._committed_destroys:
-            self._committed_destroys = destroys
-        if self._committed_destroys:
-            self._destroy_wanted.set()
+        self.osp.committed(destroys)
 
     async def started(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
-        self.reopen_until = trio.current_time() + self.recovery_window
-        self.start_recovery(nursery, self.reopen_until)
+        assert self.recovery is not None
+        self.reopen_until = trio.current_time() + self.recovery.window
+        self.recovery.start(nursery, self.reopen_until)
         nursery.start_soon(self._orphans_after_reopen)
         if self.mgs:
             await register_with_mgs(nursery, self.mgs, self.fsname, self.name, "mdt", self.index,
                                     self.nid, self.failover_nids, self.storage.instance,
                                     key=self.auth_key)
             await self._apply_fs_defaults()
-            nursery.start_soon(self._destroy_loop)
-            nursery.start_soon(self._orphan_objects)
+            assert self.store is not None
+            self.osp.start(nursery, self.store, self.wait_recovered)
 
     async def _apply_fs_defaults(self) -> None:
         """The filesystem's default striping lives in the MGS configuration."""
@@ -358,90 +314,7 @@ class MdtServer(RecoveringTarget, TargetServer):
         self.count("orphan_cleanups")
         if orphans:
             log.info("%s: removed %d orphan inodes left by the last run", self.name, orphans)
-        self._commit_wanted.set()
-
-    # -- OSP: destroying objects of removed files --
-    async def _refresh_osts(self) -> None:
-        assert self._nursery is not None
-        session = await Session.open(self._nursery, self.mgs, target=f"{self.fsname}-MGS",
-                                     connect_opc=C.MGS_CONNECT, client_uuid=self.name,
-                                     key=self.auth_key)
-        try:
-            cfg = (await session.call(C.MGS_CONFIG_READ)).body
-        finally:
-            await session.close()
-        self.osts = {t["index"]: [Nid.parse(n) for n in t["nids"]]
-                     for t in cfg["targets"] if t["kind"] == "ost"}
-
-    async def _ost_session(self, idx: int) -> Session:
-        assert self._nursery is not None
-        session = self._ost_sessions.get(idx)
-        if session is not None and not session.endpoint.closed:
-            return session
-        if idx not in self.osts:
-            await self._refresh_osts()
-        session = await Session.open(self._nursery, self.osts[idx],
-                                     target=target_name(self.fsname, "ost", idx),
-                                     connect_opc=C.OST_CONNECT, client_uuid=f"{self.name}-osp",
-                                     key=self.auth_key)
-        self._ost_sessions[idx] = session
-        return session
-
-    async def _orphan_objects(self) -> None:
-        """Lustre's MDS-OST orphan cleanup: once no replayed creation can come, each
-        OST destroys the objects of ids the last runs handed out after their last
-        commit that no file names (their creations were lost with a crash)."""
-        await self.wait_recovered()
-        assert self.store is not None
-        ranges = self.store.orphan_ranges()
-        while ranges:
-            for ost, (lo, hi) in sorted(ranges.items()):
-                keep = self.store.objects_in(ost, lo, hi)
-                try:
-                    destroyed = 0
-                    session = await self._ost_session(ost)
-                    for a, b, kept in _orphan_requests(lo, hi, keep):
-                        reply = await session.call(C.OST_CREATE,
-                                                   {"delorphan": [a, b], "keep": kept})
-                        destroyed += reply.body.get("destroyed", 0)
-                except Exception as e:  # that OST is down: again later
-                    log.info("%s: orphan cleanup of OST%04x postponed: %s", self.name, ost, e)
-                    self._ost_sessions.pop(ost, None)
-                    continue
-                self.store.orphans_cleaned(ost)
-                self._commit_wanted.set()
-                self.count("orphan_objects_destroyed", destroyed)
-                del ranges[ost]
-            if ranges:
-                await trio.sleep(5.0)
-
-    async def _destroy_loop(self) -> None:
-        while True:
-            await self._destroy_wanted.wait()
-            self._destroy_wanted = trio.Event()
-            try:
-                await self._destroy_committed()
-            except Exception as e:  # an OST is down: keep the log, try again later
-                log.info("%s: object destroys postponed: %s", self.name, e)
-                self._ost_sessions.clear()
-                self.osts.clear()
-                await trio.sleep(2.0)
-                self._destroy_wanted.set()  # retries the committed rows still listed
-
-    async def _destroy_committed(self) -> None:
-        assert self.store is not None
-        pending = self._committed_destroys
-        by_ost: dict[int, list[tuple[int, int]]] = {}
-        for log_id, ost_idx, oid in pending:
-            by_ost.setdefault(ost_idx, []).append((log_id, oid))
-        for idx, items in by_ost.items():
-            session = await self._ost_session(idx)
-            await session.call(C.OST_DESTROY, {"oids": [oid for _, oid in items]})
-            self.store.destroys_done([log_id for log_id, _ in items])
-            done = {log_id for log_id, _ in items}
-            self._committed_destroys = [p for p in self._committed_destroys if p[0] not in done]
-        if len(pending) == 1024:
-            self._commit_wanted.set()
+        self.want_commit()
 
     def persist_reply(self, uuid: str, xid: int, saved: SavedReply,
                       forgotten: int | None) -> None:
@@ -562,7 +435,7 @@ class MdtServer(RecoveringTarget, TargetServer):
             except MdtError:
                 continue
             self.count("closed_on_leave")
-        self._commit_wanted.set()
+        self.want_commit()
 
     async def reint(self, export: Export, req: Message) -> Any:
         """An update: early-cancelled locks first, then EX locks on every inode it
@@ -843,15 +716,3 @@ class MdtServer(RecoveringTarget, TargetServer):
             if not mine:
                 del self.open_handles[uuid]
 
-
-def _orphan_requests(lo: int, hi: int, keep: list[int]) -> list[tuple[int, int, list[int]]]:
-    """[lo, hi) cut so that each piece names at most ORPHAN_KEEP_MAX ids to keep
-    (keep: sorted, within [lo, hi))."""
-    pieces = []
-    start = lo
-    for i in range(0, len(keep), ORPHAN_KEEP_MAX):
-        kept = keep[i:i + ORPHAN_KEEP_MAX]
-        end = keep[i + ORPHAN_KEEP_MAX] if i + ORPHAN_KEEP_MAX < len(keep) else hi
-        pieces.append((start, end, kept))
-        start = end
-    return pieces or [(lo, hi, [])]

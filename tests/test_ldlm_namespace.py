@@ -20,7 +20,7 @@ from mlustre.protocol.ldlm import (
     ResId,
     conflicts,
 )
-from mlustre.servers.ldlm_server import (
+from mlustre.servers.ldlm_namespace import (
     FL_LOCK_CHANGED,
     FL_REPLAY,
     LockError,

@@ -1,9 +1,14 @@
-"""recovering.py - the recovery window of a target that clients replay to (MDT, OST).
+"""recovery_window.py - the trio driver of a target's recovery (MDT, OST): the
+recovery window after a restart, the known clients, replay ordering, the lock replay
+phase and the ping evictor.
 
-The decisions are in recovery.Recovery; this mixin keeps the known clients in the
-storage (recovery.json), holds requests while a restarted instance waits for its
-former clients, lets update replays through in transno order and lock replays in
-their phase, and evicts the clients that did not come back in the window.
+The decisions are in recovery.Recovery (sans-IO); which path a request takes through
+recovery is decided by request_gate.RequestGate (its `Route`). This component keeps
+the known clients in the storage (recovery.json), holds requests while a restarted
+instance waits for its former clients, lets update replays through in transno order
+and lock replays in their phase, and evicts the clients that did not come back in the
+window. A target is given one by its constructor and reaches it through plain calls;
+the component reaches the target only through `interfaces.RecoveryHost`.
 """
 
 from __future__ import annotations
@@ -11,23 +16,20 @@ from __future__ import annotations
 import errno
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 
 from ..params import ParamError, ParamTree
 from ..protocol import constants as C
-from ..protocol.ldlm import FL_REPLAY
 from ..protocol.message import Message
 from .errors import ServiceError
+from .export import Export, Handler, Stats
+from .interfaces import RecoveryHost
 from .recovery import Recovery
-
-if TYPE_CHECKING:
-    from .target import Export, TargetServer
-
-    _Base = TargetServer
-else:
-    _Base = object
+from .request_gate import Route
+from .storage import TargetStorage
 
 log = logging.getLogger(__name__)
 
@@ -35,48 +37,55 @@ log = logging.getLogger(__name__)
 # or whose connection broke and did not come back, is evicted (Lustre's ping evictor).
 PING_EVICT_TIMEOUT = 60.0
 
-
-def is_lock_replay(req: Message) -> bool:
-    if req.opc != C.LDLM_ENQUEUE or not isinstance(req.body, dict):
-        return False
-    flags = req.body.get("flags", 0)
-    return type(flags) is int and flags >= 0 and bool(flags & FL_REPLAY)
+ReplayRunner = Callable[[Handler, Export, Message], Awaitable[Any]]
 
 
-class RecoveringTarget(_Base):
-    """Mixed into a TargetServer subclass before it; call load_known() when the storage
-    is open and start_recovery() once serving."""
+async def run_handler(handler: Handler, export: Export, req: Message) -> Any:
+    """How a replayed update runs unless the target says otherwise: as the first time."""
+    return await handler(export, req)
 
-    recovery_window: float
 
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
+class RecoveryWindow:
+    """Call load_known() when the storage is open and start() once serving."""
+
+    def __init__(self, host: RecoveryHost, storage: TargetStorage, stats: Stats, *,
+                 window: float, run_replay: ReplayRunner = run_handler) -> None:
+        self.host = host
+        self.storage = storage
+        self.stats = stats
+        self.window = window
+        # Runs a replayed update (the MDT reuses the first time's identities).
+        self.run_replay = run_replay
         self._known: set[str] = set()  # clients connected now (kept as recovery.json)
-        self.recovery: Recovery | None = None
+        self.core: Recovery | None = None
         self._recovered = trio.Event()
         self._recovery_changed = trio.Event()
         self._known_changed = trio.Event()
         self.ping_evict_timeout = PING_EVICT_TIMEOUT
         self._lost: dict[str, float] = {}  # known client -> when its connection broke
 
+    @property
+    def name(self) -> str:
+        return self.host.name
+
     def load_known(self) -> None:
         known = self.storage.read_json("recovery.json", []) or []
         self._known = {u for u in known if isinstance(u, str)}
         if self._known:  # clients of the last instance: wait for their replays
-            self.recovery = Recovery(set(self._known), deadline=float("inf"))
+            self.core = Recovery(set(self._known), deadline=float("inf"))
 
-    def start_recovery(self, nursery: trio.Nursery, deadline: float) -> None:
-        if self.recovery is not None:
-            self.recovery.deadline = deadline
+    def start(self, nursery: trio.Nursery, deadline: float) -> None:
+        if self.core is not None:
+            self.core.deadline = deadline
             log.info("%s: recovery: waiting up to %gs for %d clients", self.name,
-                     self.recovery_window, len(self.recovery.known))
+                     self.window, len(self.core.known))
             nursery.start_soon(self._recovery_timer)
         else:
             self._recovered.set()
         nursery.start_soon(self._known_saver)
         nursery.start_soon(self._ping_evictor)
 
-    def add_recovery_params(self, tree: ParamTree, base: str) -> None:
+    def add_params(self, tree: ParamTree, base: str) -> None:
         tree.add(base + "recovery_status", self.recovery_lines)
         tree.add(base + "ping_evict_timeout", lambda: self.ping_evict_timeout,
                  self._set_ping_evict_timeout)
@@ -101,17 +110,17 @@ class RecoveringTarget(_Base):
                 continue  # (the recovery window decides then)
             now = trio.current_time()
             limit = self.ping_evict_timeout
-            silent = [e.uuid for e in list(self.exports.values())
+            exports = self.host.exports
+            silent = [e.uuid for e in list(exports.values())
                       if e.flags & C.OBD_CONNECT_TRANSNO and now - e.last_seen > limit]
             lost = [u for u, t in list(self._lost.items())
-                    if now - t > limit and u not in self.exports]
+                    if now - t > limit and u not in exports]
             for uuid in silent + lost:
-                self.count("ping_evictions")
-                await self.ldlm.evict(uuid, f"not heard from for {limit:g}s")
-                self.client_left(uuid)
+                self.stats.count("ping_evictions")
+                await self.host.evict(uuid, f"not heard from for {limit:g}s")
+                self.host.client_left(uuid)
 
-    async def export_disconnected(self, export: Export) -> None:
-        await super().export_disconnected(export)
+    def export_disconnected(self, export: Export) -> None:
         if export.uuid in self._known:
             self._lost[export.uuid] = trio.current_time()
 
@@ -127,19 +136,9 @@ class RecoveringTarget(_Base):
     async def wait_recovered(self) -> None:
         await self._recovered.wait()
 
-    def recovery_exempt(self, req: Message) -> bool:
-        """What goes on during recovery besides replays: lctl and lock cancels."""
-        return req.opc in (C.OBD_ADMIN, C.LDLM_CANCEL)
-
-    def after_update_replay(self, req: Message) -> bool:
-        """Hook: a request that is part of recovery but must not run while updates are
-        being replayed in transno order (it takes a transno of its own): the MDT's open
-        replays. It waits for the lock phase, then runs."""
-        return False
-
     async def _wait_lock_phase(self) -> Recovery | None:
         """Wait until no update replay can come any more; the recovery, if running."""
-        rec = self.recovery
+        rec = self.core
         if rec is None or self._recovered.is_set():
             return None
         while not self._recovered.is_set() and not rec.locks_may_replay(trio.current_time()):
@@ -147,32 +146,34 @@ class RecoveringTarget(_Base):
                 await self._recovery_changed.wait()
         return rec
 
-    async def run_replay(self, handler: Any, export: Export, req: Message) -> Any:
-        """Run a replayed update (the MDT reuses the first time's identities)."""
-        return await handler(export, req)
-
-    async def dispatch(self, handler: Any, export: Export, req: Message) -> Any:
-        replaying = bool(req.flags & C.MSG_REPLAY and req.transno)
-        if is_lock_replay(req):
+    async def dispatch(self, route: Route, handler: Handler, export: Export,
+                       req: Message) -> Any:
+        """Run a request's handler on the path the request gate chose through recovery."""
+        if route is Route.LOCK_REPLAY:
             return await self._lock_replay(handler, export, req)
-        if self.after_update_replay(req):
+        if route is Route.AFTER_UPDATE_REPLAYS:
             await self._wait_lock_phase()
             return await handler(export, req)
-        if not self._recovered.is_set() and not replaying and not self.recovery_exempt(req):
-            self.count("recovery_waits")
+        if route is Route.HOLD:
+            self.stats.count("recovery_waits")
             await self._recovered.wait()  # (others' replays run first)
-        if not replaying:
             return await handler(export, req)
-        rec = self.recovery if not self._recovered.is_set() else None
+        if route is Route.REPLAY:
+            return await self._replay(handler, export, req)
+        return await handler(export, req)
+
+    async def _replay(self, handler: Handler, export: Export, req: Message) -> Any:
+        """A replayed update: in global transno order while recovering."""
+        rec = self.core if not self._recovered.is_set() else None
         if rec is not None:
             rec.known.add(export.uuid)
             rec.queued[export.uuid] = req.transno
             self._changed()
-            while not rec.may_run(export.uuid, req.transno, self.last_transno + 1,
+            while not rec.may_run(export.uuid, req.transno, self.host.last_transno + 1,
                                   trio.current_time()):
                 with trio.move_on_at(rec.deadline):
                     await self._recovery_changed.wait()
-        self.count("replayed_updates")
+        self.stats.count("replayed_updates")
         try:
             return await self.run_replay(handler, export, req)
         finally:
@@ -181,13 +182,12 @@ class RecoveringTarget(_Base):
                 rec.replayed += 1
                 self._changed()
 
-    async def _lock_replay(self, handler: Any, export: Export, req: Message) -> Any:
+    async def _lock_replay(self, handler: Handler, export: Export, req: Message) -> Any:
         """A lock of the last instance: taken again in the lock phase of recovery only
         (after it, locks granted since could conflict: refused, the client drops it)."""
-
         rec = await self._wait_lock_phase()
         if self._recovered.is_set():
-            self.count("lock_replays_refused")
+            self.stats.count("lock_replays_refused")
             raise ServiceError(errno.ESTALE, "lock replay outside recovery")
         result = await handler(export, req)
         if rec is not None:
@@ -208,7 +208,7 @@ class RecoveringTarget(_Base):
         if uuid in self._known:
             self._known.discard(uuid)
             self._known_changed.set()
-        rec = self.recovery
+        rec = self.core
         if rec is not None and not self._recovered.is_set():
             rec.leave(uuid)
             self._changed()
@@ -226,13 +226,15 @@ class RecoveringTarget(_Base):
             await trio.sleep(0.2)
 
     def replay_finished(self, export: Export) -> None:
+        """The client says it has replayed every update (MSG_REQ_REPLAY_DONE)."""
         self._finish(export.uuid, locks=False)
 
     def lock_replay_finished(self, export: Export) -> None:
+        """The client says it has replayed its locks too (MSG_LOCK_REPLAY_DONE)."""
         self._finish(export.uuid, locks=True)
 
     def _finish(self, uuid: str, *, locks: bool) -> None:
-        rec = self.recovery
+        rec = self.core
         if rec is None or self._recovered.is_set():
             return
         if locks:
@@ -244,7 +246,7 @@ class RecoveringTarget(_Base):
             self._end_recovery("every client has replayed")
 
     def _end_recovery(self, why: str) -> None:
-        rec = self.recovery
+        rec = self.core
         if rec is None or self._recovered.is_set():
             return
         log.info("%s: recovery over (%s): %d replays, %d locks, %d of %d clients", self.name,
@@ -254,7 +256,7 @@ class RecoveringTarget(_Base):
 
     def recovery_lines(self) -> list[str]:
         """lctl get_param {mdt,obdfilter}.*.recovery_status, shaped like Lustre's."""
-        rec = self.recovery
+        rec = self.core
         if rec is None:
             return ["status: INACTIVE", f"known_clients: {len(self._known)}"]
         active = not self._recovered.is_set()
@@ -274,26 +276,25 @@ class RecoveringTarget(_Base):
         the ones that did and are still replaying go on (past the window their replays
         no longer wait for gaps), up to twice the window more, then they are evicted
         too."""
-        rec = self.recovery
+        rec = self.core
         assert rec is not None
         await trio.sleep_until(rec.deadline)
         if self._recovered.is_set():
             return
-        stale = sorted(uuid for uuid in rec.missing() if uuid not in self.exports)
+        stale = sorted(uuid for uuid in rec.missing() if uuid not in self.host.exports)
         log.info("%s: recovery window over; evicting %d clients that did not come back",
                  self.name, len(stale))
         self._changed()
         await self._evict_unrecovered(stale, "did not come back in the recovery window")
-        await trio.sleep_until(rec.deadline + 2 * self.recovery_window)
+        await trio.sleep_until(rec.deadline + 2 * self.window)
         if self._recovered.is_set():
             return
         missing = sorted(rec.missing())
-        self._end_recovery(f"the window of {self.recovery_window:g}s is long over")
+        self._end_recovery(f"the window of {self.window:g}s is long over")
         await self._evict_unrecovered(missing, "did not finish recovery")
 
     async def _evict_unrecovered(self, uuids: list[str], reason: str) -> None:
         for uuid in uuids:
-            self.count("recovery_evictions")
-            self.ldlm.evicted[uuid] = None  # told so when it connects again
-            await self.evict_export(uuid, reason)
-            self.client_left(uuid)
+            self.stats.count("recovery_evictions")
+            await self.host.evict_unrecovered(uuid, reason)
+            self.host.client_left(uuid)

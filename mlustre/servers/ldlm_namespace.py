@@ -1,4 +1,4 @@
-"""ldlm_server.py - one target's lock namespace: grants, queues, ASTs to send, timers.
+"""ldlm_namespace.py - one target's lock namespace: grants, queues, ASTs to send, timers.
 
 The decision logic of Lustre's server-side LDLM (ldlm_lock_enqueue, the
 ldlm_process_*_lock policies, ldlm_extent_policy, the waiting_locks_list of

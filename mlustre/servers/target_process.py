@@ -1,0 +1,76 @@
+"""target_process.py - a target as a process: run it until SIGTERM/SIGINT with one
+READY line once it listens and one clear line for a startup failure, and the fail_loc
+crash points' way of dying (as kill -9 would).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from typing import Protocol
+
+import trio
+
+from ..procs import detach_stdout_to_stderr
+from ..protocol.errors import AuthError
+from .storage import StorageBusy
+
+log = logging.getLogger(__name__)
+
+
+class Runnable(Protocol):
+    """What serve_forever needs of a target (TargetServer)."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    def open_storage(self) -> None: ...
+
+    async def run(self, *, task_status: trio.TaskStatus[str] = ...) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def crash(why: str) -> None:
+    """Die at once, as kill -9 would (fail_loc crash points): no commit, no cleanup."""
+    log.critical("%s", why)
+    for h in logging.getLogger().handlers:
+        h.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def serve_forever(server: Runnable) -> int:
+    """Run a server in this process until SIGTERM/SIGINT; print READY once listening."""
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                nid = await nursery.start(server.run)
+                print(f"READY {server.kind} {server.name} nid={nid} pid={os.getpid()}", flush=True)
+                detach_stdout_to_stderr()
+                async for _ in signals:
+                    log.info("%s: stopping on signal", server.name)
+                    server.stop()
+                    break
+
+    try:
+        server.open_storage()
+        trio.run(main)
+    except (StorageBusy, OSError, AuthError) as e:  # startup failures print one clear line
+        print(f"error: {server.name}: {e}", file=sys.stderr, flush=True)
+        return 1
+    except BaseExceptionGroup as eg:
+        match, _ = eg.split((OSError, AuthError))  # e.g. the port is in use, however deeply nested
+        if match is None:
+            raise
+        leaf: BaseException = match
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        print(f"error: {server.name}: {leaf}", file=sys.stderr, flush=True)
+        return 1
+    return 0
