@@ -62,7 +62,7 @@ class Barrier:
     """The writer gate of one target, and the task keeping its CR lock."""
 
     def __init__(self, target: str, kind: str, imp: Import, locks: LockClient,
-                 *, enabled: bool = True) -> None:
+                 *, enabled: bool = True, drain: Drainer | None = None) -> None:
         self.target = target
         self.kind = kind
         self.imp = imp
@@ -70,7 +70,7 @@ class Barrier:
         self.enabled = enabled  # the client offers UPDATE_LOCK
         self.res, self.type, self.policy = barrier_lock(kind)
         self.state = GateState.OFF
-        self.drain: Drainer | None = None
+        self.drain = drain
         self.lock: ClientLock | None = None
         self.inflight = 0  # admitted updates not answered yet
         self._changed = trio.Event()

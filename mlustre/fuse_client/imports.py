@@ -58,7 +58,8 @@ class Import:
     def __init__(self, target: str, nids: list[Nid], *, connect_opc: int, client_uuid: str,
                  release: str = "2.0", flags: int = 0, handler: Handler | None = None,
                  request_timeout: float = 30.0, connect_timeout: float = 5.0,
-                 ping_interval: float = 5.0, key: bytes | None = None) -> None:
+                 ping_interval: float = 5.0, key: bytes | None = None,
+                 nid_source: Callable[[str], Awaitable[list[Nid]]] | None = None) -> None:
         self.target = target
         self.key = key  # the filesystem's shared key: connections are authenticated
         self.nids = nids
@@ -83,7 +84,8 @@ class Import:
         self._nursery: trio.Nursery | None = None
         self._nid_idx = 0
         self._next_xid = 1
-        self.nid_source: Callable[[str], Awaitable[list[Nid]]] | None = None
+        # Where the MGS says the target serves now (client.ClientNode.target_nids).
+        self.nid_source = nid_source
         # Called with each successful connect reply body, before requests flow again
         # (the lock client checks "evicted" there).
         self.on_connected: list[Callable[[dict[str, Any]], None]] = []
