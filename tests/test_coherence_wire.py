@@ -23,10 +23,11 @@ from test_servers_wire import (
     run as run_within,
 )
 
+from mlustre.fuse_client.data_locks import WHOLE
 from mlustre.fuse_client.imports import Import
 from mlustre.fuse_client.ldlm import LockClient
 from mlustre.fuse_client.ldlm_client import ClientLock, LockState
-from mlustre.fuse_client.llite_locks import DIR_ATTR_BITS, FILE_BITS, WHOLE
+from mlustre.fuse_client.md_cache import DIR_ATTR_BITS, FILE_BITS
 from mlustre.fuse_client.mdc import Mdc
 from mlustre.protocol import constants as C
 from mlustre.protocol.ldlm import Extent, IBits, LockType, Mode, ResId, inode_res
@@ -148,9 +149,9 @@ def test_glimpse_asks_the_pw_holder_or_grants(tmp_path: Path) -> None:
     async def main() -> None:
         server = ost_server(tmp_path)
         async with serving(server) as (nid, nursery):
-            async with client(nursery, nid, "a", "ost") as a, \
+            async with client(nursery, nid, "a", "ost",
+                              on_glimpse=lambda lock: {"size": 12345, "mtime_ns": 77}) as a, \
                     client(nursery, nid, "b", "ost") as b:
-                a.on_glimpse = lambda lock: {"size": 12345, "mtime_ns": 77}
                 res = ResId(9, 0, 0, 0)
                 lw = await a.enqueue(res, LockType.EXTENT, Mode.PW, Extent(0, 4095))
                 a.release(lw)

@@ -1,12 +1,13 @@
-"""The pure helpers of llite_locks: which object extents a file range needs locked,
+"""The pure helpers of data_locks and md_cache: which object extents a file range needs locked,
 and the search permission a cached lookup checks."""
 
 from __future__ import annotations
 
 import pytest
 
-from mlustre.fuse_client.llite_locks import EOF, WHOLE, may_search, object_extents
+from mlustre.fuse_client.data_locks import EOF, WHOLE, object_extents
 from mlustre.fuse_client.lov import Layout
+from mlustre.fuse_client.md_cache import may_search
 from mlustre.protocol.ldlm import Extent
 
 ONE = Layout(1, 1 << 20, ((0, 5),))

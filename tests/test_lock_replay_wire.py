@@ -114,13 +114,12 @@ def test_lock_replay_outside_recovery_is_refused_and_the_lock_dropped(tmp_path: 
         first = ost_server(tmp_path, recovery_window=5.0)
         async with trio.open_nursery() as outer:
             nid = Nid.parse(await outer.start(first.run))
-            lc = LockClient(OST_NAME)
             resets: list[list[ClientLock]] = []
 
             async def on_reset(locks: list[ClientLock]) -> None:
                 resets.append(locks)
 
-            lc.on_reset = on_reset
+            lc = LockClient(OST_NAME, on_reset=on_reset)
             imp = Import(OST_NAME, [nid], connect_opc=C.OST_CONNECT, client_uuid="client-t",
                          handler=lc.handle_request, connect_timeout=2.0)
             lc.attach(imp)

@@ -660,9 +660,9 @@ def test_written_data_is_evicted_once_written_back() -> None:
     """A writer that never reads: each chunk becomes clean when its write-back is done,
     and the cache then drops the oldest clean chunks to stay within max_cached (with
     the data kept elsewhere for replay counted too)."""
-    cache = PageCache(max_dirty=4 * CHUNK, max_cached=3 * CHUNK)
     elsewhere = [CHUNK]
-    cache.held_elsewhere = lambda: elsewhere[0]
+    cache = PageCache(max_dirty=4 * CHUNK, max_cached=3 * CHUNK,
+                      held_elsewhere=lambda: elsewhere[0])
     for idx in range(6):
         cache.write(7, idx, 0, b"w" * CHUNK)
         snap = cache.take_dirty(7, idx)

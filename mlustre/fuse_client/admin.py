@@ -22,7 +22,7 @@ from ..protocol.message import Message
 from ..protocol.rpc import Endpoint
 from .imports import Import
 from .ldlm import LockClient
-from .llite import Llite
+from .node import Mount
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +38,13 @@ def import_info(imp: Import) -> dict[str, Any]:
             "state_history": [[int(t), s] for t, s in imp.history]}
 
 
-def dirty_bytes_per_ost(ops: Llite) -> dict[int, int]:
+def dirty_bytes_per_ost(ops: Mount) -> dict[int, int]:
     """Dirty (not yet sent) bytes of the page cache, by the OST they go to."""
     from .page_cache import CHUNK
 
     out: dict[int, int] = {}
     for ino, fc in list(ops.cache.files.items()):
-        layout = ops._layout_of(ino) if fc.dirty else None
+        layout = ops.inodes.layout_of(ino) if fc.dirty else None
         if layout is None:
             continue
         for idx in list(fc.dirty):
@@ -57,8 +57,8 @@ def dirty_bytes_per_ost(ops: Llite) -> dict[int, int]:
     return out
 
 
-def client_params(ops: Llite) -> ParamTree:
-    node = ops.node
+def client_params(ops: Mount) -> ParamTree:
+    node = ops.client
     cid = node.uuid.replace("-", "")[:16]
     cache = ops.cache
     tree = ParamTree()
@@ -93,17 +93,17 @@ def client_params(ops: Llite) -> ParamTree:
     tree.add(ll + "max_dirty_mb", lambda: cache.max_dirty >> 20, set_max_dirty)
 
     def set_flush_interval(text: str) -> None:
-        ops.flush_interval = parse_positive_float(text, limit=3600.0)
+        ops.io.flush_interval = parse_positive_float(text, limit=3600.0)
 
     # Seconds between periodic write-backs: dirty data is older than this at most.
-    tree.add(ll + "flush_interval", lambda: ops.flush_interval, set_flush_interval)
+    tree.add(ll + "flush_interval", lambda: ops.io.flush_interval, set_flush_interval)
     tree.add(ll + "cached_bytes", lambda: cache.cached_bytes)
     tree.add(ll + "dirty_bytes", lambda: cache.dirty_bytes)
     tree.add(ll + "inodes", lambda: len(ops.inodes))
     tree.add(ll + "open_files", lambda: len(ops.handles.files()))
     tree.add(ll + "stats", lambda: _stat_lines(ops.counters))
     for lc in node.locks.values():
-        kind = "mdc" if lc is ops.md_locks else "osc"
+        kind = "mdc" if lc is ops.md.locks else "osc"
         add_lock_params(tree, f"ldlm.namespaces.{lc.target}-{kind}-{cid}.", lc)
     return tree
 

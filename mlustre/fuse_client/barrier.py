@@ -12,7 +12,7 @@ thaw, or by the next server instance, and the gate opens: nothing was left to re
 Without the flag (an older server, or a client told not to use it) the gate is
 always open and a restart is recovered the classic way (resend, replay).
 
-The state machine (`GateState`) is plain; `Barrier.run` is the trio task around it.
+The gate's state table is barrier_gate.py (no I/O); `Barrier` is the trio driver around it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from enum import Enum
 from typing import Any
 
 import trio
@@ -28,26 +27,14 @@ import trio
 from ..protocol import constants as C
 from ..protocol.errors import RpcError
 from ..protocol.ldlm import Mode, barrier_lock
+from .barrier_gate import Gate, GateState, IllegalGateTransition, admits
 from .imports import Import, ImportClosed, ImportState
 from .ldlm import LockClient, LockFailed
 from .ldlm_client import ClientLock, LockState
 
 log = logging.getLogger(__name__)
 
-
-class GateState(Enum):
-    OFF = "off"              # the target does not offer the barrier: nothing is gated
-    ENQUEUING = "enqueuing"  # asking for the CR lock: every update waits
-    OPEN = "open"            # CR held: updates flow
-    DRAINING = "draining"    # called back: application updates wait, write-back flows
-
-
-def admits(state: GateState, *, flush: bool) -> bool:
-    """May an update go now? Write-back (flush) also goes while draining: it is what
-    the drain waits for."""
-    if state in (GateState.OFF, GateState.OPEN):
-        return True
-    return flush and state is GateState.DRAINING
+__all__ = ["Barrier", "Drainer", "GateState", "IllegalGateTransition", "admits"]
 
 
 CANCEL_CONCURRENCY = 16  # MDT locks given back at once by a drain (kernel invalidations)
@@ -62,15 +49,14 @@ class Barrier:
     """The writer gate of one target, and the task keeping its CR lock."""
 
     def __init__(self, target: str, kind: str, imp: Import, locks: LockClient,
-                 *, enabled: bool = True) -> None:
+                 *, enabled: bool = True, drain: Drainer | None = None) -> None:
         self.target = target
         self.kind = kind
         self.imp = imp
         self.locks = locks
         self.enabled = enabled  # the client offers UPDATE_LOCK
         self.res, self.type, self.policy = barrier_lock(kind)
-        self.state = GateState.OFF
-        self.drain: Drainer | None = None
+        self.drain = drain
         self.lock: ClientLock | None = None
         self.inflight = 0  # admitted updates not answered yet
         self._changed = trio.Event()
@@ -80,26 +66,22 @@ class Barrier:
             "last_drain_s": 0.0, "last_stall_s": 0.0, "longest_stall_s": 0.0,
             "waiters": 0,
         }
-        self._closed_at: float | None = None
+        self.gate = Gate(target, self.stats)
         self._scope: trio.CancelScope | None = None
         locks.bast_hooks[self.res] = self._bast
         imp.on_connected.append(self._connected)
         imp.gate = self
 
     # -- the gate --
+    @property
+    def state(self) -> GateState:
+        return self.gate.state
+
     def _set(self, state: GateState) -> None:
-        if state is self.state:
+        old = self.gate.state
+        if not self.gate.to(state, time.monotonic()):
             return
-        log.info("%s: barrier gate %s -> %s", self.target, self.state.value, state.value)
-        now = time.monotonic()
-        if not admits(state, flush=False) and self._closed_at is None:
-            self._closed_at = now
-        elif admits(state, flush=False) and self._closed_at is not None:
-            stall = now - self._closed_at
-            self.stats["last_stall_s"] = round(stall, 4)
-            self.stats["longest_stall_s"] = max(self.stats["longest_stall_s"], round(stall, 4))
-            self._closed_at = None
-        self.state = state
+        log.info("%s: barrier gate %s -> %s", self.target, old.value, state.value)
         self._changed.set()
         self._changed = trio.Event()
 

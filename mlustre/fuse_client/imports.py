@@ -13,8 +13,7 @@ import errno
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -25,6 +24,9 @@ from ..protocol.message import Message
 from ..protocol.nid import Nid
 from ..protocol.rpc import Endpoint, Handler
 from ..protocol.secure import open_connection
+from .import_state import IllegalTransition, ImportState, ImportStates
+
+__all__ = ["IllegalTransition", "Import", "ImportClosed", "ImportState", "WriterGate"]
 
 log = logging.getLogger(__name__)
 
@@ -33,20 +35,16 @@ log = logging.getLogger(__name__)
 BodyEncoder = Callable[[str, dict[str, Any]], dict[str, Any]]
 
 
-class ImportState(Enum):
-    NEW = "NEW"
-    CONNECTING = "CONNECTING"
-    REPLAY = "REPLAY"  # sending the updates a restarted target may have lost
-    REPLAY_LOCKS = "REPLAY_LOCKS"  # taking our locks again on the restarted target
-    RECOVER = "RECOVER"  # resending the requests the old connection left unanswered
-    FULL = "FULL"
-    DISCONN = "DISCONN"
-    EVICTED = "EVICTED"  # the target evicted us: what it granted is dropped, then FULL
-    CLOSED = "CLOSED"
-
-
 class ImportClosed(Exception):
     """The import was closed (unmount): no request can be sent any more."""
+
+
+class WriterGate(Protocol):
+    """What update requests pass (barrier.Barrier, the SIR writer gate)."""
+
+    async def enter(self, *, flush: bool = False) -> None: ...
+
+    def leave(self) -> None: ...
 
 
 class Import:
@@ -60,7 +58,8 @@ class Import:
     def __init__(self, target: str, nids: list[Nid], *, connect_opc: int, client_uuid: str,
                  release: str = "2.0", flags: int = 0, handler: Handler | None = None,
                  request_timeout: float = 30.0, connect_timeout: float = 5.0,
-                 ping_interval: float = 5.0, key: bytes | None = None) -> None:
+                 ping_interval: float = 5.0, key: bytes | None = None,
+                 nid_source: Callable[[str], Awaitable[list[Nid]]] | None = None) -> None:
         self.target = target
         self.key = key  # the filesystem's shared key: connections are authenticated
         self.nids = nids
@@ -71,8 +70,7 @@ class Import:
         self.handler = handler
         self.request_timeout = request_timeout
         self.connect_timeout = connect_timeout
-        self.state = ImportState.NEW
-        self.history: list[tuple[float, str]] = []
+        self.states = ImportStates(target)  # the state table (import_state.py)
         self.endpoint: Endpoint | None = None
         self.server: dict[str, Any] = {}
         self.evictions = 0  # connect replies that said "evicted"
@@ -86,13 +84,14 @@ class Import:
         self._nursery: trio.Nursery | None = None
         self._nid_idx = 0
         self._next_xid = 1
-        self.nid_source: Callable[[str], Awaitable[list[Nid]]] | None = None
+        # Where the MGS says the target serves now (client.ClientNode.target_nids).
+        self.nid_source = nid_source
         # Called with each successful connect reply body, before requests flow again
         # (the lock client checks "evicted" there).
         self.on_connected: list[Callable[[dict[str, Any]], None]] = []
         self._nids_refreshed = -1e9
         # The SIR writer gate (barrier.Barrier) that update requests pass, if any.
-        self.gate: Any = None
+        self.gate: WriterGate | None = None
         # Re-sends, to a new instance of the target, the updates it may have lost
         # (mdc.Mdc.replay); runs before the import is FULL again.
         self.replayer: Callable[[Endpoint], Awaitable[None]] | None = None
@@ -115,13 +114,20 @@ class Import:
         self.replays = 0  # connections to a new instance that replayed something
         self.resent_updates = 0  # update requests sent again after a lost connection
 
+    @property
+    def state(self) -> ImportState:
+        return self.states.state
+
+    @property
+    def history(self) -> list[tuple[float, str]]:
+        return self.states.history
+
     def _set_state(self, state: ImportState) -> None:
-        if self.state is ImportState.CLOSED:
+        old = self.states.state
+        if self.states.to(state, time.time()):
+            log.info("%s: %s -> %s", self.target, old.value, state.value)
+        elif old is ImportState.CLOSED:
             return  # (a connect attempt that ends after close() changes nothing)
-        if state is not self.state:
-            log.info("%s: %s -> %s", self.target, self.state.value, state.value)
-            self.state = state
-            self.history = (self.history + [(time.time(), state.value)])[-16:]
         if state is ImportState.FULL:
             self._full.set()
         elif self._full.is_set():

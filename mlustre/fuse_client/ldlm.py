@@ -58,6 +58,7 @@ _READ_MODES = Mode.PR | Mode.CR | Mode.NL
 OnBlocking = Callable[[ClientLock], Awaitable[None]]
 OnEvicted = Callable[[list[ClientLock]], Awaitable[None]]
 OnGlimpse = Callable[[ClientLock], "dict[str, int] | None"]
+OnEvictedNow = Callable[[list[ClientLock]], None]
 
 
 class LockFailed(Exception):
@@ -99,28 +100,37 @@ def _no_glimpse(lock: ClientLock) -> dict[str, int] | None:
     return None
 
 
+def _no_evicted_now(locks: list[ClientLock]) -> None:
+    return None
+
+
 class LockClient:
     """The locks of this client on one target, and the tasks that keep them.
 
     :on_blocking: awaited before a lock is cancelled (BAST, LRU): the llite layer
         flushes dirty pages and drops caches under the lock there.
     :on_evicted: awaited (in the background) with the dropped locks after an eviction.
+    :on_evicted_now: run inline when an eviction is learnt, before any other task: what
+        must not reach the server any more (dirty data) is dropped there.
+    :on_glimpse: answers a glimpse AST (the size and mtime our cache gives the file).
+    :on_reset: awaited with the locks a restarted server forgot (no EIO: nothing lost).
     """
 
     def __init__(self, target: str, imp: Import | None = None, *, lru_size: int = 100,
                  lru_max_age: float = 600.0, lru_interval: float = 1.0,
                  on_blocking: OnBlocking | None = None,
-                 on_evicted: OnEvicted | None = None) -> None:
+                 on_evicted: OnEvicted | None = None,
+                 on_evicted_now: OnEvictedNow | None = None,
+                 on_glimpse: OnGlimpse | None = None,
+                 on_reset: OnEvicted | None = None) -> None:
         self.target = target
         self.ns = ClientNamespace(target, lru_size=lru_size, lru_max_age=lru_max_age)
         self.lru_interval = lru_interval
         self.on_blocking: OnBlocking = on_blocking or _no_blocking
         self.on_evicted: OnEvicted = on_evicted or _no_evicted
-        self.on_glimpse: OnGlimpse = _no_glimpse
-        self.on_reset: OnEvicted = _no_evicted  # the server restarted: locks gone, no EIO
-        # Run inline when an eviction is learnt, before any other task: what must not
-        # reach the server any more (dirty data) is dropped there.
-        self.on_evicted_now: Callable[[list[ClientLock]], None] = lambda locks: None
+        self.on_glimpse: OnGlimpse = on_glimpse or _no_glimpse
+        self.on_reset: OnEvicted = on_reset or _no_evicted
+        self.on_evicted_now: OnEvictedNow = on_evicted_now or _no_evicted_now
         self._instance: Any = None
         # Told at once of a BAST on a resource (the SIR barrier's task watches its lock).
         self.bast_hooks: dict[ResId, Callable[[ClientLock], None]] = {}

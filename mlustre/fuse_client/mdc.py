@@ -48,14 +48,14 @@ class Kept:
 
 
 class Mdc:
-    def __init__(self, imp: Import) -> None:
+    def __init__(self, imp: Import, *, identity: dialect.Identity | None = None) -> None:
         self.imp = imp
         self.kept: list[Kept] = []  # in transno order
         self.replayed = 0
         imp.replayer = self.replay
         # What the client knows of an inode (generation, FID), to name it in the
-        # release of the MDT at send time; set by the mount (its inode table).
-        self.identity: dialect.Identity = lambda ino: (None, None)
+        # release of the MDT at send time: the mount's inode table.
+        self.identity: dialect.Identity = identity or (lambda ino: (None, None))
 
     async def _call(self, opc: int, body: dict[str, Any], *,
                     flush: bool = False) -> dict[str, Any]:

@@ -21,8 +21,7 @@ from ..procs import detach_stdout_to_stderr
 from ..protocol.errors import AuthError, ConnectionLost, RpcError
 from ..protocol.keyfile import KeyFileError, load_key
 from . import admin
-from .client import ClientNode
-from .llite import Llite
+from .node import Mount
 
 log = logging.getLogger("mlustre.client")
 
@@ -47,24 +46,25 @@ async def run(args: argparse.Namespace) -> None:
     # Resolve now: once mounted, touching the mount point from this process would deadlock.
     args.mountpoint = os.path.realpath(args.mountpoint)
     key = load_key(args.key) if args.key else None
-    node = ClientNode(args.spec, release=args.release, mount_timeout=args.mount_timeout,
-                      update_lock=not args.no_update_lock, key=key)
+    mount = Mount(args.spec, release=args.release, mount_timeout=args.mount_timeout,
+                  update_lock=not args.no_update_lock, key=key,
+                  max_dirty_mb=args.max_dirty_mb, max_cached_mb=args.max_cached_mb)
+    node = mount.client
     async with trio.open_nursery() as nursery:
-        await node.connect(nursery)
-        ops = Llite(node, max_dirty_mb=args.max_dirty_mb, max_cached_mb=args.max_cached_mb)
+        await mount.connect(nursery)
         options = set(pyfuse3.default_options)
         options |= {f"fsname={args.spec}", "subtype=mlustre", "allow_other"}
         admin_path = admin.socket_path(registry.state_dir(), os.getpid())
         listener = await admin.open_admin_socket(admin_path)
-        pyfuse3.init(ops, args.mountpoint, options)
-        ops.kernel_ready = True
+        pyfuse3.init(mount.ops, args.mountpoint, options)
+        mount.kernel.ready = True
         registry.register_mount(args.mountpoint, {
             "pid": os.getpid(), "spec": args.spec, "fsname": node.fsname,
             "cluster_data": args.cluster_data, "uuid": node.uuid,
             "key": os.path.abspath(args.key) if args.key else None,
             "admin_socket": str(admin_path)})
-        ops.start(nursery)
-        nursery.start_soon(admin.serve_admin, listener, admin.client_params(ops))
+        mount.start(nursery)
+        nursery.start_soon(admin.serve_admin, listener, admin.client_params(mount))
         print(f"READY mounted {args.spec} on {args.mountpoint} pid={os.getpid()}", flush=True)
         detach_stdout_to_stderr()
 
@@ -84,10 +84,10 @@ async def run(args: argparse.Namespace) -> None:
             unmount = False
             raise
         finally:
-            ops.kernel_ready = False  # no kernel to tell about invalidations any more
+            mount.kernel.ready = False  # no kernel to tell about invalidations any more
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(60):
-                    await ops.shutdown()
+                    await mount.shutdown()
                 pyfuse3.close(unmount=unmount)
                 registry.unregister_mount(args.mountpoint, os.getpid(), real=True)
                 try:

@@ -46,7 +46,8 @@ class FileCache:
 class PageCache:
     """All cached chunks of one client, with dirty and total byte limits."""
 
-    def __init__(self, max_dirty: int = 256 << 20, max_cached: int = 512 << 20) -> None:
+    def __init__(self, max_dirty: int = 256 << 20, max_cached: int = 512 << 20, *,
+                 held_elsewhere: Callable[[], int] | None = None) -> None:
         self.max_dirty = max_dirty
         self.max_cached = max_cached
         self.files: dict[int, FileCache] = {}
@@ -55,7 +56,7 @@ class PageCache:
         self._lru: OrderedDict[tuple[int, int], None] = OrderedDict()
         # Written data the client keeps outside the cache (the OSCs' unstable data, for
         # replay): counted against max_cached, so the client's memory stays bounded.
-        self.held_elsewhere: Callable[[], int] = lambda: 0
+        self.held_elsewhere: Callable[[], int] = held_elsewhere or (lambda: 0)
 
     def file(self, ino: int) -> FileCache:
         fc = self.files.get(ino)

@@ -1,0 +1,336 @@
+"""file_io.py - file data: reads through the page cache, writes into it, read-ahead,
+write-back, flush/fsync/release, and the periodic flusher.
+
+Every I/O runs under data locks (data_locks.py) over the chunks the cache will hold;
+written data makes the file's size and mtime this client's own (meta_dirty) until
+they are pushed to the MDT (md_cache.MdCache.push_meta).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from typing import Any
+
+import pyfuse3
+import trio
+
+from ..protocol.errors import RpcError
+from ..protocol.ldlm import Mode
+from .data_locks import EOF, DataLocks
+from .imports import ImportClosed
+from .inodes import Inode, InodeTable
+from .kernel_cache import KernelCache
+from .md_cache import MdCache
+from .mdc import Mdc
+from .open_handles import OpenFile, OpenHandles
+from .osc import Osc
+from .page_cache import CHUNK, PageCache
+from .writeback import Writeback
+
+log = logging.getLogger(__name__)
+
+READAHEAD_MAX = 8  # chunks ahead of a sequential reader
+DAY_NS = 86400 * 10**9  # a time this close to "now" was most likely UTIME_NOW
+
+
+def known_inode(inodes: InodeTable, ino: int) -> Inode:
+    """The entry of ino; ESTALE if the client has none (forgotten meanwhile)."""
+    inode = inodes.get(ino)
+    if inode is None:
+        raise pyfuse3.FUSEError(errno.ESTALE)
+    return inode
+
+
+class FileIo:
+    """Reads, writes and their write-back, per open file."""
+
+    def __init__(self, inodes: InodeTable, cache: PageCache, writeback: Writeback,
+                 data: DataLocks, md: MdCache, mdc: Mdc, oscs: dict[int, Osc],
+                 handles: OpenHandles, kernel: KernelCache) -> None:
+        self.inodes = inodes
+        self.cache = cache
+        self.writeback = writeback
+        self.data = data
+        self.md = md
+        self.mdc = mdc
+        self.oscs = oscs
+        self.handles = handles
+        self.kernel = kernel
+        self._nursery: trio.Nursery | None = None
+        self.flush_interval = 1.0
+        self._closing = 0  # MDT closes in flight
+        self._closed_all = trio.Event()
+
+    # -- lifecycle --
+    def start(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self.writeback.start(nursery)
+        nursery.start_soon(self._flusher)
+
+    async def _flusher(self) -> None:
+        """Periodic write-back of dirty data, then of sizes/mtimes to the MDT."""
+        while True:
+            await trio.sleep(self.flush_interval)
+            self.writeback.queue_all()
+            for inode in self.inodes.all():
+                if inode.meta_dirty and self.inodes.data_settled(inode.ino):
+                    try:
+                        await self.md.push_meta(inode)
+                    except (RpcError, ImportClosed) as e:
+                        log.warning("size update of inode %d failed: %s", inode.ino, e)
+
+    async def shutdown(self) -> None:
+        """Write back everything and close every MDT handle before the client goes away."""
+        while self._closing:
+            await self._closed_all.wait()
+        await self.writeback.flush_all()
+        for inode in self.inodes.all():
+            if inode.meta_dirty:
+                await self.md.push_meta(inode)
+
+    # -- reads --
+    async def _fetch(self, node: Inode, idx: int) -> None:
+        """Read chunk idx of a file from its OST objects into the cache."""
+        event = node.fetching.get(idx)
+        if event is not None:
+            await event.wait()
+            return
+        if self.cache.get(node.ino, idx) is not None:
+            return
+        event = node.fetching[idx] = trio.Event()
+        try:
+            start = idx * CHUNK
+            length = min(CHUNK, node.size - start)
+            buf = bytearray(length) if length > 0 else bytearray()
+            segments = node.layout.map_extent(start, length) if length > 0 and node.layout \
+                else []
+            if len(segments) == 1:  # the common case: use the received buffer as the chunk
+                seg = segments[0]
+                data = await self.oscs[seg.ost_idx].read(seg.oid, seg.obj_offset, length)
+                if len(data) == length and isinstance(data, bytearray):
+                    buf = data
+                else:
+                    buf[:len(data)] = data
+            elif segments:
+
+                async def one(seg: Any) -> None:
+                    data = await self.oscs[seg.ost_idx].read(seg.oid, seg.obj_offset,
+                                                             seg.length)
+                    a = seg.file_offset - start
+                    buf[a:a + len(data)] = data
+
+                async with trio.open_nursery() as n:
+                    for seg in segments:
+                        n.start_soon(one, seg)
+            if len(buf) > length:  # the object was longer than the file (stale tail)
+                del buf[length:]
+            self.cache.put(node.ino, idx, buf)
+            self.cache.evict()
+        finally:
+            del node.fetching[idx]
+            event.set()
+
+    async def _readahead(self, node: Inode, idx: int) -> None:
+        try:
+            async with self.data.data_locks(node, Mode.PR, idx * CHUNK, (idx + 1) * CHUNK):
+                if self.data.size_valid(node):  # (else the size may have moved: let it be)
+                    await self._fetch(node, idx)
+        except Exception as e:  # read-ahead is a hint; the real read reports errors
+            log.debug("read-ahead of inode %d chunk %d failed: %s", node.ino, idx, e)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        of = self.handles.live_file(fh)
+        node = known_inode(self.inodes, of.ino)
+        if node.layout is None:
+            return b""
+        # The cache works in whole chunks: lock what it will hold.
+        first = off // CHUNK * CHUNK
+        last = max(-(-(off + size) // CHUNK), off // CHUNK + 1) * CHUNK
+        async with self.data.data_locks(node, Mode.PR, first, last) as borrowed:
+            if not self.data.size_valid(node) and not borrowed:
+                await self.data.refresh_size(node)
+            return await self._read_locked(of, node, off, size)
+
+    async def _read_locked(self, of: OpenFile, node: Inode, off: int, size: int) -> bytes:
+        if not of.atime_done:
+            self._relatime(of, node)
+        if not of.direct:
+            node.kernel_pages = True
+        end = min(off + size, node.size)
+        if off >= end:
+            return b""
+        first, last = off // CHUNK, (end - 1) // CHUNK
+        # Sequential access: keep up to READAHEAD_MAX chunks in flight ahead of the reader.
+        if off == of.next_read and self._nursery is not None:
+            of.ra_window = min(max(of.ra_window * 2, 2), READAHEAD_MAX)
+            max_idx = (node.size - 1) // CHUNK
+            for idx in range(last + 1, min(last + of.ra_window, max_idx) + 1):
+                if self.cache.get(node.ino, idx) is None and idx not in node.fetching:
+                    self._nursery.start_soon(self._readahead, node, idx)
+        else:
+            of.ra_window = 0
+        of.next_read = end
+        parts = []
+        for idx in range(first, last + 1):
+            chunk = self.cache.get(node.ino, idx)
+            if chunk is None:
+                await self._fetch(node, idx)
+                chunk = self.cache.get(node.ino, idx)
+                if chunk is None:  # evicted at once under memory pressure: read again
+                    await self._fetch(node, idx)
+                    chunk = self.cache.get(node.ino, idx)
+                    if chunk is None:
+                        raise pyfuse3.FUSEError(errno.EIO)
+            base = idx * CHUNK
+            a = max(off, base) - base
+            b = min(end, base + CHUNK) - base
+            data = chunk.data[a:b]
+            if len(data) < b - a:  # a hole the cache has not materialised
+                data = data + bytes(b - a - len(data))
+            parts.append(data)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _relatime(self, of: OpenFile, node: Inode) -> None:
+        """Update atime on the first read of an open, as Linux's relatime does: when it is
+        not newer than mtime/ctime, or a day old. Sent in the background."""
+        of.atime_done = True
+        a = node.attr
+        now = time.time_ns()
+        if a["atime_ns"] <= max(node.mtime_ns, a["ctime_ns"]) or now - a["atime_ns"] > DAY_NS:
+            node.attr = {**a, "atime_ns": now}
+            assert self._nursery is not None
+            self._nursery.start_soon(self._send_atime, node.ino, now)
+
+    async def _send_atime(self, ino: int, atime_ns: int) -> None:
+        try:
+            await self.mdc.touch_atime(ino, atime_ns)
+        except (RpcError, ImportClosed) as e:
+            log.debug("atime update of inode %d failed: %s", ino, e)
+
+    # -- writes --
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        of = self.handles.live_file(fh)
+        node = known_inode(self.inodes, of.ino)
+        if node.layout is None:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        await self.writeback.wait_for_space(len(buf))
+        append = bool(of.flags & os.O_APPEND)
+        first = off // CHUNK * CHUNK
+        last = -(-(off + len(buf)) // CHUNK) * CHUNK
+        # An append writes where the file ends: nobody else may move that end meanwhile.
+        async with self.data.data_locks(node, Mode.PW, 0 if append else first,
+                                        EOF if append else last) as borrowed:
+            if not self.data.size_valid(node) and not borrowed:
+                await self.data.refresh_size(node)
+            stale_size = append and off != node.size
+            if append:
+                off = node.size  # where the file really ends, not where the kernel thinks
+            written = await self._write_locked(of, node, off, buf)
+        if stale_size:
+            await self.kernel.invalidate(node.ino, attr_only=True)  # the kernel's i_size is off
+        if of.direct and node.kernel_pages:
+            # Pages read through another handle of this file are older than this write.
+            node.kernel_pages = False
+            await self.kernel.invalidate(node.ino, attr_only=False)
+        return written
+
+    async def _write_locked(self, of: OpenFile, node: Inode, off: int, buf: bytes) -> int:
+        view = memoryview(buf)
+        pos = off
+        end = off + len(buf)
+        while pos < end:
+            idx, lo = divmod(pos, CHUNK)
+            n = min(CHUNK - lo, end - pos)
+            if self.cache.needs_fill(node.ino, idx, lo, lo + n, node.size):
+                await self._fetch(node, idx)
+                if self.cache.needs_fill(node.ino, idx, lo, lo + n, node.size):
+                    # Evicted at once under memory pressure (or dropped by a lock given
+                    # back): fetch again, as a read does. Writing into an empty chunk
+                    # would take its zeros for the file's data.
+                    await self._fetch(node, idx)
+                    if self.cache.needs_fill(node.ino, idx, lo, lo + n, node.size):
+                        raise pyfuse3.FUSEError(errno.EIO)
+            if self.cache.get(node.ino, idx) is None and lo != 0:
+                # Nothing of this chunk exists yet (beyond EOF): start it with a hole.
+                self.cache.put(node.ino, idx, bytearray(lo))
+            self.cache.write(node.ino, idx, lo, view[pos - off:pos - off + n])
+            chunk = self.cache.get(node.ino, idx)
+            if chunk is not None and chunk.dirty_hi == CHUNK:
+                self.writeback.queue(node.ino, idx)
+            pos += n
+        node.size = max(node.size, end)
+        node.mtime_ns = node.ctime_ns = time.time_ns()
+        node.meta_dirty = True
+        if of.uid != 0 and node.attr["mode"] & (stat.S_ISUID | stat.S_ISGID):
+            node.kill_priv = True
+        return len(buf)
+
+    async def truncate_data(self, node: Inode, size: int) -> None:
+        await self.writeback.wait_idle(node.ino)
+        self.cache.truncate(node.ino, size)
+        layout = node.layout
+        if layout is None:
+            return
+        async with trio.open_nursery() as n:
+            for stripe, (ost_idx, oid) in enumerate(layout.objects):
+                n.start_soon(self.oscs[ost_idx].punch, oid,
+                             layout.object_size_at(stripe, size))
+
+    # -- flush, fsync, release --
+    async def _flush_inode(self, node: Inode) -> None:
+        await self.writeback.flush_file(node.ino)
+        await self.md.push_meta(node)
+        if node.write_error:
+            err, node.write_error = node.write_error, 0
+            raise pyfuse3.FUSEError(err)
+
+    async def flush(self, fh: int) -> None:
+        of = self.handles.live_file(fh)
+        node = known_inode(self.inodes, of.ino)
+        if node.meta_dirty or not self.inodes.data_settled(node.ino):
+            await self._flush_inode(node)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        of = self.handles.live_file(fh)
+        node = known_inode(self.inodes, of.ino)
+        await self._flush_inode(node)
+        async with trio.open_nursery() as n:
+            if node.layout is not None:
+                for ost_idx in {o for o, _ in node.layout.objects}:
+                    n.start_soon(self.oscs[ost_idx].sync)
+            n.start_soon(self.mdc.sync)
+
+    async def release(self, fh: int) -> None:
+        of = self.handles.remove_file(fh)
+        node = self.inodes.get(of.ino)
+        try:
+            if node is not None and (node.meta_dirty or not self.inodes.data_settled(node.ino)):
+                await self._flush_inode(node)
+        finally:
+            # Nobody waits for the MDT close (release has no caller to report to), so it
+            # goes in the background; shutdown waits for every one of them.
+            self.close_later(of.handle)
+            if node is not None:
+                node.opens -= 1
+                self.inodes.maybe_forget(node)
+
+    def close_later(self, handle: int) -> None:
+        """Close an MDT open handle in the background (shutdown waits for it)."""
+        self._closing += 1
+        assert self._nursery is not None
+        self._nursery.start_soon(self._close_handle, handle)
+
+    async def _close_handle(self, handle: int) -> None:
+        try:
+            await self.mdc.close(handle)
+        except (RpcError, ImportClosed) as e:
+            log.warning("close of MDT handle %d failed: %s", handle, e)
+        finally:
+            self._closing -= 1
+            if not self._closing:
+                self._closed_all.set()
+                self._closed_all = trio.Event()

@@ -1,0 +1,279 @@
+"""md_cache.py - what the client caches under MDT locks, and its updates to the MDT.
+
+* MDT IBITS locks, granted with the replies of lookups, getattrs and creates
+  (intent locks), protect a cached name (LOOKUP), the attributes permission
+  checks use (PERM) and the other attributes (UPDATE, LAYOUT). A regular file
+  gets one lock with every bit; a directory gets its name lock (LOOKUP|PERM) and
+  its attribute lock (UPDATE|PERM|LAYOUT) apart, so that creating a file in it
+  (EX UPDATE on the directory) does not drop the path walk's cached name.
+* The kernel caches attributes for LONG_TIMEOUT only while all of an inode's
+  attribute locks are held, and never names (entry timeout 0: the kernel asks the
+  daemon, which answers from its own lock-protected name cache). Invalidating a
+  kernel dentry takes the directory's inode lock, which an operation of this very
+  client may hold while its server waits for this cancel; attribute invalidation
+  takes no lock.
+* An update sends the handles of our unused locks it would call back with it
+  (early lock cancel), and may ask for the directory's attribute lock again.
+"""
+
+from __future__ import annotations
+
+import logging
+import stat
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from ..protocol.errors import RpcError
+from ..protocol.ldlm import FL_ELC, NAME_BITS, IBits, LockType, Mode, inode_res
+from .inodes import Inode, InodeTable
+from .kernel_cache import KernelCache
+from .ldlm import LockClient
+from .ldlm_client import ClientLock, LockState
+from .mdc import Mdc
+from .open_handles import OpenHandles
+
+log = logging.getLogger(__name__)
+
+LONG_TIMEOUT = 60.0  # kernel attribute cache under locks (dropped at once on callback)
+MD_LRU_SIZE = 8192  # MDT locks a client keeps unused (one or two per cached inode)
+
+LOOKUP, UPDATE, PERM, LAYOUT = (int(IBits.LOOKUP), int(IBits.UPDATE), int(IBits.PERM),
+                                int(IBits.LAYOUT))
+FILE_BITS = LOOKUP | UPDATE | PERM | LAYOUT
+DIR_NAME_BITS = LOOKUP | PERM
+DIR_ATTR_BITS = UPDATE | PERM | LAYOUT
+ATTR_BITS = UPDATE | PERM  # what the attributes handed to the kernel need
+
+
+def may_search(attr: dict[str, Any], uid: int, gid: int, groups: list[int]) -> bool:
+    """Search (x) permission on a directory, by Linux's rules."""
+    if uid == 0:
+        return True
+    mode = attr["mode"]
+    if uid == attr["uid"]:
+        return bool(mode & stat.S_IXUSR)
+    if gid == attr["gid"] or attr["gid"] in groups:
+        return bool(mode & stat.S_IXGRP)
+    return bool(mode & stat.S_IXOTH)
+
+
+def lock_bits(lock: ClientLock) -> int:
+    """The inode bits of an IBITS lock."""
+    policy = lock.policy
+    assert isinstance(policy, int)
+    return int(policy)
+
+
+class MdCache:
+    """Names and attributes cached under MDT locks; requests that refresh or change them.
+
+    :dentries: (parent, name) -> ino, cached under the child's LOOKUP lock.
+    """
+
+    def __init__(self, locks: LockClient, mdc: Mdc, inodes: InodeTable, kernel: KernelCache,
+                 handles: OpenHandles, counters: dict[str, int]) -> None:
+        self.locks = locks
+        self.mdc = mdc
+        self.inodes = inodes
+        self.kernel = kernel
+        self.handles = handles
+        self.counters = counters
+        self.dentries: dict[tuple[int, bytes], int] = {}  # (parent, name) -> ino
+        self.names_of: dict[int, set[tuple[int, bytes]]] = {}
+
+    def md_bits(self, node: Inode) -> int:
+        bits = 0
+        live = []
+        for lock in node.md:
+            if lock.state is LockState.GRANTED:
+                bits |= lock_bits(lock)
+                live.append(lock)
+        if len(live) != len(node.md):
+            node.md = live
+        return bits
+
+    def _intent(self, dir_bits: int) -> tuple[ClientLock, dict[str, Any]]:
+        lock = self.locks.intent_begin(inode_res(0), LockType.IBITS, Mode.PR, FILE_BITS)
+        return lock, {"handle": lock.handle, "bits": FILE_BITS, "dir_bits": dir_bits}
+
+    def _intent_done(self, lock: ClientLock, body: dict[str, Any] | None,
+                     dir_bits: int) -> Inode | None:
+        """Merge a reply's attributes; keep its lock if it was granted."""
+        attr = body.get("attr") if body else None
+        remote = body.get("lock") if body else None
+        if attr is None or remote is None or lock.state is not LockState.ENQUEUING:
+            self.locks.intent_end(lock, None)
+            return self.inodes.update(attr) if attr is not None else None
+        bits = dir_bits if stat.S_ISDIR(attr["mode"]) else FILE_BITS
+        self.locks.ns.rebind(lock.handle, inode_res(attr["ino"]), bits)
+        granted = self.locks.intent_end(lock, remote)
+        node = self.inodes.update(attr)
+        if granted and lock not in node.md:
+            node.md.append(lock)
+        return node
+
+    async def md_call(self, call: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
+                      dir_bits: int = DIR_ATTR_BITS) -> tuple[Inode | None, dict[str, Any]]:
+        """Send an MDT request that returns attributes, with an intent lock."""
+        lock, intent = self._intent(dir_bits)
+        body: dict[str, Any] | None = None
+        self.counters["md_rpcs"] += 1
+        sent = trio.current_time()
+        try:
+            body = await call(intent)
+        finally:
+            node = self._intent_done(lock, body, dir_bits)
+        assert body is not None
+        if node is not None:
+            node.attr_at = sent
+        return node, body
+
+    async def md_getattr(self, ino: int) -> Inode:
+        node = self.inodes.get(ino)
+        if node is not None and self.md_bits(node) & ATTR_BITS == ATTR_BITS:
+            # Already protected (a file whose size needed asking): no second lock.
+            self.counters["md_rpcs"] += 1
+            sent = trio.current_time()
+            body = await self.mdc.getattr(ino)
+            node = self.inodes.update(body["attr"])
+            node.attr_at = sent
+            return node
+        node, _ = await self.md_call(lambda intent: self.mdc.getattr(ino, intent=intent))
+        assert node is not None
+        return node
+
+    # ---- names ------------------------------------------------------------------------
+
+    def remember_name(self, parent: int, name: bytes, node: Inode) -> None:
+        if self.md_bits(node) & LOOKUP:
+            key = (parent, name)
+            old = self.dentries.get(key)
+            if old is not None and old != node.ino:
+                self.names_of.get(old, set()).discard(key)
+            self.dentries[key] = node.ino
+            self.names_of.setdefault(node.ino, set()).add(key)
+
+    def forget_name(self, parent: int, name: bytes) -> None:
+        ino = self.dentries.pop((parent, name), None)
+        if ino is not None:
+            self.names_of.get(ino, set()).discard((parent, name))
+
+    def cached_lookup(self, parent: int, name: bytes, uid: int, gid: int,
+                      groups: Callable[[], list[int]]) -> Inode | None:
+        """The child if its name is cached under a LOOKUP lock and the caller may
+        search the parent (known under a PERM lock); else None (ask the MDT)."""
+        ino = self.dentries.get((parent, name))
+        if ino is None:
+            return None
+        node, pnode = self.inodes.get(ino), self.inodes.get(parent)
+        if node is None or pnode is None or not self.md_bits(node) & LOOKUP \
+                or not self.md_bits(pnode) & PERM:
+            return None
+        if not may_search(pnode.attr, uid, gid, groups() if uid else []):
+            return None
+        self.counters["md_cache_hits"] += 1
+        return node
+
+    def name_locks(self, parent: int, name: bytes) -> list[tuple[int, int]]:
+        """What removing a name calls back: the directory's contents, the child's name."""
+        wanted = [(parent, UPDATE)]
+        child = self.dentries.get((parent, name))
+        if child is not None:
+            wanted.append((child, NAME_BITS))
+        return wanted
+
+    # ---- updates ----------------------------------------------------------------------
+
+    async def update_call(self, wanted: list[tuple[int, int]],
+                          call: Callable[[dict[str, Any]], Awaitable[Any]],
+                          parent: int | None = None) -> Any:
+        """An MDT update with early lock cancel of our locks it would call back; `call`
+        gets the extra request fields. With `parent`, the directory's attribute lock
+        is asked for again with the reply (the update takes it from us)."""
+        cancels = await self.locks.early_cancel(
+            [(inode_res(ino), bits) for ino, bits in wanted])
+        extra: dict[str, Any] = {"cancels": cancels}
+        plock = None
+        if parent is not None:
+            plock = self.locks.intent_begin(inode_res(parent), LockType.IBITS, Mode.PR,
+                                            DIR_ATTR_BITS)
+            extra["parent_lock"] = {"handle": plock.handle, "bits": DIR_ATTR_BITS}
+        delivered = False
+        result: Any = None
+        try:
+            result = await call(extra)
+            delivered = True
+            return result
+        except RpcError:
+            delivered = True  # answered: the server has the cancels
+            raise
+        finally:
+            self.locks.cancels_sent(cancels, delivered=delivered)
+            if plock is not None:
+                body = result[1] if isinstance(result, tuple) else result
+                self._parent_intent_done(plock, body if isinstance(body, dict) else None)
+
+    def _parent_intent_done(self, lock: ClientLock, body: dict[str, Any] | None) -> None:
+        remote = body.get("parent_lock") if body else None
+        attr = body.get("parent_attr") if body else None
+        granted = self.locks.intent_end(lock, remote if attr is not None else None)
+        if attr is None:
+            return
+        node = self.inodes.update(attr)
+        if granted:
+            node.md.append(lock)
+
+    async def push_meta(self, inode: Inode) -> None:
+        """Tell the MDT the size and mtime that written data gave the file."""
+        async with inode.meta_lock:
+            if not inode.meta_dirty:
+                return
+            inode.meta_dirty = False
+            kill_priv, inode.kill_priv = inode.kill_priv, False
+            inode.meta_inflight += 1
+            try:
+                attr = await self.update_call(
+                    [(inode.ino, ATTR_BITS)] if kill_priv else [],
+                    lambda kw: self.mdc.write_update(inode.ino, inode.size, inode.mtime_ns,
+                                                     kill_priv, **kw))
+            except BaseException:
+                inode.meta_dirty = True
+                inode.kill_priv |= kill_priv
+                raise
+            finally:
+                inode.meta_inflight -= 1
+            inode.attr = attr
+
+    # ---- lock callbacks (MDT lock client) ----------------------------------------------
+
+    async def blocking(self, lock: ClientLock) -> None:
+        ino = lock.res[0]
+        bits = lock_bits(lock)
+        node = self.inodes.get(ino)
+        if node is not None and lock in node.md:
+            node.md.remove(lock)
+        if bits & LOOKUP:
+            for key in self.names_of.pop(ino, set()):
+                if self.dentries.get(key) == ino:
+                    del self.dentries[key]
+        if bits & (UPDATE | PERM | LAYOUT) and not lock.flags & FL_ELC:
+            # (An update of ours cancelled it early: the kernel drops the attributes of
+            # the inodes that update touches by itself.)
+            await self.kernel.invalidate(ino, attr_only=True)
+
+    async def evicted(self, locks: list[ClientLock]) -> None:
+        """Evicted by the MDT: open files are invalid (their I/O fails with EIO; they
+        can be opened again), and nothing the MDT locks protected can be trusted."""
+        for of in self.handles.files():
+            of.evicted = True
+        await self.reset(locks)
+
+    async def reset(self, locks: list[ClientLock]) -> None:
+        self.dentries.clear()
+        self.names_of.clear()
+        for node in self.inodes.all():
+            node.md = []
+        for ino in list(self.inodes.inodes):
+            await self.kernel.invalidate(ino, attr_only=True)

@@ -1,0 +1,360 @@
+"""namespace.py - names, directories, attributes and extended attributes.
+
+Lookups are answered from the name cache when its MDT locks allow (md_cache.py),
+attributes from the inode table when both its MDT and data locks do; everything else
+asks the MDT. Creating and removing names are MDT updates with early lock cancel.
+"""
+
+from __future__ import annotations
+
+import errno
+import stat
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pyfuse3
+import trio
+
+from ..protocol import constants as C
+from ..protocol.errors import RpcError
+from ..protocol.ldlm import IBits, Mode
+from .data_locks import EOF, DataLocks
+from .file_io import FileIo, known_inode
+from .inodes import Groups, Inode, InodeTable
+from .md_cache import ATTR_BITS, DIR_NAME_BITS, LONG_TIMEOUT, UPDATE, MdCache
+from .mdc import Mdc
+from .open_handles import OpenHandles
+from .osc import Osc
+from .writeback import Writeback
+
+LAYOUT_BITS = int(IBits.UPDATE | IBits.LAYOUT)
+READDIR_BATCH = 512
+BLKSIZE = 1 << 20  # tools size their I/O buffers from st_blksize
+POSIX_ACL_PREFIX = b"system.posix_acl_"
+NOW_SLACK_NS = 100_000_000
+
+
+class Namespace:
+    """The namespace and attribute operations of the mount."""
+
+    def __init__(self, inodes: InodeTable, md: MdCache, data: DataLocks, io: FileIo,
+                 writeback: Writeback, mdc: Mdc, oscs: dict[int, Osc], handles: OpenHandles,
+                 groups: Groups, counters: dict[str, int]) -> None:
+        self.inodes = inodes
+        self.md = md
+        self.data = data
+        self.io = io
+        self.writeback = writeback
+        self.mdc = mdc
+        self.oscs = oscs
+        self.handles = handles
+        self.groups = groups
+        self.counters = counters
+
+    # -- helpers --
+    def cred(self, ctx: pyfuse3.RequestContext) -> list[Any]:
+        return [ctx.uid, ctx.gid, self.groups.of(ctx.pid)]
+
+    def entry(self, inode: Inode, *, count_lookup: bool = True) -> pyfuse3.EntryAttributes:
+        a = inode.attr
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = inode.ino
+        e.generation = a["gen"]
+        e.st_mode = a["mode"]
+        e.st_nlink = a["nlink"]
+        e.st_uid = a["uid"]
+        e.st_gid = a["gid"]
+        e.st_rdev = a["rdev"]
+        e.st_size = inode.size
+        e.st_blocks = max(a["blocks"], (inode.size + 511) // 512) if inode.layout else a["blocks"]
+        e.st_blksize = BLKSIZE
+        e.st_atime_ns = a["atime_ns"]
+        e.st_mtime_ns = inode.mtime_ns
+        e.st_ctime_ns = max(inode.ctime_ns, a["ctime_ns"])
+        e.attr_timeout = LONG_TIMEOUT if self.data.attrs_valid(inode) else 0
+        e.entry_timeout = 0  # names: the daemon answers from its lock-protected cache
+        if count_lookup:
+            inode.lookups += 1
+        return e
+
+    # -- names --
+    async def lookup(self, parent_inode: int, name: bytes,
+                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = self.md.cached_lookup(parent_inode, name, ctx.uid, ctx.gid,
+                                     lambda: self.groups.of(ctx.pid))
+        if node is None:
+            cred = self.cred(ctx)
+            node, _ = await self.md.md_call(lambda intent: self.mdc.lookup(
+                cred, parent_inode, name, intent=intent), DIR_NAME_BITS)
+            assert node is not None
+            self.md.remember_name(parent_inode, name, node)
+        return self.entry(node)
+
+    def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        for ino, nlookup in inode_list:
+            inode = self.inodes.get(ino)
+            if inode is not None:
+                inode.lookups -= nlookup
+                self.inodes.maybe_forget(inode)
+
+    # -- attributes --
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = self.inodes.get(inode)
+        if node is not None and self.data.attrs_valid(node):
+            self.counters["md_cache_hits"] += 1
+            return self.entry(node, count_lookup=False)
+        if node is None or node.layout is None:
+            node = await self.md.md_getattr(inode)
+        if node.layout is not None and not self.data.size_valid(node):
+            await self.data.refresh_size(node)
+        return self.entry(node, count_lookup=False)
+
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields, fh: int | None,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = known_inode(self.inodes, inode) if inode in self.inodes \
+            else await self.md.md_getattr(inode)
+        attrs: dict[str, Any] = {}
+        if fields.update_mode:
+            attrs["mode"] = stat.S_IMODE(attr.st_mode)
+        if fields.update_uid:
+            attrs["uid"] = attr.st_uid
+        if fields.update_gid:
+            attrs["gid"] = attr.st_gid
+        now = time.time_ns()
+        for which in ("atime", "mtime"):
+            if getattr(fields, f"update_{which}"):
+                t = getattr(attr, f"st_{which}_ns")
+                if abs(t - now) < NOW_SLACK_NS:
+                    attrs[f"{which}_now"] = True
+                else:
+                    attrs[f"{which}_ns"] = max(t, 0)
+        cred = self.cred(ctx)
+        if fields.update_size:
+            size = attr.st_size
+            # Every other client's cached data and size go first (PW over the whole file).
+            async with self.data.data_locks(node, Mode.PW, 0, EOF), node.meta_lock:
+                # The MDT checks permission and sets the size first; only then is data dropped.
+                if node.meta_dirty or not self.inodes.data_settled(inode):
+                    await self.writeback.wait_idle(inode)
+                new = await self._setattr_rpc(cred, node, {**attrs, "size": size}, fh)
+                await self.io.truncate_data(node, size)
+                node.meta_dirty = False
+                node.size = size
+                node.mtime_ns = new["mtime_ns"]
+                node.ctime_ns = new["ctime_ns"]
+        elif ("mtime_ns" in attrs or "mtime_now" in attrs) and node.layout is not None:
+            # Explicit times must not be overwritten by a later size update, ours or
+            # another client's: every writer writes back and reports first.
+            async with self.data.data_locks(node, Mode.PW, 0, EOF):
+                await self.writeback.flush_file(inode)
+                await self.md.push_meta(node)
+                new = await self._setattr_rpc(cred, node, attrs, fh)
+                node.mtime_ns = new["mtime_ns"]
+                node.ctime_ns = new["ctime_ns"]
+        else:
+            new = await self._setattr_rpc(cred, node, attrs, fh)
+            node.mtime_ns = new["mtime_ns"]
+            node.ctime_ns = new["ctime_ns"]
+        return self.entry(node, count_lookup=False)
+
+    async def _setattr_rpc(self, cred: list[Any], node: Inode, attrs: dict[str, Any],
+                           fh: int | None) -> dict[str, Any]:
+        _, body = await self.md.update_call(
+            [(node.ino, ATTR_BITS)],
+            lambda kw: self.md.md_call(lambda intent: self.mdc.setattr(
+                cred, node.ino, attrs, via_handle=fh is not None, intent=intent,
+                **kw)))
+        return body["attr"]
+
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        return await self.mdc.readlink(inode)
+
+    # -- new names --
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        cred = self.cred(ctx)
+        node = await self.make(parent_inode, name, lambda kw, intent: self.mdc.create(
+            cred, parent_inode, name, mode, rdev, intent=intent, **kw))
+        return self.entry(node)
+
+    async def make(self, parent: int, name: bytes,
+                   call: Callable[[dict[str, Any], dict[str, Any]], Awaitable[dict[str, Any]]],
+                   extra: list[tuple[int, int]] | None = None) -> Inode:
+        """A new name in `parent` (create, mkdir, symlink, link), its reply's intent lock
+        kept and the name cached under it."""
+        node, _ = await self.md.update_call(
+            [(parent, UPDATE), *(extra or [])],
+            lambda kw: self.md.md_call(lambda intent: call(kw, intent), DIR_NAME_BITS),
+            parent)
+        assert node is not None
+        self.md.remember_name(parent, name, node)
+        return node
+
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        cred = self.cred(ctx)
+        node = await self.make(parent_inode, name, lambda kw, intent: self.mdc.mkdir(
+            cred, parent_inode, name, mode, intent=intent, **kw))
+        return self.entry(node)
+
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        cred = self.cred(ctx)
+        node = await self.make(parent_inode, name, lambda kw, intent: self.mdc.symlink(
+            cred, parent_inode, name, target, intent=intent, **kw))
+        return self.entry(node)
+
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        cred = self.cred(ctx)
+        node = await self.make(new_parent_inode, new_name, lambda kw, intent: self.mdc.link(
+            cred, inode, new_parent_inode, new_name, intent=intent, **kw),
+            [(inode, UPDATE)])
+        return self.entry(node)
+
+    # -- removing and renaming names --
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        cred = self.cred(ctx)
+        result = await self.md.update_call(
+            self.md.name_locks(parent_inode, name),
+            lambda kw: self.mdc.unlink(cred, parent_inode, name, **kw), parent_inode)
+        self.md.forget_name(parent_inode, name)
+        self._after_remove(result.get("ino"))
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        cred = self.cred(ctx)
+        await self.md.update_call(
+            self.md.name_locks(parent_inode, name),
+            lambda kw: self.mdc.rmdir(cred, parent_inode, name, **kw), parent_inode)
+        self.md.forget_name(parent_inode, name)
+
+    def _after_remove(self, ino: int | None) -> None:
+        inode = self.inodes.get(ino) if ino else None
+        if inode is not None:
+            inode.attr = {**inode.attr, "nlink": max(inode.attr["nlink"] - 1, 0)}
+
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+        cred = self.cred(ctx)
+        result = await self.md.update_call(
+            self.md.name_locks(parent_inode_old, name_old)
+            + self.md.name_locks(parent_inode_new, name_new),
+            lambda kw: self.mdc.rename(cred, parent_inode_old, name_old, parent_inode_new,
+                                       name_new, flags, **kw))
+        self.md.forget_name(parent_inode_old, name_old)
+        self.md.forget_name(parent_inode_new, name_new)
+        self._after_remove(result.get("replaced"))
+
+    # -- directories --
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        return self.handles.add_dir(inode, self.cred(ctx))
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        # Offsets: 1 after ".", 2 after "..", then the MDT's stable cookies + 2.
+        ino, cred = self.handles.dir(fh)
+        if start_id < 2:
+            dots = [(b".", ino, 1), (b"..", None, 2)][start_id:]
+            for name, dot_ino, next_id in dots:
+                attr = (await self.mdc.getattr(dot_ino) if dot_ino is not None
+                        else await self.mdc.lookup(cred, ino, b".."))["attr"]
+                # Not counted as lookups: the kernel does not forget . and ..
+                if not pyfuse3.readdir_reply(token, name,
+                                             self.entry(self.inodes.update(attr),
+                                                        count_lookup=False),
+                                             next_id):
+                    return
+            start_id = 2
+        cookie = start_id - 2
+        while True:
+            page = await self.mdc.readdir(cred, ino, cookie, READDIR_BATCH)
+            for name, attr, next_cookie in page["entries"]:
+                inode = self.inodes.update(attr)
+                if not pyfuse3.readdir_reply(token, name, self.entry(inode, count_lookup=False),
+                                             next_cookie + 2):
+                    return
+                inode.lookups += 1
+                cookie = next_cookie
+            if page["end"]:
+                return
+
+    async def releasedir(self, fh: int) -> None:
+        self.handles.remove_dir(fh)
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        await self.mdc.sync()
+
+    # -- xattrs, statfs, access --
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if name.startswith(POSIX_ACL_PREFIX):
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+        try:
+            return await self.mdc.getxattr(self.cred(ctx), inode, name)
+        except RpcError as e:
+            if e.errno == errno.ENODATA:
+                raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
+            raise
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes,
+                       ctx: pyfuse3.RequestContext) -> None:
+        if name.startswith(POSIX_ACL_PREFIX):
+            # No POSIX ACLs: refusing makes cp/tar fall back to chmod, as on a filesystem
+            # mounted without ACL support.
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+        cred = self.cred(ctx)
+        result = await self.md.update_call(
+            [(inode, LAYOUT_BITS)],
+            lambda kw: self.mdc.setxattr(cred, inode, name, value, 0, **kw))
+        if "attr" in result:
+            self.inodes.update(result["attr"])
+
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return await self.mdc.listxattr(self.cred(ctx), inode)
+
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        try:
+            cred = self.cred(ctx)
+            await self.md.update_call([(inode, UPDATE)], lambda kw: self.mdc.removexattr(
+                cred, inode, name, **kw))
+        except RpcError as e:
+            if e.errno == errno.ENODATA:
+                raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
+            raise
+
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        try:
+            await self.mdc.imp.call(C.MDS_ACCESS, {"cred": self.cred(ctx), "ino": inode,
+                                                   "mask": mode})
+        except RpcError as e:
+            if e.errno == errno.EACCES:
+                return False
+            raise
+        return True
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        results: dict[int, dict[str, Any]] = {}
+        mdt: dict[str, Any] = {}
+
+        async def ost(idx: int) -> None:
+            results[idx] = await self.oscs[idx].statfs()
+
+        async def md() -> None:
+            mdt.update(await self.mdc.statfs())
+
+        async with trio.open_nursery() as n:
+            n.start_soon(md)
+            for idx in self.oscs:
+                n.start_soon(ost, idx)
+        frsize = 4096
+        st = pyfuse3.StatvfsData()
+        st.f_bsize = BLKSIZE
+        st.f_frsize = frsize
+        st.f_blocks = sum(r["blocks"] * r["bsize"] for r in results.values()) // frsize
+        st.f_bfree = sum(r["bfree"] * r["bsize"] for r in results.values()) // frsize
+        st.f_bavail = sum(r["bavail"] * r["bsize"] for r in results.values()) // frsize
+        st.f_files = mdt.get("files", 0) + mdt.get("ffree", 0)
+        st.f_ffree = mdt.get("ffree", 0)
+        st.f_favail = st.f_ffree
+        st.f_namemax = mdt.get("namemax", 255)
+        return st

@@ -1,0 +1,82 @@
+"""The composition root of a mount (fuse_client/node.py): what it hands to whom, built
+from a configuration without connecting anything."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from mlustre.fuse_client.data_locks import OST_LRU_SIZE
+from mlustre.fuse_client.md_cache import MD_LRU_SIZE
+from mlustre.fuse_client.node import COUNTERS, Mount
+
+CONFIG: dict[str, Any] = {"targets": [
+    {"kind": "mdt", "name": "fs-MDT0000", "index": 0, "nids": ["127.0.0.1@tcp:1"]},
+    {"kind": "ost", "name": "fs-OST0001", "index": 1, "nids": ["127.0.0.1@tcp:3"]},
+    {"kind": "ost", "name": "fs-OST0000", "index": 0, "nids": ["127.0.0.1@tcp:2"]},
+]}
+
+
+def built() -> Mount:
+    mount = Mount("127.0.0.1@tcp:9:/fs")
+    mount.client.configure(CONFIG)
+    mount._build()
+    return mount
+
+
+def test_every_target_gets_the_mounts_hooks() -> None:
+    mount = built()
+    client = mount.client
+    assert client.mdc is not None and sorted(client.oscs) == [0, 1]
+    md_locks = client.locks["fs-MDT0000"]
+    assert mount.md.locks is md_locks and md_locks.ns.lru_size == MD_LRU_SIZE
+    assert mount.data.ost_locks == {0: client.locks["fs-OST0000"],
+                                    1: client.locks["fs-OST0001"]}
+    for idx in (0, 1):
+        assert mount.data.ost_locks[idx].ns.lru_size == OST_LRU_SIZE
+    for barrier in client.barriers.values():
+        assert barrier.drain is not None
+    # The MDT import tells the open-replay component of each connect, after the lock
+    # client and the barrier gate.
+    assert len(client.mdc.imp.on_connected) == 3
+    assert len(client.oscs[0].imp.on_connected) == 2
+    assert set(mount.counters) == set(COUNTERS)
+
+
+def test_callbacks_reach_the_components() -> None:
+    mount = built()
+    client = mount.client
+    seen: list[Any] = []
+
+    async def md_blocking(lock: Any) -> None:
+        seen.append(("md", lock))
+
+    async def data_blocking(ost: int, lock: Any) -> None:
+        seen.append(("data", ost, lock))
+
+    # (Monkeypatched on the components only to observe the forwarding.)
+    mount.md.blocking = md_blocking  # type: ignore[method-assign]
+    mount.data.blocking = data_blocking  # type: ignore[method-assign]
+    mount.data.glimpse = lambda ost, lock: {"size": ost, "mtime_ns": 0}  # type: ignore
+
+    async def main() -> None:
+        await client.locks["fs-MDT0000"].on_blocking("m")  # type: ignore[arg-type]
+        await client.locks["fs-OST0001"].on_blocking("o")  # type: ignore[arg-type]
+
+    trio.run(main)
+    assert seen == [("md", "m"), ("data", 1, "o")]
+    assert client.locks["fs-OST0000"].on_glimpse("g") == {  # type: ignore[arg-type]
+        "size": 0, "mtime_ns": 0}
+
+
+def test_identity_and_memory_come_from_the_mount() -> None:
+    mount = built()
+    mdc = mount.client.mdc
+    assert mdc is not None
+    assert mdc.identity(5) == (None, None)
+    mount.inodes.update({"ino": 5, "gen": 7, "fid": [1, 2, 0], "size": 0, "mtime_ns": 0,
+                         "ctime_ns": 0, "mode": 0o100644})
+    assert mdc.identity(5) == (7, [1, 2, 0])
+    mount.client.oscs[0].unstable_bytes = 4096
+    assert mount.cache.held_elsewhere() == 4096
