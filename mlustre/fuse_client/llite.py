@@ -24,7 +24,7 @@ import pyfuse3
 import trio
 
 from ..protocol import constants as C
-from ..protocol.errors import RpcError
+from ..protocol.errors import ErrnoError, RpcError
 from ..protocol.ldlm import NAME_BITS, IBits, Mode
 from .client import ClientNode
 from .imports import ImportClosed
@@ -56,8 +56,42 @@ NOW_SLACK_NS = 100_000_000
 DAY_NS = 86400 * 10**9  # a time this close to "now" was most likely UTIME_NOW
 
 
+def first_failure(exc: BaseException) -> BaseException:
+    """The failure that explains exc: exc itself, or, for the exception group of a trio
+    nursery whose tasks sent several RPCs, its first leaf that carries an errno (a
+    FUSEError or an ErrnoError such as RpcError), else its first leaf. The other tasks'
+    Cancelled never reach the group (the nursery absorbs them), so every leaf is a real
+    failure; the first with an errno is the one an application must see, not EIO."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [exc]
+    while stack:
+        e = stack.pop()
+        if isinstance(e, BaseExceptionGroup):
+            stack.extend(reversed(e.exceptions))
+        else:
+            leaves.append(e)
+    for leaf in leaves:
+        if isinstance(leaf, (pyfuse3.FUSEError, ErrnoError)):
+            return leaf
+    return leaves[0] if leaves else exc
+
+
+def fuse_errno(exc: BaseException) -> int | None:
+    """The errno the application gets for exc (None: not an errno-carrying failure)."""
+    if isinstance(exc, pyfuse3.FUSEError):
+        return exc.errno
+    if isinstance(exc, ErrnoError):
+        return exc.errno
+    if isinstance(exc, (ImportClosed, LockFailed)):  # unmounting, or evicted meanwhile
+        return errno.EIO
+    return None
+
+
 def fuse_errors(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    """Turn every failure of a handler into a FUSEError errno."""
+    """Turn every failure of a handler into a FUSEError errno: the errno of the first real
+    failure, through exception groups (docs/architecture.md, "How an errno travels")."""
 
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kw: Any) -> T:
@@ -65,16 +99,39 @@ def fuse_errors(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
             return await fn(*args, **kw)
         except pyfuse3.FUSEError:
             raise
-        except RpcError as e:
-            raise pyfuse3.FUSEError(e.errno) from None
-        except (ImportClosed, LockFailed) as e:  # unmounting, or evicted meanwhile
-            log.info("%s: %s", fn.__name__, e)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        except Exception:
-            log.exception("%s failed", fn.__name__)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception as exc:
+            failure = first_failure(exc)
+            err = fuse_errno(failure)
+            if err is None:
+                log.error("%s failed", fn.__name__, exc_info=failure)
+                err = errno.EIO
+            elif isinstance(failure, (ImportClosed, LockFailed)):
+                log.info("%s: %s", fn.__name__, failure)
+            raise pyfuse3.FUSEError(err) from None
 
     return wrapper
+
+
+def buf_within_max(off: int, buf: bytes) -> bytes:
+    """What of a write at off may be written (POSIX: a write starting at or beyond the
+    maximum file size fails with EFBIG, one crossing it is short)."""
+    if off >= C.MAX_FILE_SIZE:
+        raise pyfuse3.FUSEError(errno.EFBIG)
+    room = C.MAX_FILE_SIZE - off
+    return buf if len(buf) <= room else buf[:room]
+
+
+def kill_setid(mode: int) -> int:
+    """mode after a write by a writer without CAP_FSETID (Linux should_remove_suid: the
+    set-user-ID bit, and set-group-ID when group-execute is set); as the MDT's rule."""
+    mode &= ~stat.S_ISUID
+    if mode & stat.S_IXGRP:
+        mode &= ~stat.S_ISGID
+    return mode
+
+
+def _kills_setid(mode: int) -> bool:
+    return kill_setid(mode) != mode
 
 
 class Inode:
@@ -392,13 +449,22 @@ class Llite(LockedCaches, pyfuse3.Operations):
         cred = self._cred(ctx)
         if fields.update_size:
             size = attr.st_size
+            if size > C.MAX_FILE_SIZE:  # before anything changes anywhere
+                raise pyfuse3.FUSEError(errno.EFBIG)
             # Every other client's cached data and size go first (PW over the whole file).
             async with self.data_locks(node, Mode.PW, 0, EOF), node.meta_lock:
-                # The MDT checks permission and sets the size first; only then is data dropped.
                 if node.meta_dirty or not self._data_settled(inode):
                     await self.writeback.wait_idle(inode)
-                new = await self._setattr_rpc(cred, node, {**attrs, "size": size}, fh)
-                await self._truncate_data(node, size)
+                if size > node.size:
+                    # Growing: the objects first. Should the MDT then refuse, nothing
+                    # shows: object bytes past the file size are zeros no read returns.
+                    await self._truncate_data(node, size)
+                    new = await self._setattr_rpc(cred, node, {**attrs, "size": size}, fh)
+                else:
+                    # Shrinking: the MDT checks permission and sets the size first; only
+                    # then is data dropped (never data lost to a refused truncate).
+                    new = await self._setattr_rpc(cred, node, {**attrs, "size": size}, fh)
+                    await self._truncate_data(node, size)
                 node.meta_dirty = False
                 node.size = size
                 node.mtime_ns = new["mtime_ns"]
@@ -433,6 +499,7 @@ class Llite(LockedCaches, pyfuse3.Operations):
         layout = node.layout
         if layout is None:
             return
+        # (A failed punch fails the nursery: fuse_errors reports the first one's errno.)
         async with trio.open_nursery() as n:
             for stripe, (ost_idx, oid) in enumerate(layout.objects):
                 n.start_soon(self.node.oscs[ost_idx].punch, oid,
@@ -756,8 +823,10 @@ class Llite(LockedCaches, pyfuse3.Operations):
         node = self._inode(of.ino)
         if node.layout is None:
             raise pyfuse3.FUSEError(errno.EINVAL)
-        await self.writeback.wait_for_space(len(buf))
         append = bool(of.flags & os.O_APPEND)
+        if not append:
+            buf = buf_within_max(off, buf)  # (EFBIG before anything is locked or cached)
+        await self.writeback.wait_for_space(len(buf))
         first = off // CHUNK * CHUNK
         last = -(-(off + len(buf)) // CHUNK) * CHUNK
         # An append writes where the file ends: nobody else may move that end meanwhile.
@@ -768,7 +837,9 @@ class Llite(LockedCaches, pyfuse3.Operations):
             stale_size = append and off != node.size
             if append:
                 off = node.size  # where the file really ends, not where the kernel thinks
-            written = await self._write_locked(of, node, off, buf)
+            written = await self._write_locked(of, node, off, buf_within_max(off, buf))
+        if of.uid != 0 and _kills_setid(node.attr["mode"]):
+            await self._kill_setid_now(of, node)
         if stale_size:
             await self._kernel_inval(node.ino, attr_only=True)  # the kernel's i_size is off
         if of.direct and node.kernel_pages:
@@ -776,6 +847,21 @@ class Llite(LockedCaches, pyfuse3.Operations):
             node.kernel_pages = False
             await self._kernel_inval(node.ino, attr_only=False)
         return written
+
+    async def _kill_setid_now(self, of: OpenFile, node: Inode) -> None:
+        """A write by a non-root writer drops set-id bits at once (the kernel asks for it
+        before buffered writes, as a mode change; not before direct ones, whose handles
+        are ours): on the MDT, in our attributes and in the kernel's, so that fstat on the
+        writer's own descriptor says so right after the write. Should the MDT not answer,
+        the size update that follows the data drops them (kill_priv)."""
+        cred = of.cred or [of.uid, 0, []]
+        mode = stat.S_IMODE(node.attr["mode"])
+        try:
+            await self._setattr_rpc(cred, node, {"mode": kill_setid(mode)}, of.fh)
+        except (ErrnoError, ImportClosed, LockFailed) as e:
+            log.warning("inode %d: clearing set-id bits failed: %s", node.ino, e)
+            return
+        await self._kernel_inval(node.ino, attr_only=True)
 
     async def _write_locked(self, of: OpenFile, node: Inode, off: int, buf: bytes) -> int:
         view = memoryview(buf)

@@ -35,6 +35,7 @@ from typing import Any, overload
 
 import msgpack
 
+from ..protocol.constants import MAX_FILE_SIZE
 from ..protocol.errors import ErrnoError
 from .reply_log import SavedReply
 
@@ -193,6 +194,15 @@ def _kill_suid(mode: int) -> int:
     if mode & stat.S_IXGRP:
         mode &= ~stat.S_ISGID
     return mode
+
+
+def _only_kills_setid(old: int, new: int) -> bool:
+    """Is chmod old -> new only the clearing of set-id bits that a write or truncate does?
+    The kernel sends that as a plain mode change by the writer (FUSE without
+    handle_killpriv: fuse_setattr turns ATTR_KILL_SUID/SGID into ATTR_MODE); Linux lets it
+    through for anyone who may write (notify_change with ATTR_FORCE), not only the owner."""
+    setid = stat.S_ISUID | stat.S_ISGID
+    return new != old and new & ~setid == old & ~setid and not new & setid & ~old
 
 
 def _attr(r: Row) -> dict:
@@ -720,7 +730,8 @@ class MdtStore:
     def statfs(self) -> dict:
         """Inode counts; kept in a meta counter because COUNT(*) would scan."""
         files = self._meta_get("inodes", 1)
-        return {"files": files, "ffree": max(2**32 - files, 0), "namemax": NAME_MAX}
+        return {"files": files, "ffree": max(2**32 - files, 0), "namemax": NAME_MAX,
+                "maxbytes": MAX_FILE_SIZE}
 
     def access(self, cred: Cred, ino: int, mask: int) -> None:
         """EACCES unless cred may access ino with mask (os.R_OK|W_OK|X_OK; 0 = exists)."""
@@ -1218,9 +1229,11 @@ class MdtStore:
                 raise _fail(errno.EPERM, "chgrp")
             r[_GID] = gid
         if "mode" in a:
-            if not owner:
+            new_mode = (mode & _S_IFMT) | (int(a["mode"]) & 0o7777)
+            if not owner and not (_only_kills_setid(mode, new_mode)
+                                  and (via_handle or _perm_ok(cred, r, os.W_OK))):
                 raise _fail(errno.EPERM, "chmod")
-            mode = (mode & _S_IFMT) | (int(a["mode"]) & 0o7777)
+            mode = new_mode
             if not root and not _in_group(cred, r[_GID]):
                 mode &= ~stat.S_ISGID
         elif ("uid" in a or "gid" in a) and not root and fmt == stat.S_IFREG:
@@ -1233,6 +1246,8 @@ class MdtStore:
                 raise _fail(errno.EINVAL, "size of a non-regular file")
             if size < 0:
                 raise _fail(errno.EINVAL, "negative size")
+            if size > MAX_FILE_SIZE:
+                raise _fail(errno.EFBIG, f"size beyond the maximum file size {MAX_FILE_SIZE}")
             if not via_handle and not _perm_ok(cred, r, os.W_OK):
                 raise _fail(errno.EACCES)
             r[_SIZE] = size
@@ -1410,6 +1425,8 @@ class MdtStore:
             raise _fail(errno.EINVAL, "write to a non-regular file")
         if size < 0:
             raise _fail(errno.EINVAL, "negative size")
+        if size > MAX_FILE_SIZE:
+            raise _fail(errno.EFBIG, f"size beyond the maximum file size {MAX_FILE_SIZE}")
         r[_SIZE] = max(size, r[_SIZE])
         r[_MTIME] = r[_CTIME] = mtime_ns
         if kill_priv:
