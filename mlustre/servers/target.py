@@ -437,6 +437,8 @@ class TargetServer:
                 fail.hits += 1
                 self.count("fail_loc_hits")
                 log.warning("%s: fail_loc %s on xid %d", self.name, fail, req.xid)
+                if fail.action == "errno":
+                    raise ServiceError(fail.err, f"fail_loc {fail}")
                 if fail.action == "drop_request":
                     await endpoint.aclose("fail_loc: request dropped")
                     return None
