@@ -136,6 +136,43 @@ def test_setid_write_seen_by_stat_later_too(top):
     assert stat.S_IMODE(path.stat().st_mode) == 0o777
 
 
+def write_after_chmod(path: str, flags: int) -> dict:
+    """uid 65534 opens path, root then takes others' write permission away, and the
+    write goes through the descriptor opened before (its right to write, and to drop
+    the set-id bits, comes from the open)."""
+    os.setgroups([])
+    os.setresgid(NOBODY, NOBODY, 0)
+    os.setresuid(NOBODY, NOBODY, 0)
+    fd = os.open(path, flags)
+    try:
+        os.seteuid(0)
+        os.chmod(path, 0o4755)
+        os.seteuid(NOBODY)
+        out: dict = {}
+        try:
+            out["result"] = os.write(fd, b"w")
+        except OSError as e:
+            out["result"] = ename(e)
+        out["fstat"] = mode_of(os.fstat(fd))
+        out["stat"] = mode_of(os.stat(path))
+        return out
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("fname", ["wronly", "rdwr"])
+def test_setid_write_through_a_handle_opened_before_a_chmod(top, local_top, fname):
+    results = []
+    for base in (top, local_top):
+        path = base / f"h-{fname}"
+        path.write_bytes(b"content")
+        path.chmod(0o4777)
+        results.append(as_user(None, lambda p=str(path): write_after_chmod(p, FLAGS[fname])))
+    assert results[0] == results[1], results
+    assert results[0] == {"result": 1, "fstat": "0o755", "stat": "0o755"}
+
+
 # --------------------------------------------------------------------------- 2. max size
 
 
