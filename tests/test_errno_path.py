@@ -234,8 +234,16 @@ def test_size_at_the_maximum_is_accepted(store: MdtStore) -> None:
     assert store.write_update(a["ino"], MAX, 5)[1]["size"] == MAX
 
 
-def test_statfs_reports_the_maximum(store: MdtStore) -> None:
-    assert store.statfs()["maxbytes"] == MAX
+def test_mdt_statfs_reports_the_maximum(tmp_path: Path) -> None:
+    from test_servers_wire import mdt_server, mdt_session, ok, run, serving
+
+    async def main() -> None:
+        async with serving(mdt_server(tmp_path / "mdt")) as (nid, nursery):
+            s = await mdt_session(nursery, nid)
+            assert (await ok(s, C.MDS_STATFS, {})).body["maxbytes"] == MAX
+            await s.close()
+
+    run(main)
 
 
 # --------------------------------------------------------------------------- OST rules

@@ -730,8 +730,7 @@ class MdtStore:
     def statfs(self) -> dict:
         """Inode counts; kept in a meta counter because COUNT(*) would scan."""
         files = self._meta_get("inodes", 1)
-        return {"files": files, "ffree": max(2**32 - files, 0), "namemax": NAME_MAX,
-                "maxbytes": MAX_FILE_SIZE}
+        return {"files": files, "ffree": max(2**32 - files, 0), "namemax": NAME_MAX}
 
     def access(self, cred: Cred, ino: int, mask: int) -> None:
         """EACCES unless cred may access ino with mask (os.R_OK|W_OK|X_OK; 0 = exists)."""
