@@ -17,13 +17,13 @@ import pyfuse3
 import pytest
 import trio
 
-from mlustre.fuse_client.imports import ImportClosed
-from mlustre.fuse_client.llite import (
+from mlustre.fuse_client.boundary import (
     buf_within_max,
     first_failure,
     fuse_errors,
     kill_setid,
 )
+from mlustre.fuse_client.imports import ImportClosed
 from mlustre.protocol import constants as C
 from mlustre.protocol.errors import RpcError
 from mlustre.servers import fail_loc
@@ -104,7 +104,7 @@ def test_group_without_errno_is_eio_and_logged(caplog: Any) -> None:
         async with trio.open_nursery() as n:
             n.start_soon(_fail_after, 0, ValueError("a bug"))
 
-    with caplog.at_level(logging.ERROR, logger="mlustre.fuse_client.llite"):
+    with caplog.at_level(logging.ERROR, logger="mlustre.fuse_client.boundary"):
         assert fuse_errno(bug) == errno.EIO
     assert "a bug" in caplog.text
 
