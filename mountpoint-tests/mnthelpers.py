@@ -593,3 +593,43 @@ def run_script(argv: list[str], base: Path, timeout: float,
             cli("down", mnt)
             force_unmount(mnt)
     return proc.returncode, out, leftover
+
+
+def as_user(uid: int | None, fn: Callable[[], object]) -> object:
+    """fn() in a forked child running as uid/gid `uid` with no supplementary groups
+    (None: as we are); its JSON-able result, or ("raised", repr) if it raised. A child
+    of this process, not `setpriv python`: the interpreter may not be reachable by
+    uid 65534. The child only makes system calls and exits with os._exit (a hang is
+    left to the test's timeout)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        status = 0
+        try:
+            os.close(r)
+            if uid is not None:
+                os.setgroups([])
+                os.setresgid(uid, uid, uid)
+                os.setresuid(uid, uid, uid)
+            try:
+                out = fn()
+            except BaseException as e:  # noqa: BLE001 - reported to the parent
+                out = ("raised", repr(e))
+            os.write(w, json.dumps(out).encode())
+        except BaseException:  # noqa: BLE001
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(w)
+    chunks = []
+    try:
+        while True:
+            chunk = os.read(r, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(r)
+        _, status = os.waitpid(pid, 0)
+    assert status == 0, f"as_user({uid}) child failed (status {status})"
+    return json.loads(b"".join(chunks))

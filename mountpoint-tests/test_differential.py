@@ -4,6 +4,12 @@ present); every result and every errno must match, and after every step
 the two trees must be identical (types, modes, sizes, link counts, contents,
 symlink targets, user xattrs; not inode numbers or times).
 
+Besides root's operations, a non-owner (uid 65534) writes to and truncates set-id files
+(the bits must go, as seen by fstat on its descriptor and in the trees), and truncates
+and writes go past the maximum file size (EFBIG, nothing changed). For those the local
+directory is one whose filesystem has the mount's maximum file size (ext4's), found by
+probing /dev/shm and the temporary directory; without one, the huge cases are left out.
+
 test_differential_catches_* prove the comparison can fail: they run the
 same machine on two local directories with one side deliberately wrong.
 """
@@ -26,9 +32,13 @@ from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
     invariant,
+    precondition,
     rule,
     run_state_machine_as_test,
 )
+from mnthelpers import as_user
+
+from mlustre.protocol.constants import MAX_FILE_SIZE
 
 COMPARE_DIR_NLINK = True
 
@@ -47,6 +57,9 @@ datas = st.one_of(
 xnames = st.sampled_from(["user.x", "user.y"])
 xvalues = st.binary(max_size=64)
 xflags = st.sampled_from([0, os.XATTR_CREATE, os.XATTR_REPLACE])
+setid_modes = st.sampled_from([0o2777, 0o4777, 0o6777])
+huge_sizes = st.sampled_from([MAX_FILE_SIZE + 1, 999_999_999_999_999, 1 << 62])
+huge_offsets = st.sampled_from([MAX_FILE_SIZE, MAX_FILE_SIZE + 4096, 999_999_999_999_999])
 link_targets = st.sampled_from(["a", "b", "../a", "a/b", "/nonexistent", "d", ".", "c/../a"])
 open_flags = st.sampled_from(
     [
@@ -147,6 +160,24 @@ class Side:
     def readlink(self, path):
         return os.readlink(self.p(path))
 
+    def nobody_write(self, path, mode, flags, op):
+        """root makes path set-id and world-writable; uid 65534 writes or truncates it
+        through a descriptor: the call's result, then fstat's mode on that descriptor."""
+        os.chmod(self.p(path), mode)
+        return as_user(65534, lambda: _write_as_other(self.p(path), flags, op))
+
+    def huge(self, path, how, size):
+        """Past the maximum file size: truncate, or pwrite/ftruncate by a descriptor."""
+        if how == "truncate":
+            return os.truncate(self.p(path), size)
+        fd = os.open(self.p(path), os.O_WRONLY)
+        try:
+            if how == "ftruncate":
+                return os.ftruncate(fd, size)
+            return os.pwrite(fd, b"xy", size)
+        finally:
+            os.close(fd)
+
     def chmod(self, path, mode):
         os.chmod(self.p(path), mode)
 
@@ -232,6 +263,27 @@ class Side:
                 self._walk(sub, out)
 
 
+def _write_as_other(path: str, flags: int, op: str) -> list:
+    """(In the child running as uid 65534.)"""
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        return ["err", errno.errorcode.get(e.errno, e.errno)]
+    try:
+        try:
+            if op == "write":
+                result = os.write(fd, b"by nobody")
+            elif op == "pwrite":
+                result = os.pwrite(fd, b"by nobody", 3)
+            else:
+                result = os.ftruncate(fd, 2)
+        except OSError as e:
+            result = errno.errorcode.get(e.errno, e.errno)
+        return [result, oct(os.fstat(fd).st_mode)]
+    finally:
+        os.close(fd)
+
+
 def describe_stat(st_: os.stat_result) -> tuple:
     kind = stat.S_IFMT(st_.st_mode)
     is_dir = stat.S_ISDIR(st_.st_mode)
@@ -261,6 +313,7 @@ class FsDiff(RuleBasedStateMachine):
     A_BASE: Path
     B_BASE: Path
     SABOTAGE: str | None = None
+    HUGE: bool = True  # B's filesystem has the mount's maximum file size
 
     @initialize()
     def make_roots(self):
@@ -350,6 +403,25 @@ class FsDiff(RuleBasedStateMachine):
     def chmod(self, path, mode):
         self.both("chmod", path, mode)
 
+    @rule(
+        path=paths,
+        mode=setid_modes,
+        flags=st.sampled_from([os.O_WRONLY, os.O_RDWR, os.O_RDONLY]),
+        op=st.sampled_from(["write", "pwrite", "ftruncate"]),
+    )
+    def nobody_write(self, path, mode, flags, op):
+        self.both("nobody_write", path, mode, flags, op)
+
+    @precondition(lambda self: self.HUGE)
+    @rule(path=paths, how=st.sampled_from(["truncate", "ftruncate"]), size=huge_sizes)
+    def huge_truncate(self, path, how, size):
+        self.both("huge", path, how, size)
+
+    @precondition(lambda self: self.HUGE)
+    @rule(path=paths, offset=huge_offsets)
+    def huge_pwrite(self, path, offset):
+        self.both("huge", path, "pwrite", offset)
+
     @rule(path=paths, follow=st.booleans())
     def stat(self, path, follow):
         self.both("stat", path, follow)
@@ -403,7 +475,10 @@ def run_machine(
     a_base: Path, b_base: Path, sabotage: str | None = None, max_examples: int = 40, steps: int = 40
 ) -> None:
     machine = type(
-        "FsDiffRun", (FsDiff,), {"A_BASE": a_base, "B_BASE": b_base, "SABOTAGE": sabotage}
+        "FsDiffRun",
+        (FsDiff,),
+        {"A_BASE": a_base, "B_BASE": b_base, "SABOTAGE": sabotage,
+         "HUGE": has_mount_max_size(b_base)},
     )
     run_state_machine_as_test(
         machine,
@@ -419,10 +494,37 @@ def run_machine(
     )
 
 
+def has_mount_max_size(directory: Path) -> bool:
+    """Does directory's filesystem take files of exactly the mount's maximum size, and
+    refuse one byte more (EFBIG)? (ext4 with 4 KiB blocks does; tmpfs takes more.)"""
+    probe = directory / ".max-size-probe"
+    try:
+        with open(probe, "wb") as f:
+            os.truncate(f.fileno(), MAX_FILE_SIZE)
+            try:
+                os.truncate(f.fileno(), MAX_FILE_SIZE + 1)
+            except OSError as e:
+                return e.errno == errno.EFBIG
+            return False
+    except OSError:
+        return False
+    finally:
+        probe.unlink(missing_ok=True)
+
+
 @pytest.fixture
 def local_base():
-    parent = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    path = Path(tempfile.mkdtemp(prefix="mlustre-diff-", dir=parent))
+    """Reachable by uid 65534; on /dev/shm or the temporary directory, preferring the
+    one with the mount's maximum file size."""
+    candidates = [None]
+    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+        candidates.insert(0, "/dev/shm")
+    paths = [Path(tempfile.mkdtemp(prefix="mlustre-diff-", dir=c)) for c in candidates]
+    path = next((p for p in paths if has_mount_max_size(p)), paths[0])
+    for p in paths:
+        if p != path:
+            shutil.rmtree(p, ignore_errors=True)
+    path.chmod(0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)
 

@@ -64,6 +64,8 @@ def test_admit(opc: int, flags: int, connected: bool, want: Decision) -> None:
     ("delay:OST_WRITE:2", C.OST_WRITE, Fault.DELAY),
     ("crash_before:MDS_REINT", C.MDS_REINT, Fault.CRASH_BEFORE),
     ("crash_after:MDS_CLOSE", C.MDS_CLOSE, Fault.CRASH_AFTER),
+    ("errno:OST_PUNCH:ENOSPC", C.OST_PUNCH, Fault.ERRNO),
+    ("errno:OST_PUNCH:ENOSPC", C.OST_WRITE, Fault.NONE),
 ])
 def test_fault(value: str, opc: int, want: Fault) -> None:
     assert RequestGate.fault(fail_loc.parse(value), opc) is want

@@ -18,12 +18,14 @@ from typing import Any
 import pyfuse3
 import trio
 
-from ..protocol.errors import RpcError
+from ..protocol.errors import ErrnoError, RpcError
 from ..protocol.ldlm import Mode
+from .boundary import buf_within_max, kill_setid
 from .data_locks import EOF, DataLocks
 from .imports import ImportClosed
 from .inodes import Inode, InodeTable
 from .kernel_cache import KernelCache
+from .ldlm import LockFailed
 from .md_cache import MdCache
 from .mdc import Mdc
 from .open_handles import OpenFile, OpenHandles
@@ -217,8 +219,10 @@ class FileIo:
         node = known_inode(self.inodes, of.ino)
         if node.layout is None:
             raise pyfuse3.FUSEError(errno.EINVAL)
-        await self.writeback.wait_for_space(len(buf))
         append = bool(of.flags & os.O_APPEND)
+        if not append:
+            buf = buf_within_max(off, buf)  # (EFBIG before anything is locked or cached)
+        await self.writeback.wait_for_space(len(buf))
         first = off // CHUNK * CHUNK
         last = -(-(off + len(buf)) // CHUNK) * CHUNK
         # An append writes where the file ends: nobody else may move that end meanwhile.
@@ -229,7 +233,9 @@ class FileIo:
             stale_size = append and off != node.size
             if append:
                 off = node.size  # where the file really ends, not where the kernel thinks
-            written = await self._write_locked(of, node, off, buf)
+            written = await self._write_locked(of, node, off, buf_within_max(off, buf))
+        if of.uid != 0 and kill_setid(node.attr["mode"]) != node.attr["mode"]:
+            await self._kill_setid_now(of, node)
         if stale_size:
             await self.kernel.invalidate(node.ino, attr_only=True)  # the kernel's i_size is off
         if of.direct and node.kernel_pages:
@@ -237,6 +243,21 @@ class FileIo:
             node.kernel_pages = False
             await self.kernel.invalidate(node.ino, attr_only=False)
         return written
+
+    async def _kill_setid_now(self, of: OpenFile, node: Inode) -> None:
+        """A write by a non-root writer drops set-id bits at once (the kernel asks for it
+        before buffered writes, as a mode change; not before direct ones, whose handles
+        are ours): on the MDT, in our attributes and in the kernel's, so that fstat on the
+        writer's own descriptor says so right after the write. Should the MDT not answer,
+        the size update that follows the data drops them (kill_priv)."""
+        cred = of.cred or [of.uid, 0, []]
+        mode = stat.S_IMODE(node.attr["mode"])
+        try:
+            await self.md.setattr_rpc(cred, node, {"mode": kill_setid(mode)}, of.fh)
+        except (ErrnoError, ImportClosed, LockFailed) as e:
+            log.info("inode %d: clearing set-id bits failed: %s", node.ino, e)
+            return
+        await self.kernel.invalidate(node.ino, attr_only=True)
 
     async def _write_locked(self, of: OpenFile, node: Inode, off: int, buf: bytes) -> int:
         view = memoryview(buf)
@@ -275,6 +296,7 @@ class FileIo:
         layout = node.layout
         if layout is None:
             return
+        # (A failed punch fails the nursery: fuse_errors reports the first one's errno.)
         async with trio.open_nursery() as n:
             for stripe, (ost_idx, oid) in enumerate(layout.objects):
                 n.start_soon(self.oscs[ost_idx].punch, oid,

@@ -7,46 +7,16 @@ FUSEError would end pyfuse3's main loop and leave a dead mount.
 
 from __future__ import annotations
 
-import errno
-import functools
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
 
 import pyfuse3
 
-from ..protocol.errors import RpcError
+from .boundary import fuse_errors
 from .file_io import FileIo
 from .file_open import FileOpen
-from .imports import ImportClosed
-from .ldlm import LockFailed
 from .namespace import Namespace
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-
-def fuse_errors(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    """Turn every failure of a handler into a FUSEError errno."""
-
-    @functools.wraps(fn)
-    async def wrapper(*args: Any, **kw: Any) -> T:
-        try:
-            return await fn(*args, **kw)
-        except pyfuse3.FUSEError:
-            raise
-        except RpcError as e:
-            raise pyfuse3.FUSEError(e.errno) from None
-        except (ImportClosed, LockFailed) as e:  # unmounting, or evicted meanwhile
-            log.info("%s: %s", fn.__name__, e)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        except Exception:
-            log.exception("%s failed", fn.__name__)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-
-    return wrapper
-
 
 class FuseOps(pyfuse3.Operations):
     """pyfuse3 operations over the mount's components (node.py builds them)."""

@@ -225,6 +225,17 @@ class MdCache:
         if granted:
             node.md.append(lock)
 
+    async def setattr_rpc(self, cred: list[Any], node: Inode, attrs: dict[str, Any],
+                          fh: int | None) -> dict[str, Any]:
+        """Change attributes on the MDT under the inode's attribute locks (given back by
+        early cancel); the new attributes. fh: the open handle the change goes through
+        (a truncate or a writer's set-id kill), which the MDT takes as the permission."""
+        _, body = await self.update_call(
+            [(node.ino, ATTR_BITS)],
+            lambda kw: self.md_call(lambda intent: self.mdc.setattr(
+                cred, node.ino, attrs, via_handle=fh is not None, intent=intent, **kw)))
+        return body["attr"]
+
     async def push_meta(self, inode: Inode) -> None:
         """Tell the MDT the size and mtime that written data gave the file."""
         async with inode.meta_lock:

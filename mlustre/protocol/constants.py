@@ -119,3 +119,12 @@ UPDATE_LOCK_OID = 0x0BA771E7
 MAX_HEADER = 1 << 20  # largest msgpack header accepted (directory pages, xattrs, layouts)
 MAX_BULK = 16 << 20  # largest bulk accepted on the wire
 BRW_MAX = 4 << 20  # largest bulk read/write payload in one RPC
+# The largest file size (and so the largest object size: a stripe object is never longer
+# than its file). It is what ext4 with 4 KiB blocks, the usual store under an OST's
+# objects, accepts as a file size ((2^32 - 1) blocks), like Lustre's ldiskfs OSTs. One
+# value for every layout, so that what an application may do does not depend on the
+# stripe count. Checked by the client before any RPC (truncate past it: EFBIG; a write
+# starting at or beyond it: EFBIG; one crossing it: short), by the MDT (setattr size,
+# write update: EFBIG) and by the OSTs (write, punch: EFBIG); reported as "maxbytes"
+# in the MDT's and OSTs' statfs replies (docs/architecture.md, "How an errno travels").
+MAX_FILE_SIZE = ((1 << 32) - 1) << 12

@@ -151,6 +151,13 @@ class OstServer(TargetServer):
         if length > C.BRW_MAX:
             raise ServiceError(errno.EMSGSIZE, f"bulk of {length} bytes exceeds {C.BRW_MAX}")
 
+    @staticmethod
+    def _within_max(end: int) -> None:
+        """No object grows past the maximum file size (the client checks first; this is
+        the defence, and the same errno the store would give)."""
+        if end > C.MAX_FILE_SIZE:
+            raise ServiceError(errno.EFBIG, f"object size {end} beyond {C.MAX_FILE_SIZE}")
+
     def _prolong(self, export: Export, oid: int, offset: int, length: int) -> None:
         """I/O under a lock being called back keeps the holder from eviction
         (ldlm_lock_prolong_one): the client is busy flushing under it."""
@@ -162,6 +169,7 @@ class OstServer(TargetServer):
         offset = body_field(req.body, "offset", int)
         data = req.bulk if req.bulk is not None else b""
         self._range(offset, len(data))
+        self._within_max(offset + len(data))
         self._prolong(export, oid, offset, len(data))
         if self.undo is not None and self.undo.active:
             self.undo.before_write(self.objects, oid, offset, len(data))
@@ -205,6 +213,7 @@ class OstServer(TargetServer):
         oid = self._oid(req.body)
         size = body_field(req.body, "size", int)
         self._range(size, 0)
+        self._within_max(size)
         if self.undo is not None and self.undo.active:
             self.undo.before_punch(self.objects, oid, size)
         self.objects.punch(oid, size)
@@ -262,7 +271,8 @@ class OstServer(TargetServer):
     async def statfs(self, export: Export, req: Message) -> dict[str, Any]:
         st = os.statvfs(self.storage.path)
         return {"bsize": st.f_frsize, "blocks": st.f_blocks, "bfree": st.f_bfree,
-                "bavail": st.f_bavail, "files": st.f_files, "ffree": st.f_ffree}
+                "bavail": st.f_bavail, "files": st.f_files, "ffree": st.f_ffree,
+                "maxbytes": C.MAX_FILE_SIZE}
 
     async def sync(self, export: Export, req: Message) -> dict[str, Any]:
         await self.commit()

@@ -49,6 +49,7 @@ class Fault(Enum):
     NONE = "none"
     DROP_REQUEST = "drop_request"  # close the connection: no reply, nothing done
     DELAY = "delay"  # sleep FailLoc.seconds, then go on
+    ERRNO = "errno"  # fail with FailLoc.err, changing nothing
     CRASH_BEFORE = "crash_before"  # kill -9 before doing anything
     CRASH_AFTER = "crash_after"  # kill -9 once done and recorded, before the reply
     DROP_REPLY = "drop_reply"  # do it, then close the connection instead of replying

@@ -511,6 +511,8 @@ class TargetServer:
             fail.hits += 1
             self.count("fail_loc_hits")
             log.warning("%s: fail_loc %s on xid %d", self.name, fail, req.xid)
+            if fault is Fault.ERRNO:
+                raise ServiceError(fail.err, f"fail_loc {fail}")
             if fault is Fault.DROP_REQUEST:
                 await endpoint.aclose("fail_loc: request dropped")
                 return Answered(None)

@@ -12,10 +12,11 @@ import errno
 import os
 import stat
 
+from ...protocol.constants import MAX_FILE_SIZE
 from .db import MdtDb
 from .errors import fail
 from .inodes import Inodes
-from .permissions import Cred, in_group, kill_suid, perm_ok
+from .permissions import Cred, in_group, kill_suid, only_kills_setid, perm_ok
 from .schema import ATIME, CTIME, GID, MODE, MTIME, S_IFMT, SIZE, UID, WRITTEN, attr_of
 
 KNOWN_ATTRS = frozenset(
@@ -67,9 +68,11 @@ class Attributes:
                 raise fail(errno.EPERM, "chgrp")
             r[GID] = gid
         if "mode" in a:
-            if not owner:
+            new_mode = (mode & S_IFMT) | (int(a["mode"]) & 0o7777)
+            if not owner and not (only_kills_setid(mode, new_mode)
+                                  and (via_handle or perm_ok(cred, r, os.W_OK))):
                 raise fail(errno.EPERM, "chmod")
-            mode = (mode & S_IFMT) | (int(a["mode"]) & 0o7777)
+            mode = new_mode
             if not root and not in_group(cred, r[GID]):
                 mode &= ~stat.S_ISGID
         elif ("uid" in a or "gid" in a) and not root and fmt == stat.S_IFREG:
@@ -82,6 +85,8 @@ class Attributes:
                 raise fail(errno.EINVAL, "size of a non-regular file")
             if size < 0:
                 raise fail(errno.EINVAL, "negative size")
+            if size > MAX_FILE_SIZE:
+                raise fail(errno.EFBIG, f"size beyond the maximum file size {MAX_FILE_SIZE}")
             if not via_handle and not perm_ok(cred, r, os.W_OK):
                 raise fail(errno.EACCES)
             r[SIZE] = size
@@ -127,6 +132,8 @@ class Attributes:
             raise fail(errno.EINVAL, "write to a non-regular file")
         if size < 0:
             raise fail(errno.EINVAL, "negative size")
+        if size > MAX_FILE_SIZE:
+            raise fail(errno.EFBIG, f"size beyond the maximum file size {MAX_FILE_SIZE}")
         r[SIZE] = max(size, r[SIZE])
         r[MTIME] = r[CTIME] = mtime_ns
         if kill_priv:

@@ -55,6 +55,15 @@ def kill_suid(mode: int) -> int:
     return mode
 
 
+def only_kills_setid(old: int, new: int) -> bool:
+    """Is chmod old -> new only the clearing of set-id bits that a write or truncate does?
+    The kernel sends that as a plain mode change by the writer (FUSE without
+    handle_killpriv: fuse_setattr turns ATTR_KILL_SUID/SGID into ATTR_MODE); Linux lets it
+    through for anyone who may write (notify_change with ATTR_FORCE), not only the owner."""
+    setid = stat.S_ISUID | stat.S_ISGID
+    return new != old and new & ~setid == old & ~setid and not new & setid & ~old
+
+
 def check_sticky(cred: Cred, d: Row, victim: Row) -> None:
     """In a sticky directory only root, the directory's owner or the entry's owner may
     remove or replace an entry (EPERM)."""

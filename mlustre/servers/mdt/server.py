@@ -391,7 +391,7 @@ class MdtServer(TargetServer):
         return {"value": self._call(store.getxattr, _cred(b), _ino(b), name)}
 
     async def statfs(self, export: Export, req: Message) -> dict[str, Any]:
-        return self._store().statfs()
+        return {**self._store().statfs(), "maxbytes": C.MAX_FILE_SIZE}
 
     async def fid2path(self, export: Export, req: Message) -> dict[str, Any]:
         """A path from an identifier bypasses every directory's permissions: root only
