@@ -47,6 +47,8 @@ class TargetHooks:
     to the constructors of the target's lock client and barrier gate."""
 
     lru_size: int = 100  # unused locks the lock client keeps
+    lru_max_age: float = 600.0  # seconds an unused lock is kept at most
+    lru_interval: float = 1.0  # seconds between LRU passes
     on_blocking: OnBlocking | None = None
     on_evicted: OnEvicted | None = None
     on_evicted_now: OnEvictedNow | None = None
@@ -83,6 +85,7 @@ class TargetLink:
                           key=key, nid_source=nid_source, events=self)
         res = barrier_lock(kind)[0]
         self.locks = LockClient(name, self.imp, lru_size=hooks.lru_size,
+                                lru_max_age=hooks.lru_max_age, lru_interval=hooks.lru_interval,
                                 on_blocking=hooks.on_blocking, on_evicted=hooks.on_evicted,
                                 on_evicted_now=hooks.on_evicted_now,
                                 on_glimpse=hooks.on_glimpse, on_reset=hooks.on_reset,
