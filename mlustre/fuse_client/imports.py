@@ -84,6 +84,8 @@ class Import:
     :nids: the target's NIDs, tried in turn (failover partners included).
     :state: ImportState; `history` keeps the last transitions with times.
     :peer_committed: highest last_committed the target has reported.
+    :events: who is told of connects, runs the replays and learns of commits, and whose
+        writer gate updates pass (target_link.TargetLink); None for a bare import.
     """
 
     def __init__(self, target: str, nids: list[Nid], *, connect_opc: int, client_uuid: str,

@@ -139,7 +139,7 @@ class LockClient:
         self.on_evicted_now: OnEvictedNow = on_evicted_now or _no_evicted_now
         self._instance: Any = None
         # Told at once of a BAST on a resource (the SIR barrier's task watches its lock).
-        self.bast_hooks: Mapping[ResId, Callable[[ClientLock], None]] = watch or {}
+        self.watched: Mapping[ResId, Callable[[ClientLock], None]] = watch or {}
         # Where requests go (None only for a lock client that just answers ASTs in tests).
         self.imp = imp
         self._grants: dict[int, trio.Event] = {}  # local handle -> set on CP AST / eviction
@@ -374,7 +374,7 @@ class LockClient:
 
         async with trio.open_nursery() as nursery:
             for lock in locks:
-                if lock.res not in self.bast_hooks:  # (the barrier lock: nothing cached)
+                if lock.res not in self.watched:  # (the barrier lock: nothing cached)
                     nursery.start_soon(blocking, lock)
         taken = []
         for lock in locks:
@@ -457,7 +457,7 @@ class LockClient:
                 self.ns.replayed(local, remote)  # (just records the server's handle)
         action = self.ns.blocking_ast(remote, trio.current_time(),
                                       discard_data=bool(body.get("flags", 0) & FL_DISCARD_DATA))
-        hook = self.bast_hooks.get(action.lock.res) if action.lock is not None else None
+        hook = self.watched.get(action.lock.res) if action.lock is not None else None
         if hook is not None:
             assert action.lock is not None
             hook(action.lock)
