@@ -26,7 +26,7 @@ from .barrier import Barrier
 from .imports import Import
 from .ldlm import LockClient
 from .mdc import Mdc
-from .osc import UNSTABLE_TOTAL, Osc
+from .osc import UNSTABLE_LIMIT, UNSTABLE_TOTAL, Osc
 from .target_link import TargetHooks, TargetLink
 
 __all__ = ["ClientNode", "HooksFor", "TargetHooks", "no_hooks"]
@@ -125,7 +125,7 @@ class ClientNode:
                     nursery, first_timeout=self.mount_timeout))
 
     def _link(self, target: dict[str, Any], kind: str, hooks: TargetHooks,
-              **kw: Any) -> TargetLink:
+              unstable_limit: int = UNSTABLE_LIMIT) -> TargetLink:
         flags = C.OBD_CONNECT_FID | C.OBD_CONNECT_IBITS | C.OBD_CONNECT_TRANSNO
         if self.update_lock:
             flags |= C.OBD_CONNECT_UPDATE_LOCK
@@ -133,7 +133,7 @@ class ClientNode:
                           client_uuid=self.uuid, index=target.get("index") or 0, hooks=hooks,
                           identity=self.identity, release=self.release, flags=flags,
                           connect_timeout=self.connect_timeout, key=self.key,
-                          nid_source=self.target_nids, **kw)
+                          nid_source=self.target_nids, unstable_limit=unstable_limit)
         self.links[target["name"]] = link
         self.locks[target["name"]] = link.locks
         assert link.barrier is not None
