@@ -38,8 +38,7 @@ sys.path.insert(0, str(ROOT))
 import trio  # noqa: E402
 
 from mlustre.fuse_client.barrier import Barrier, GateState  # noqa: E402
-from mlustre.fuse_client.imports import Import  # noqa: E402
-from mlustre.fuse_client.ldlm import LockClient  # noqa: E402
+from mlustre.fuse_client.target_link import TargetLink  # noqa: E402
 from mlustre.protocol import constants as C  # noqa: E402
 from mlustre.protocol.keyfile import load_key  # noqa: E402
 from mlustre.protocol.nid import Nid  # noqa: E402
@@ -79,18 +78,16 @@ def cluster_key(data: Path) -> bytes | None:
 
 async def scale_run(target: str, kind: str, nid: Nid, n: int, mnt: str,
                     key: bytes | None) -> dict[str, Any]:
-    opc = C.MDS_CONNECT if kind == "mdt" else C.OST_CONNECT
     barriers: list[Barrier] = []
     async with trio.open_nursery() as nursery:
         t0 = time.monotonic()
 
         async def one(i: int) -> None:
-            lc = LockClient(target)
-            imp = Import(target, [nid], connect_opc=opc, client_uuid=f"bench-{n}-{i}",
-                         handler=lc.handle_request, flags=C.OBD_CONNECT_UPDATE_LOCK,
-                         connect_timeout=30, request_timeout=60, key=key)
-            lc.attach(imp)
-            b = Barrier(target, kind, imp, lc)
+            link = TargetLink(target, kind, [nid], client_uuid=f"bench-{n}-{i}",
+                              flags=C.OBD_CONNECT_UPDATE_LOCK, connect_timeout=30,
+                              request_timeout=60, key=key)
+            lc, imp, b = link.locks, link.imp, link.barrier
+            assert b is not None
             await nursery.start(lc.run)
             await nursery.start(b.run)
             await imp.connect(nursery, first_timeout=60)

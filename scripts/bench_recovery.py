@@ -35,6 +35,7 @@ from bench_barrier import MLUSTRE, cluster_key, sh  # noqa: E402  (scripts/ is o
 from mlustre.fuse_client.imports import Import, ImportState  # noqa: E402
 from mlustre.fuse_client.ldlm import LockClient  # noqa: E402
 from mlustre.fuse_client.mdc import Mdc  # noqa: E402
+from mlustre.fuse_client.target_link import TargetLink  # noqa: E402
 from mlustre.protocol import constants as C  # noqa: E402
 from mlustre.protocol.ldlm import LockType, Mode, ResId  # noqa: E402
 from mlustre.protocol.nid import Nid  # noqa: E402
@@ -60,15 +61,14 @@ async def run_once(target: str, nid: Nid, n: int, mnt: str, tag: str,
     async with trio.open_nursery() as nursery:
 
         async def one(i: int) -> None:
-            lc = LockClient(target)
-            imp = Import(target, [nid], connect_opc=C.MDS_CONNECT,
-                         client_uuid=f"rbench-{tag}-{i}", handler=lc.handle_request,
-                         flags=C.OBD_CONNECT_TRANSNO, connect_timeout=30,
-                         request_timeout=120, key=key)
-            lc.attach(imp)
+            link = TargetLink(target, "mdt", [nid], client_uuid=f"rbench-{tag}-{i}",
+                              barrier=False, flags=C.OBD_CONNECT_TRANSNO, connect_timeout=30,
+                              request_timeout=120, key=key)
+            lc, imp, mdc = link.locks, link.imp, link.mdc
+            assert mdc is not None
             await nursery.start(lc.run)
             await imp.connect(nursery, first_timeout=60)
-            clients.append((imp, lc, Mdc(imp)))
+            clients.append((imp, lc, mdc))
 
         async with trio.open_nursery() as starting:
             for i in range(n):

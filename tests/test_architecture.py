@@ -118,30 +118,52 @@ def test_no_mixin_classes() -> None:
     assert found == {}
 
 
-def late_callbacks(source: str) -> list[str]:
-    """Assignments that wire behaviour onto another object after it was built:
-    `other.attr = self.method`, `other.attr = lambda ...`, `other.attr = partial(...)`,
-    `other.attr = self` (a back-reference the other object will call)
-    (`self.x = ...` is an object setting itself up, which is fine)."""
-    found = []
-    for node in ast.walk(ast.parse(source)):
-        if not isinstance(node, ast.Assign):
-            continue
-        value = node.value
-        is_callable = (
-            isinstance(value, ast.Lambda)
+def _is_self(node: ast.expr) -> bool:
+    return isinstance(node, ast.Name) and node.id == "self"
+
+
+def _is_callback(value: ast.expr) -> bool:
+    """`self.method`, `lambda ...`, `partial(...)` or `self` (a back-reference)."""
+    return (isinstance(value, ast.Lambda)
             or (isinstance(value, ast.Call) and _base_name(value.func) == "partial")
-            or (isinstance(value, ast.Attribute) and isinstance(value.value, ast.Name)
-                and value.value.id == "self")
-            or (isinstance(value, ast.Name) and value.id == "self")
-        )
-        if not is_callable:
-            continue
-        for target in node.targets:
-            if (isinstance(target, ast.Attribute)
-                    and not (isinstance(target.value, ast.Name) and target.value.id == "self")):
-                found.append(f"line {node.lineno}: {ast.unparse(node)}")
-    return found
+            or (isinstance(value, ast.Attribute) and _is_self(value.value))
+            or _is_self(value))
+
+
+# Methods that add to a collection, and collection names that hold callbacks.
+_ADDERS = {"append", "extend", "add", "insert", "setdefault"}
+_HOOK_WORDS = ("hook", "callback", "listener", "handler", "subscriber", "watcher")
+
+
+def _names_hooks(attr: str) -> bool:
+    return attr.startswith("on_") or any(w in attr for w in _HOOK_WORDS)
+
+
+def late_callbacks(source: str) -> list[str]:
+    """Wiring of behaviour onto another object after it was built:
+    `other.attr = self.method`, `other.attr = lambda ...`, `other.attr = partial(...)`,
+    `other.attr = self` (a back-reference the other object will call), the same into an
+    item of another object's collection (`other.hooks[key] = self.method`), and
+    subscriptions to another object's hook list (`other.on_x.append(anything)`, or any
+    callback added to another object's collection)
+    (`self.x = ...` is an object setting itself up, which is fine)."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Assign) and _is_callback(node.value):
+            for target in node.targets:
+                if isinstance(target, ast.Subscript):
+                    target = target.value  # (an item of the collection: the same)
+                    if not isinstance(target, ast.Attribute):
+                        continue
+                if isinstance(target, ast.Attribute) and not _is_self(target.value):
+                    found.append((node.lineno, ast.unparse(node)))
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr in _ADDERS and isinstance(node.func.value, ast.Attribute)
+              and not _is_self(node.func.value.value)
+              and (_names_hooks(node.func.value.attr)
+                   or any(_is_callback(a) for a in node.args))):
+            found.append((node.lineno, ast.unparse(node)))
+    return [f"line {n}: {text}" for n, text in sorted(found)]
 
 
 def test_no_callbacks_assigned_onto_other_objects() -> None:
@@ -161,3 +183,20 @@ def test_the_checks_find_what_they_forbid() -> None:
                                    "line 4: imp.gate = lambda: 1",
                                    "line 6: imp.n = self.n",
                                    "line 7: imp.owner = self"]
+    subscriptions = (
+        "class Y:\n    def __init__(self, imp, locks, hooks):\n"
+        "        imp.on_connected.append(self._connected)\n"        # 3: onto another's hooks
+        "        imp.on_committed.append(hooks.on_committed)\n"     # 4: someone else's hook
+        "        imp.listeners.add(self)\n"                          # 5: a back-reference
+        "        locks.bast_hooks[self.res] = self._bast\n"          # 6: an item of its table
+        "        imp.queue.append(lambda: 1)\n"                      # 7: a callback all the same
+        "        self.on_x.append(self._y)\n"                        # its own list: fine
+        "        imp.items.append(3)\n"                              # data: fine
+        "        imp.on_x.count(self._y)\n"                          # no subscription: fine
+        "        self.table[1] = self._y\n")                         # its own table: fine
+    assert late_callbacks(subscriptions) == [
+        "line 3: imp.on_connected.append(self._connected)",
+        "line 4: imp.on_committed.append(hooks.on_committed)",
+        "line 5: imp.listeners.add(self)",
+        "line 6: locks.bast_hooks[self.res] = self._bast",
+        "line 7: imp.queue.append(lambda: 1)"]

@@ -21,9 +21,8 @@ from test_servers_wire import (  # noqa: F401 (autouse fixture)
 )
 from test_servers_wire import run as run_within
 
-from mlustre.fuse_client.barrier import Barrier, GateState, admits
-from mlustre.fuse_client.imports import Import
-from mlustre.fuse_client.ldlm import LockClient
+from mlustre.fuse_client.barrier import Barrier, Drainer, GateState, admits
+from mlustre.fuse_client.target_link import TargetHooks, TargetLink
 from mlustre.protocol import constants as C
 from mlustre.protocol.nid import Nid
 from mlustre.servers.barrier import BarrierState
@@ -37,14 +36,14 @@ def run(afn: Callable[[], Any]) -> None:
 
 @asynccontextmanager
 async def client(nursery: trio.Nursery, nid: Nid, name: str, kind: str = "ost",
-                 *, update_lock: bool = True) -> AsyncIterator[Barrier]:
-    target, opc = (MDT_NAME, C.MDS_CONNECT) if kind == "mdt" else (OST_NAME, C.OST_CONNECT)
-    lc = LockClient(target)
-    imp = Import(target, [nid], connect_opc=opc, client_uuid=f"client-{name}",
-                 handler=lc.handle_request, connect_timeout=2.0, request_timeout=5.0,
-                 flags=C.OBD_CONNECT_UPDATE_LOCK if update_lock else 0)
-    lc.attach(imp)
-    barrier = Barrier(target, kind, imp, lc, enabled=update_lock)
+                 *, update_lock: bool = True,
+                 drain: Drainer | None = None) -> AsyncIterator[Barrier]:
+    target = MDT_NAME if kind == "mdt" else OST_NAME
+    link = TargetLink(target, kind, [nid], client_uuid=f"client-{name}",
+                      hooks=TargetHooks(drain=drain), connect_timeout=2.0, request_timeout=5.0,
+                      flags=C.OBD_CONNECT_UPDATE_LOCK if update_lock else 0)
+    lc, imp, barrier = link.locks, link.imp, link.barrier
+    assert barrier is not None
     await nursery.start(lc.run)
     await nursery.start(barrier.run)
     await imp.connect(nursery)
@@ -128,19 +127,18 @@ def test_a_bast_while_a_write_is_flushed_waits_for_it(tmp_path: Path) -> None:
     """The drain's own write-back passes the draining gate and the freeze waits for it
     (counted as flushed); an application write arriving meanwhile waits."""
     async def main() -> None:
+        data = b"x" * (1 << 20)
+        flushed = trio.Event()
+
+        async def drain() -> int:
+            await trio.sleep(0.2)  # a slow flush: the freeze must wait for it
+            await write(a, data, flush=True)
+            flushed.set()
+            return 0
+
         async with server_of("ost", tmp_path) as (server, nid, nursery), \
-                client(nursery, nid, "a") as a:
+                client(nursery, nid, "a", drain=drain) as a:
             await until(lambda: a.state is GateState.OPEN)
-            data = b"x" * (1 << 20)
-            flushed = trio.Event()
-
-            async def drain() -> int:
-                await trio.sleep(0.2)  # a slow flush: the freeze must wait for it
-                await write(a, data, flush=True)
-                flushed.set()
-                return 0
-
-            a.drain = drain
             app_done = trio.Event()
 
             async def app_write() -> None:
@@ -186,19 +184,18 @@ def test_a_client_disconnecting_during_the_barrier(tmp_path: Path) -> None:
     the freeze completes without waiting for the callback timeout or evicting."""
     async def main() -> None:
         async with server_of("ost", tmp_path, ldlm_timeout=20.0) as (server, nid, nursery):
+            stuck = trio.Event()
+
+            async def never(_: Any = None) -> int:
+                stuck.set()
+                await trio.sleep_forever()
+                return 0
+
             async with client(nursery, nid, "stays") as stays:
-                leaving_ctx = client(nursery, nid, "leaves")
+                leaving_ctx = client(nursery, nid, "leaves", drain=never)
                 leaves = await leaving_ctx.__aenter__()
                 await until(lambda: leaves.state is GateState.OPEN
                             and stays.state is GateState.OPEN)
-                stuck = trio.Event()
-
-                async def never(_: Any = None) -> int:
-                    stuck.set()
-                    await trio.sleep_forever()
-                    return 0
-
-                leaves.drain = never
                 freezing = trio.Event()
                 result: list[Any] = []
 
@@ -228,15 +225,14 @@ def test_a_stop_racing_a_freeze_then_the_next_instance_grants(tmp_path: Path) ->
         first = ost_server(tmp_path)
         async with trio.open_nursery() as outer:
             nid = Nid.parse(await outer.start(first.run))
-            async with client(outer, nid, "a") as a:
+            release = trio.Event()
+
+            async def slow(_: Any = None) -> int:
+                await release.wait()
+                return 0
+
+            async with client(outer, nid, "a", drain=slow) as a:
                 await until(lambda: a.state is GateState.OPEN)
-                release = trio.Event()
-
-                async def slow(_: Any = None) -> int:
-                    await release.wait()
-                    return 0
-
-                a.drain = slow
                 freezing = trio.CancelScope()
 
                 async def freeze() -> None:

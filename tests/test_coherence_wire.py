@@ -24,12 +24,11 @@ from test_servers_wire import (
 )
 
 from mlustre.fuse_client.data_locks import WHOLE
-from mlustre.fuse_client.imports import Import
 from mlustre.fuse_client.ldlm import LockClient
 from mlustre.fuse_client.ldlm_client import ClientLock, LockState
 from mlustre.fuse_client.md_cache import DIR_ATTR_BITS, FILE_BITS
 from mlustre.fuse_client.mdc import Mdc
-from mlustre.protocol import constants as C
+from mlustre.fuse_client.target_link import TargetHooks, TargetLink
 from mlustre.protocol.ldlm import Extent, IBits, LockType, Mode, ResId, inode_res
 from mlustre.protocol.nid import Nid
 
@@ -45,11 +44,11 @@ def run(afn: Callable[[], Any]) -> None:
 @asynccontextmanager
 async def client(nursery: trio.Nursery, nid: Nid, name: str, kind: str,
                  **kw: Any) -> AsyncIterator[LockClient]:
-    target, opc = (MDT_NAME, C.MDS_CONNECT) if kind == "mdt" else (OST_NAME, C.OST_CONNECT)
-    lc = LockClient(target, **kw)
-    imp = Import(target, [nid], connect_opc=opc, client_uuid=f"client-{name}",
-                 handler=lc.handle_request, connect_timeout=2.0, request_timeout=5.0)
-    lc.attach(imp)
+    target = MDT_NAME if kind == "mdt" else OST_NAME
+    link = TargetLink(target, kind, [nid], client_uuid=f"client-{name}",
+                      hooks=TargetHooks(**kw), barrier=False, connect_timeout=2.0,
+                      request_timeout=5.0)
+    lc, imp = link.locks, link.imp
     await nursery.start(lc.run)
     await imp.connect(nursery)
     try:

@@ -14,10 +14,7 @@ import trio
 from test_resend_wire import CRED, ROOT, mdc
 from test_servers_wire import MDT_NAME, _quiet_server_logs, mdt_server, run  # noqa: F401
 
-from mlustre.fuse_client.barrier import Barrier
-from mlustre.fuse_client.imports import Import
-from mlustre.fuse_client.ldlm import LockClient
-from mlustre.fuse_client.mdc import Mdc
+from mlustre.fuse_client.target_link import TargetLink
 from mlustre.protocol import constants as C
 from mlustre.protocol import dialect
 from mlustre.protocol.errors import RpcError
@@ -150,17 +147,15 @@ def test_interop_matrix(tmp_path: Path, releases: tuple[str, str], server_lock: 
         first = mdt_server(tmp_path, release=old_release, update_lock=server_lock)
         async with trio.open_nursery() as outer:
             nid = Nid.parse(await outer.start(first.run))
-            lc = LockClient(MDT_NAME)
-            imp = Import(MDT_NAME, [nid], connect_opc=C.MDS_CONNECT, client_uuid="matrix",
-                         handler=lc.handle_request, connect_timeout=1.0, request_timeout=5.0,
-                         flags=C.OBD_CONNECT_UPDATE_LOCK if client_lock else 0)
-            lc.attach(imp)
-            barrier = Barrier(MDT_NAME, "mdt", imp, lc, enabled=client_lock)
+            link = TargetLink(MDT_NAME, "mdt", [nid], client_uuid="matrix",
+                              identity=lambda ino: known.get(ino, (None, None)),
+                              connect_timeout=1.0, request_timeout=5.0,
+                              flags=C.OBD_CONNECT_UPDATE_LOCK if client_lock else 0)
+            lc, imp, barrier, m = link.locks, link.imp, link.barrier, link.mdc
+            assert barrier is not None and m is not None
             await outer.start(lc.run)
             await outer.start(barrier.run)
             await imp.connect(outer)
-            m = Mdc(imp)
-            m.identity = lambda ino: known.get(ino, (None, None))
             top = (await m.mkdir(CRED, ROOT, b"top", 0o755))["attr"]
             known[top["ino"]] = (top["gen"], top.get("fid"))
             made: list[bytes] = []

@@ -20,9 +20,9 @@ from test_servers_wire import (
     run as run_within,
 )
 
-from mlustre.fuse_client.imports import Import
 from mlustre.fuse_client.ldlm import LockClient
 from mlustre.fuse_client.ldlm_client import ClientLock, LockState
+from mlustre.fuse_client.target_link import TargetHooks, TargetLink
 from mlustre.protocol import constants as C
 from mlustre.protocol.ldlm import OBJECT_EOF, Extent, LockType, Mode, ResId
 from mlustre.protocol.nid import Nid
@@ -39,10 +39,10 @@ def run(afn: Callable[[], Any]) -> None:
 @asynccontextmanager
 async def lock_client(nursery: trio.Nursery, nid: Nid, name: str,
                       **kw: Any) -> AsyncIterator[LockClient]:
-    lc = LockClient(OST_NAME, **kw)
-    imp = Import(OST_NAME, [nid], connect_opc=C.OST_CONNECT, client_uuid=f"client-{name}",
-                 handler=lc.handle_request, connect_timeout=2.0, request_timeout=5.0)
-    lc.attach(imp)
+    link = TargetLink(OST_NAME, "ost", [nid], client_uuid=f"client-{name}",
+                      hooks=TargetHooks(**kw), barrier=False, connect_timeout=2.0,
+                      request_timeout=5.0)
+    lc, imp = link.locks, link.imp
     await nursery.start(lc.run)
     await imp.connect(nursery)
     try:

@@ -25,6 +25,7 @@ from mlustre.fuse_client.imports import Import, ImportState
 from mlustre.fuse_client.ldlm import LockClient
 from mlustre.fuse_client.ldlm_client import ClientLock, LockState
 from mlustre.fuse_client.osc import Osc
+from mlustre.fuse_client.target_link import TargetHooks, TargetLink
 from mlustre.protocol import constants as C
 from mlustre.protocol.ldlm import Extent, LockType, Mode, ResId
 from mlustre.protocol.message import Message
@@ -48,12 +49,10 @@ async def until(pred: Callable[[], bool]) -> None:
 @asynccontextmanager
 async def ost_client(nursery: trio.Nursery, nid: Nid, name: str,
                      **kw: Any) -> AsyncIterator[tuple[LockClient, Osc]]:
-    lc = LockClient(OST_NAME)
-    imp = Import(OST_NAME, [nid], connect_opc=C.OST_CONNECT, client_uuid=f"client-{name}",
-                 handler=lc.handle_request, connect_timeout=2.0, request_timeout=10.0,
-                 flags=FLAGS, **kw)
-    lc.attach(imp)
-    osc = Osc(0, imp)
+    link = TargetLink(OST_NAME, "ost", [nid], client_uuid=f"client-{name}", barrier=False,
+                      connect_timeout=2.0, request_timeout=10.0, flags=FLAGS, **kw)
+    lc, imp, osc = link.locks, link.imp, link.osc
+    assert osc is not None
     await nursery.start(lc.run)
     await imp.connect(nursery)
     try:
@@ -119,10 +118,9 @@ def test_lock_replay_outside_recovery_is_refused_and_the_lock_dropped(tmp_path: 
             async def on_reset(locks: list[ClientLock]) -> None:
                 resets.append(locks)
 
-            lc = LockClient(OST_NAME, on_reset=on_reset)
-            imp = Import(OST_NAME, [nid], connect_opc=C.OST_CONNECT, client_uuid="client-t",
-                         handler=lc.handle_request, connect_timeout=2.0)
-            lc.attach(imp)
+            link = TargetLink(OST_NAME, "ost", [nid], client_uuid="client-t", barrier=False,
+                              hooks=TargetHooks(on_reset=on_reset), connect_timeout=2.0)
+            lc, imp = link.locks, link.imp
             await outer.start(lc.run)
             await imp.connect(outer)
             held = await lc.enqueue(ResId(9, 0, 0, 0), LockType.EXTENT, Mode.PR,
@@ -242,10 +240,9 @@ def test_mdt_locks_are_replayed_too(tmp_path: Path) -> None:
         first = mdt_server(tmp_path, recovery_window=5.0)
         async with trio.open_nursery() as outer:
             nid = Nid.parse(await outer.start(first.run))
-            lc = LockClient(MDT_NAME)
-            imp = Import(MDT_NAME, [nid], connect_opc=C.MDS_CONNECT, client_uuid="client-m",
-                         handler=lc.handle_request, connect_timeout=2.0, flags=FLAGS)
-            lc.attach(imp)
+            link = TargetLink(MDT_NAME, "mdt", [nid], client_uuid="client-m", barrier=False,
+                              connect_timeout=2.0, flags=FLAGS)
+            lc, imp = link.locks, link.imp
             await outer.start(lc.run)
             await imp.connect(outer)
             held = await lc.enqueue(ResId(1, 0, 0, 0), LockType.IBITS, Mode.PR, 0x3)

@@ -37,10 +37,14 @@ def test_every_target_gets_the_mounts_hooks() -> None:
         assert mount.data.ost_locks[idx].ns.lru_size == OST_LRU_SIZE
     for barrier in client.barriers.values():
         assert barrier.drain is not None
-    # The MDT import tells the open-replay component of each connect, after the lock
-    # client and the barrier gate.
-    assert len(client.mdc.imp.on_connected) == 3
-    assert len(client.oscs[0].imp.on_connected) == 2
+    # Each import tells its target's link of its events; the MDT's link tells the
+    # open-replay component of each connect, after the lock client and the barrier gate.
+    for name, link in client.links.items():
+        assert link.imp.events is link and link.imp is (
+            client.mdc.imp if name == "fs-MDT0000" else client.oscs[link.osc.index].imp)
+        assert link.locks is client.locks[name] and link.barrier is client.barriers[name]
+    assert client.links["fs-MDT0000"].hooks.on_connected is not None
+    assert client.links["fs-OST0000"].hooks.on_connected is None
     assert set(mount.counters) == set(COUNTERS)
 
 

@@ -16,6 +16,7 @@ from test_servers_wire import MDT_NAME, _quiet_server_logs, mdt_server, run  # n
 
 from mlustre.fuse_client.imports import Import, ImportState
 from mlustre.fuse_client.mdc import Mdc
+from mlustre.fuse_client.target_link import TargetLink
 from mlustre.protocol import constants as C
 from mlustre.protocol.nid import Nid
 
@@ -87,13 +88,14 @@ def test_a_replay_of_what_survived_is_not_run_again(tmp_path: Path) -> None:
 async def mount_like(nursery: trio.Nursery, nid: Nid, name: str) -> AsyncIterator[Mdc]:
     """An MDC whose import keeps transnos for replay, as a mount's does (the MDT
     waits for such clients after a restart)."""
-    imp = Import(MDT_NAME, [nid], connect_opc=C.MDS_CONNECT, client_uuid=f"client-{name}",
-                 flags=C.OBD_CONNECT_TRANSNO, connect_timeout=1.0, request_timeout=20.0)
-    await imp.connect(nursery)
+    m = TargetLink(MDT_NAME, "mdt", [nid], client_uuid=f"client-{name}", barrier=False,
+                   flags=C.OBD_CONNECT_TRANSNO, connect_timeout=1.0, request_timeout=20.0).mdc
+    assert m is not None
+    await m.imp.connect(nursery)
     try:
-        yield Mdc(imp)
+        yield m
     finally:
-        await imp.close(C.MDS_DISCONNECT)
+        await m.imp.close(C.MDS_DISCONNECT)
 
 
 def test_replays_of_two_clients_run_in_transno_order(tmp_path: Path) -> None:

@@ -22,8 +22,8 @@ from test_servers_wire import (
     run as run_within,
 )
 
-from mlustre.fuse_client.imports import Import
 from mlustre.fuse_client.mdc import Mdc
+from mlustre.fuse_client.target_link import TargetLink
 from mlustre.protocol import constants as C
 from mlustre.protocol.errors import RpcError
 from mlustre.protocol.nid import Nid
@@ -41,13 +41,14 @@ def run(afn: Callable[[], Any]) -> None:
 
 @asynccontextmanager
 async def mdc(nursery: trio.Nursery, nid: Nid, name: str = "a") -> AsyncIterator[Mdc]:
-    imp = Import(MDT_NAME, [nid], connect_opc=C.MDS_CONNECT, client_uuid=f"client-{name}",
-                 connect_timeout=1.0, request_timeout=5.0)
-    await imp.connect(nursery)
+    m = TargetLink(MDT_NAME, "mdt", [nid], client_uuid=f"client-{name}", barrier=False,
+                   connect_timeout=1.0, request_timeout=5.0).mdc
+    assert m is not None
+    await m.imp.connect(nursery)
     try:
-        yield Mdc(imp)
+        yield m
     finally:
-        await imp.close()
+        await m.imp.close()
 
 
 def test_lost_reply_of_mkdir_and_unlink_is_reconstructed(tmp_path: Path) -> None:

@@ -46,7 +46,12 @@ Drainer = Callable[[], Awaitable[int]]
 
 
 class Barrier:
-    """The writer gate of one target, and the task keeping its CR lock."""
+    """The writer gate of one target, and the task keeping its CR lock.
+
+    Its target's ImportEvents (target_link.TargetLink) make it the import's writer gate
+    and tell it of each connect (`connected`); its lock client's BASTs on the barrier
+    resource (`res`) come to `blocked`.
+    """
 
     def __init__(self, target: str, kind: str, imp: Import, locks: LockClient,
                  *, enabled: bool = True, drain: Drainer | None = None) -> None:
@@ -68,9 +73,6 @@ class Barrier:
         }
         self.gate = Gate(target, self.stats)
         self._scope: trio.CancelScope | None = None
-        locks.bast_hooks[self.res] = self._bast
-        imp.on_connected.append(self._connected)
-        imp.gate = self
 
     # -- the gate --
     @property
@@ -104,7 +106,7 @@ class Barrier:
             self._changed = trio.Event()
 
     # -- events --
-    def _connected(self, body: dict[str, Any]) -> None:
+    def connected(self, body: dict[str, Any]) -> None:
         offered = bool(body.get("flags", 0) & C.OBD_CONNECT_UPDATE_LOCK) and self.enabled
         if not offered:
             if self.state is not GateState.OFF:
@@ -116,7 +118,7 @@ class Barrier:
             self._set(GateState.ENQUEUING)  # (a new instance forgot our CR lock)
         self._wake.set()
 
-    def _bast(self, lock: ClientLock) -> None:
+    def blocked(self, lock: ClientLock) -> None:
         if lock is self.lock:
             self.stats["callbacks"] += 1
             self._wake.set()

@@ -2,9 +2,10 @@
 
 Shared by the FUSE mount (node.py builds one, giving it the mount's hooks) and by
 library-mode clients that speak to a filesystem without mounting it (tests, scale
-benchmarks, lfs). Per target it builds the Import, its lock client, its barrier gate
-and its Mdc/Osc, in that order; what the mount does on their events comes in as
-TargetHooks, passed to their constructors.
+benchmarks, lfs). Per target it builds a TargetLink (target_link.py: the Import, its
+lock client, its barrier gate and its Mdc/Osc, the Import's events forwarded to them);
+what the mount does on their events comes in as TargetHooks, passed to their
+constructors.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import logging
 import uuid as uuidlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -22,29 +22,16 @@ from ..protocol.dialect import Identity
 from ..protocol.errors import ConnectionLost
 from ..protocol.nid import Nid, parse_spec
 from ..protocol.session import Session
-from .barrier import Barrier, Drainer
+from .barrier import Barrier
 from .imports import Import
-from .ldlm import LockClient, OnBlocking, OnEvicted, OnEvictedNow, OnGlimpse
+from .ldlm import LockClient
 from .mdc import Mdc
-from .osc import UNSTABLE_TOTAL, Osc
+from .osc import UNSTABLE_LIMIT, UNSTABLE_TOTAL, Osc
+from .target_link import TargetHooks, TargetLink
+
+__all__ = ["ClientNode", "HooksFor", "TargetHooks", "no_hooks"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TargetHooks:
-    """What a mount does on the events of one target (library mode: nothing), handed
-    to the constructors of the target's lock client and barrier gate."""
-
-    lru_size: int = 100  # unused locks the lock client keeps
-    on_blocking: OnBlocking | None = None
-    on_evicted: OnEvicted | None = None
-    on_evicted_now: OnEvictedNow | None = None
-    on_glimpse: OnGlimpse | None = None
-    on_reset: OnEvicted | None = None
-    drain: Drainer | None = None  # the barrier's drain of this target's dirty state
-    # Called with each connect reply, after the lock client's and the gate's hooks.
-    on_connected: Callable[[dict[str, Any]], None] | None = None
 
 
 # (kind "mdt" or "ost", OST index or None for the MDT) -> that target's hooks.
@@ -79,6 +66,7 @@ class ClientNode:
         self.locks: dict[str, LockClient] = {}  # target name -> its lock client
         self.update_lock = update_lock  # offer the SIR barrier lock (UPDATE_LOCK)
         self.barriers: dict[str, Barrier] = {}  # target name -> its writer gate
+        self.links: dict[str, TargetLink] = {}  # target name -> all of the above
         self.hooks = hooks
         self.identity = identity  # (generation, FID) of an inode, for the MDT's release
 
@@ -116,16 +104,14 @@ class ClientNode:
         if not mdts:
             raise ConnectionLost(f"filesystem {self.fsname} has no MDT registered yet")
         osts = sorted((t for t in targets if t["kind"] == "ost"), key=lambda t: t["index"])
-        mdt = mdts[0]
-        imp = self._import(mdt, C.MDS_CONNECT, self.hooks("mdt", None))
-        self.mdc = Mdc(imp, identity=self.identity)
+        self.mdc = self._link(mdts[0], "mdt", self.hooks("mdt", None)).mdc
         for t in osts:
             # Unstable data kept for replay: 64 MiB for the whole client (the
             # client stays within its memory budget however many OSTs there are).
-            self.oscs[t["index"]] = Osc(t["index"],
-                                        self._import(t, C.OST_CONNECT,
-                                                     self.hooks("ost", t["index"])),
-                                        unstable_limit=max(4 << 20, UNSTABLE_TOTAL // len(osts)))
+            osc = self._link(t, "ost", self.hooks("ost", t["index"]),
+                             unstable_limit=max(4 << 20, UNSTABLE_TOTAL // len(osts))).osc
+            assert osc is not None
+            self.oscs[t["index"]] = osc
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Start the lock and barrier tasks and connect every import."""
@@ -138,27 +124,22 @@ class ClientNode:
                 connecting.start_soon(lambda i=imp: i.connect(
                     nursery, first_timeout=self.mount_timeout))
 
-    def _import(self, target: dict[str, Any], opc: int, hooks: TargetHooks) -> Import:
-        locks = LockClient(target["name"], lru_size=hooks.lru_size,
-                           on_blocking=hooks.on_blocking, on_evicted=hooks.on_evicted,
-                           on_evicted_now=hooks.on_evicted_now, on_glimpse=hooks.on_glimpse,
-                           on_reset=hooks.on_reset)
+    def _link(self, target: dict[str, Any], kind: str, hooks: TargetHooks,
+              unstable_limit: int = UNSTABLE_LIMIT) -> TargetLink:
         flags = C.OBD_CONNECT_FID | C.OBD_CONNECT_IBITS | C.OBD_CONNECT_TRANSNO
         if self.update_lock:
             flags |= C.OBD_CONNECT_UPDATE_LOCK
-        imp = Import(target["name"], [Nid.parse(n) for n in target["nids"]], connect_opc=opc,
-                     client_uuid=self.uuid, release=self.release, flags=flags,
-                     connect_timeout=self.connect_timeout, handler=locks.handle_request,
-                     key=self.key, nid_source=self.target_nids)
-        locks.attach(imp)
-        self.locks[target["name"]] = locks
-        self.barriers[target["name"]] = Barrier(
-            target["name"], "mdt" if opc == C.MDS_CONNECT else "ost", imp, locks,
-            enabled=self.update_lock, drain=hooks.drain)
-        if hooks.on_connected is not None:
-            imp.on_connected.append(hooks.on_connected)
-        self.imports.append(imp)
-        return imp
+        link = TargetLink(target["name"], kind, [Nid.parse(n) for n in target["nids"]],
+                          client_uuid=self.uuid, index=target.get("index") or 0, hooks=hooks,
+                          identity=self.identity, release=self.release, flags=flags,
+                          connect_timeout=self.connect_timeout, key=self.key,
+                          nid_source=self.target_nids, unstable_limit=unstable_limit)
+        self.links[target["name"]] = link
+        self.locks[target["name"]] = link.locks
+        assert link.barrier is not None
+        self.barriers[target["name"]] = link.barrier
+        self.imports.append(link.imp)
+        return link
 
     async def target_nids(self, name: str) -> list[Nid]:
         """Where the MGS says target `name` serves now."""

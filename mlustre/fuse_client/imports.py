@@ -26,7 +26,8 @@ from ..protocol.rpc import Endpoint, Handler
 from ..protocol.secure import open_connection
 from .import_state import IllegalTransition, ImportState, ImportStates
 
-__all__ = ["IllegalTransition", "Import", "ImportClosed", "ImportState", "WriterGate"]
+__all__ = ["IllegalTransition", "Import", "ImportClosed", "ImportEvents", "ImportState",
+           "WriterGate"]
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +48,52 @@ class WriterGate(Protocol):
     def leave(self) -> None: ...
 
 
+class ImportEvents(Protocol):
+    """What the rest of a target's client side does on its import's events, given to the
+    Import by its constructor (target_link.TargetLink: the lock client, the writer gate,
+    the Mdc or Osc of that target)."""
+
+    @property
+    def gate(self) -> WriterGate | None:
+        """The SIR writer gate update requests pass (barrier.Barrier), if any."""
+        ...
+
+    def connected(self, reply_body: dict[str, Any]) -> None:
+        """Each successful connect reply, before requests flow again (the lock client
+        checks "evicted" there)."""
+        ...
+
+    async def replay_updates(self, endpoint: Endpoint) -> None:
+        """Re-send, to a new instance of the target, the updates it may have lost
+        (REPLAY; before the import is FULL again)."""
+        ...
+
+    async def replay_locks(self, endpoint: Endpoint) -> None:
+        """Take our locks again on a new instance (REPLAY_LOCKS, after the updates)."""
+        ...
+
+    def committed(self, last_committed: int) -> None:
+        """The target reported a higher last_committed: what was kept for replay up to
+        there can go."""
+        ...
+
+
 class Import:
     """One target as seen by this client.
 
     :nids: the target's NIDs, tried in turn (failover partners included).
     :state: ImportState; `history` keeps the last transitions with times.
     :peer_committed: highest last_committed the target has reported.
+    :events: who is told of connects, runs the replays and learns of commits, and whose
+        writer gate updates pass (target_link.TargetLink); None for a bare import.
     """
 
     def __init__(self, target: str, nids: list[Nid], *, connect_opc: int, client_uuid: str,
                  release: str = "2.0", flags: int = 0, handler: Handler | None = None,
                  request_timeout: float = 30.0, connect_timeout: float = 5.0,
                  ping_interval: float = 5.0, key: bytes | None = None,
-                 nid_source: Callable[[str], Awaitable[list[Nid]]] | None = None) -> None:
+                 nid_source: Callable[[str], Awaitable[list[Nid]]] | None = None,
+                 events: ImportEvents | None = None) -> None:
         self.target = target
         self.key = key  # the filesystem's shared key: connections are authenticated
         self.nids = nids
@@ -86,20 +120,10 @@ class Import:
         self._next_xid = 1
         # Where the MGS says the target serves now (client.ClientNode.target_nids).
         self.nid_source = nid_source
-        # Called with each successful connect reply body, before requests flow again
-        # (the lock client checks "evicted" there).
-        self.on_connected: list[Callable[[dict[str, Any]], None]] = []
         self._nids_refreshed = -1e9
-        # The SIR writer gate (barrier.Barrier) that update requests pass, if any.
-        self.gate: WriterGate | None = None
-        # Re-sends, to a new instance of the target, the updates it may have lost
-        # (mdc.Mdc.replay); runs before the import is FULL again.
-        self.replayer: Callable[[Endpoint], Awaitable[None]] | None = None
-        # Takes our locks again on a new instance (ldlm.LockClient.replay_locks).
-        self.lock_replayer: Callable[[Endpoint], Awaitable[None]] | None = None
-        # Called when the target reports a higher last_committed (what was kept for
-        # replay up to there can go).
-        self.on_committed: list[Callable[[int], None]] = []
+        # The rest of the target's client side, told of connects, replays and commits
+        # (None: a bare import, as tests and tools use, that nobody else listens to).
+        self.events = events
         self.ping_interval = ping_interval
         # Replays wait for the target's recovery (other clients' replays, its window):
         # longer than a request; a dead server still ends them (connection closed).
@@ -215,11 +239,11 @@ class Import:
             self.evictions += 1
             self._set_state(ImportState.EVICTED)
         self._note_committed(reply)
-        for hook in self.on_connected:
+        if self.events is not None:
             try:
-                hook(reply.body)
+                self.events.connected(reply.body)
             except Exception:
-                log.exception("%s: on_connected hook failed", self.target)
+                log.exception("%s: connect event failed", self.target)
         instance, self._instance = self._instance, reply.body.get("instance")
         if instance is not None and instance != self._instance \
                 and not reply.body.get("evicted"):
@@ -250,13 +274,13 @@ class Import:
         REPLAY: the updates it may have lost (and says it is done with them);
         REPLAY_LOCKS: the locks it no longer has (and says it is done)."""
         self._set_state(ImportState.REPLAY)
-        if self.replayer is not None:
-            await self.replayer(endpoint)
+        if self.events is not None:
+            await self.events.replay_updates(endpoint)
         await endpoint.call(C.OBD_PING, {}, flags=C.MSG_REQ_REPLAY_DONE,
                             timeout=self.replay_timeout, conn_cnt=self.conn_cnt)
         self._set_state(ImportState.REPLAY_LOCKS)
-        if self.lock_replayer is not None:
-            await self.lock_replayer(endpoint)
+        if self.events is not None:
+            await self.events.replay_locks(endpoint)
         reply = await endpoint.call(C.OBD_PING, {}, flags=C.MSG_LOCK_REPLAY_DONE,
                                     timeout=self.replay_timeout, conn_cnt=self.conn_cnt)
         self._note_committed(reply)
@@ -334,8 +358,8 @@ class Import:
     def _note_committed(self, reply: Message) -> None:
         if reply.last_committed > self.peer_committed:
             self.peer_committed = reply.last_committed
-            for hook in self.on_committed:
-                hook(reply.last_committed)
+            if self.events is not None:
+                self.events.committed(reply.last_committed)
         if reply.transno > self.last_transno:
             self.last_transno = reply.transno
 
@@ -352,7 +376,8 @@ class Import:
         An update first passes the target's writer gate (`flush`: it is write-back of
         data already written, which goes on while the gate drains). `encode` turns the
         neutral body into the form of the release the server speaks, at each send."""
-        gate = self.gate if C.is_update(opc, body) else None
+        gate = self.events.gate if self.events is not None and C.is_update(opc, body) \
+            else None
         if gate is None:
             return await self._call(opc, body, timeout, bulk, encode)
         await gate.enter(flush=flush)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import nullcontext
 from typing import Any
 
@@ -114,6 +114,11 @@ class LockClient:
         must not reach the server any more (dirty data) is dropped there.
     :on_glimpse: answers a glimpse AST (the size and mtime our cache gives the file).
     :on_reset: awaited with the locks a restarted server forgot (no EIO: nothing lost).
+    :watch: resource -> told at once of a BAST on a lock of it (the SIR barrier's task
+        watches its CR lock); such locks cache nothing (no on_blocking flush).
+
+    The import's connects and lock replay reach it through its target's ImportEvents
+    (target_link.TargetLink): `connected()` and `replay_locks()`.
     """
 
     def __init__(self, target: str, imp: Import | None = None, *, lru_size: int = 100,
@@ -122,7 +127,8 @@ class LockClient:
                  on_evicted: OnEvicted | None = None,
                  on_evicted_now: OnEvictedNow | None = None,
                  on_glimpse: OnGlimpse | None = None,
-                 on_reset: OnEvicted | None = None) -> None:
+                 on_reset: OnEvicted | None = None,
+                 watch: Mapping[ResId, Callable[[ClientLock], None]] | None = None) -> None:
         self.target = target
         self.ns = ClientNamespace(target, lru_size=lru_size, lru_max_age=lru_max_age)
         self.lru_interval = lru_interval
@@ -133,8 +139,9 @@ class LockClient:
         self.on_evicted_now: OnEvictedNow = on_evicted_now or _no_evicted_now
         self._instance: Any = None
         # Told at once of a BAST on a resource (the SIR barrier's task watches its lock).
-        self.bast_hooks: dict[ResId, Callable[[ClientLock], None]] = {}
-        self.imp: Import | None = None
+        self.watched: Mapping[ResId, Callable[[ClientLock], None]] = watch or {}
+        # Where requests go (None only for a lock client that just answers ASTs in tests).
+        self.imp = imp
         self._grants: dict[int, trio.Event] = {}  # local handle -> set on CP AST / eviction
         self._nursery: trio.Nursery | None = None
         self._scope: trio.CancelScope | None = None
@@ -144,15 +151,6 @@ class LockClient:
             "glimpses": 0, "glimpse_grants": 0, "gl_asts": 0, "elc": 0, "resets": 0,
             "reenqueues": 0, "replayed": 0,
         }
-        if imp is not None:
-            self.attach(imp)
-
-    def attach(self, imp: Import) -> None:
-        """Send through `imp` and watch its connects for eviction. The Import must also
-        have been built with handler=self.handle_request (its ASTs come that way)."""
-        self.imp = imp
-        imp.on_connected.append(self._connected)
-        imp.lock_replayer = self.replay_locks
 
     # ---- background tasks ---------------------------------------------------------------
 
@@ -376,7 +374,7 @@ class LockClient:
 
         async with trio.open_nursery() as nursery:
             for lock in locks:
-                if lock.res not in self.bast_hooks:  # (the barrier lock: nothing cached)
+                if lock.res not in self.watched:  # (the barrier lock: nothing cached)
                     nursery.start_soon(blocking, lock)
         taken = []
         for lock in locks:
@@ -459,7 +457,7 @@ class LockClient:
                 self.ns.replayed(local, remote)  # (just records the server's handle)
         action = self.ns.blocking_ast(remote, trio.current_time(),
                                       discard_data=bool(body.get("flags", 0) & FL_DISCARD_DATA))
-        hook = self.bast_hooks.get(action.lock.res) if action.lock is not None else None
+        hook = self.watched.get(action.lock.res) if action.lock is not None else None
         if hook is not None:
             assert action.lock is not None
             hook(action.lock)
@@ -530,25 +528,16 @@ class LockClient:
 
     # ---- eviction ---------------------------------------------------------------------
 
-    def _connected(self, reply_body: dict[str, Any]) -> None:
+    def connected(self, reply_body: dict[str, Any]) -> None:
+        """A connect reply of the import: a new instance, or an eviction."""
         instance = reply_body.get("instance")
         restarted = self._instance is not None and instance != self._instance
         self._instance = instance
-        if restarted and not reply_body.get("evicted") and self.imp is not None \
-                and self.imp.lock_replayer is not None:
-            # The granted locks are replayed (replay_locks); the enqueues queued on the
-            # old instance are asked for again.
-            self._reset([lk for lk in self.ns.all_locks() if lk.waiting], "waiting")
-            return
         if restarted and not reply_body.get("evicted"):
-            # A new server instance knows none of our locks: what they protected can no
-            # longer be trusted, but nothing is lost (dirty data is written back as usual).
-            dropped = self.ns.invalidate_all()
-            self.stats["resets"] += 1
-            log.warning("%s: server restarted; %d locks dropped", self.target, len(dropped))
-            for event in self._grants.values():
-                event.set()
-            self._spawn(self.on_reset, dropped)
+            # The granted locks are replayed (replay_locks, which the import's events
+            # always run after this); the enqueues queued on the old instance are asked
+            # for again.
+            self._reset([lk for lk in self.ns.all_locks() if lk.waiting], "waiting")
             return
         if not reply_body.get("evicted"):
             return

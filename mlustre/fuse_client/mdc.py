@@ -48,11 +48,13 @@ class Kept:
 
 
 class Mdc:
+    """Requests to the MDT. Its target's ImportEvents (target_link.TargetLink) run
+    `replay` after an MDT restart."""
+
     def __init__(self, imp: Import, *, identity: dialect.Identity | None = None) -> None:
         self.imp = imp
         self.kept: list[Kept] = []  # in transno order
         self.replayed = 0
-        imp.replayer = self.replay
         # What the client knows of an inode (generation, FID), to name it in the
         # release of the MDT at send time: the mount's inode table.
         self.identity: dialect.Identity = identity or (lambda ino: (None, None))

@@ -2,9 +2,9 @@
 the client.
 
     Mount
-      client: ClientNode (client.py)       per target: Import, LockClient, Barrier,
-                                            Mdc/Osc; the mount's TargetHooks go to
-                                            their constructors
+      client: ClientNode (client.py)       per target a TargetLink (target_link.py):
+                                            Import, LockClient, Barrier, Mdc/Osc; the
+                                            mount's TargetHooks go to their constructors
       counters                              llite.*.stats
       kernel: KernelCache                   the only caller of pyfuse3.invalidate_inode
       cache: PageCache, writeback: Writeback
@@ -27,7 +27,7 @@ from __future__ import annotations
 import trio
 
 from ..protocol.errors import ConnectionLost
-from .client import ClientNode, TargetHooks
+from .client import ClientNode
 from .data_locks import OST_LRU_SIZE, DataLocks
 from .file_io import FileIo
 from .file_open import FileOpen
@@ -40,6 +40,7 @@ from .md_cache import MD_LRU_SIZE, MdCache
 from .namespace import Namespace
 from .open_handles import OpenHandles
 from .page_cache import PageCache
+from .target_link import TargetHooks
 from .writeback import Writeback
 
 COUNTERS = ("md_cache_hits", "md_rpcs", "glimpse_rpcs", "size_refreshes",

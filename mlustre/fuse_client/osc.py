@@ -27,6 +27,9 @@ UNSTABLE_TOTAL = 64 << 20  # a mount's OSCs share this (client.py)
 
 
 class Osc:
+    """Requests to one OST. Its target's ImportEvents (target_link.TargetLink) run
+    `replay` after an OST restart and `committed` as the OST commits."""
+
     def __init__(self, index: int, imp: Import, *, unstable_limit: int = UNSTABLE_LIMIT) -> None:
         self.index = index
         self.imp = imp
@@ -40,8 +43,6 @@ class Osc:
         self.replayed = 0
         self.unstable_syncs = 0
         self._syncing: trio.Event | None = None  # set when the sync under way is done
-        imp.replayer = self.replay
-        imp.on_committed.append(self._committed)
 
     def _keep(self, transno: int, opc: int, body: dict[str, Any], data: bytes | None) -> None:
         if transno <= self.imp.peer_committed:
@@ -51,7 +52,8 @@ class Osc:
             self.unstable_bytes += len(data or b"")
             self.unstable[transno] = (opc, body, data)
 
-    def _committed(self, last_committed: int) -> None:
+    def committed(self, last_committed: int) -> None:
+        """The OST committed up to last_committed (told by its import's events)."""
         while self._order and self._order[0] <= last_committed:
             _, _, data = self.unstable.pop(heapq.heappop(self._order))
             self.unstable_bytes -= len(data or b"")
@@ -77,7 +79,7 @@ class Osc:
         """The OST restarted: send again, in transno order and with their first
         transnos, the writes and punches it answered but had not committed."""
         committed = self.imp.peer_committed
-        self._committed(committed)
+        self.committed(committed)
         if not self.unstable:
             return
         log.info("%s: replaying %d writes/punches (%d bytes) above transno %d",
