@@ -91,6 +91,9 @@ print("done", hashlib.sha256(mirror).hexdigest(), flush=True)
 def test_controlled_failover_leaves_nothing_to_replay(cluster_factory, tmp_path):  # noqa: F811
     c = cluster_factory("--osts", "2", "--fsname", "br" + secrets.token_hex(3))
     assert resent_updates(c) == 0
+    # The periodic flush (1 s) must not write the dirty data back before each freeze does:
+    # on a loaded machine starting `mlustre failover` alone can take longer than that.
+    lctl(c, "set_param", "llite.*.flush_interval=600").check()
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(c.mnt / "dirty")],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     ns = c.mnt / "ns"
