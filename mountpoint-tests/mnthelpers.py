@@ -402,6 +402,41 @@ class Cluster:
         return problems
 
 
+# helpers of tests that use clusters of their own (`cluster_factory`) or extra clients
+
+
+def mount_extra(c: Cluster, mnt: Path, *opts: str):
+    """`mlustre mount [OPTS] SPEC MNT` (Cluster.mount_client takes no options);
+    registered with the cluster, so its teardown unmounts it."""
+    if mnt not in c.clients:
+        c.clients.append(mnt)
+    res = cli("mount", *opts, c.spec, mnt)
+    if res.rc == 0:
+        c.remember_pids(c.status())
+    return res
+
+
+def client_pid(c: Cluster, mnt: Path) -> int:
+    status = c.status()
+    pids = [e["pid"] for e in status["clients"] if e.get("mountpoint") == str(mnt)]
+    assert len(pids) == 1, f"no single client listed for {mnt}: {status['clients']}"
+    return pids[0]
+
+
+def fsname_of(c: Cluster) -> str:
+    return c.spec.rsplit(":/", 1)[1]
+
+
+def sigkill_client(c: Cluster, mnt: Path) -> None:
+    """SIGKILL the client process of mount mnt (only that PID); its mount
+    stays, dead (ENOTCONN), until the cluster's teardown."""
+    pid = client_pid(c, mnt)
+    start = proc_starttime(pid)
+    assert start is not None, f"client pid {pid} of {mnt} is not running"
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: proc_starttime(pid) != start, 15), f"client {pid} survived SIGKILL"
+
+
 def attempt_up(mnt: Path, data: Path, *args: str, timeout: float = CLI_TIMEOUT) -> Result:
     """`mlustre up` that is expected to fail. Should it succeed (or hang),
     whatever it started is torn down before returning."""

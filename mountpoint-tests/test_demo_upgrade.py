@@ -18,6 +18,7 @@ EXPECTED = [("MDT0000", "1.8", "2.0"), ("OST0000", "1.8", "2.0"), ("OST0001", "1
             ("MGS", "1.8", "2.0"), ("OST0001", "2.0", "1.8")]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(TIMEOUT)
 def test_upgrade_demo(tmp_path):
     report, plot = tmp_path / "demo.json", tmp_path / "demo.svg"

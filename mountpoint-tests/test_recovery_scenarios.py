@@ -18,8 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from mnthelpers import cli, sha256_file, wait_until
-from test_coherence import cluster_factory, sigkill_client  # noqa: F401
+from mnthelpers import cli, sha256_file, sigkill_client, wait_until
 
 TIMEOUT = 300
 

@@ -13,6 +13,7 @@ from mnthelpers import run_script
 TIMEOUT = 300
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(TIMEOUT)
 def test_short_failover_soak(tmp_path):
     report = tmp_path / "soak.json"
