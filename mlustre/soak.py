@@ -55,7 +55,7 @@ def log(msg: str) -> None:
     print(f"[soak {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-# ---- workers (each runs in a child process: python failover_soak.py --worker NAME) ----
+# ---- workers (each runs in a child process: python -m mlustre.soak --worker NAME) ----
 
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
