@@ -170,6 +170,7 @@ def make_source(root: Path, seed: int) -> Path:
     return tar
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(TIMEOUT)
 def test_tar_extraction_survives_the_mdt_and_an_ost_each_killed_twice(
         cluster_factory, tmp_path):  # noqa: F811
