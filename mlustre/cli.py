@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import registry
-from .procs import DaemonFailed, spawn, stop_pid, wait_ready
+from .localcluster.daemons import DaemonFailed, spawn, stop_pid, wait_ready
 from .protocol.nid import Nid, format_spec, parse_spec
 from .servers.limits import DEFAULT_EVICT_THRESHOLD, DEFAULT_MAX_LOCKS
 

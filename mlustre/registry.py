@@ -15,6 +15,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .localcluster import mounts
+from .localcluster.processes import pid_alive  # noqa: F401  (the CLI's registry.pid_alive)
+
 
 def state_dir() -> Path:
     if os.geteuid() == 0:
@@ -138,31 +141,6 @@ def all_mounts() -> list[dict[str, Any]]:
     return out
 
 
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def is_mounted(mountpoint: str) -> bool:
-    """From /proc/mounts, never touching the (maybe hung) mount point itself."""
-    real = os.path.realpath(mountpoint)
-    try:
-        with open("/proc/mounts") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) > 1 and fields[1].replace("\\040", " ") == real:
-                    return True
-    except OSError:
-        pass
-    return False
+    """From the mount table, never touching the (maybe hung) mount point itself."""
+    return mounts.is_mounted(mountpoint, real=True)

@@ -124,6 +124,29 @@ def fresh_cluster(base_tmp):
 
 
 @pytest.fixture
+def cluster_factory(base_tmp):
+    """Start clusters of their own (`make(*up_args)`); every one is torn down at
+    the end (`mlustre down`, fusermount3 -u/-uz, SIGTERM/SIGKILL by PID), dead
+    client mounts included."""
+    made: list[Cluster] = []
+
+    def make(*args: str) -> Cluster:
+        c = Cluster.create(base_tmp, list(args))
+        made.append(c)
+        try:
+            c.up()
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n--- cluster logs ---\n{log_tail(c.data)}") from None
+        return c
+
+    yield make
+    for c in made:
+        for problem in c.teardown():
+            warnings.warn(f"cluster teardown ({c.mnt}): {problem}", stacklevel=1)
+        remove_tree_if_unmounted(c.data.parent)
+
+
+@pytest.fixture
 def client2(request, base_tmp):
     """An empty mount point for a second client of the test's cluster;
     whatever is mounted there is unmounted at the end."""

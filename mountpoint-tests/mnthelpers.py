@@ -1,6 +1,6 @@
 """Helpers for the real-mount tests: running commands with hard timeouts, the
-`mlustre` CLI, /proc/mounts checks, process clean-up by PID and a Cluster
-object that always tears down what it started.
+`mlustre` CLI, process clean-up by PID and a Cluster object that always tears
+down what it started (mount table and /proc readers: mlustre/localcluster/).
 
 Nothing here stats a possibly hung mount point: mount state comes from
 /proc/self/mountinfo and process state from /proc/PID/stat.
@@ -18,12 +18,23 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from mlustre.localcluster import mounts as mount_table
+from mlustre.localcluster.cluster import cli_command
+from mlustre.localcluster.cluster import force_unmount as cluster_force_unmount
+from mlustre.localcluster.mounts import is_mounted, mounts_under
+from mlustre.localcluster.processes import (
+    kill_group,
+    pids_in_group,
+    proc_starttime,
+    terminate_pids,
+    wait_until,  # noqa: F401  (for the tests)
+)
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 CLI_TIMEOUT = 60
@@ -95,7 +106,7 @@ def run(
         except subprocess.TimeoutExpired:
             timed_out = True
             rc = None
-            _kill_group(proc.pid)
+            kill_group(proc.pid)
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -113,13 +124,6 @@ def run(
             proc.pid,
             raw,
         )
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def sh(
@@ -149,13 +153,8 @@ def sh_ok(script: str, **kw) -> str:
 
 def mlustre_cmd() -> list[str]:
     """The CLI: $MLUSTRE_CMD if set, else the console script next to the
-    interpreter, else `python -m mlustre.cli`."""
-    if os.environ.get("MLUSTRE_CMD"):
-        return shlex.split(os.environ["MLUSTRE_CMD"])
-    script = Path(sys.executable).with_name("mlustre")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "mlustre.cli"]
+    interpreter, else `python -m mlustre.cli` (localcluster.cli_command)."""
+    return cli_command()
 
 
 def cli(*args: str | os.PathLike, timeout: float = CLI_TIMEOUT) -> Result:
@@ -163,108 +162,16 @@ def cli(*args: str | os.PathLike, timeout: float = CLI_TIMEOUT) -> Result:
 
 
 # --------------------------------------------------------------------------
-# mounts and processes
-
-
-def _unescape_mount_path(text: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
-
-
-def mounts() -> list[tuple[str, str]]:
-    """(mount point, fs type) of every mount visible to us."""
-    result = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields = left.split()
-            result.append((_unescape_mount_path(fields[4]), right.split()[0]))
-    return result
-
-
-def is_mounted(path: str | os.PathLike) -> bool:
-    p = os.fspath(path).rstrip("/") or "/"
-    return any(m == p for m, _ in mounts())
-
-
-def mounts_under(path: str | os.PathLike) -> list[str]:
-    p = os.fspath(path).rstrip("/") + "/"
-    return [m for m, _ in mounts() if m.startswith(p)]
+# mounts and processes: the package's (mlustre/localcluster/), one parser for all
 
 
 def fstype(path: str | os.PathLike) -> str | None:
-    p = os.fspath(path).rstrip("/")
-    found = [t for m, t in mounts() if m == p]
-    return found[-1] if found else None
-
-
-def proc_starttime(pid: int) -> int | None:
-    """Start time (clock ticks after boot) of a live, non-zombie pid, else None."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            text = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    rest = text[text.rindex(")") + 2 :].split()
-    if rest[0] in ("Z", "X"):
-        return None
-    return int(rest[19])
-
-
-def proc_pgid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            text = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return int(text[text.rindex(")") + 2 :].split()[2])
-
-
-def pids_in_group(pgid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid() and proc_pgid(int(entry)) == pgid:
-            found.append(int(entry))
-    return found
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    """Poll predicate until true or timeout; returns its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
-def terminate_pids(procs: dict[int, int], grace: float = 10) -> list[int]:
-    """SIGTERM, wait, SIGKILL each pid whose start time still matches (so a
-    recycled pid is never hit). Returns the pids that had to be signalled."""
-
-    def alive() -> list[int]:
-        return [p for p, t in procs.items() if t is not None and proc_starttime(p) == t]
-
-    signalled = alive()
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
-        for pid in alive():
-            try:
-                os.kill(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-        wait_until(lambda: not alive(), wait)
-    return signalled
+    return mount_table.fstype(path)
 
 
 def force_unmount(path: str | os.PathLike) -> list[str]:
     """fusermount3 -u, then -uz, if still mounted. Returns what it had to do."""
-    done = []
-    for args in (["-u"], ["-uz"]):
-        if not is_mounted(path):
-            break
-        res = run(["fusermount3", *args, os.fspath(path)], timeout=30)
-        done.append(f"fusermount3 {' '.join(args)} {path}: rc={res.rc} {res.stderr.strip()}")
-    return done
+    return cluster_force_unmount(path)
 
 
 # --------------------------------------------------------------------------
@@ -493,6 +400,41 @@ class Cluster:
         if self in ACTIVE:
             ACTIVE.remove(self)
         return problems
+
+
+# helpers of tests that use clusters of their own (`cluster_factory`) or extra clients
+
+
+def mount_extra(c: Cluster, mnt: Path, *opts: str):
+    """`mlustre mount [OPTS] SPEC MNT` (Cluster.mount_client takes no options);
+    registered with the cluster, so its teardown unmounts it."""
+    if mnt not in c.clients:
+        c.clients.append(mnt)
+    res = cli("mount", *opts, c.spec, mnt)
+    if res.rc == 0:
+        c.remember_pids(c.status())
+    return res
+
+
+def client_pid(c: Cluster, mnt: Path) -> int:
+    status = c.status()
+    pids = [e["pid"] for e in status["clients"] if e.get("mountpoint") == str(mnt)]
+    assert len(pids) == 1, f"no single client listed for {mnt}: {status['clients']}"
+    return pids[0]
+
+
+def fsname_of(c: Cluster) -> str:
+    return c.spec.rsplit(":/", 1)[1]
+
+
+def sigkill_client(c: Cluster, mnt: Path) -> None:
+    """SIGKILL the client process of mount mnt (only that PID); its mount
+    stays, dead (ENOTCONN), until the cluster's teardown."""
+    pid = client_pid(c, mnt)
+    start = proc_starttime(pid)
+    assert start is not None, f"client pid {pid} of {mnt} is not running"
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: proc_starttime(pid) != start, 15), f"client {pid} survived SIGKILL"
 
 
 def attempt_up(mnt: Path, data: Path, *args: str, timeout: float = CLI_TIMEOUT) -> Result:

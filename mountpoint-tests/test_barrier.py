@@ -18,8 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from mnthelpers import Cluster, cli, run, sha256_file
-from test_coherence import client_pid, cluster_factory, fsname_of, mount_extra  # noqa: F401
+from mnthelpers import Cluster, cli, client_pid, fsname_of, mount_extra, run, sha256_file
 
 TIMEOUT = 180
 

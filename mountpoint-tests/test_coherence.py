@@ -37,13 +37,14 @@ import pytest
 from mnthelpers import (
     Cluster,
     cli,
-    log_tail,
+    client_pid,
+    fsname_of,
     make_world_dir,
-    proc_starttime,
+    mount_extra,
     remove_tree_if_unmounted,
     run,
     sh,
-    wait_until,
+    sigkill_client,
 )
 
 MiB = 1 << 20
@@ -96,29 +97,6 @@ def ab(cluster, workdir, mnt_b) -> tuple[Path, Path]:
 @pytest.fixture
 def rng(request) -> random.Random:
     return random.Random(request.node.name)
-
-
-@pytest.fixture
-def cluster_factory(base_tmp):
-    """Start clusters of their own (`make(*up_args)`); every one is torn down at
-    the end (`mlustre down`, fusermount3 -u/-uz, SIGTERM/SIGKILL by PID), dead
-    client mounts included."""
-    made: list[Cluster] = []
-
-    def make(*args: str) -> Cluster:
-        c = Cluster.create(base_tmp, list(args))
-        made.append(c)
-        try:
-            c.up()
-        except AssertionError as e:
-            raise AssertionError(f"{e}\n--- cluster logs ---\n{log_tail(c.data)}") from None
-        return c
-
-    yield make
-    for c in made:
-        for problem in c.teardown():
-            warnings.warn(f"cluster teardown ({c.mnt}): {problem}", stacklevel=1)
-        remove_tree_if_unmounted(c.data.parent)
 
 
 # --------------------------------------------------------------------------
@@ -296,28 +274,6 @@ def run_together(jobs: list[tuple], timeout: float) -> None:
             w.kill()
 
 
-def mount_extra(c: Cluster, mnt: Path, *opts: str):
-    """`mlustre mount [OPTS] SPEC MNT` (Cluster.mount_client takes no options);
-    registered with the cluster, so its teardown unmounts it."""
-    if mnt not in c.clients:
-        c.clients.append(mnt)
-    res = cli("mount", *opts, c.spec, mnt)
-    if res.rc == 0:
-        c.remember_pids(c.status())
-    return res
-
-
-def client_pid(c: Cluster, mnt: Path) -> int:
-    status = c.status()
-    pids = [e["pid"] for e in status["clients"] if e.get("mountpoint") == str(mnt)]
-    assert len(pids) == 1, f"no single client listed for {mnt}: {status['clients']}"
-    return pids[0]
-
-
-def fsname_of(c: Cluster) -> str:
-    return c.spec.rsplit(":/", 1)[1]
-
-
 def evictions(c: Cluster) -> int:
     """Sum of the `evictions` counters of the cluster's MDT and OSTs (a counter
     that never counted is not printed: 0)."""
@@ -330,16 +286,6 @@ def evictions(c: Cluster) -> int:
         int(m.group(1))
         for m in re.finditer(r"^evictions\s+(\d+)\s+samples", res.stdout, re.MULTILINE)
     )
-
-
-def sigkill_client(c: Cluster, mnt: Path) -> None:
-    """SIGKILL the client process of mount mnt (only that PID); its mount
-    stays, dead (ENOTCONN), until the cluster's teardown."""
-    pid = client_pid(c, mnt)
-    start = proc_starttime(pid)
-    assert start is not None, f"client pid {pid} of {mnt} is not running"
-    os.kill(pid, signal.SIGKILL)
-    assert wait_until(lambda: proc_starttime(pid) != start, 15), f"client {pid} survived SIGKILL"
 
 
 # --------------------------------------------------------------------------

@@ -14,7 +14,6 @@ import time
 
 import pytest
 from mnthelpers import cli
-from test_coherence import cluster_factory  # noqa: F401
 
 from mlustre.registry import pid_alive
 

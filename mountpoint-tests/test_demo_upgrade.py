@@ -1,4 +1,4 @@
-"""The upgrade demo, shortened (scripts/demo_upgrade.py --duration 30): a 1.8 cluster
+"""The upgrade demo, shortened (scripts/demo-upgrade --duration 30): a 1.8 cluster
 is upgraded to 2.0 server by server (and one server back to 1.8) by controlled failover
 under its workloads. No system call fails, every byte is verified, every upgrade is
 done, and the SVG plot is well-formed XML with a label per failover."""
@@ -13,17 +13,17 @@ from pathlib import Path
 import pytest
 from mnthelpers import run_script
 
-ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 360
 EXPECTED = [("MDT0000", "1.8", "2.0"), ("OST0000", "1.8", "2.0"), ("OST0001", "1.8", "2.0"),
             ("MGS", "1.8", "2.0"), ("OST0001", "2.0", "1.8")]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(TIMEOUT)
 def test_upgrade_demo(tmp_path):
     report, plot = tmp_path / "demo.json", tmp_path / "demo.svg"
     rc, out, leftover = run_script(
-        [sys.executable, str(ROOT / "scripts" / "demo_upgrade.py"), "--duration", "30",
+        [sys.executable, "-m", "mlustre.demo_upgrade", "--duration", "30",
          "--source-files", "200", "--json", str(report), "--plot", str(plot),
          "--base", str(tmp_path)], tmp_path, TIMEOUT - 60, "the demo")
     assert rc == 0, out[-6000:]

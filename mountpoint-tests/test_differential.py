@@ -529,6 +529,7 @@ def local_base():
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_differential_against_local_fs(cluster, local_base):
     mount_base = cluster.mnt / "differential"

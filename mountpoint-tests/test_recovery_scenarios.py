@@ -18,8 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from mnthelpers import cli, sha256_file, wait_until
-from test_coherence import cluster_factory, sigkill_client  # noqa: F401
+from mnthelpers import cli, sha256_file, sigkill_client, wait_until
 
 TIMEOUT = 300
 
@@ -171,6 +170,7 @@ def make_source(root: Path, seed: int) -> Path:
     return tar
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(TIMEOUT)
 def test_tar_extraction_survives_the_mdt_and_an_ost_each_killed_twice(
         cluster_factory, tmp_path):  # noqa: F811

@@ -10,7 +10,6 @@ import secrets
 
 import pytest
 from mnthelpers import cli
-from test_coherence import cluster_factory  # noqa: F401
 
 TIMEOUT = 120
 

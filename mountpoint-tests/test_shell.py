@@ -206,6 +206,7 @@ def test_du_and_df(cluster, mounted_tree, src_tree):
     assert bsize > 0 and blocks > 0 and 0 <= bavail <= bfree <= blocks
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_tar_roundtrip_then_rm_rf(workdir, mounted_tree, src_tree):
     tarball = workdir / "tree.tar"
@@ -698,6 +699,7 @@ def test_deep_path_near_path_max(workdir):
     assert os.listdir(workdir) == []
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_large_directory(workdir):
     count = 5000

@@ -1,25 +1,24 @@
 """A short failover soak, as CI runs it: the shell and probe workloads on a fresh
-cluster while every target is restarted and killed in turn (scripts/failover_soak.py).
+cluster while every target is restarted and killed in turn (scripts/failover-soak).
 No application error, every failover done, the data identical after a full restart."""
 
 from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 from mnthelpers import run_script
 
-ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 300
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(TIMEOUT)
 def test_short_failover_soak(tmp_path):
     report = tmp_path / "soak.json"
     rc, out, leftover = run_script(
-        [sys.executable, str(ROOT / "scripts" / "failover_soak.py"), "--duration", "48",
+        [sys.executable, "-m", "mlustre.soak", "--duration", "48",
          "--interval", "3", "--workloads", "shell,probe", "--source-files", "200",
          "--json", str(report), "--base", str(tmp_path)], tmp_path, TIMEOUT - 60, "the soak")
     assert rc == 0, out[-4000:]

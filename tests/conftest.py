@@ -1,7 +1,9 @@
-"""Fixtures shared by the unit tests (MDT store fixtures are prefixed mdt_)."""
+"""Fixtures shared by the unit tests (helpers that are not fixtures: tests/wire_helpers.py,
+tests/mdt_helpers.py; MDT store fixtures are prefixed mdt_)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +11,18 @@ import pytest
 from mdt_helpers import open_store
 
 from mlustre.servers.mdt.store import MdtStore
+
+
+@pytest.fixture
+def quiet_server_logs() -> Iterator[None]:
+    """Hostile input is logged at WARNING/ERROR by design; keep the test output readable.
+    Modules of server tests use it for every test:
+    pytestmark = pytest.mark.usefixtures("quiet_server_logs")."""
+    logger = logging.getLogger("mlustre")
+    old = logger.level
+    logger.setLevel(logging.CRITICAL)
+    yield
+    logger.setLevel(old)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import trio
-from test_servers_wire import _quiet_server_logs, run, serving  # noqa: F401 (autouse fixture)
+from wire_helpers import run, serving
 
 from mlustre.fuse_client.imports import Import
 from mlustre.protocol import constants as C
@@ -31,6 +31,8 @@ FS = "auth"
 OST = f"{FS}-OST0000"
 KEY = os.urandom(32)
 OTHER = os.urandom(32)
+
+pytestmark = pytest.mark.usefixtures("quiet_server_logs")
 
 
 def ost_server(path: Path, key: bytes | None = KEY, **kw: Any) -> OstServer:

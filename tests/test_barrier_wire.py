@@ -7,19 +7,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from test_servers_wire import (  # noqa: F401 (autouse fixture)
-    MDT_NAME,
-    OST_NAME,
-    _quiet_server_logs,
-    mdt_server,
-    ost_server,
-)
-from test_servers_wire import run as run_within
+from wire_helpers import MDT_NAME, OST_NAME, mdt_server, ost_server
+from wire_helpers import run as trio_run
 
 from mlustre.fuse_client.barrier import Barrier, Drainer, GateState, admits
 from mlustre.fuse_client.target_link import TargetHooks, TargetLink
@@ -29,9 +24,10 @@ from mlustre.servers.barrier import BarrierState
 
 LIMIT = 30
 
+pytestmark = pytest.mark.usefixtures("quiet_server_logs")
 
-def run(afn: Callable[[], Any]) -> None:
-    run_within(afn, LIMIT)
+
+run = partial(trio_run, limit=LIMIT)
 
 
 @asynccontextmanager

@@ -7,21 +7,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
-from test_servers_wire import (  # noqa: F401 (autouse fixture)
-    MDT_NAME,
-    OST_NAME,
-    _quiet_server_logs,
-    mdt_server,
-    ost_server,
-    serving,
-)
-from test_servers_wire import (
-    run as run_within,
-)
+from wire_helpers import MDT_NAME, OST_NAME, mdt_server, ost_server, serving
+from wire_helpers import run as trio_run
 
 from mlustre.fuse_client.data_locks import WHOLE
 from mlustre.fuse_client.ldlm import LockClient
@@ -36,9 +29,10 @@ LIMIT = 30
 ROOT = 1
 CRED = [0, 0, []]
 
+pytestmark = pytest.mark.usefixtures("quiet_server_logs")
 
-def run(afn: Callable[[], Any]) -> None:
-    run_within(afn, LIMIT)
+
+run = partial(trio_run, limit=LIMIT)
 
 
 @asynccontextmanager

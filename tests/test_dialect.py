@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 import trio
-from test_resend_wire import CRED, ROOT, mdc
-from test_servers_wire import MDT_NAME, _quiet_server_logs, mdt_server, run  # noqa: F401
+from wire_helpers import CRED, MDT_NAME, ROOT, mdc, mdt_server, run
 
 from mlustre.fuse_client.target_link import TargetLink
 from mlustre.protocol import constants as C
@@ -20,6 +19,8 @@ from mlustre.protocol import dialect
 from mlustre.protocol.errors import RpcError
 from mlustre.protocol.fid import FID_SEQ_NORMAL, fid_of
 from mlustre.protocol.nid import Nid
+
+pytestmark = pytest.mark.usefixtures("quiet_server_logs")
 
 
 def test_wire_ids() -> None:
@@ -58,7 +59,6 @@ def test_wire_ids() -> None:
         dialect.check_request("1.8", {"ino": [20, 3, 0]})
     with pytest.raises(dialect.DialectError):
         dialect.check_request("2.0", {"parent": [20, 3]})
-
 
 def test_fids_added_to_attribute_maps() -> None:
     body: dict[str, Any] = {"attr": {"ino": 30, "gen": 2}, "entries": [{"ino": 31, "gen": 1}],

@@ -1,6 +1,6 @@
 """A short fuzzing campaign (hypothesis) against real MGS, MDT and OST servers over TCP.
 
-Each case is a hostile connection (mlustre/tools/fuzz.py: malformed, truncated,
+Each case is a hostile connection (mlustre/fuzz/: malformed, truncated,
 oversized and type-confused frames, requests naming another client's locks, open
 handles and xids); after each, a well-behaved client must still be served and the
 data it wrote before must be intact. `scripts/fuzz` runs a long campaign.
@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from mlustre.fuzz.cases import hostile_cases
+from mlustre.fuzz.cluster import TARGETS, FuzzCluster
+from mlustre.fuzz.frames import HostileCase
 from mlustre.protocol import constants as C
 from mlustre.protocol.ldlm import LockType, Mode
 from mlustre.protocol.message import Message
-from mlustre.tools.fuzz import TARGETS, FuzzCluster, HostileCase, hostile_cases
 
 EXAMPLES = 150  # per target: a few seconds each on two slow cores
 

@@ -6,19 +6,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
-from test_servers_wire import (  # noqa: F401 (autouse fixture)
-    OST_NAME,
-    _quiet_server_logs,
-    ost_server,
-    serving,
-)
-from test_servers_wire import (
-    run as run_within,
-)
+from wire_helpers import OST_NAME, ost_server, serving
+from wire_helpers import run as trio_run
 
 from mlustre.fuse_client.ldlm import LockClient
 from mlustre.fuse_client.ldlm_client import ClientLock, LockState
@@ -31,9 +26,10 @@ RES = ResId(7)
 EXT = LockType.EXTENT
 LIMIT = 15.0
 
+pytestmark = pytest.mark.usefixtures("quiet_server_logs")
 
-def run(afn: Callable[[], Any]) -> None:
-    run_within(afn, LIMIT)
+
+run = partial(trio_run, limit=LIMIT)
 
 
 @asynccontextmanager

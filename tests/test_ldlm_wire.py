@@ -12,16 +12,7 @@ from typing import Any
 
 import pytest
 import trio
-from test_servers_wire import (
-    MDT_NAME,
-    OST_NAME,
-    mdt_server,
-    ok,
-    ost_server,
-    raw_call,
-    run,
-    serving,
-)
+from wire_helpers import MDT_NAME, OST_NAME, mdt_server, ok, ost_server, raw_call, run, serving
 
 from mlustre.protocol import constants as C
 from mlustre.protocol.errors import ConnectionLost
@@ -35,6 +26,8 @@ from mlustre.servers.target import TargetServer
 RES = [7, 0, 0, 0]
 EXT = int(LockType.EXTENT)
 IBITS = int(LockType.IBITS)
+
+pytestmark = pytest.mark.usefixtures("quiet_server_logs")
 
 
 @pytest.fixture(autouse=True)

@@ -6,20 +6,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
-from test_servers_wire import (  # noqa: F401 (autouse fixture)
-    MDT_NAME,
-    OST_NAME,
-    _quiet_server_logs,
-    mdt_server,
-    ost_server,
-)
-from test_servers_wire import (
-    run as run_within,
-)
+from wire_helpers import MDT_NAME, OST_NAME, mdt_server, ost_server
+from wire_helpers import run as trio_run
 
 from mlustre.fuse_client.imports import Import, ImportState
 from mlustre.fuse_client.ldlm import LockClient
@@ -36,9 +30,10 @@ from mlustre.servers.ost import OstServer
 LIMIT = 40
 FLAGS = C.OBD_CONNECT_TRANSNO  # as a mount's imports: known to the target, waited for
 
+pytestmark = pytest.mark.usefixtures("quiet_server_logs")
 
-def run(afn: Callable[[], Any]) -> None:
-    run_within(afn, LIMIT)
+
+run = partial(trio_run, limit=LIMIT)
 
 
 async def until(pred: Callable[[], bool]) -> None:

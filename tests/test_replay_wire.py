@@ -10,15 +10,17 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
-from test_resend_wire import CRED, ROOT, mdc
-from test_servers_wire import MDT_NAME, _quiet_server_logs, mdt_server, run  # noqa: F401
+from wire_helpers import CRED, MDT_NAME, ROOT, mdc, mdt_server, run
 
 from mlustre.fuse_client.imports import Import, ImportState
 from mlustre.fuse_client.mdc import Mdc
 from mlustre.fuse_client.target_link import TargetLink
 from mlustre.protocol import constants as C
 from mlustre.protocol.nid import Nid
+
+pytestmark = pytest.mark.usefixtures("quiet_server_logs")
 
 
 def test_lost_updates_are_replayed_with_their_identity(tmp_path: Path) -> None:
@@ -55,7 +57,6 @@ def test_lost_updates_are_replayed_with_their_identity(tmp_path: Path) -> None:
                 assert d["ino"] > max(a["ino"], b["ino"])
                 second.stop()
     run(main)
-
 
 def test_a_replay_of_what_survived_is_not_run_again(tmp_path: Path) -> None:
     """A replay numbered at or below the MDT's last transno survived the crash: it is

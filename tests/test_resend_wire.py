@@ -5,25 +5,15 @@ restart (the reply is kept in the update's own transaction)."""
 from __future__ import annotations
 
 import errno
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from test_servers_wire import (  # noqa: F401 (autouse fixture)
-    MDT_NAME,
-    _quiet_server_logs,
-    mdt_server,
-    serving,
-)
-from test_servers_wire import (
-    run as run_within,
-)
+from wire_helpers import CRED, ROOT, mdc, mdt_server, serving
+from wire_helpers import run as trio_run
 
-from mlustre.fuse_client.mdc import Mdc
-from mlustre.fuse_client.target_link import TargetLink
 from mlustre.protocol import constants as C
 from mlustre.protocol.errors import RpcError
 from mlustre.protocol.nid import Nid
@@ -31,24 +21,11 @@ from mlustre.servers import fail_loc
 from mlustre.servers.reply_log import ReplyLog, SavedReply
 
 LIMIT = 40
-ROOT = 1
-CRED = [0, 0, []]
+
+pytestmark = pytest.mark.usefixtures("quiet_server_logs")
 
 
-def run(afn: Callable[[], Any]) -> None:
-    run_within(afn, LIMIT)
-
-
-@asynccontextmanager
-async def mdc(nursery: trio.Nursery, nid: Nid, name: str = "a") -> AsyncIterator[Mdc]:
-    m = TargetLink(MDT_NAME, "mdt", [nid], client_uuid=f"client-{name}", barrier=False,
-                   connect_timeout=1.0, request_timeout=5.0).mdc
-    assert m is not None
-    await m.imp.connect(nursery)
-    try:
-        yield m
-    finally:
-        await m.imp.close()
+run = partial(trio_run, limit=LIMIT)
 
 
 def test_lost_reply_of_mkdir_and_unlink_is_reconstructed(tmp_path: Path) -> None:

@@ -9,14 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from test_servers_wire import (  # noqa: F401
-    MDT_NAME,
-    _quiet_server_logs,
-    mdt_server,
-    mdt_session,
-    run,
-    serving,
-)
+from wire_helpers import MDT_NAME, mdt_server, mdt_session, run, serving
 
 from mlustre.protocol import constants as C
 from mlustre.protocol.errors import RpcError
@@ -24,6 +17,8 @@ from mlustre.servers.squash import RootSquash, parse_nids, parse_squash
 
 ROOT = [0, 0, [0]]
 USER = [1000, 1000, []]
+
+pytestmark = pytest.mark.usefixtures("quiet_server_logs")
 
 
 def test_parsing_and_the_rule() -> None:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import msgpack
 import pytest
 import trio
 import trio.testing
+from wire_helpers import run as trio_run
 
 from mlustre.protocol.codec import (
     MAGIC_18,
@@ -29,12 +31,7 @@ from mlustre.protocol.rpc import Endpoint
 LIMIT = 10.0  # wall-clock bound of every test
 
 
-def run(afn: Callable[[], Awaitable[None]], limit: float = LIMIT) -> None:
-    async def main() -> None:
-        with trio.fail_after(limit):
-            await afn()
-
-    trio.run(main)
+run = partial(trio_run, limit=LIMIT)
 
 
 async def echo(ep: Endpoint, msg: Message) -> Message:

@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
+from ..localcluster import mounts as mount_table
+
 LOV_XATTR = "lustre.lov"
 FSTYPE = "fuse.mlustre"
 CONNECT_TIMEOUT = 3.0
@@ -216,43 +218,22 @@ class Mount:
     spec: str
 
 
-def _unescape(field: str) -> str:
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 def parse_mountinfo(text: str) -> list[Mount]:
     """mlustre mounts in /proc/self/mountinfo text (the source field is the spec)."""
-    found = []
-    for line in text.splitlines():
-        left, sep, right = line.partition(" - ")
-        fields, tail = left.split(), right.split()
-        if not sep or len(fields) < 5 or len(tail) < 2 or tail[0] != FSTYPE:
-            continue
-        found.append(Mount(_unescape(fields[4]), _unescape(tail[1])))
-    return found
+    return [Mount(m.point, m.source) for m in mount_table.parse_mountinfo(text)
+            if m.fstype == FSTYPE and m.source]
 
 
 def mlustre_mounts() -> list[Mount]:
     from .. import registry
 
-    try:
-        with open("/proc/self/mountinfo") as f:
-            mounts = parse_mountinfo(f.read())
-    except OSError:
-        mounts = []
-    for m in mounts:  # the registry knows the spec a client was started with
+    found = [Mount(m.point, m.source) for m in mount_table.mounts()
+             if m.fstype == FSTYPE and m.source]
+    for m in found:  # the registry knows the spec a client was started with
         info = registry.find_mount(m.mountpoint)
         if info and info.get("spec"):
             m.spec = info["spec"]
-    return mounts
+    return found
 
 
 def mount_of(path: str) -> Mount:

@@ -1,5 +1,4 @@
-#!/usr/bin/env python3
-"""bench_recovery.py - how long a crashed MDT takes to recover its clients.
+"""bench/recovery.py - how long a crashed MDT takes to recover its clients.
 
 N library-mode clients (an import, a lock client and an MDC each, no mount) plus the
 cluster's own mount each make directories after the MDT's replay barrier and hold a
@@ -8,7 +7,7 @@ per N (default 1 and 50): the time from the new instance's start to every client
 back to FULL (updates replayed in transno order, locks replayed), each client's own
 recovery time (connect to FULL), and what the MDT says it replayed.
 Run by `scripts/bench` after the barrier benchmark, or alone:
-    .venv/bin/python scripts/bench_recovery.py [--clients 1,50]
+    scripts/bench recovery [--clients 1,50]
 """
 
 from __future__ import annotations
@@ -19,31 +18,31 @@ import os
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import trio
 
-import trio  # noqa: E402
-from bench_barrier import MLUSTRE, cluster_key, sh  # noqa: E402  (scripts/ is on the path)
-
-from mlustre.fuse_client.imports import Import, ImportState  # noqa: E402
-from mlustre.fuse_client.ldlm import LockClient  # noqa: E402
-from mlustre.fuse_client.mdc import Mdc  # noqa: E402
-from mlustre.fuse_client.target_link import TargetLink  # noqa: E402
-from mlustre.protocol import constants as C  # noqa: E402
-from mlustre.protocol.ldlm import LockType, Mode, ResId  # noqa: E402
-from mlustre.protocol.nid import Nid  # noqa: E402
+from ..fuse_client.imports import Import, ImportState
+from ..fuse_client.ldlm import LockClient
+from ..fuse_client.mdc import Mdc
+from ..fuse_client.target_link import TargetLink
+from ..localcluster.cluster import LocalCluster
+from ..protocol import constants as C
+from ..protocol.ldlm import LockType, Mode, ResId
+from ..protocol.nid import Nid
+from .barrier import sh
 
 ROOT_INO = 1
 CRED = [0, 0, []]
 UPDATES = 4  # directories each client makes after the barrier
 LOCKS = 3  # locks each client holds
+
+
+PROG = "scripts/bench recovery"
 
 
 def log(msg: str) -> None:
@@ -109,7 +108,7 @@ async def run_once(target: str, nid: Nid, n: int, mnt: str, tag: str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", default="1,50",
                     help="numbers of library clients (comma-separated)")
     ap.add_argument("--json", dest="json_path", help="write the results there as well")
@@ -127,10 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     os.chmod(work, 0o755)
     mnt = work / "mnt"
     mnt.mkdir()
+    cluster = LocalCluster(mnt, work / "data")
     results: list[dict[str, Any]] = []
     bad = False
     try:
-        sh("up", str(mnt), "--data", str(work / "data"), "--fsname", "rbench",
+        cluster.up("--fsname", "rbench",
            "--osts", "1", "--recovery-window", "60", timeout=120)
         status = json.loads(sh("status", str(mnt), "--json"))
         mdt = next(s for s in status["servers"] if s["kind"] == "mdt")
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             status = json.loads(sh("status", str(mnt), "--json"))
             mdt = next(s for s in status["servers"] if s["kind"] == "mdt")
             r = trio.run(run_once, mdt["name"], Nid.parse(mdt["nid"]), n, str(mnt), f"n{n}",
-                         cluster_key(work / "data"))
+                         cluster.key())
             log(f"  every client FULL {r['ready_to_all_full_s']:.3f}s after the new MDT was "
                 f"ready; per client median {r['client_recovery_median_s']:.3f}s, max "
                 f"{r['client_recovery_max_s']:.3f}s; {r['updates_replayed']} updates and "
@@ -149,8 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             bad |= r["mdt_status"] != "COMPLETE"
             results.append(r)
     finally:
-        subprocess.run([*MLUSTRE, "down", str(mnt)], capture_output=True, timeout=120)
-        subprocess.run(["fusermount3", "-uz", str(mnt)], capture_output=True)
+        cluster.stop()
         if args.keep:
             log(f"kept {work}")
         elif not os.path.ismount(mnt):

@@ -1,7 +1,7 @@
-#!/usr/bin/env python3
-"""Minimal pyfuse3 passthrough filesystem: the "Python-FUSE floor" reference.
+"""bench/passthrough.py - a minimal pyfuse3 passthrough filesystem: the "Python-FUSE
+floor" the I/O benchmark compares mlustre with (mlustre/bench/targets.py).
 
-    python scripts/passthrough.py SRC MNT [--debug]
+    python -m mlustre.bench.passthrough SRC MNT [--debug]
 
 Mounts SRC at MNT in the foreground until SIGTERM/SIGINT (or an external
 unmount). Same mount options as the mlustre client: allow_other,

@@ -1,5 +1,4 @@
-#!/usr/bin/env python3
-"""coherence_stress.py - many rounds of clients writing one file at once, then a check.
+"""coherence_stress - many rounds of clients writing one file at once, then a check.
 
 Starts a local cluster and mounts it --clients times (each mount its own client
 process), in a directory striped over every OST (64 KiB stripes). Each round,
@@ -31,63 +30,15 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench_barrier import MLUSTRE, sh  # noqa: E402  (scripts/ is on the path)
-
-BLOCK = 4096
-BLOCKS_SIZE = 4 << 20
-
-RMW = r"""
-import os, sys
-path, log, me, n, k = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-fd = os.open(path, os.O_RDWR)
-lf = os.open(log, os.O_WRONLY | os.O_APPEND)
-print("ready", flush=True)
-sys.stdin.readline()
-for i in range(n):
-    slot = k * (i % 256) + me
-    os.pread(fd, 8192, max(0, slot * 16 - 4096))
-    os.pwrite(fd, bytes([65 + me]) * 16, slot * 16)
-    if i % 3 == 0:
-        os.write(lf, b"%d %06d\n" % (me, i))
-print("done {}", flush=True)
-"""
-
-BLOCKS = r"""
-import json, os, random, sys
-path, me, n, k, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-SIZE, BLK = 4 << 20, 4096
-rnd = random.Random(seed)
-fd = os.open(path, os.O_RDWR)
-model = {}
-mine = [b for b in range(SIZE // BLK) if b % k == me]
-print("ready", flush=True)
-sys.stdin.readline()
-for i in range(n):
-    r = rnd.random()
-    if r < 0.6:
-        b = rnd.choice(mine)
-        lo = rnd.randrange(BLK)
-        hi = rnd.randrange(lo + 1, BLK + 1)
-        data = bytes([rnd.randrange(1, 256)]) * (hi - lo)
-        os.pwrite(fd, data, b * BLK + lo)
-        cur = bytearray(model.get(b, bytes(BLK)))
-        cur[lo:hi] = data
-        model[b] = bytes(cur)
-    elif r < 0.97:
-        os.pread(fd, rnd.randrange(1, 300000), rnd.randrange(SIZE))
-    else:
-        os.fsync(fd)
-print("done " + json.dumps({str(b): v.hex() for b, v in model.items()}), flush=True)
-"""
+from ..localcluster.cluster import LocalCluster
+from .workers import BLOCK, BLOCKS_SIZE
 
 
-def run_round(script: str, argv_of: list[list[str]], timeout: float) -> list[str | None]:
+def run_round(kind: str, argv_of: list[list[str]], timeout: float) -> list[str | None]:
     """Start one worker per argv, let them go together; each one's "done" payload, or
     None for a worker that failed (its stderr is printed)."""
-    procs = [subprocess.Popen([sys.executable, "-c", script, *argv], stdin=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, "-m", "mlustre.coherence_stress.workers", kind,
+                               *argv], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for argv in argv_of]
     out: list[str | None] = []
@@ -121,7 +72,7 @@ def rmw_round(dirs: list[Path], r: int, records: int) -> int:
     want = b"".join(bytes([65 + me]) * 16 for me in range(k)) * 256
     (dirs[0] / name).write_bytes(bytes(len(want)))
     (dirs[0] / log).write_bytes(b"")
-    done = run_round(RMW, [[str(d / name), str(d / log), str(me), str(records), str(k)]
+    done = run_round("rmw", [[str(d / name), str(d / log), str(me), str(records), str(k)]
                            for me, d in enumerate(dirs)], 600)
     bad = sum(1 for d in done if d is None)
     lines = sorted(b"%d %06d\n" % (me, i) for me in range(k) for i in range(0, records, 3))
@@ -141,7 +92,7 @@ def blocks_round(dirs: list[Path], r: int, ops: int) -> int:
     k = len(dirs)
     name = f"blocks{r}"
     (dirs[0] / name).write_bytes(bytes(BLOCKS_SIZE))
-    done = run_round(BLOCKS, [[str(d / name), str(me), str(ops), str(k), str(r * 100 + me)]
+    done = run_round("blocks", [[str(d / name), str(me), str(ops), str(k), str(r * 100 + me)]
                               for me, d in enumerate(dirs)], 1200)
     bad = sum(1 for d in done if d is None)
     want = bytearray(BLOCKS_SIZE)
@@ -158,9 +109,9 @@ def blocks_round(dirs: list[Path], r: int, ops: int) -> int:
     return bad
 
 
-def lock_counters(mnt: Path) -> dict[str, int]:
-    """Lock give-back counters summed over every client of mnt's filesystem."""
-    out = sh("lctl", "-m", str(mnt), "get_param", "llite.*.stats")
+def lock_counters(cluster: LocalCluster) -> dict[str, int]:
+    """Lock give-back counters summed over every client of the cluster's filesystem."""
+    out = cluster.lctl("get_param", "llite.*.stats")
     keys = ("revokes", "revokes_forced", "revoke_borrowed_io",
             "kernel_invalidations_left_running")
     totals = dict.fromkeys(keys, 0)
@@ -172,7 +123,7 @@ def lock_counters(mnt: Path) -> dict[str, int]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="coherence-stress", description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", type=int, default=3, help="mounts (client processes)")
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--workload", choices=("rmw", "blocks", "both"), default="both")
@@ -186,15 +137,14 @@ def main() -> int:
     mnts = [work / f"m{i}" for i in range(args.clients)]
     for m in mnts:
         m.mkdir()
+    cluster = LocalCluster(mnts[0], work / "data")
     bad = 0
     try:
-        sh("up", str(mnts[0]), "--data", str(work / "data"), "--osts", str(args.osts),
-           "--fsname", "stress")
-        spec = json.loads((work / "data" / "cluster.json").read_text())["spec"]
+        cluster.up("--osts", str(args.osts), "--fsname", "stress", timeout=180)
         for m in mnts[1:]:
-            sh("mount", spec, str(m))
+            cluster.mount(m, timeout=180)
         (mnts[0] / "d").mkdir()
-        sh("lfs", "setstripe", "-c", "-1", "-S", "65536", str(mnts[0] / "d"))
+        cluster.lfs("setstripe", "-c", "-1", "-S", "65536", str(mnts[0] / "d"))
         dirs = [m / "d" for m in mnts]
         kinds = ["rmw", "blocks"] if args.workload == "both" else [args.workload]
         start = time.monotonic()
@@ -208,15 +158,14 @@ def main() -> int:
                       f"{time.monotonic() - t:.1f}s", flush=True)
         print(f"\n{args.rounds} rounds of {'+'.join(kinds)} with {args.clients} clients "
               f"in {time.monotonic() - start:.0f}s: {bad} wrong or failed")
-        print(f"lock counters of the clients together: {lock_counters(mnts[0])}")
+        print(f"lock counters of the clients together: {lock_counters(cluster)}")
         evicted = sum(text.count(": evicting client ")
                       for text in (p.read_text(errors="replace")
                                    for p in (work / "data").glob("*.log")))
         print(f"clients evicted (server logs): {evicted}")
         bad += evicted
     finally:
-        subprocess.run([*MLUSTRE, "down", str(mnts[0])], capture_output=True,
-                       timeout=120, check=False)
+        cluster.down()
         if bad:
             print(f"logs kept in {work / 'data'}")
         else:

@@ -1,5 +1,4 @@
-#!/usr/bin/env python3
-"""bench_barrier.py - what the SIR barrier costs, on a local cluster.
+"""bench/barrier.py - what the SIR barrier costs, on a local cluster.
 
 1. Scale: N library-mode clients (an import, a lock client and a writer gate each,
    no mount) hold the barrier's CR lock on the MDT (or an OST); `barrier_freeze`
@@ -13,7 +12,7 @@
 
 Peak RSS of this process (the clients), and of each server, is reported as well.
 Run by `scripts/bench` after the I/O benchmarks, or alone:
-    .venv/bin/python scripts/bench_barrier.py [--clients 200,1000] [--dirty-mb 64]
+    scripts/bench barrier [--clients 200,1000] [--dirty-mb 64]
 """
 
 from __future__ import annotations
@@ -32,18 +31,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import trio
 
-import trio  # noqa: E402
+from ..fuse_client.barrier import Barrier, GateState
+from ..fuse_client.target_link import TargetLink
+from ..localcluster.cluster import LocalCluster, checked, run_cli
+from ..protocol import constants as C
+from ..protocol.nid import Nid
 
-from mlustre.fuse_client.barrier import Barrier, GateState  # noqa: E402
-from mlustre.fuse_client.target_link import TargetLink  # noqa: E402
-from mlustre.protocol import constants as C  # noqa: E402
-from mlustre.protocol.keyfile import load_key  # noqa: E402
-from mlustre.protocol.nid import Nid  # noqa: E402
-
-MLUSTRE = [str(ROOT / ".venv" / "bin" / "mlustre")]
+PROG = "scripts/bench barrier"
 
 
 def log(msg: str) -> None:
@@ -51,10 +47,8 @@ def log(msg: str) -> None:
 
 
 def sh(*args: str, timeout: float = 180) -> str:
-    res = subprocess.run([*MLUSTRE, *args], capture_output=True, text=True, timeout=timeout)
-    if res.returncode:
-        raise RuntimeError(f"mlustre {' '.join(args)}: {res.stderr.strip() or res.stdout}")
-    return res.stdout
+    """`mlustre ARGS`, its stdout (ClusterError if it failed)."""
+    return checked(run_cli(args, timeout=timeout))
 
 
 def rss_mib(pid: int) -> float:
@@ -66,12 +60,6 @@ def rss_mib(pid: int) -> float:
     except OSError:
         pass
     return 0.0
-
-
-def cluster_key(data: Path) -> bytes | None:
-    """The key `mlustre up` made for the cluster (library clients must prove it)."""
-    path = data / "auth.key"
-    return load_key(str(path)) if path.exists() else None
 
 
 # ---- 1. the barrier across N library clients ----------------------------------------
@@ -118,19 +106,6 @@ async def scale_run(target: str, kind: str, nid: Nid, n: int, mnt: str,
 
 # ---- 2. the writer stall of one controlled failover with dirty data -------------------
 
-DIRTIER = r"""
-import os, sys
-path, mb = sys.argv[1], int(sys.argv[2])
-block = os.urandom(1 << 20)
-fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-for i in range(mb):  # each MiB but its last 4 KiB: chunks that are not full stay
-    os.pwrite(fd, block[:-4096], i << 20)  # dirty until the periodic write-back
-print("dirty", flush=True)
-sys.stdin.readline()
-os.close(fd)
-"""
-
-
 def stall_run(mnt: Path, dirty_mb: int) -> dict[str, Any]:
     stop = threading.Event()
     stamps: list[float] = []
@@ -163,7 +138,7 @@ def stall_run(mnt: Path, dirty_mb: int) -> dict[str, Any]:
     time.sleep(1.0)
     # The dirty data comes from a process of its own that keeps the file open: a
     # close, even of a copy of the descriptor in a child that execs, flushes it.
-    holder = subprocess.Popen([sys.executable, "-c", DIRTIER, str(d / "dirty.bin"),
+    holder = subprocess.Popen([sys.executable, "-m", "mlustre.bench.dirtier", str(d / "dirty.bin"),
                                str(dirty_mb)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -201,7 +176,7 @@ def stall_run(mnt: Path, dirty_mb: int) -> dict[str, Any]:
 # ---- main -----------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", default="200,1000",
                     help="numbers of library clients for the scale runs (comma-separated)")
     ap.add_argument("--target", default="MDT0000", help="target frozen in the scale runs")
@@ -223,9 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     os.chmod(work, 0o755)
     mnt = work / "mnt"
     mnt.mkdir()
+    cluster = LocalCluster(mnt, work / "data")
     results: dict[str, Any] = {"scale": [], "stall": None}
     try:
-        sh("up", str(mnt), "--data", str(work / "data"), "--fsname", "bbench",
+        cluster.up("--fsname", "bbench",
            "--osts", "2", timeout=120)
         status = json.loads(sh("status", str(mnt), "--json"))
         servers = {s["name"].split("-", 1)[1]: s for s in status["servers"]}
@@ -233,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in counts:
             log(f"scale: {n} library clients on {tgt['name']}")
             r = trio.run(scale_run, tgt["name"], tgt["kind"], Nid.parse(tgt["nid"]), n,
-                         str(mnt), cluster_key(work / "data"))
+                         str(mnt), cluster.key())
             log(f"  freeze {r['freeze_s']:.3f}s across {r['clients']} clients (+ the mount), "
                 f"{r['evicted']} evicted; every gate open {r['thaw_to_all_open_s']:.3f}s "
                 f"after the thaw")
@@ -255,8 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         log("peak RSS (MiB): " + ", ".join(f"{k} {v}" for k, v in
                                           results["peak_rss_mib"].items()))
     finally:
-        subprocess.run([*MLUSTRE, "down", str(mnt)], capture_output=True, timeout=120)
-        subprocess.run(["fusermount3", "-uz", str(mnt)], capture_output=True)
+        cluster.stop()
         if not os.path.ismount(mnt):  # (logs are in the JSON report, if asked for)
             shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(results, indent=1))

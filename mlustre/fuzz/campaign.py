@@ -1,9 +1,12 @@
-"""A long fuzzing campaign: hostile clients (mlustre/tools/fuzz.py) against real MGS,
+"""A long fuzzing campaign: hostile clients (mlustre/fuzz/) against real MGS,
 MDT and OST servers on loopback, for a given time, round the chosen targets in
 batches of fresh hypothesis runs. After every case each server must still serve a
 well-behaved client and keep the data it wrote. Prints a summary; exit status 0 if
 nothing failed, 1 on the first crash, hang or data change (with the case that did it,
-shrunk), 2 for bad arguments.
+shrunk), 2 for bad arguments. Run by scripts/fuzz (`python -m mlustre.fuzz`).
+
+Needs hypothesis (the test extras: `pip install -e ".[test]"`); without it the
+campaign says so and exits with status 2.
 """
 
 from __future__ import annotations
@@ -16,15 +19,21 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from hypothesis import HealthCheck, given, seed, settings
+from .cluster import TARGETS, FuzzCluster, FuzzFailure
 
-from mlustre.tools.fuzz import TARGETS, FuzzCluster, FuzzFailure, HostileCase, hostile_cases
+if TYPE_CHECKING:
+    from .frames import HostileCase
 
 
 def _campaign(cluster: FuzzCluster, kind: str, examples: int, until: float,
               per_kind: dict[str, int]) -> Callable[[], None]:
     """One hypothesis run of hostile cases against `kind`, ending early at `until`."""
+    from hypothesis import HealthCheck, given, settings
+
+    from .cases import hostile_cases
+
     @settings(max_examples=examples, deadline=None, database=None,
               suppress_health_check=list(HealthCheck), print_blob=True)
     @given(case=hostile_cases(kind))
@@ -47,6 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None, help="hypothesis seed (default random)")
     p.add_argument("--log", default=None, help="server log file (default: none)")
     args = p.parse_args(argv)
+    try:
+        from hypothesis import seed
+    except ImportError:
+        print("scripts/fuzz: the fuzzer needs hypothesis, which only the test extras install "
+              '(pip install -e ".[test]", or scripts/bootstrap)', file=sys.stderr)
+        return 2
     if args.duration <= 0 or args.batch < 1:
         p.error("--duration and --batch must be positive")
     if args.log:

@@ -1,8 +1,8 @@
-#!/usr/bin/env python3
-"""failover_soak.py - run workloads on a fresh local cluster while its servers are
+"""soak.py - run workloads on a fresh local cluster while its servers are
 restarted and killed, and report whether any application saw an error.
 
-Started by scripts/failover-soak (which bootstraps first). Workloads, each in its own
+Started by scripts/failover-soak (which bootstraps first): `python -m mlustre.soak`;
+the cluster is a LocalCluster (mlustre/localcluster/). Workloads, each in its own
 directory on the mount and its own process:
 
   shell    extract a tar of a source tree, verify every checksum, cp -a, mv, rm -rf
@@ -42,8 +42,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-MLUSTRE = [str(ROOT / ".venv" / "bin" / "mlustre")]
+from .localcluster.cluster import LocalCluster, force_unmount
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository (the posix workload's tests)
 ALL_WORKLOADS = ("shell", "probe", "fio", "dbench", "posix")
 POSIX_TESTS = ("mountpoint-tests/test_shell.py", "mountpoint-tests/test_differential.py")
 KINDS = ("restart", "crash", "partner", "upgrade")
@@ -54,11 +55,7 @@ def log(msg: str) -> None:
     print(f"[soak {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def run(cmd: list[str], timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
-
-
-# ---- workers (each runs in a child process: python failover_soak.py --worker NAME) ----
+# ---- workers (each runs in a child process: python -m mlustre.soak --worker NAME) ----
 
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -270,13 +267,14 @@ def soak(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     mnt, data = base / "mnt", base / "data"
     mnt.mkdir()
+    cluster = LocalCluster(mnt, data)
     result: dict[str, Any] = {"duration_s": args.duration, "interval_s": args.interval,
                               "workloads": {}, "failovers": [], "verification": None}
     procs: dict[str, subprocess.Popen[bytes]] = {}
     ok = False
     try:
-        up = run([*MLUSTRE, "up", str(mnt), "--data", str(data), "--osts", str(args.osts),
-                  "--fsname", "soak", "--failover-pairs"], timeout=120)
+        up = cluster.up("--osts", str(args.osts), "--fsname", "soak", "--failover-pairs",
+                        timeout=120, check=False)
         if up.returncode != 0:
             print(up.stdout + up.stderr, file=sys.stderr)
             return 1
@@ -296,7 +294,7 @@ def soak(args: argparse.Namespace) -> int:
                 extra = ["--argv", json.dumps(argv)]
             worker = "command" if name not in ("shell", "probe") else name
             procs[name] = subprocess.Popen(
-                [sys.executable, __file__, "--worker", worker, "--dir", str(wdir),
+                [sys.executable, "-m", "mlustre.soak", "--worker", worker, "--dir", str(wdir),
                  "--out", str(out), "--seconds", str(args.duration), *extra],
                 start_new_session=True)
         log(f"workloads: {', '.join(names)}; failover every {args.interval:g} s for "
@@ -315,12 +313,9 @@ def soak(args: argparse.Namespace) -> int:
             t0 = time.monotonic()
             if kind == "upgrade":  # to the other release, and back the next time round
                 release[target] = "2.0" if release[target] == "1.8" else "1.8"
-                fo = run([*MLUSTRE, "upgrade", str(mnt), target, "--release",
-                          release[target]], timeout=120)
+                fo = cluster.failover(target, kind, release=release[target])
             else:
-                fo = run([*MLUSTRE, "failover", str(mnt), target,
-                          *({"crash": ["--crash"], "partner": ["--partner"]}.get(kind, []))],
-                         timeout=120)
+                fo = cluster.failover(target, kind)
             entry = {"at_s": round(t0 - started, 2), "target": target, "kind": kind,
                      "ok": fo.returncode == 0, "seconds": round(time.monotonic() - t0, 3),
                      "message": (fo.stdout or fo.stderr).strip()}
@@ -340,9 +335,9 @@ def soak(args: argparse.Namespace) -> int:
         # The shell workload's last tree, once more after a full restart of the cluster.
         final = result["workloads"].get("shell", {}).get("final_tree")
         if final:
-            down = run([*MLUSTRE, "down", str(mnt)], timeout=120)
-            again = run([*MLUSTRE, "up", str(mnt), "--data", str(data), "--osts",
-                         str(args.osts), "--fsname", "soak"], timeout=120)
+            down = cluster.down()
+            again = cluster.up("--osts", str(args.osts), "--fsname", "soak", timeout=120,
+                               check=False)
             expected = json.loads((base / "source.sums").read_text())
             same = (down.returncode == 0 and again.returncode == 0
                     and tree_sums(Path(final)) == expected)
@@ -357,9 +352,8 @@ def soak(args: argparse.Namespace) -> int:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        if run([*MLUSTRE, "down", str(mnt)], timeout=120).returncode != 0:
-            subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
-            subprocess.run(["fusermount3", "-uz", str(mnt)], check=False)
+        if cluster.down().returncode != 0:
+            force_unmount(mnt)
         clean = ok and not any(w.get("errors") for w in result["workloads"].values())
         if not args.keep and clean:
             shutil.rmtree(base, ignore_errors=True)
@@ -408,7 +402,7 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> int:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description="Workloads on a local cluster while its "
+    p = argparse.ArgumentParser(prog="failover-soak", description="Workloads on a local cluster while its "
                                             "servers fail over.")
     p.add_argument("--duration", type=float, default=120.0, help="seconds of soak")
     p.add_argument("--interval", type=float, default=10.0, help="seconds between failovers")
