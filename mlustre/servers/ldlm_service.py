@@ -149,40 +149,38 @@ class LdlmService:
                                          f"on {self.name}")
 
     async def enqueue(self, export: Export, req: Message) -> dict[str, Any]:
+        """A lock request: a refusal (LockError, an ErrnoError) is the reply's status."""
         body = req.body
-        try:
-            res = body.get("res")
-            if type(res) is not list or len(res) != 4:
-                raise LockError(errno.EINVAL, "res must be a list of 4 integers")
-            resid = ResId(*(_u64(x, "res") for x in res))
-            type_ = body.get("type")
-            if type(type_) is not int or type_ not in {int(t) for t in self.lock_types}:
-                raise LockError(errno.EINVAL, f"lock type {type_!r} not served by "
-                                              f"{self.kind}")
-            mode = body.get("mode")
-            if type(mode) is not int:
-                raise LockError(errno.EINVAL, "mode must be an integer")
-            policy = body.get("policy", ...)
-            if policy is ...:
-                raise LockError(errno.EINVAL, "request lacks field 'policy'")
-            if type_ == LockType.EXTENT:
-                if type(policy) is not list or len(policy) != 2:
-                    raise LockError(errno.EINVAL, "an extent policy is [start, end]")
-                policy = (_u64(policy[0], "extent start"), _u64(policy[1], "extent end"))
-            handle = _u64(body.get("handle"), "handle")
-            flags = _u64(body.get("flags", 0), "flags")
-            now = trio.current_time()
-            if self.at_lock_limit(export.uuid, handle):
-                self._refuse_over_limit(export)
-            if body.get("intent") == "glimpse":
-                return await self._glimpse(export, handle, resid, LockType(type_), mode, policy)
-            if flags & FL_REPLAY:
-                return self._replay(export, handle, resid, LockType(type_), mode, policy,
-                                    flags)
-            result = self.namespace.enqueue(export.uuid, handle, resid, LockType(type_), mode,
-                                            policy, now, no_expand=bool(flags & FL_NO_EXPANSION))
-        except LockError as e:
-            raise ServiceError(e.errno, str(e)) from None
+        res = body.get("res")
+        if type(res) is not list or len(res) != 4:
+            raise LockError(errno.EINVAL, "res must be a list of 4 integers")
+        resid = ResId(*(_u64(x, "res") for x in res))
+        type_ = body.get("type")
+        if type(type_) is not int or type_ not in {int(t) for t in self.lock_types}:
+            raise LockError(errno.EINVAL, f"lock type {type_!r} not served by "
+                                          f"{self.kind}")
+        mode = body.get("mode")
+        if type(mode) is not int:
+            raise LockError(errno.EINVAL, "mode must be an integer")
+        policy = body.get("policy", ...)
+        if policy is ...:
+            raise LockError(errno.EINVAL, "request lacks field 'policy'")
+        if type_ == LockType.EXTENT:
+            if type(policy) is not list or len(policy) != 2:
+                raise LockError(errno.EINVAL, "an extent policy is [start, end]")
+            policy = (_u64(policy[0], "extent start"), _u64(policy[1], "extent end"))
+        handle = _u64(body.get("handle"), "handle")
+        flags = _u64(body.get("flags", 0), "flags")
+        now = trio.current_time()
+        if self.at_lock_limit(export.uuid, handle):
+            self._refuse_over_limit(export)
+        if body.get("intent") == "glimpse":
+            return await self._glimpse(export, handle, resid, LockType(type_), mode, policy)
+        if flags & FL_REPLAY:
+            return self._replay(export, handle, resid, LockType(type_), mode, policy,
+                                flags)
+        result = self.namespace.enqueue(export.uuid, handle, resid, LockType(type_), mode,
+                                        policy, now, no_expand=bool(flags & FL_NO_EXPANSION))
         lock = result.lock
         self.stats.count("ldlm_enqueues")
         self._send_asts(Reprocessed([], result.basts))

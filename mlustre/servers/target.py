@@ -28,7 +28,7 @@ import trio
 
 from ..params import ParamTree
 from ..protocol import constants as C
-from ..protocol.errors import AuthError, ConnectionLost
+from ..protocol.errors import AuthError, ConnectionLost, ErrnoError
 from ..protocol.ldlm import LockType
 from ..protocol.message import Message
 from ..protocol.rpc import Endpoint
@@ -463,7 +463,10 @@ class TargetServer:
                 await self._disconnect(endpoint, export)
                 return req.reply(last_committed=self.last_committed)
             result = await self._handle_admitted(endpoint, export, req)
-        except (ServiceError, OSError) as e:
+        except (ErrnoError, OSError) as e:
+            # The one place a failure becomes a reply's status: every errno-carrying
+            # failure (ServiceError, the MDT store's MdtError, the lock namespace's
+            # LockError) and the storage's OSErrors.
             export = endpoint.context.get("export")
             if isinstance(e, OSError):  # e.g. EFBIG, ENOSPC from the storage
                 log.info("%s: opc %d xid %d: %s", self.name, req.opc, req.xid, e)
@@ -613,7 +616,7 @@ class TargetServer:
         except ConnectionLost:
             pass
 
-    def error_reply(self, req: Message, e: ServiceError) -> Message:
+    def error_reply(self, req: Message, e: ErrnoError) -> Message:
         self.count("errors")
         return req.reply({"error": str(e)}, status=e.errno, last_committed=self.last_committed)
 

@@ -22,7 +22,7 @@ import trio
 from ...params import ParamError, ParamTree
 from ...protocol import constants as C
 from ...protocol import dialect
-from ...protocol.errors import ConnectionLost
+from ...protocol.errors import ConnectionLost, ErrnoError
 from ...protocol.ldlm import IBITS_FULL, NAME_BITS, IBits, LockType, ResId, inode_res
 from ...protocol.message import Message
 from ...protocol.nid import Nid
@@ -328,22 +328,17 @@ class MdtServer(TargetServer):
             raise ServiceError(errno.ENODEV, "target is stopping")
         return self.store
 
-    def _call(self, fn: Any, *args: Any, **kw: Any) -> Any:
-        try:
-            return fn(*args, **kw)
-        except MdtError as e:
-            raise ServiceError(e.errno, str(e)) from None
 
     async def get_root(self, export: Export, req: Message) -> dict[str, Any]:
-        return {"attr": self._call(self._store().getattr, 1)}
+        return {"attr": self._store().getattr(1)}
 
     async def getattr(self, export: Export, req: Message) -> dict[str, Any]:
         return self._with_intent(export, req.body,
-                                 {"attr": self._call(self._store().getattr, _ino(req.body))})
+                                 {"attr": self._store().getattr(_ino(req.body))})
 
     async def lookup(self, export: Export, req: Message) -> dict[str, Any]:
         b = req.body
-        attr = self._call(self._store().lookup, _cred(b), _ino(b, "parent"), _name(b))
+        attr = self._store().lookup(_cred(b), _ino(b, "parent"), _name(b))
         return self._with_intent(export, b, {"attr": attr})
 
     def _with_intent(self, export: Export, b: dict[str, Any], body: dict[str, Any]) -> Any:
@@ -364,12 +359,12 @@ class MdtServer(TargetServer):
         return body
 
     async def readlink(self, export: Export, req: Message) -> dict[str, Any]:
-        return {"target": self._call(self._store().readlink, _ino(req.body))}
+        return {"target": self._store().readlink(_ino(req.body))}
 
     async def readdir(self, export: Export, req: Message) -> dict[str, Any]:
         b = req.body
         count = min(max(_int(b, "count", 256), 1), READDIR_MAX)
-        entries = self._call(self._store().readdir, _cred(b), _ino(b), _int(b, "cookie", 0),
+        entries = self._store().readdir(_cred(b), _ino(b), _int(b, "cookie", 0),
                              count)
         return {"entries": [[n, a, c] for n, a, c in entries], "end": len(entries) < count}
 
@@ -378,17 +373,17 @@ class MdtServer(TargetServer):
         store = self._store()
         name = body_field(b, "name", bytes, default=None)
         if name is None:
-            return {"names": self._call(store.listxattr, _cred(b), _ino(b))}
+            return {"names": store.listxattr(_cred(b), _ino(b))}
         if len(name) > MAX_NAME:
             raise ServiceError(errno.ERANGE, "xattr name longer than 255 bytes")
         if name == LOV_XATTR:
             ino = _ino(b)
-            attr = self._call(store.getattr, ino)
-            layout = attr["layout"] or self._call(store.get_dir_layout, ino)
+            attr = store.getattr(ino)
+            layout = attr["layout"] or store.get_dir_layout(ino)
             if layout is None:
                 raise ServiceError(errno.ENODATA)
             return {"value": format_layout(layout)}
-        return {"value": self._call(store.getxattr, _cred(b), _ino(b), name)}
+        return {"value": store.getxattr(_cred(b), _ino(b), name)}
 
     async def statfs(self, export: Export, req: Message) -> dict[str, Any]:
         return {**self._store().statfs(), "maxbytes": C.MAX_FILE_SIZE}
@@ -400,11 +395,11 @@ class MdtServer(TargetServer):
         ino = _ino(req.body)
         if cred.uid != 0:
             raise ServiceError(errno.EPERM, "fid2path is for root only")
-        return {"path": self._call(self._store().path_of, ino)}
+        return {"path": self._store().path_of(ino)}
 
     async def access(self, export: Export, req: Message) -> dict[str, Any]:
         b = req.body
-        self._call(self._store().access, _cred(b), _ino(b), _int(b, "mask", hi=7))
+        self._store().access(_cred(b), _ino(b), _int(b, "mask", hi=7))
         return {}
 
     async def sync(self, export: Export, req: Message) -> dict[str, Any]:
@@ -419,7 +414,7 @@ class MdtServer(TargetServer):
                 self.count("close_foreign")
                 self.violation(export.uuid, "foreign_handle", f"handle {handle}")
             raise ServiceError(errno.EBADF, f"no open handle {handle} of this client")
-        result = self._call(store.close, handle, replayed=self._replayed_update(req))
+        result = store.close(handle, replayed=self._replayed_update(req))
         self._forget_handle(export.uuid, handle)
         return result
 
@@ -498,7 +493,7 @@ class MdtServer(TargetServer):
         try:
             reply = self.make_reply(req, await self._locked_reint(
                 export, req.body, op, wanted, self._replayed_update(req)))
-        except ServiceError as e:
+        except ErrnoError as e:
             reply = self.error_reply(req, e)
         out = await self.finish(export, req, reply)
         if out is None:
@@ -555,8 +550,7 @@ class MdtServer(TargetServer):
                  replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         open_flags = _int(b, "open_flags", None, hi=(1 << 32) - 1)
         layout = body_field(b, "layout", dict, default=None)
-        transno, result = self._call(
-            self._store().create, _cred(b), _ino(b, "parent"), _name(b),
+        transno, result = self._store().create(_cred(b), _ino(b, "parent"), _name(b),
             _int(b, "mode", hi=MODE_MAX), _int(b, "rdev", 0, hi=RDEV_MAX), open_flags=open_flags,
             exclusive=body_field(b, "exclusive", bool, default=True), layout=layout,
             replayed=replayed)
@@ -566,36 +560,36 @@ class MdtServer(TargetServer):
 
     def r_mkdir(self, export: Export, b: dict[str, Any],
                 replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
-        transno, attr = self._call(self._store().mkdir, _cred(b), _ino(b, "parent"), _name(b),
+        transno, attr = self._store().mkdir(_cred(b), _ino(b, "parent"), _name(b),
                                    _int(b, "mode", hi=MODE_MAX), replayed=replayed)
         return transno, {"attr": attr}
 
     def r_symlink(self, export: Export, b: dict[str, Any],
                   replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         target = body_field(b, "target", bytes)
-        transno, attr = self._call(self._store().symlink, _cred(b), _ino(b, "parent"), _name(b),
+        transno, attr = self._store().symlink(_cred(b), _ino(b, "parent"), _name(b),
                                    target, replayed=replayed)
         return transno, {"attr": attr}
 
     def r_link(self, export: Export, b: dict[str, Any],
                replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
-        transno, attr = self._call(self._store().link, _cred(b), _ino(b), _ino(b, "parent"),
+        transno, attr = self._store().link(_cred(b), _ino(b), _ino(b, "parent"),
                                    _name(b), replayed=replayed)
         return transno, {"attr": attr}
 
     def r_unlink(self, export: Export, b: dict[str, Any],
                  replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
-        return self._call(self._store().unlink, _cred(b), _ino(b, "parent"), _name(b),
+        return self._store().unlink(_cred(b), _ino(b, "parent"), _name(b),
                           replayed=replayed)
 
     def r_rmdir(self, export: Export, b: dict[str, Any],
                 replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
-        return self._call(self._store().rmdir, _cred(b), _ino(b, "parent"), _name(b),
+        return self._store().rmdir(_cred(b), _ino(b, "parent"), _name(b),
                           replayed=replayed)
 
     def r_rename(self, export: Export, b: dict[str, Any],
                  replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
-        return self._call(self._store().rename, _cred(b), _ino(b, "parent"), _name(b),
+        return self._store().rename(_cred(b), _ino(b, "parent"), _name(b),
                           _ino(b, "new_parent"), _name(b, "new_name"), _int(b, "flags", 0, hi=7),
                           replayed=replayed)
 
@@ -615,7 +609,7 @@ class MdtServer(TargetServer):
             elif (not 0 <= v < (1 << 63) or (k == "mode" and v > 0o7777)
                   or (k in ("uid", "gid") and v > ID_MAX)):
                 raise ServiceError(errno.EINVAL, f"{k} out of range")
-        transno, attr = self._call(self._store().setattr, _cred(b), _ino(b), attrs,
+        transno, attr = self._store().setattr(_cred(b), _ino(b), attrs,
                                    via_handle=body_field(b, "via_handle", bool, default=False),
                                    replayed=replayed)
         return transno, {"attr": attr}
@@ -630,7 +624,7 @@ class MdtServer(TargetServer):
                 raise ServiceError(errno.ESTALE, "open replay after the recovery window")
             self.count("open_replays")
         ino = _ino(b)
-        transno, result = self._call(self._store().open, _cred(b), ino,
+        transno, result = self._store().open(_cred(b), ino,
                                      _int(b, "flags", hi=(1 << 32) - 1), reopen=replay,
                                      replayed=replayed)
         self._remember_handle(export, result["handle"], ino, replayed)
@@ -649,20 +643,20 @@ class MdtServer(TargetServer):
                 layout = parse_layout(value)
             except ValueError as e:
                 raise ServiceError(errno.EINVAL, str(e)) from None
-            transno, attr = self._call(self._store().set_layout, _cred(b), _ino(b), layout,
+            transno, attr = self._store().set_layout(_cred(b), _ino(b), layout,
                                        replayed=replayed)
             return transno, {"attr": attr}
-        return self._call(self._store().setxattr, _cred(b), _ino(b), name, value,
+        return self._store().setxattr(_cred(b), _ino(b), name, value,
                           _int(b, "flags", 0, hi=3), replayed=replayed)
 
     def r_removexattr(self, export: Export, b: dict[str, Any],
                       replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
-        return self._call(self._store().removexattr, _cred(b), _ino(b), _name(b),
+        return self._store().removexattr(_cred(b), _ino(b), _name(b),
                           replayed=replayed)
 
     def r_write_update(self, export: Export, b: dict[str, Any],
                        replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
-        transno, attr = self._call(self._store().write_update, _ino(b), _int(b, "size"),
+        transno, attr = self._store().write_update(_ino(b), _int(b, "size"),
                                    _int(b, "mtime_ns"),
                                    body_field(b, "kill_priv", bool, default=True),
                                    replayed=replayed)
@@ -670,14 +664,14 @@ class MdtServer(TargetServer):
 
     def r_atime(self, export: Export, b: dict[str, Any],
                 replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
-        transno, attr = self._call(self._store().touch_atime, _ino(b), _int(b, "atime_ns"),
+        transno, attr = self._store().touch_atime(_ino(b), _int(b, "atime_ns"),
                                    replayed=replayed)
         return transno, {"attr": attr}
 
     def r_setlayout(self, export: Export, b: dict[str, Any],
                     replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         layout = body_field(b, "layout", dict)
-        transno, attr = self._call(self._store().set_layout, _cred(b), _ino(b), layout,
+        transno, attr = self._store().set_layout(_cred(b), _ino(b), layout,
                                    replayed=replayed)
         return transno, {"attr": attr}
 
