@@ -13,9 +13,12 @@ import json
 import logging
 from typing import Any
 
+import trio
+
 from ..protocol import constants as C
 from ..protocol.message import Message
 from ..protocol.nid import Nid
+from ..protocol.session import Session
 from .target import Export, ServiceError, TargetServer, body_field
 
 log = logging.getLogger(__name__)
@@ -95,3 +98,15 @@ class MgsServer(TargetServer):
 def target_name(fsname: str, kind: str, index: int) -> str:
     """Lustre's target names: FSNAME-MDT0000, FSNAME-OST0001."""
     return f"{fsname}-{kind.upper()}{index:04X}"
+
+
+async def read_config(nursery: trio.Nursery, mgs: list[Nid], fsname: str, client_uuid: str,
+                      key: bytes | None) -> dict[str, Any]:
+    """The filesystem's configuration as the MGS serves it (targets, their NIDs, the
+    default striping), read over a session of its own by another server."""
+    session = await Session.open(nursery, mgs, target=f"{fsname}-MGS",
+                                 connect_opc=C.MGS_CONNECT, client_uuid=client_uuid, key=key)
+    try:
+        return (await session.call(C.MGS_CONFIG_READ)).body
+    finally:
+        await session.close()

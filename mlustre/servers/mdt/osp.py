@@ -17,7 +17,7 @@ from ...protocol import constants as C
 from ...protocol.nid import Nid
 from ...protocol.session import Session
 from ..export import Stats
-from ..mgs import target_name
+from ..mgs import read_config, target_name
 from ..ost import ORPHAN_KEEP_MAX
 from .store import MdtStore
 
@@ -72,13 +72,7 @@ class Osp:
 
     async def _refresh_osts(self) -> None:
         assert self._nursery is not None
-        session = await Session.open(self._nursery, self.mgs, target=f"{self.fsname}-MGS",
-                                     connect_opc=C.MGS_CONNECT, client_uuid=self.name,
-                                     key=self.auth_key)
-        try:
-            cfg = (await session.call(C.MGS_CONFIG_READ)).body
-        finally:
-            await session.close()
+        cfg = await read_config(self._nursery, self.mgs, self.fsname, self.name, self.auth_key)
         self.osts = {t["index"]: [Nid.parse(n) for n in t["nids"]]
                      for t in cfg["targets"] if t["kind"] == "ost"}
 

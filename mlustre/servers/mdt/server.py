@@ -26,10 +26,9 @@ from ...protocol.errors import ConnectionLost, ErrnoError
 from ...protocol.ldlm import IBITS_FULL, NAME_BITS, IBits, LockType, ResId, inode_res
 from ...protocol.message import Message
 from ...protocol.nid import Nid
-from ...protocol.session import Session
 from ..layout_xattr import LOV_XATTR, format_layout, parse_layout
 from ..ldlm_service import CANCEL_MAX
-from ..mgs import target_name
+from ..mgs import read_config, target_name
 from ..ost import register_with_mgs
 from ..reply_log import SavedReply
 from ..squash import RootSquash, parse_nids, parse_squash
@@ -281,13 +280,8 @@ class MdtServer(TargetServer):
         """The filesystem's default striping lives in the MGS configuration."""
         assert self._nursery is not None and self.store is not None
         try:
-            session = await Session.open(self._nursery, self.mgs, target=f"{self.fsname}-MGS",
-                                         connect_opc=C.MGS_CONNECT, client_uuid=self.name,
-                                         key=self.auth_key)
-            try:
-                cfg = (await session.call(C.MGS_CONFIG_READ)).body
-            finally:
-                await session.close()
+            cfg = await read_config(self._nursery, self.mgs, self.fsname, self.name,
+                                    self.auth_key)
         except Exception as e:  # keep the defaults of the last run
             log.warning("%s: cannot read the filesystem defaults: %s", self.name, e)
             return
