@@ -1,6 +1,8 @@
 """`mlustre lctl` against a real cluster: devices, import states, settable client and
 target parameters, globbing, and one-line errors. Other clusters may run on this
-machine at the same time, so client parameters are looked up by this mount's client id."""
+machine at the same time (other test workers' clusters too, some with the same fsname),
+so every call is scoped to this module's mount (`lctl -m MNT`: its client and its
+cluster's targets), and client parameters are looked up by this mount's client id."""
 
 from __future__ import annotations
 
@@ -13,10 +15,11 @@ from mnthelpers import cli
 from mlustre import registry
 
 TIMEOUT = 60
+SCOPE: list[str] = []  # ["-m", MNT] of this module's cluster (the `scoped` fixture)
 
 
 def lctl(*args, timeout: float = 45):
-    res = cli("lctl", *args, timeout=timeout)
+    res = cli("lctl", *SCOPE, *args, timeout=timeout)
     assert not res.timed_out, "lctl hung\n" + res.describe()
     assert "Traceback" not in res.stderr, res.describe()
     return res
@@ -35,6 +38,13 @@ def assert_error(res, mentions: str) -> None:
     assert res.rc == 1, "expected exit status 1\n" + res.describe()
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and mentions in lines[0], res.describe()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def scoped(cluster):
+    SCOPE[:] = ["-m", str(cluster.mnt)]
+    yield
+    SCOPE.clear()
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +129,7 @@ def test_dl_lists_devices(cluster, cid):
 
 @pytest.mark.timeout(TIMEOUT)
 def test_errors_are_one_line(cluster, cid):
-    # Scoped to this mount: another cluster going away meanwhile adds its own warning.
-    here = ("-m", str(cluster.mnt))
+    here = ()  # (every call is scoped to this mount: see SCOPE)
     assert_error(lctl(*here, "get_param", "no.such.param"), "no such parameter")
     assert_error(lctl(*here, "set_param", "no.such.param=1"), "no such parameter")
     assert_error(lctl(*here, "set_param", f"osc.*-{cid}.max_dirty_mb=lots"), "not a whole number")
