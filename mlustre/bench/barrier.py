@@ -175,6 +175,18 @@ def stall_run(mnt: Path, dirty_mb: int) -> dict[str, Any]:
 
 # ---- main -----------------------------------------------------------------------------
 
+
+def client_counts(ap: argparse.ArgumentParser, text: str, most: int) -> list[int]:
+    """The numbers of library clients of a scale run (`--clients 200,1000`), each in
+    [1, most]; a usage error (exit 2) otherwise."""
+    try:
+        counts = [int(x) for x in text.split(",") if x]
+    except ValueError:
+        ap.error("--clients takes integers separated by commas, e.g. 1,50")
+    if not counts or any(n <= 0 or n > most for n in counts):
+        ap.error(f"--clients between 1 and {most} each")
+    return counts
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", default="200,1000",
@@ -183,12 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dirty-mb", type=int, default=64, help="dirty data at the failover")
     ap.add_argument("--json", dest="json_path", help="write the results there as well")
     args = ap.parse_args(argv)
-    try:
-        counts = [int(x) for x in args.clients.split(",") if x]
-    except ValueError:
-        ap.error("--clients takes integers, e.g. 200,1000")
-    if any(n <= 0 or n > 5000 for n in counts) or args.dirty_mb <= 0:
-        ap.error("--clients between 1 and 5000 each, --dirty-mb positive")
+    counts = client_counts(ap, args.clients, 5000)
+    if args.dirty_mb <= 0:
+        ap.error("--dirty-mb must be positive")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     need = max(counts, default=0) + 64

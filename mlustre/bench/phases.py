@@ -49,18 +49,8 @@ def phase_write(d: Path, data: bytes) -> dict:
 def phase_read(d: Path, buf: bytearray, data: bytes, expect_sha: str) -> dict:
     path = d / "seqfile"
     n = len(buf)
-    mv = memoryview(buf)
     t0 = time.perf_counter()
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        off = 0
-        while off < n:
-            r = os.readv(fd, [mv[off:off + BLOCK]])
-            if r == 0:
-                break
-            off += r
-    finally:
-        os.close(fd)
+    off = read_into(path, memoryview(buf))
     secs = time.perf_counter() - t0
     if off != n:
         raise BenchError(f"short read: {off} of {n} bytes")
@@ -69,7 +59,7 @@ def phase_read(d: Path, buf: bytearray, data: bytes, expect_sha: str) -> dict:
         raise BenchError(f"st_size {size} != {n} written")
     sha = hashlib.sha256(buf).hexdigest()
     if sha != expect_sha:
-        bad = [i // BLOCK for i in range(0, n, BLOCK) if mv[i:i + BLOCK] != data[i:i + BLOCK]]
+        bad = [i // BLOCK for i in range(0, n, BLOCK) if buf[i:i + BLOCK] != data[i:i + BLOCK]]
         raise BenchError(f"data read back differs: sha256 {sha} != written {expect_sha}; "
                          f"{len(bad)} bad 1 MiB blocks, first ones {bad[:8]}")
     return {"bytes": n, "seconds": secs, "MB_s": n / secs / 1e6, "sha256_ok": True}

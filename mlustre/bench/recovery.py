@@ -34,7 +34,7 @@ from ..localcluster.cluster import LocalCluster
 from ..protocol import constants as C
 from ..protocol.ldlm import LockType, Mode, ResId
 from ..protocol.nid import Nid
-from .barrier import sh
+from .barrier import client_counts, sh
 
 ROOT_INO = 1
 CRED = [0, 0, []]
@@ -114,12 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", dest="json_path", help="write the results there as well")
     ap.add_argument("--keep", action="store_true", help="keep the cluster's directory (logs)")
     args = ap.parse_args(argv)
-    try:
-        counts = [int(x) for x in args.clients.split(",") if x]
-    except ValueError:
-        ap.error("--clients takes integers, e.g. 1,50")
-    if not counts or any(n <= 0 or n > 1000 for n in counts):
-        ap.error("--clients between 1 and 1000 each")
+    counts = client_counts(ap, args.clients, 1000)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     work = Path(tempfile.mkdtemp(prefix="mlustre-recovery-bench-"))

@@ -359,7 +359,7 @@ class MdtServer(TargetServer):
         b = req.body
         count = min(max(_int(b, "count", 256), 1), READDIR_MAX)
         entries = self._store().readdir(_cred(b), _ino(b), _int(b, "cookie", 0),
-                             count)
+                                        count)
         return {"entries": [[n, a, c] for n, a, c in entries], "end": len(entries) < count}
 
     async def getxattr(self, export: Export, req: Message) -> dict[str, Any]:
@@ -544,8 +544,9 @@ class MdtServer(TargetServer):
                  replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         open_flags = _int(b, "open_flags", None, hi=(1 << 32) - 1)
         layout = body_field(b, "layout", dict, default=None)
-        transno, result = self._store().create(_cred(b), _ino(b, "parent"), _name(b),
-            _int(b, "mode", hi=MODE_MAX), _int(b, "rdev", 0, hi=RDEV_MAX), open_flags=open_flags,
+        transno, result = self._store().create(
+            _cred(b), _ino(b, "parent"), _name(b), _int(b, "mode", hi=MODE_MAX),
+            _int(b, "rdev", 0, hi=RDEV_MAX), open_flags=open_flags,
             exclusive=body_field(b, "exclusive", bool, default=True), layout=layout,
             replayed=replayed)
         if result.get("handle") is not None:
@@ -555,37 +556,37 @@ class MdtServer(TargetServer):
     def r_mkdir(self, export: Export, b: dict[str, Any],
                 replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         transno, attr = self._store().mkdir(_cred(b), _ino(b, "parent"), _name(b),
-                                   _int(b, "mode", hi=MODE_MAX), replayed=replayed)
+                                            _int(b, "mode", hi=MODE_MAX), replayed=replayed)
         return transno, {"attr": attr}
 
     def r_symlink(self, export: Export, b: dict[str, Any],
                   replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         target = body_field(b, "target", bytes)
         transno, attr = self._store().symlink(_cred(b), _ino(b, "parent"), _name(b),
-                                   target, replayed=replayed)
+                                              target, replayed=replayed)
         return transno, {"attr": attr}
 
     def r_link(self, export: Export, b: dict[str, Any],
                replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         transno, attr = self._store().link(_cred(b), _ino(b), _ino(b, "parent"),
-                                   _name(b), replayed=replayed)
+                                           _name(b), replayed=replayed)
         return transno, {"attr": attr}
 
     def r_unlink(self, export: Export, b: dict[str, Any],
                  replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         return self._store().unlink(_cred(b), _ino(b, "parent"), _name(b),
-                          replayed=replayed)
+                                    replayed=replayed)
 
     def r_rmdir(self, export: Export, b: dict[str, Any],
                 replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         return self._store().rmdir(_cred(b), _ino(b, "parent"), _name(b),
-                          replayed=replayed)
+                                   replayed=replayed)
 
     def r_rename(self, export: Export, b: dict[str, Any],
                  replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         return self._store().rename(_cred(b), _ino(b, "parent"), _name(b),
-                          _ino(b, "new_parent"), _name(b, "new_name"), _int(b, "flags", 0, hi=7),
-                          replayed=replayed)
+                                    _ino(b, "new_parent"), _name(b, "new_name"),
+                                    _int(b, "flags", 0, hi=7), replayed=replayed)
 
     def r_setattr(self, export: Export, b: dict[str, Any],
                   replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
@@ -603,9 +604,9 @@ class MdtServer(TargetServer):
             elif (not 0 <= v < (1 << 63) or (k == "mode" and v > 0o7777)
                   or (k in ("uid", "gid") and v > ID_MAX)):
                 raise ServiceError(errno.EINVAL, f"{k} out of range")
-        transno, attr = self._store().setattr(_cred(b), _ino(b), attrs,
-                                   via_handle=body_field(b, "via_handle", bool, default=False),
-                                   replayed=replayed)
+        via_handle = body_field(b, "via_handle", bool, default=False)
+        transno, attr = self._store().setattr(_cred(b), _ino(b), attrs, via_handle=via_handle,
+                                              replayed=replayed)
         return transno, {"attr": attr}
 
     def r_open(self, export: Export, b: dict[str, Any],
@@ -619,8 +620,8 @@ class MdtServer(TargetServer):
             self.count("open_replays")
         ino = _ino(b)
         transno, result = self._store().open(_cred(b), ino,
-                                     _int(b, "flags", hi=(1 << 32) - 1), reopen=replay,
-                                     replayed=replayed)
+                                             _int(b, "flags", hi=(1 << 32) - 1), reopen=replay,
+                                             replayed=replayed)
         self._remember_handle(export, result["handle"], ino, replayed)
         if replay:
             self._hand_over_replayed_open(export, ino)
@@ -638,35 +639,35 @@ class MdtServer(TargetServer):
             except ValueError as e:
                 raise ServiceError(errno.EINVAL, str(e)) from None
             transno, attr = self._store().set_layout(_cred(b), _ino(b), layout,
-                                       replayed=replayed)
+                                                     replayed=replayed)
             return transno, {"attr": attr}
         return self._store().setxattr(_cred(b), _ino(b), name, value,
-                          _int(b, "flags", 0, hi=3), replayed=replayed)
+                                      _int(b, "flags", 0, hi=3), replayed=replayed)
 
     def r_removexattr(self, export: Export, b: dict[str, Any],
                       replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         return self._store().removexattr(_cred(b), _ino(b), _name(b),
-                          replayed=replayed)
+                                         replayed=replayed)
 
     def r_write_update(self, export: Export, b: dict[str, Any],
                        replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         transno, attr = self._store().write_update(_ino(b), _int(b, "size"),
-                                   _int(b, "mtime_ns"),
-                                   body_field(b, "kill_priv", bool, default=True),
-                                   replayed=replayed)
+                                                   _int(b, "mtime_ns"),
+                                                   body_field(b, "kill_priv", bool, default=True),
+                                                   replayed=replayed)
         return transno, {"attr": attr}
 
     def r_atime(self, export: Export, b: dict[str, Any],
                 replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         transno, attr = self._store().touch_atime(_ino(b), _int(b, "atime_ns"),
-                                   replayed=replayed)
+                                                  replayed=replayed)
         return transno, {"attr": attr}
 
     def r_setlayout(self, export: Export, b: dict[str, Any],
                     replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         layout = body_field(b, "layout", dict)
         transno, attr = self._store().set_layout(_cred(b), _ino(b), layout,
-                                   replayed=replayed)
+                                                 replayed=replayed)
         return transno, {"attr": attr}
 
     # -- open handles belong to the export that made them --
