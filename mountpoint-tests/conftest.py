@@ -170,6 +170,19 @@ def workdir(request, cluster):
 
 
 @pytest.fixture
+def mnt_b(cluster, client2) -> Path:
+    """Client B: a second client process of the module's cluster."""
+    cluster.mount_client(client2).check()
+    return client2
+
+
+@pytest.fixture
+def ab(cluster, workdir, mnt_b) -> tuple[Path, Path]:
+    """The test's directory as seen through client A (the cluster's mount) and B."""
+    return workdir, mnt_b / workdir.relative_to(cluster.mnt)
+
+
+@pytest.fixture
 def scratch(base_tmp):
     """A local (not mlustre) world-traversable scratch directory."""
     path = make_world_dir(base_tmp, "local-")

@@ -75,23 +75,10 @@ def client3(request, base_tmp):
 
 
 @pytest.fixture
-def mnt_b(cluster, client2) -> Path:
-    """Client B: a second client process of the module's cluster."""
-    cluster.mount_client(client2).check()
-    return client2
-
-
-@pytest.fixture
 def mnt_c(cluster, client3) -> Path:
     """Client C: a third client process of the module's cluster."""
     cluster.mount_client(client3).check()
     return client3
-
-
-@pytest.fixture
-def ab(cluster, workdir, mnt_b) -> tuple[Path, Path]:
-    """The test's directory as seen through client A and through client B."""
-    return workdir, mnt_b / workdir.relative_to(cluster.mnt)
 
 
 @pytest.fixture

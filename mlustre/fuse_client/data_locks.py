@@ -48,7 +48,7 @@ from .kernel_cache import KernelCache
 from .ldlm import LockClient
 from .ldlm_client import ClientLock, LockState
 from .lov import Layout
-from .md_cache import ATTR_BITS, MdCache
+from .md_cache import ATTR_BITS, SOM, MdCache
 from .page_cache import PageCache
 from .writeback import Writeback
 
@@ -101,11 +101,17 @@ class DataLocks:
     def size_valid(self, node: Inode) -> bool:
         return node.size_gen == node.data_gen and self.covered(node)
 
+    def size_known(self, node: Inode) -> bool:
+        """Is the size this client knows node's size? Under data locks over every object,
+        or under an MDT lock with the SOM bit: the MDT's size is the file's then, or ours if
+        we are its only writer (servers/mdt/size_on_mdt.py): no glimpse needed."""
+        return bool(self.md.md_bits(node) & SOM) or self.size_valid(node)
+
     def attrs_valid(self, node: Inode) -> bool:
         """May the daemon answer for node's attributes, and the kernel cache them?"""
         if self.md.md_bits(node) & ATTR_BITS != ATTR_BITS:
             return False
-        return node.layout is None or self.size_valid(node)
+        return node.layout is None or self.size_known(node)
 
     def _borrowable(self, ost: int, oid: int, mode: Mode, ext: Extent) -> bool:
         """Is a lock of ours covering this I/O being given back, its flush not done?

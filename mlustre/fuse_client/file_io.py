@@ -153,7 +153,7 @@ class FileIo:
         first = off // CHUNK * CHUNK
         last = max(-(-(off + size) // CHUNK), off // CHUNK + 1) * CHUNK
         async with self.data.data_locks(node, Mode.PR, first, last) as borrowed:
-            if not self.data.size_valid(node) and not borrowed:
+            if not self.data.size_known(node) and not borrowed:
                 await self.data.refresh_size(node)
             return await self._read_locked(of, node, off, size)
 
@@ -228,7 +228,7 @@ class FileIo:
         # An append writes where the file ends: nobody else may move that end meanwhile.
         async with self.data.data_locks(node, Mode.PW, 0 if append else first,
                                         EOF if append else last) as borrowed:
-            if not self.data.size_valid(node) and not borrowed:
+            if not self.data.size_known(node) and not borrowed:
                 await self.data.refresh_size(node)
             stale_size = append and off != node.size
             if append:
@@ -329,26 +329,29 @@ class FileIo:
     async def release(self, fh: int) -> None:
         of = self.handles.remove_file(fh)
         node = self.inodes.get(of.ino)
+        reported = False
         try:
             if node is not None and (node.meta_dirty or not self.inodes.data_settled(node.ino)):
                 await self._flush_inode(node)
+            reported = True
         finally:
             # Nobody waits for the MDT close (release has no caller to report to), so it
-            # goes in the background; shutdown waits for every one of them.
-            self.close_later(of.handle)
+            # goes in the background; shutdown waits for every one of them. A writer
+            # whose size did not reach the MDT says so (size_on_mdt.py).
+            self.close_later(of.handle, size_unsure=not reported)
             if node is not None:
                 node.opens -= 1
                 self.inodes.maybe_forget(node)
 
-    def close_later(self, handle: int) -> None:
+    def close_later(self, handle: int, size_unsure: bool = False) -> None:
         """Close an MDT open handle in the background (shutdown waits for it)."""
         self._closing += 1
         assert self._nursery is not None
-        self._nursery.start_soon(self._close_handle, handle)
+        self._nursery.start_soon(self._close_handle, handle, size_unsure)
 
-    async def _close_handle(self, handle: int) -> None:
+    async def _close_handle(self, handle: int, size_unsure: bool) -> None:
         try:
-            await self.mdc.close(handle)
+            await self.mdc.close(handle, size_unsure)
         except (RpcError, ImportClosed) as e:
             log.warning("close of MDT handle %d failed: %s", handle, e)
         finally:

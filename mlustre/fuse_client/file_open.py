@@ -25,6 +25,7 @@ from .mdc import Mdc
 from .namespace import Namespace
 from .open_handles import OpenFile, OpenHandles
 from .page_cache import PageCache
+from .xattr_cache import none_at_all
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,9 @@ class FileOpen:
             return body
 
         node = await self.names.make(parent_inode, name, call)
+        lock = self.md.update_lock(node)
+        if bodies[0].get("created") and lock is not None:
+            node.xattrs = none_at_all(lock)  # (a new file has none)
         of = await self._opened(node, bodies[0], flags, cred)
         return self._file_info(of, keep_cache=False), self.names.entry(node)
 

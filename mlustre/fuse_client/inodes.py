@@ -17,6 +17,7 @@ from ..protocol.ldlm import inode_res
 from .ldlm_client import ClientLock, ClientNamespace, LockState
 from .lov import Layout
 from .page_cache import PageCache
+from .xattr_cache import XattrKnowledge
 
 ROOT_INODE = 1  # (pyfuse3.ROOT_INODE)
 
@@ -25,7 +26,8 @@ class Inode:
     __slots__ = ("ino", "attr", "layout", "size", "mtime_ns", "ctime_ns", "meta_dirty",
                  "meta_inflight", "kill_priv", "lookups", "opens", "write_error", "meta_lock",
                  "fetching", "md", "data_gen", "size_gen", "revoking", "revoke_io", "lockless",
-                 "lockless_idle", "lock_waiters", "waiter_came", "kernel_pages", "attr_at")
+                 "lockless_idle", "lock_waiters", "waiter_came", "kernel_pages", "attr_at",
+                 "xattrs")
 
     def __init__(self, ino: int, attr: dict[str, Any]) -> None:
         self.ino = ino
@@ -53,6 +55,7 @@ class Inode:
         self.waiter_came = trio.Event()  # set (and replaced) when one starts waiting
         self.kernel_pages = False  # read through a buffered handle since last invalidated
         self.attr_at: float | None = None  # when the MDT request that gave attr was sent
+        self.xattrs: XattrKnowledge | None = None  # (xattr_cache.py)
 
 
 class Groups:

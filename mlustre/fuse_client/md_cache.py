@@ -27,6 +27,8 @@ import trio
 
 from ..protocol.errors import RpcError
 from ..protocol.ldlm import FL_ELC, NAME_BITS, IBits, LockType, Mode, inode_res
+from . import xattr_cache
+from .dir_listing import Listings
 from .inodes import Inode, InodeTable
 from .kernel_cache import KernelCache
 from .ldlm import LockClient
@@ -39,9 +41,10 @@ log = logging.getLogger(__name__)
 LONG_TIMEOUT = 60.0  # kernel attribute cache under locks (dropped at once on callback)
 MD_LRU_SIZE = 8192  # MDT locks a client keeps unused (one or two per cached inode)
 
-LOOKUP, UPDATE, PERM, LAYOUT = (int(IBits.LOOKUP), int(IBits.UPDATE), int(IBits.PERM),
-                                int(IBits.LAYOUT))
-FILE_BITS = LOOKUP | UPDATE | PERM | LAYOUT
+LOOKUP, UPDATE, PERM, LAYOUT, SOM = (int(IBits.LOOKUP), int(IBits.UPDATE), int(IBits.PERM),
+                                     int(IBits.LAYOUT), int(IBits.SOM))
+# SOM: the MDT's size is the file's (or ours, its only writer); granted only then.
+FILE_BITS = LOOKUP | UPDATE | PERM | LAYOUT | SOM
 DIR_NAME_BITS = LOOKUP | PERM
 DIR_ATTR_BITS = UPDATE | PERM | LAYOUT
 ATTR_BITS = UPDATE | PERM  # what the attributes handed to the kernel need
@@ -73,8 +76,9 @@ class MdCache:
     """
 
     def __init__(self, locks: LockClient, mdc: Mdc, inodes: InodeTable, kernel: KernelCache,
-                 handles: OpenHandles, counters: dict[str, int]) -> None:
+                 handles: OpenHandles, listings: Listings, counters: dict[str, int]) -> None:
         self.locks = locks
+        self.listings = listings
         self.mdc = mdc
         self.inodes = inodes
         self.kernel = kernel
@@ -94,19 +98,22 @@ class MdCache:
             node.md = live
         return bits
 
-    def _intent(self, dir_bits: int) -> tuple[ClientLock, dict[str, Any]]:
-        lock = self.locks.intent_begin(inode_res(0), LockType.IBITS, Mode.PR, FILE_BITS)
-        return lock, {"handle": lock.handle, "bits": FILE_BITS, "dir_bits": dir_bits}
+    def _intent(self, dir_bits: int, file_bits: int) -> tuple[ClientLock, dict[str, Any]]:
+        lock = self.locks.intent_begin(inode_res(0), LockType.IBITS, Mode.PR, file_bits)
+        return lock, {"handle": lock.handle, "bits": file_bits, "dir_bits": dir_bits}
 
     def _intent_done(self, lock: ClientLock, body: dict[str, Any] | None,
-                     dir_bits: int) -> Inode | None:
+                     dir_bits: int, file_bits: int = FILE_BITS) -> Inode | None:
         """Merge a reply's attributes; keep its lock if it was granted."""
         attr = body.get("attr") if body else None
         remote = body.get("lock") if body else None
         if attr is None or remote is None or lock.state is not LockState.ENQUEUING:
             self.locks.intent_end(lock, None)
             return self.inodes.update(attr) if attr is not None else None
-        bits = dir_bits if stat.S_ISDIR(attr["mode"]) else FILE_BITS
+        bits = dir_bits if stat.S_ISDIR(attr["mode"]) else file_bits
+        granted_bits = body.get("lock_bits") if body else None
+        if type(granted_bits) is int and 0 < granted_bits and not granted_bits & ~bits:
+            bits = granted_bits  # (the MDT grants the SOM bit only when it holds)
         self.locks.ns.rebind(lock.handle, inode_res(attr["ino"]), bits)
         granted = self.locks.intent_end(lock, remote)
         node = self.inodes.update(attr)
@@ -115,16 +122,17 @@ class MdCache:
         return node
 
     async def md_call(self, call: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
-                      dir_bits: int = DIR_ATTR_BITS) -> tuple[Inode | None, dict[str, Any]]:
+                      dir_bits: int = DIR_ATTR_BITS,
+                      file_bits: int = FILE_BITS) -> tuple[Inode | None, dict[str, Any]]:
         """Send an MDT request that returns attributes, with an intent lock."""
-        lock, intent = self._intent(dir_bits)
+        lock, intent = self._intent(dir_bits, file_bits)
         body: dict[str, Any] | None = None
         self.counters["md_rpcs"] += 1
         sent = trio.current_time()
         try:
             body = await call(intent)
         finally:
-            node = self._intent_done(lock, body, dir_bits)
+            node = self._intent_done(lock, body, dir_bits, file_bits)
         assert body is not None
         if node is not None:
             node.attr_at = sent
@@ -132,7 +140,16 @@ class MdCache:
 
     async def md_getattr(self, ino: int) -> Inode:
         node = self.inodes.get(ino)
-        if node is not None and self.md_bits(node) & ATTR_BITS == ATTR_BITS:
+        bits = self.md_bits(node) if node is not None else 0
+        if node is not None and bits & ATTR_BITS == ATTR_BITS and node.layout is not None \
+                and not bits & SOM:
+            # Protected but for the size (a writer had it open when our lock came): the
+            # SOM bit alone, granted if the MDT's size is the file's again.
+            node, _ = await self.md_call(lambda intent: self.mdc.getattr(ino, intent=intent),
+                                         file_bits=SOM)
+            assert node is not None
+            return node
+        if node is not None and bits & ATTR_BITS == ATTR_BITS:
             # Already protected (a file whose size needed asking): no second lock.
             self.counters["md_rpcs"] += 1
             sent = trio.current_time()
@@ -143,6 +160,13 @@ class MdCache:
         node, _ = await self.md_call(lambda intent: self.mdc.getattr(ino, intent=intent))
         assert node is not None
         return node
+
+    def update_lock(self, node: Inode) -> ClientLock | None:
+        """A granted lock of ours with the UPDATE bit on node (xattrs hold under it)."""
+        for lock in node.md:
+            if lock.state is LockState.GRANTED and lock_bits(lock) & UPDATE:
+                return lock
+        return None
 
     # ---- names ------------------------------------------------------------------------
 
@@ -192,6 +216,7 @@ class MdCache:
         """An MDT update with early lock cancel of our locks it would call back; `call`
         gets the extra request fields. With `parent`, the directory's attribute lock
         is asked for again with the reply (the update takes it from us)."""
+        listing = self.listings.detach(parent) if parent is not None else None
         cancels = await self.locks.early_cancel(
             [(inode_res(ino), bits) for ino, bits in wanted])
         extra: dict[str, Any] = {"cancels": cancels}
@@ -213,27 +238,104 @@ class MdCache:
             self.locks.cancels_sent(cancels, delivered=delivered)
             if plock is not None:
                 body = result[1] if isinstance(result, tuple) else result
-                self._parent_intent_done(plock, body if isinstance(body, dict) else None)
+                body = body if isinstance(body, dict) else None
+                granted = self._parent_intent_done(plock, body)
+                if granted and listing is not None and body is not None \
+                        and body.get("parent_lock_continues"):
+                    # (The caller applies its own change right after, nothing between.)
+                    assert parent is not None
+                    self.listings.complete(parent, plock, listing)
 
-    def _parent_intent_done(self, lock: ClientLock, body: dict[str, Any] | None) -> None:
+    def _parent_intent_done(self, lock: ClientLock, body: dict[str, Any] | None) -> bool:
         remote = body.get("parent_lock") if body else None
         attr = body.get("parent_attr") if body else None
         granted = self.locks.intent_end(lock, remote if attr is not None else None)
         if attr is None:
-            return
+            return False
         node = self.inodes.update(attr)
         if granted:
             node.md.append(lock)
+        return granted
+
+    # ---- directory pages with their locks (statahead) ---------------------------------
+
+    async def readdir_page(self, cred: list[Any], ino: int, cookie: int,
+                           count: int) -> tuple[list[tuple[bytes, Inode, int]], bool]:
+        """Entries after `cookie` with their attributes and, where granted, their locks
+        (names cached under them); a page that is the whole directory, granted with the
+        directory's lock, becomes its complete listing (dir_listing.py). Returns
+        [(name, inode, next cookie)] and whether the directory ends there."""
+        intents = [self.locks.intent_begin(inode_res(0), LockType.IBITS, Mode.PR, FILE_BITS)
+                   for _ in range(count)]
+        dlock = self.locks.intent_begin(inode_res(ino), LockType.IBITS, Mode.PR,
+                                        DIR_ATTR_BITS)
+        want = {"handles": [lk.handle for lk in intents], "bits": FILE_BITS,
+                "dir_bits": DIR_NAME_BITS, "dir_handle": dlock.handle,
+                "dir_lock_bits": DIR_ATTR_BITS}
+        body: dict[str, Any] | None = None
+        self.counters["md_rpcs"] += 1
+        try:
+            body = await self.mdc.readdir(cred, ino, cookie, count, locks=want)
+        finally:
+            out = self._page_done(ino, intents, dlock, body)
+        assert body is not None
+        end = bool(body.get("end"))
+        if end and cookie == 0 and self._dir_lock_held(ino, dlock):
+            self.listings.complete(ino, dlock, {name: n.ino for name, n, _ in out})
+        return out, end
+
+    def _page_done(self, ino: int, intents: list[ClientLock], dlock: ClientLock,
+                   body: dict[str, Any] | None) -> list[tuple[bytes, Inode, int]]:
+        entries = body.get("entries", []) if body else []
+        out: list[tuple[bytes, Inode, int]] = []
+        for i, lock in enumerate(intents):
+            entry = entries[i] if i < len(entries) else None
+            if entry is None or len(entry) < 5:
+                self.locks.intent_end(lock, None)
+                if entry is not None:
+                    out.append((entry[0], self.inodes.update(entry[1]), entry[2]))
+                continue
+            name, attr, next_cookie, remote, bits = entry[:5]
+            self.locks.ns.rebind(lock.handle, inode_res(attr["ino"]), bits)
+            granted = self.locks.intent_end(lock, remote)
+            node = self.inodes.update(attr)
+            if granted and lock not in node.md:
+                node.md.append(lock)
+            if granted and len(entry) > 5 and entry[5] is False and bits & UPDATE:
+                node.xattrs = xattr_cache.none_at_all(lock)
+            self.remember_name(ino, name, node)
+            out.append((name, node, next_cookie))
+        dattr = body.get("dir_attr") if body else None
+        granted = self.locks.intent_end(dlock, body.get("dir_lock") if body and dattr else None)
+        if dattr is not None:
+            dnode = self.inodes.update(dattr)
+            if granted and dlock not in dnode.md:
+                dnode.md.append(dlock)
+        return out
+
+    @staticmethod
+    def _dir_lock_held(ino: int, lock: ClientLock) -> bool:
+        return lock.state is LockState.GRANTED and lock.res[0] == ino
 
     async def setattr_rpc(self, cred: list[Any], node: Inode, attrs: dict[str, Any],
                           fh: int | None) -> dict[str, Any]:
         """Change attributes on the MDT under the inode's attribute locks (given back by
         early cancel); the new attributes. fh: the open handle the change goes through
         (a truncate or a writer's set-id kill), which the MDT takes as the permission."""
+        names = set(self.names_of.get(node.ino, ()))  # (the early cancel drops them)
+        xattrs = node.xattrs if xattr_cache.usable(node.xattrs, node.md) else None
         _, body = await self.update_call(
             [(node.ino, ATTR_BITS)],
             lambda kw: self.md_call(lambda intent: self.mdc.setattr(
                 cred, node.ino, attrs, via_handle=fh is not None, intent=intent, **kw)))
+        if names and body.get("lock_continues") and self.md_bits(node) & LOOKUP:
+            # Nothing ran on the MDT between our cancel and the new lock: the names are
+            # still the inode's (a setattr changes none).
+            for parent, name in names:
+                if (parent, name) not in self.dentries:
+                    self.remember_name(parent, name, node)
+        if xattrs is not None and body.get("lock_continues"):
+            node.xattrs = xattr_cache.moved(xattrs, self.update_lock(node))
         return body["attr"]
 
     async def push_meta(self, inode: Inode) -> None:
@@ -265,6 +367,8 @@ class MdCache:
         node = self.inodes.get(ino)
         if node is not None and lock in node.md:
             node.md.remove(lock)
+        if bits & UPDATE:
+            self.listings.lock_gone(ino, lock)
         if bits & LOOKUP:
             for key in self.names_of.pop(ino, set()):
                 if self.dentries.get(key) == ino:
@@ -282,6 +386,7 @@ class MdCache:
         await self.reset(locks)
 
     async def reset(self, locks: list[ClientLock]) -> None:
+        self.listings = Listings(self.listings.max_names)
         self.dentries.clear()
         self.names_of.clear()
         for node in self.inodes.all():

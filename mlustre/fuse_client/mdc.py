@@ -133,9 +133,13 @@ class Mdc:
     async def readlink(self, ino: int) -> bytes:
         return (await self._call(C.MDS_READLINK, {"ino": ino}))["target"]
 
-    async def readdir(self, cred: Cred, ino: int, cookie: int, count: int) -> dict[str, Any]:
-        return await self._call(C.MDS_READPAGE,
-                                {"cred": cred, "ino": ino, "cookie": cookie, "count": count})
+    async def readdir(self, cred: Cred, ino: int, cookie: int, count: int,
+                      locks: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A page of entries; with `locks`, their intent locks too (md_cache)."""
+        body: dict[str, Any] = {"cred": cred, "ino": ino, "cookie": cookie, "count": count}
+        if locks is not None:
+            body["locks"] = locks
+        return await self._call(C.MDS_READPAGE, body)
 
     async def getxattr(self, cred: Cred, ino: int, name: bytes) -> bytes:
         return (await self._call(C.MDS_GETXATTR, {"cred": cred, "ino": ino, "name": name}))[
@@ -155,8 +159,13 @@ class Mdc:
     async def sync(self) -> None:
         await self._call(C.MDS_SYNC, {})
 
-    async def close(self, handle: int) -> None:
-        await self._call(C.MDS_CLOSE, {"handle": handle})
+    async def close(self, handle: int, size_unsure: bool = False) -> None:
+        """size_unsure: this writer could not report what it wrote (the MDT stops taking
+        the file's size as its own until a truncate)."""
+        body: dict[str, Any] = {"handle": handle}
+        if size_unsure:
+            body["size_unsure"] = True
+        await self._call(C.MDS_CLOSE, body)
 
     async def create(self, cred: Cred, parent: int, name: bytes, mode: int, rdev: int = 0,
                      open_flags: int | None = None, exclusive: bool = True,

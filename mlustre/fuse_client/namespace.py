@@ -20,10 +20,11 @@ import trio
 from ..protocol import constants as C
 from ..protocol.errors import RpcError
 from ..protocol.ldlm import IBits, Mode
+from . import xattr_cache
 from .data_locks import EOF, DataLocks
 from .file_io import FileIo, known_inode
 from .inodes import Groups, Inode, InodeTable
-from .md_cache import DIR_NAME_BITS, LONG_TIMEOUT, UPDATE, MdCache
+from .md_cache import DIR_NAME_BITS, LONG_TIMEOUT, UPDATE, MdCache, may_search
 from .mdc import Mdc
 from .open_handles import OpenHandles
 from .osc import Osc
@@ -31,6 +32,7 @@ from .writeback import Writeback
 
 LAYOUT_BITS = int(IBits.UPDATE | IBits.LAYOUT)
 READDIR_BATCH = 512
+BIG_DIRS_MAX = 4096
 BLKSIZE = 1 << 20  # tools size their I/O buffers from st_blksize
 POSIX_ACL_PREFIX = b"system.posix_acl_"
 NOW_SLACK_NS = 100_000_000
@@ -52,6 +54,8 @@ class Namespace:
         self.handles = handles
         self.groups = groups
         self.counters = counters
+        self._listing: dict[int, trio.Event] = {}  # statahead in progress per directory
+        self._big_dirs: set[int] = set()  # more than a page: no statahead on misses
 
     # -- helpers --
     def cred(self, ctx: pyfuse3.RequestContext) -> list[Any]:
@@ -85,12 +89,53 @@ class Namespace:
         node = self.md.cached_lookup(parent_inode, name, ctx.uid, ctx.gid,
                                      lambda: self.groups.of(ctx.pid))
         if node is None:
+            node = await self._listed(parent_inode, name, ctx)
+        if node is None:
             cred = self.cred(ctx)
             node, _ = await self.md.md_call(lambda intent: self.mdc.lookup(
                 cred, parent_inode, name, intent=intent), DIR_NAME_BITS)
             assert node is not None
             self.md.remember_name(parent_inode, name, node)
         return self.entry(node)
+
+    async def _listed(self, parent: int, name: bytes,
+                      ctx: pyfuse3.RequestContext) -> Inode | None:
+        """A lookup the directory's complete listing answers (dir_listing.py): ENOENT for
+        a name it lacks, the child if its name came with a lock. The first lookup that
+        misses in a directory lists it (statahead: one request for up to a page of
+        names, attributes and locks). None: ask the MDT."""
+        names = self.md.listings.names(parent)
+        if names is None and parent not in self._big_dirs:
+            await self._statahead(parent, ctx)
+            names = self.md.listings.names(parent)
+        pnode = self.inodes.get(parent)
+        if names is None or pnode is None or not may_search(
+                pnode.attr, ctx.uid, ctx.gid, self.groups.of(ctx.pid) if ctx.uid else []):
+            return None  # (the MDT tells who may not search it)
+        if name not in names:
+            self.counters["md_negative_hits"] += 1
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self.md.cached_lookup(parent, name, ctx.uid, ctx.gid,
+                                     lambda: self.groups.of(ctx.pid))
+
+    async def _statahead(self, parent: int, ctx: pyfuse3.RequestContext) -> None:
+        running = self._listing.get(parent)
+        if running is not None:
+            await running.wait()
+            return
+        done = self._listing[parent] = trio.Event()
+        try:
+            _, end = await self.md.readdir_page(self.cred(ctx), parent, 0, READDIR_BATCH)
+            if not end:
+                if len(self._big_dirs) >= BIG_DIRS_MAX:
+                    self._big_dirs.clear()
+                self._big_dirs.add(parent)
+            self.counters["statahead_pages"] += 1
+        except RpcError:
+            pass  # (no read permission, or gone: the lookup asks the MDT)
+        finally:
+            del self._listing[parent]
+            done.set()
 
     def forget(self, inode_list: list[tuple[int, int]]) -> None:
         for ino, nlookup in inode_list:
@@ -107,7 +152,7 @@ class Namespace:
             return self.entry(node, count_lookup=False)
         if node is None or node.layout is None:
             node = await self.md.md_getattr(inode)
-        if node.layout is not None and not self.data.size_valid(node):
+        if node.layout is not None and not self.data.size_known(node):
             await self.data.refresh_size(node)
         return self.entry(node, count_lookup=False)
 
@@ -202,6 +247,7 @@ class Namespace:
             parent)
         assert node is not None
         self.md.remember_name(parent, name, node)
+        self.md.listings.add(parent, name, node.ino)
         return node
 
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
@@ -233,6 +279,7 @@ class Namespace:
             self.md.name_locks(parent_inode, name),
             lambda kw: self.mdc.unlink(cred, parent_inode, name, **kw), parent_inode)
         self.md.forget_name(parent_inode, name)
+        self.md.listings.remove(parent_inode, name)
         self._after_remove(result.get("ino"))
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -241,6 +288,7 @@ class Namespace:
             self.md.name_locks(parent_inode, name),
             lambda kw: self.mdc.rmdir(cred, parent_inode, name, **kw), parent_inode)
         self.md.forget_name(parent_inode, name)
+        self.md.listings.remove(parent_inode, name)
 
     def _after_remove(self, ino: int | None) -> None:
         inode = self.inodes.get(ino) if ino else None
@@ -280,15 +328,14 @@ class Namespace:
             start_id = 2
         cookie = start_id - 2
         while True:
-            page = await self.mdc.readdir(cred, ino, cookie, READDIR_BATCH)
-            for name, attr, next_cookie in page["entries"]:
-                inode = self.inodes.update(attr)
+            entries, end = await self.md.readdir_page(cred, ino, cookie, READDIR_BATCH)
+            for name, inode, next_cookie in entries:
                 if not pyfuse3.readdir_reply(token, name, self.entry(inode, count_lookup=False),
                                              next_cookie + 2):
                     return
                 inode.lookups += 1
                 cookie = next_cookie
-            if page["end"]:
+            if end:
                 return
 
     async def releasedir(self, fh: int) -> None:
@@ -301,12 +348,31 @@ class Namespace:
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         if name.startswith(POSIX_ACL_PREFIX):
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+        node = self.inodes.get(inode)
+        # (Not "user." names: reading them needs read permission, the MDT's to check.)
+        cacheable = node is not None and not name.startswith(b"user.")
+        if cacheable:
+            assert node is not None
+            value = xattr_cache.known(node.xattrs, node.md, name)
+            if value is not xattr_cache.UNKNOWN:
+                self.counters["xattr_cache_hits"] += 1
+                if value is None:
+                    raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+                assert isinstance(value, bytes)
+                if name.startswith(b"security."):  # (values: only what anyone may read)
+                    return value
+        lock = self.md.update_lock(node) if cacheable and node is not None else None
         try:
-            return await self.mdc.getxattr(self.cred(ctx), inode, name)
+            got = await self.mdc.getxattr(self.cred(ctx), inode, name)
         except RpcError as e:
             if e.errno == errno.ENODATA:
+                if lock is not None and node is not None:
+                    node.xattrs = xattr_cache.learned(node.xattrs, lock, name, None)
                 raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
             raise
+        if lock is not None and node is not None:
+            node.xattrs = xattr_cache.learned(node.xattrs, lock, name, got)
+        return got
 
     async def setxattr(self, inode: int, name: bytes, value: bytes,
                        ctx: pyfuse3.RequestContext) -> None:

@@ -29,6 +29,7 @@ import trio
 from ..protocol.errors import ConnectionLost
 from .client import ClientNode
 from .data_locks import OST_LRU_SIZE, DataLocks
+from .dir_listing import Listings
 from .file_io import FileIo
 from .file_open import FileOpen
 from .fuse_ops import FuseOps
@@ -46,7 +47,8 @@ from .writeback import Writeback
 COUNTERS = ("md_cache_hits", "md_rpcs", "glimpse_rpcs", "size_refreshes",
             "size_refreshes_no_mdt", "revokes", "revoke_passes", "revoke_borrowed_io",
             "kernel_invalidations", "kernel_invalidations_left_running", "revokes_forced",
-            "open_replays")
+            "open_replays", "md_negative_hits", "statahead_pages",
+            "xattr_cache_hits")
 
 
 class Mount:
@@ -95,7 +97,8 @@ class Mount:
         self.inodes = InodeTable(self.cache, md_locks.ns)
         self.writeback = Writeback(self.cache, oscs, self.inodes.layout_of,
                                    self.inodes.write_failed)
-        self.md = MdCache(md_locks, mdc, self.inodes, self.kernel, self.handles, self.counters)
+        self.md = MdCache(md_locks, mdc, self.inodes, self.kernel, self.handles, Listings(),
+                          self.counters)
         self.data = DataLocks(ost_locks, self.inodes, self.md, self.cache, self.writeback,
                               self.kernel, self.counters)
         self.io = FileIo(self.inodes, self.cache, self.writeback, self.data, self.md, mdc,

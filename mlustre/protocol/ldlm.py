@@ -77,9 +77,11 @@ class IBits(IntFlag):
     LAYOUT = 0x8
     PERM = 0x10
     XATTR = 0x20
+    SOM = 0x40  # mlustre's own: the size on the MDT is the file's (size_on_mdt.py)
 
 
-IBITS_FULL = IBits.LOOKUP | IBits.UPDATE | IBits.OPEN | IBits.LAYOUT | IBits.PERM | IBits.XATTR
+IBITS_FULL = (IBits.LOOKUP | IBits.UPDATE | IBits.OPEN | IBits.LAYOUT | IBits.PERM | IBits.XATTR
+              | IBits.SOM)
 
 OBJECT_EOF = (1 << 64) - 1  # an extent "to the end of the object"
 

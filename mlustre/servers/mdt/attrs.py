@@ -18,6 +18,7 @@ from .errors import fail
 from .inodes import Inodes
 from .permissions import Cred, in_group, kill_suid, only_kills_setid, perm_ok
 from .schema import ATIME, CTIME, GID, MODE, MTIME, S_IFMT, SIZE, UID, WRITTEN, attr_of
+from .size_on_mdt import SizeAuthority
 
 KNOWN_ATTRS = frozenset(
     {"mode", "uid", "gid", "size", "atime_ns", "mtime_ns", "atime_now", "mtime_now"}
@@ -27,9 +28,10 @@ KNOWN_ATTRS = frozenset(
 class Attributes:
     """Attribute reads and updates of inode rows."""
 
-    def __init__(self, db: MdtDb, inodes: Inodes) -> None:
+    def __init__(self, db: MdtDb, inodes: Inodes, size: SizeAuthority) -> None:
         self._conn = db.conn
         self._inodes = inodes
+        self._size = size
 
     def getattr(self, ino: int) -> dict:
         """Attributes of an inode (ENOENT if it is gone)."""
@@ -93,6 +95,7 @@ class Attributes:
             r[MTIME] = now
             if size > 0:
                 r[WRITTEN] = 1
+            self._size.truncated(ino)
             if not root and "mode" not in a:
                 mode = kill_suid(mode)
         for key, idx in (("atime", ATIME), ("mtime", MTIME)):

@@ -18,15 +18,22 @@ from .errors import fail
 from .inodes import Inodes
 from .permissions import Cred, kill_suid, perm_ok
 from .schema import COLS, CTIME, INO, MODE, MTIME, NLINK, SIZE, Row, attr_of
+from .size_on_mdt import SizeAuthority
+
+
+def writes(flags: int | None) -> bool:
+    """Does an open with these flags write (or truncate) the file?"""
+    return flags is not None and (flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & os.O_TRUNC))
 
 
 class OpenHandles:
     """Handle -> inode, and how many handles each inode has open.  Changes are staged
     with the running operation (db.on_success): a failed operation opens nothing."""
 
-    def __init__(self, db: MdtDb, inodes: Inodes) -> None:
+    def __init__(self, db: MdtDb, inodes: Inodes, size: SizeAuthority) -> None:
         self._db = db
         self._inodes = inodes
+        self._size = size
         self._next_handle = db.boots << 32
         self._handles: dict[int, int] = {}
         self._opens: dict[int, int] = {}
@@ -42,10 +49,13 @@ class OpenHandles:
         """How many handles are open on ino."""
         return self._opens.get(ino, 0)
 
-    def new(self, ino: int) -> int:
-        """Allocate a handle now; register it only if the operation succeeds."""
+    def new(self, ino: int, flags: int | None = None) -> int:
+        """Allocate a handle now; register it only if the operation succeeds. flags:
+        the open's (a writer's handle makes the size on the MDT unsure, size_on_mdt.py)."""
         self._next_handle += 1
         handle = self._next_handle
+        if writes(flags):
+            self._size.writer_opened(ino, handle)
 
         def register() -> None:
             self._handles[handle] = ino
@@ -60,7 +70,7 @@ class OpenHandles:
         no truncation.  Returns {"handle", "attr", "truncated"}."""
         r = list(self._inodes.row(ino))
         if reopen:
-            return {"handle": self.new(ino), "attr": attr_of(r), "truncated": False}
+            return {"handle": self.new(ino, flags), "attr": attr_of(r), "truncated": False}
         acc = flags & os.O_ACCMODE
         mask = {os.O_RDONLY: os.R_OK, os.O_WRONLY: os.W_OK}.get(acc, os.R_OK | os.W_OK)
         if flags & os.O_TRUNC:
@@ -79,14 +89,17 @@ class OpenHandles:
                 "UPDATE inodes SET size = 0, mtime_ns = ?, ctime_ns = ?, mode = ? WHERE ino = ?",
                 (now, now, r[MODE], ino),
             )
+            self._size.truncated(ino)
             truncated = True
-        return {"handle": self.new(ino), "attr": attr_of(r), "truncated": truncated}
+        return {"handle": self.new(ino, flags), "attr": attr_of(r), "truncated": truncated}
 
-    def close(self, handle: int) -> dict:
-        """Drop an open; the last close of an unlinked inode destroys it.  Returns {}."""
+    def close(self, handle: int, clean: bool = True) -> dict:
+        """Drop an open; the last close of an unlinked inode destroys it.  Returns {}.
+        clean: a writer's close after it reported its size (not a client that left)."""
         ino = self._handles.get(handle)
         if ino is None:
             raise fail(errno.EBADF, f"unknown handle {handle}")
+        self._size.closing(handle, clean)
         if self._opens.get(ino, 0) <= 1:
             r = self._db.conn.execute(
                 f"SELECT {COLS} FROM inodes WHERE ino = ?", (ino,)).fetchone()

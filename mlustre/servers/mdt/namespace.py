@@ -229,7 +229,7 @@ class Namespace:
         handle = None
         if open_flags is not None:
             # The creator may open what it just made whatever the mode (Linux skips the check).
-            handle = self._handles.new(r[INO])
+            handle = self._handles.new(r[INO], open_flags)
         return {"attr": attr_of(r), "handle": handle, "created": True}
 
     def mkdir(self, cred: Cred, parent: int, name: bytes, mode: int, now: int,

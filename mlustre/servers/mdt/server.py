@@ -13,7 +13,6 @@ import errno
 import json
 import logging
 import os
-import stat
 import time
 from typing import Any
 
@@ -23,7 +22,7 @@ from ...params import ParamError, ParamTree
 from ...protocol import constants as C
 from ...protocol import dialect
 from ...protocol.errors import ConnectionLost, ErrnoError
-from ...protocol.ldlm import IBITS_FULL, NAME_BITS, IBits, LockType, ResId, inode_res
+from ...protocol.ldlm import NAME_BITS, IBits, LockType, ResId, inode_res
 from ...protocol.message import Message
 from ...protocol.nid import Nid
 from ..layout_xattr import LOV_XATTR, format_layout, parse_layout
@@ -47,6 +46,7 @@ from .fields import (
     _int,
     _name,
 )
+from .intents import IntentLocks
 from .osp import DESTROY_BATCH, Osp, _orphan_requests  # noqa: F401  (tests import it here)
 from .store import MdtError, MdtStore, ReplayedUpdate
 
@@ -89,6 +89,11 @@ class MdtServer(TargetServer):
         # After a start, clients re-open their open files (open replay) until this time;
         # unlinked inodes are destroyed only then, so that open-unlinked files survive.
         self.reopen_until = 0.0
+        self.size_known_after = float("inf")  # (set when the target starts)
+        self.intents = IntentLocks(
+            self.ldlm, lambda: self.store,
+            lambda uuid: self.open_handles.get(uuid, frozenset()),
+            lambda: not self.recovering and trio.current_time() >= self.size_known_after)
         self.handlers = {
             C.MDS_GET_ROOT: self.get_root, C.MDS_GETATTR: self.getattr,
             C.MDS_GETATTR_NAME: self.lookup, C.MDS_READLINK: self.readlink,
@@ -266,6 +271,9 @@ class MdtServer(TargetServer):
         self._nursery = nursery
         assert self.recovery is not None
         self.reopen_until = trio.current_time() + self.recovery.window
+        # Sizes on the MDT wait for the open replays of the clients of the last run (their
+        # write handles are unknown until then); with no such client, none can come.
+        self.size_known_after = self.reopen_until if self.recovery.core is not None else 0.0
         self.recovery.start(nursery, self.reopen_until)
         nursery.start_soon(self._orphans_after_reopen)
         if self.mgs:
@@ -301,7 +309,9 @@ class MdtServer(TargetServer):
         # was closed before the crash (the close is not replayed).
         for (uuid, _), handles in sorted(self._replayed_opens.items()):
             for handle in handles:
-                self._close_quietly(uuid, handle)
+                # (A writer's size after it is unknown: the client closed it before the
+                # crash, with a report the crash may have lost.)
+                self._close_quietly(uuid, handle, clean=False)
                 self.count("replayed_opens_closed")
         self._replayed_opens.clear()
         orphans = self.store.cleanup_orphans()
@@ -327,30 +337,13 @@ class MdtServer(TargetServer):
         return {"attr": self._store().getattr(1)}
 
     async def getattr(self, export: Export, req: Message) -> dict[str, Any]:
-        return self._with_intent(export, req.body,
+        return self.intents.with_intent(export, req.body,
                                  {"attr": self._store().getattr(_ino(req.body))})
 
     async def lookup(self, export: Export, req: Message) -> dict[str, Any]:
         b = req.body
         attr = self._store().lookup(_cred(b), _ino(b, "parent"), _name(b))
-        return self._with_intent(export, b, {"attr": attr})
-
-    def _with_intent(self, export: Export, b: dict[str, Any], body: dict[str, Any]) -> Any:
-        """Grant the lock a request asked for ("lock": {"handle", "bits"}) on the inode
-        its reply describes, when that needs no waiting: the client may then cache
-        what the reply says until the lock is called back."""
-        want = b.get("lock")
-        attr = body.get("attr")
-        if type(want) is dict and type(attr) is dict:
-            bits = want.get("bits")
-            if stat.S_ISDIR(attr["mode"]) and "dir_bits" in want:
-                bits = want["dir_bits"]  # a directory's name and its contents lock apart
-            if type(bits) is int and 0 < bits <= int(IBITS_FULL) and not bits & ~int(IBITS_FULL):
-                handle = self.ldlm.intent_lock(export, want.get("handle"),
-                                               inode_res(attr["ino"]), bits)
-                if handle is not None:
-                    body["lock"] = handle
-        return body
+        return self.intents.with_intent(export, b, {"attr": attr})
 
     async def readlink(self, export: Export, req: Message) -> dict[str, Any]:
         return {"target": self._store().readlink(_ino(req.body))}
@@ -358,9 +351,14 @@ class MdtServer(TargetServer):
     async def readdir(self, export: Export, req: Message) -> dict[str, Any]:
         b = req.body
         count = min(max(_int(b, "count", 256), 1), READDIR_MAX)
-        entries = self._store().readdir(_cred(b), _ino(b), _int(b, "cookie", 0),
-                                        count)
-        return {"entries": [[n, a, c] for n, a, c in entries], "end": len(entries) < count}
+        ino = _ino(b)
+        entries = self._store().readdir(_cred(b), ino, _int(b, "cookie", 0), count)
+        body: dict[str, Any] = {"entries": [[n, a, c] for n, a, c in entries],
+                                "end": len(entries) < count}
+        locks = b.get("locks")
+        if type(locks) is dict:
+            self.intents.readdir_locks(export, ino, body, locks)
+        return body
 
     async def getxattr(self, export: Export, req: Message) -> dict[str, Any]:
         b = req.body
@@ -408,7 +406,8 @@ class MdtServer(TargetServer):
                 self.count("close_foreign")
                 self.violation(export.uuid, "foreign_handle", f"handle {handle}")
             raise ServiceError(errno.EBADF, f"no open handle {handle} of this client")
-        result = store.close(handle, replayed=self._replayed_update(req))
+        unsure = body_field(req.body, "size_unsure", bool, default=False)
+        result = store.close(handle, clean=not unsure, replayed=self._replayed_update(req))
         self._forget_handle(export.uuid, handle)
         return result
 
@@ -420,7 +419,7 @@ class MdtServer(TargetServer):
             return
         for handle in sorted(handles):
             try:
-                self.store.close(handle)
+                self.store.close(handle, clean=False)  # a writer's last size is unknown
             except MdtError:
                 continue
             self.count("closed_on_leave")
@@ -441,17 +440,18 @@ class MdtServer(TargetServer):
                     or not all(type(h) is int for h in cancels)):
                 raise ServiceError(errno.EINVAL, "cancels must be a list of lock handles")
             self.ldlm.cancel_handles(export, cancels)
-        wanted = self._update_locks(opc, b)
+        wanted = self._update_locks(opc, b) + self.intents.size_callbacks(export, opc, b)
         if wanted and self.ldlm.local_would_block(wanted):
             assert self._nursery is not None
             self.count("reint_waits")
             self._nursery.start_soon(self._reint_after_locks, export, req, op, wanted)
             return DEFERRED
-        return await self._locked_reint(export, b, op, wanted, self._replayed_update(req))
+        return await self._locked_reint(export, b, op, wanted, self._replayed_update(req),
+                                        inline=True)
 
     async def _locked_reint(self, export: Export, b: dict[str, Any], op: Any,
                             wanted: list[tuple[ResId, int]],
-                            replayed: ReplayedUpdate | None) -> Any:
+                            replayed: ReplayedUpdate | None, inline: bool = False) -> Any:
         locks = await self.ldlm.lock_local(wanted)
         try:
             if self.exports.get(export.uuid) is not export:
@@ -459,28 +459,17 @@ class MdtServer(TargetServer):
             transno, body = op(export, b, replayed)
         finally:
             self.ldlm.unlock_local(locks)
-        return transno, self._with_parent_intent(export, b, self._with_intent(export, b, body))
-
-    def _with_parent_intent(self, export: Export, b: dict[str, Any],
-                            body: dict[str, Any]) -> dict[str, Any]:
-        """An update in a directory may ask ("parent_lock": {"handle", "bits"}) for a
-        lock on that directory again, with its new attributes: the update called back
-        the client's own lock on it, and the kernel asks for them right after."""
-        want, parent = b.get("parent_lock"), b.get("parent")
-        if type(want) is not dict or type(parent) is not int or self.store is None:
-            return body
-        bits = want.get("bits")
-        if type(bits) is not int or not 0 < bits <= int(IBITS_FULL) or bits & ~int(IBITS_FULL):
-            return body
-        try:
-            attr = self.store.getattr(parent)
-        except MdtError:
-            return body
-        handle = self.ldlm.intent_lock(export, want.get("handle"), inode_res(parent), bits)
-        if handle is not None:
-            body["parent_lock"] = handle
-            body["parent_attr"] = attr
-        return body
+        body = self.intents.with_intent(export, b, body)
+        body = self.intents.with_parent_intent(export, b, body)
+        if inline:
+            # From its early cancels to these grants nothing else ran (no lock waited
+            # for, nothing awaited): what the client cached under the locks it cancelled
+            # and this update did not change is still true under the new ones.
+            if "lock" in body:
+                body["lock_continues"] = True
+            if "parent_lock" in body:
+                body["parent_lock_continues"] = True
+        return transno, body
 
     async def _reint_after_locks(self, export: Export, req: Message, op: Any,
                                  wanted: list[tuple[ResId, int]]) -> None:
@@ -691,9 +680,9 @@ class MdtServer(TargetServer):
         self._close_quietly(export.uuid, handle)
         self.count("replayed_opens_handed_over")
 
-    def _close_quietly(self, uuid: str, handle: int) -> None:
+    def _close_quietly(self, uuid: str, handle: int, clean: bool = True) -> None:
         try:
-            self._store().close(handle)
+            self._store().close(handle, clean=clean)
         except MdtError:
             return
         self._forget_handle(uuid, handle)

@@ -31,6 +31,7 @@ from .rename import RENAME_EXCHANGE, RENAME_NOREPLACE, Renames
 from .replayed import ReplayedUpdate
 from .saved_replies import SavedReplies
 from .schema import NAME_MAX, ROOT_INO, SCHEMA_VERSION
+from .size_on_mdt import SizeAuthority
 from .xattrs import XATTR_CREATE, XATTR_NAME_MAX, XATTR_REPLACE, XATTR_SIZE_MAX, Xattrs
 
 __all__ = [
@@ -69,13 +70,14 @@ class MdtStore:
         db.finish_startup()
         self._destroy_log = DestroyLog(db)
         self._inodes = Inodes(db, self._destroy_log)
-        self._handles = OpenHandles(db, self._inodes)
+        self._size = SizeAuthority(db)
+        self._handles = OpenHandles(db, self._inodes, self._size)
         self._layouts = Layouts(db, self._inodes, self._object_ids, self._destroy_log,
                                 default_stripe_count=default_stripe_count,
                                 default_stripe_size=default_stripe_size)
         self._namespace = Namespace(db, self._inodes, self._handles, self._layouts)
         self._renames = Renames(db, self._inodes, self._handles, self._namespace)
-        self._attrs = Attributes(db, self._inodes)
+        self._attrs = Attributes(db, self._inodes, self._size)
         self._xattrs = Xattrs(db, self._inodes)
         self._replies = SavedReplies(db)
 
@@ -157,19 +159,24 @@ class MdtStore:
     def close(self) -> None: ...
 
     @overload
-    def close(self, handle: int, *,
+    def close(self, handle: int, *, clean: bool = True,
               replayed: ReplayedUpdate | None = None) -> tuple[int, dict]: ...
 
-    def close(self, handle: int | None = None, *,
+    def close(self, handle: int | None = None, *, clean: bool = True,
               replayed: ReplayedUpdate | None = None) -> tuple[int, dict] | None:
-        """close(): commit and close the store.  close(handle): drop an open (an update).
+        """close(): commit and close the store.  close(handle): drop an open (an update);
+        clean=False: its writer did not report its size (size_on_mdt.py).
 
         The spec names both operations "close"; the argument tells them apart.
         """
         if handle is None:
             self._db.close()
             return None
-        return self._db.run(self._handles.close, handle, replayed=replayed)
+        return self._db.run(self._handles.close, handle, clean, replayed=replayed)
+
+    def size_grantable(self, ino: int, mine: set[int] | frozenset[int]) -> bool:
+        """May a client whose open handles are `mine` take ino's size from the MDT?"""
+        return self._size.grantable(ino, mine)
 
     def created_under_18(self, ino: int) -> bool:
         """Was inode `ino` created by a 1.8 server (so that its FID is IGIF)?"""
@@ -212,6 +219,10 @@ class MdtStore:
 
     def listxattr(self, cred: Cred, ino: int) -> list[bytes]:
         return self._xattrs.names(cred, ino)
+
+    def with_xattrs(self, inos: list[int]) -> set[int]:
+        """Which of `inos` have any extended attribute."""
+        return self._xattrs.with_any(inos)
 
     def statfs(self) -> dict:
         """Inode counts."""

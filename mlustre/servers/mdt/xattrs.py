@@ -37,6 +37,16 @@ class Xattrs:
             raise fail(errno.ENODATA)
         return bytes(v[0])
 
+    def with_any(self, inos: list[int]) -> set[int]:
+        """Which of `inos` have at least one xattr (one query for a readdir page)."""
+        found: set[int] = set()
+        for i in range(0, len(inos), 500):
+            part = inos[i:i + 500]
+            marks = ",".join("?" * len(part))
+            found.update(r[0] for r in self._conn.execute(
+                f"SELECT DISTINCT ino FROM xattrs WHERE ino IN ({marks})", part))
+        return found
+
     def names(self, cred: Cred, ino: int) -> list[bytes]:
         """Names of all xattrs of an inode (no permission needed, as in Linux)."""
         self._inodes.row(ino)

@@ -1,0 +1,102 @@
+"""The metadata fast path on real mounts: what a client may answer without a round trip,
+and that it stays right while other clients change things.
+
+* Size on the MDT: a file nobody has open for write has its size on the MDT; a client
+  holding an MDT lock with the SOM bit stats it without an OST glimpse (the file's
+  only writer too, for the file it writes). Another client's open for write takes that
+  lock back, so a stat never shows a size older than a write that completed.
+
+Mount A is the cluster's own mount, B a second client process. Counters are read with
+`mlustre lctl -m MNT get_param llite.*.stats` (that client's own).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from mnthelpers import cli
+
+TIMEOUT = 120
+
+
+def llite_counter(mnt: Path, name: str) -> int:
+    """One of the llite.*.stats counters of the client mounted at mnt."""
+    res = cli("lctl", "-m", mnt, "get_param", "llite.*.stats")
+    res.check()
+    m = re.search(rf"^{re.escape(name)}\s+(\d+) samples", res.stdout, re.MULTILINE)
+    assert m, f"no counter {name} in\n{res.stdout}"
+    return int(m.group(1))
+
+
+def glimpses(mnt: Path) -> int:
+    return llite_counter(mnt, "glimpse_rpcs")
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_stat_of_a_closed_file_needs_no_glimpse(cluster, ab, mnt_b):
+    a, b = ab
+    (a / "f").write_bytes(b"x" * 3000)
+    before = glimpses(mnt_b)
+    st = os.stat(b / "f")
+    assert st.st_size == 3000
+    assert glimpses(mnt_b) == before, "B glimpsed the OSTs for a file nobody writes"
+    # A (its writer, now closed) has it too
+    before_a = glimpses(cluster.mnt)
+    assert os.stat(a / "f").st_size == 3000
+    assert glimpses(cluster.mnt) == before_a
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_the_only_writer_needs_no_glimpse_for_its_new_file(cluster, ab):
+    a, _ = ab
+    before = glimpses(cluster.mnt)
+    fd = os.open(a / "new", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        assert os.fstat(fd).st_size == 0
+        os.write(fd, b"y" * 5000)
+        assert os.stat(a / "new").st_size == 5000
+    finally:
+        os.close(fd)
+    assert os.stat(a / "new").st_size == 5000
+    assert glimpses(cluster.mnt) == before
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_a_writer_on_another_client_takes_the_size_back(cluster, ab, mnt_b):
+    """B has the size from the MDT; A opens the file for write and writes without
+    closing: B's next stat shows each of A's writes (B must ask: a glimpse), and after
+    A's close B has the size from the MDT again."""
+    a, b = ab
+    (a / "g").write_bytes(b"z" * 100)
+    assert os.stat(b / "g").st_size == 100
+    fd = os.open(a / "g", os.O_WRONLY | os.O_APPEND)
+    try:
+        size = 100
+        for n in (1, 4096, 70_000):
+            assert os.write(fd, b"w" * n) == n
+            size += n
+            assert os.stat(b / "g").st_size == size, "B's stat while A writes"
+    finally:
+        os.close(fd)
+    assert os.stat(b / "g").st_size == size, "B's stat after A's close"
+    before = glimpses(mnt_b)
+    assert os.stat(b / "g").st_size == size
+    assert glimpses(mnt_b) == before, "the size is back on the MDT after A's close"
+    with open(b / "g", "rb") as f:
+        assert len(f.read()) == size
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_truncate_and_o_trunc_on_another_client_are_seen(ab):
+    a, b = ab
+    (a / "t").write_bytes(b"q" * 10_000)
+    assert os.stat(b / "t").st_size == 10_000
+    os.truncate(a / "t", 123)
+    assert os.stat(b / "t").st_size == 123
+    with open(a / "t", "wb") as f:  # O_TRUNC, then a write
+        f.write(b"r" * 7)
+    assert os.stat(b / "t").st_size == 7
+    assert (b / "t").read_bytes() == b"r" * 7
