@@ -164,8 +164,9 @@ class FrameMac:
         nonce = _NONCE.pack(self.recv_seq)
         self.recv_seq += 1
         if not self.privacy:
-            if not bulk:
-                return self._recv.encrypt(nonce, b"", bytes(prefix) + bytes(header or b""))
+            if not bulk or len(bulk) < _CHUNK:  # (one call: cheaper than a streaming context)
+                return self._recv.encrypt(nonce, b"", b"".join((prefix, header or b"",
+                                                                 bulk or b"")))
             enc = Cipher(algorithms.AES(self._recv_key), modes.GCM(nonce)).encryptor()
             for part in (prefix, header, bulk):
                 if part:
