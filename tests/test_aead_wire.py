@@ -49,7 +49,8 @@ def test_privacy_both_releases(tmp_path: Path, release: str) -> None:
 
 @pytest.mark.parametrize("server_key,client_key,says", [
     (PRIVATE, INTEGRITY, "server uses privacy mode and this side integrity mode"),
-    (INTEGRITY, PRIVATE, "server uses integrity mode and this side privacy mode")])
+    (INTEGRITY, PRIVATE, "server uses integrity mode and this side privacy mode")],
+    ids=["privacy-server", "integrity-server"])  # (random keys: ids the same in every worker)
 def test_mode_mismatch_refused(tmp_path: Path, server_key: bytes, client_key: bytes,
                                says: str) -> None:
     server = ost_server(tmp_path, key=server_key)
