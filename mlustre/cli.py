@@ -143,28 +143,37 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     from .protocol.keyfile import KeyFileError, create_key_file
 
     try:
-        create_key_file(args.file, force=args.force)
+        create_key_file(args.file, force=args.force, privacy=args.privacy)
     except KeyFileError as e:
         raise CliError(str(e)) from None
-    print(f"created key file {args.file} (mode 0600): give it to every server (--key) and "
-          f"client (mount --key) of the filesystem")
+    mode = "privacy: frames encrypted" if args.privacy else "integrity: frames authenticated"
+    print(f"created key file {args.file} (mode 0600, {mode}): give it to every server "
+          f"(--key) and client (mount --key) of the filesystem")
     return 0
 
 
-def _cluster_key(data: Path, no_auth: bool) -> Path | None:
-    """The key file of a local cluster: DATA/auth.key, created on first use (None with
-    --no-auth)."""
+def _cluster_key(data: Path, no_auth: bool, privacy: bool = False) -> Path | None:
+    """The key file of a local cluster: DATA/auth.key, created on first use, in privacy
+    mode with --privacy (None with --no-auth). An existing key file keeps its mode:
+    --privacy on an integrity cluster is refused, not silently ignored."""
     if no_auth:
+        if privacy:
+            raise CliError("--privacy needs authentication (it encrypts with the key): "
+                           "drop --no-auth")
         return None
     path = data / "auth.key"
     if not path.exists():
         from .protocol.keyfile import KeyFileError, create_key_file
 
         try:
-            create_key_file(path)
+            create_key_file(path, privacy=privacy)
         except KeyFileError as e:
             raise CliError(str(e)) from None
-    _load_key(str(path))  # a damaged or widened key file: say so before starting anything
+    key = _load_key(str(path))  # a damaged or widened key file: say so before starting
+    if privacy and not getattr(key, "privacy", False):
+        raise CliError(f"{path} is an integrity-mode key (frames not encrypted); to "
+                       f"encrypt this cluster's frames replace it: `mlustre keygen --privacy "
+                       f"--force {path}` (every client then needs the new key file)")
     return path
 
 
@@ -200,7 +209,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if not 0 <= args.recovery_window <= 3600:
         raise CliError("--recovery-window must be between 0 and 3600 seconds")
     _check_squash(args)
-    key_file = _cluster_key(data, args.no_auth)
+    key_file = _cluster_key(data, args.no_auth, args.privacy)
     keyed = ["--key", str(key_file)] if key_file else []
     squash = [*(["--root-squash", args.root_squash] if args.root_squash else []),
               *(["--nosquash-nids", args.nosquash_nids] if args.nosquash_nids else [])]
@@ -261,8 +270,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"{s['name']:<16} {s['kind']:<4} nid={s['nid']:<22} pid={s['pid']}")
     print(f"client           pid={client_pid} mounted on {mnt}")
     print(f"spec: {spec}")
-    print(f"key: {key_file}" if key_file else "key: none (--no-auth: connections are not "
-          "authenticated)")
+    if key_file:
+        mode = "privacy" if getattr(_load_key(str(key_file)), "privacy", False) else "integrity"
+        print(f"key: {key_file} ({mode} mode)")
+    else:
+        print("key: none (--no-auth: connections are not authenticated)")
     return 0
 
 
@@ -600,6 +612,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--no-auth", action="store_true",
                     help="no shared key: connections are not authenticated (by default the "
                          "cluster's key is DATA/auth.key, created on the first `up`)")
+    up.add_argument("--privacy", action="store_true",
+                    help="encrypt every frame (header and data) with AES-GCM, not only "
+                         "authenticate it: written into DATA/auth.key when `up` creates it")
     squash_opts(up)
     stripe_opts(up)
     client_opts(up)
@@ -700,6 +715,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "authenticated connections")
     kg.add_argument("file")
     kg.add_argument("--force", action="store_true", help="replace an existing key file")
+    kg.add_argument("--privacy", action="store_true",
+                    help="the filesystem's frames are encrypted (header and data, AES-GCM), "
+                         "not only authenticated: the mode is part of the key file")
     kg.set_defaults(fn=cmd_keygen)
 
     # Listed for --help only: main() hands `lfs ...` to mlustre.tools.lfs, which parses it.

@@ -109,3 +109,31 @@ def test_no_auth_cluster(base_tmp, spare):
         problems = c.teardown()
         remove_tree_if_unmounted(c.data.parent)
     assert not problems, problems
+
+
+@pytest.mark.timeout(180)
+def test_privacy_cluster(base_tmp, spare):
+    """`up --privacy`: frames encrypted; the key file says so, the client and the tools
+    work, and a client whose key file has the same secret in integrity mode is refused
+    with a clear line (no silent downgrade)."""
+    c = Cluster.create(base_tmp, ["--osts", "1", "--privacy", "--fsname", "private"])
+    try:
+        res = c.up()
+        key = c.data / "auth.key"
+        assert f"key: {key} (privacy mode)" in res.stdout
+        assert key.read_text().split()[2] == "privacy"
+        data = bytes(range(256)) * 8192  # 2 MiB: bulk frames as well as small ones
+        (c.mnt / "f").write_bytes(data)
+        assert (c.mnt / "f").read_bytes() == data
+        res = cli("lctl", "-m", c.mnt, "get_param", "mdt.*.stats")
+        assert res.rc == 0 and "auth_ok" in res.stdout, res.describe()
+        other = spare / "integrity.key"
+        other.write_text(" ".join(key.read_text().split()[:2]) + "\n")
+        other.chmod(0o600)
+        spec = SPEC_RE.search(c.up_result.stdout).group(1)
+        res = cli("mount", "--key", other, spec, spare / "mnt", timeout=60)
+        assert_refused(res, "server uses privacy mode and this side integrity mode")
+    finally:
+        problems = c.teardown()
+        remove_tree_if_unmounted(c.data.parent)
+    assert not problems, problems

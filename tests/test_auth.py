@@ -55,7 +55,7 @@ def test_wrong_key_refused_by_server() -> None:
 def test_impostor_server_detected() -> None:
     """A server that accepts without knowing the key cannot forge its proof."""
     c = ClientHandshake(KEY)
-    c.on_challenge(auth.MAGIC + os.urandom(auth.NONCE_BYTES))
+    c.on_challenge(auth.MAGIC + bytes([auth.MODE_INTEGRITY]) + os.urandom(auth.NONCE_BYTES))
     with pytest.raises(AuthError, match="did not prove"):
         c.on_result(auth.RESULT_OK, os.urandom(auth.PROOF_BYTES))
 

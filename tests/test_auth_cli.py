@@ -90,3 +90,32 @@ def test_server_with_another_key_does_not_start(tmp_path: Path) -> None:
     finally:
         mgs.terminate()
         mgs.wait(timeout=30)
+
+
+def test_keygen_privacy(tmp_path: Path) -> None:
+    key = tmp_path / "fs.key"
+    r = run("keygen", "--privacy", str(key))
+    assert r.returncode == 0 and "privacy" in r.stdout, r
+    assert key.read_text().split()[2] == "privacy"
+    assert run("keygen", str(tmp_path / "i.key")).returncode == 0
+    assert (tmp_path / "i.key").read_text().split()[2] == "integrity"
+
+
+def test_cluster_key_mode(tmp_path: Path) -> None:
+    """`up --privacy` writes the mode into a new DATA/auth.key; on a cluster whose key
+    is integrity it refuses (never a silent integrity cluster); `--no-auth` cannot
+    be private."""
+    from mlustre.cli import CliError, _cluster_key
+    from mlustre.protocol.keyfile import load_key
+
+    (tmp_path / "p").mkdir()
+    path = _cluster_key(tmp_path / "p", False, True)
+    assert path is not None and load_key(path).privacy
+    assert _cluster_key(tmp_path / "p", False) == path  # the file decides from then on
+    (tmp_path / "i").mkdir()
+    integrity = _cluster_key(tmp_path / "i", False)
+    assert integrity is not None and not load_key(integrity).privacy
+    with pytest.raises(CliError, match="integrity-mode key.*keygen --privacy --force"):
+        _cluster_key(tmp_path / "i", False, True)
+    with pytest.raises(CliError, match="drop --no-auth"):
+        _cluster_key(tmp_path / "n", True, True)

@@ -45,10 +45,14 @@ async def ost_session(nursery: trio.Nursery, nid: Nid, key: bytes | None = KEY,
                               timeout=5, key=key, **kw)
 
 
-async def still_serves(nursery: trio.Nursery, nid: Nid, release: str = "2.0") -> None:
-    """A client with the key connects, writes, reads back (small and large bulks)."""
-    s = await ost_session(nursery, nid, release=release)
-    for size in (100, 3 << 20):
+async def still_serves(nursery: trio.Nursery, nid: Nid, release: str = "2.0",
+                       key: bytes = KEY) -> None:
+    """A client with the key connects, writes, reads back (small, middle and large
+    bulks: in the header's frame, apart, and apart in a worker thread)."""
+    s = await ost_session(nursery, nid, release=release, key=key)
+    assert s.endpoint.mac is not None
+    assert s.endpoint.mac.privacy == getattr(key, "privacy", False)
+    for size in (100, 70_000, 3 << 20):
         payload = os.urandom(size)
         w = await s.endpoint.call(C.OST_WRITE, {"oid": 7, "offset": 0}, bulk=payload,
                                   timeout=5)
@@ -248,9 +252,11 @@ def _socketpair() -> tuple[trio.SocketStream, trio.SocketStream]:
     return trio.SocketStream(s1), trio.SocketStream(s2)
 
 
-def test_bidirectional_concurrent_calls_keep_sequence() -> None:
+@pytest.mark.parametrize("privacy", [False, True])
+def test_bidirectional_concurrent_calls_keep_sequence(privacy: bool) -> None:
     """Many concurrent calls both ways, small and large bulks (fast path, partial sends
-    under the send lock): every tag verifies, so sequence numbers follow wire order."""
+    under the send lock): every tag verifies, so sequence numbers follow wire order;
+    in privacy mode every frame also decrypts to what was sent."""
     from mlustre.protocol.auth import FrameMac
 
     async def echo(ep: Endpoint, msg: Message) -> Message:
@@ -259,14 +265,14 @@ def test_bidirectional_concurrent_calls_keep_sequence() -> None:
     async def main() -> None:
         sa, sb = _socketpair()
         k1, k2 = os.urandom(32), os.urandom(32)
-        a = Endpoint(sa, name="a", handler=echo, mac=FrameMac(k1, k2))
-        b = Endpoint(sb, name="b", handler=echo, mac=FrameMac(k2, k1))
+        a = Endpoint(sa, name="a", handler=echo, mac=FrameMac(k1, k2, privacy=privacy))
+        b = Endpoint(sb, name="b", handler=echo, mac=FrameMac(k2, k1, privacy=privacy))
         async with trio.open_nursery() as nursery:
             await nursery.start(a.serve)
             await nursery.start(b.serve)
 
             async def one(ep: Endpoint, i: int) -> None:
-                payload = os.urandom([10, 70_000, 2 << 20][i % 3])
+                payload = os.urandom([10, 70_000, 300_000, 2 << 20][i % 4])
                 r = await ep.call(C.OBD_PING, {"i": i}, bulk=payload, timeout=10)
                 assert r.body == {"i": i} and r.bulk == payload
 

@@ -1,9 +1,14 @@
 """keyfile.py - a filesystem's shared key on disk.
 
-One line, `mlustre-key-v1 <64 hex digits>`, in a file of mode 0600: only its
-owner may read it, as ssh insists for private keys. A key file that others can
-read is refused rather than used, since anyone who reads it can join the
+One line, `mlustre-key-v1 <64 hex digits> [integrity|privacy]`, in a file of mode
+0600: only its owner may read it, as ssh insists for private keys. A key file that
+others can read is refused rather than used, since anyone who reads it can join the
 filesystem as a server or a client.
+
+The last word is the filesystem's framing mode (aead.py): whether its frames are
+only authenticated or also encrypted. It lives in the key file because every server
+and client of the filesystem already has that file, so they all agree without a
+setting of their own; a file without it (made before modes existed) is integrity.
 """
 
 from __future__ import annotations
@@ -13,24 +18,30 @@ import secrets
 import stat
 from pathlib import Path
 
-from .auth import KEY_BYTES
+from .auth import KEY_BYTES, FsKey
 
 HEADER = "mlustre-key-v1"
+MODES = {"integrity": False, "privacy": True}
 
 
 class KeyFileError(Exception):
     """A key file that cannot be used; the message says why, in one line."""
 
 
-def format_key(key: bytes) -> str:
-    return f"{HEADER} {key.hex()}\n"
+def format_key(key: bytes, *, privacy: bool | None = None) -> str:
+    """The key file's line (the mode word only when asked, or when `key` carries one)."""
+    if privacy is None:
+        privacy = getattr(key, "privacy", None)
+    mode = "" if privacy is None else " privacy" if privacy else " integrity"
+    return f"{HEADER} {key.hex()}{mode}\n"
 
 
-def create_key_file(path: str | os.PathLike[str], *, force: bool = False) -> bytes:
-    """Write a new random key with mode 0600 (never wider, whatever the umask);
-    an existing file is replaced only with force."""
+def create_key_file(path: str | os.PathLike[str], *, force: bool = False,
+                    privacy: bool = False) -> FsKey:
+    """Write a new random key with mode 0600 (never wider, whatever the umask), and
+    the framing mode; an existing file is replaced only with force."""
     path = Path(path)
-    key = secrets.token_bytes(KEY_BYTES)
+    key = FsKey(secrets.token_bytes(KEY_BYTES), privacy)
     if path.exists() and not force:
         raise KeyFileError(f"{path} exists; not overwriting it (use --force to replace "
                            f"the key: every server and client then needs the new one)")
@@ -57,8 +68,9 @@ def create_key_file(path: str | os.PathLike[str], *, force: bool = False) -> byt
     return key
 
 
-def load_key(path: str | os.PathLike[str]) -> bytes:
-    """The key in path; KeyFileError if it is missing, readable by others or malformed."""
+def load_key(path: str | os.PathLike[str]) -> FsKey:
+    """The key in path, with its mode; KeyFileError if it is missing, readable by
+    others or malformed."""
     path = Path(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -79,8 +91,9 @@ def load_key(path: str | os.PathLike[str]) -> bytes:
     finally:
         os.close(fd)
     fields = data.decode("ascii", errors="replace").split()
-    if len(fields) != 2 or fields[0] != HEADER:
-        raise KeyFileError(f"key file {path} is malformed: expected '{HEADER} <hex key>'")
+    if len(fields) not in (2, 3) or fields[0] != HEADER or fields[2:] and fields[2] not in MODES:
+        raise KeyFileError(f"key file {path} is malformed: expected "
+                           f"'{HEADER} <hex key> [integrity|privacy]'")
     try:
         key = bytes.fromhex(fields[1])
     except ValueError:
@@ -88,4 +101,4 @@ def load_key(path: str | os.PathLike[str]) -> bytes:
     if len(key) != KEY_BYTES:
         raise KeyFileError(f"key file {path} is malformed: the key must be "
                            f"{KEY_BYTES * 2} hex digits")
-    return key
+    return FsKey(key, MODES[fields[2]] if fields[2:] else False)

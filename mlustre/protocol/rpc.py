@@ -256,6 +256,7 @@ class Endpoint:
                 absorbed = await trio.to_thread.run_sync(self.mac.absorb_send, head, bulk)
             else:
                 absorbed = self.mac.absorb_send(head, bulk)
+            head, bulk = absorbed.wire  # (privacy: the buffers finish_send encrypts into)
         try:
             if self._raw is not None:
                 await self._send_raw(head, bulk, absorbed)

@@ -2,7 +2,8 @@
 
 Runs on a fresh connection before its Endpoint exists, reading exactly the bytes
 of each handshake message, so nothing of the first RPC frame is consumed here.
-The FrameMac it returns goes to the Endpoint, which then tags every frame.
+The FrameMac it returns goes to the Endpoint, which then seals every frame
+(aead.py: authenticated, and encrypted when the filesystem's key file says privacy).
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import errno
 import trio
 
 from .auth import (
+    CHALLENGE_BYTES,
+    HELLO_BYTES,
     MAGIC,
-    NONCE_BYTES,
     PROOF_BYTES,
     RESULT_HEAD,
     ClientHandshake,
     FrameMac,
     ServerHandshake,
+    other_version,
 )
 from .codec import PREFIX, codec_for, decode_payload
 from .constants import ERR, MAX_HEADER
@@ -50,9 +53,11 @@ async def client_handshake(stream: trio.abc.Stream, key: bytes, *, peer: str,
         with trio.fail_after(timeout):
             await stream.send_all(hs.hello())
             first = await _exactly(stream, len(MAGIC))
-            if first != MAGIC:  # an insecure server's EMSGSIZE error frame
-                raise AuthError("the server does not use authentication")
-            proof = hs.on_challenge(first + await _exactly(stream, NONCE_BYTES))
+            if first != MAGIC:  # an insecure (or older) server's EMSGSIZE/EACCES error frame
+                raise AuthError(other_version(first) or
+                                "the server does not use authentication (or is an mlustre "
+                                "from before the AEAD framing)")
+            proof = hs.on_challenge(first + await _exactly(stream, CHALLENGE_BYTES - len(MAGIC)))
             await stream.send_all(proof)
             status, n = RESULT_HEAD.unpack(await _exactly(stream, RESULT_HEAD.size))
             return hs.on_result(status, await _exactly(stream, n))
@@ -91,9 +96,15 @@ async def server_handshake(stream: trio.abc.Stream, key: bytes, *, name: str, re
     with trio.fail_after(timeout):
         first = await _exactly(stream, len(MAGIC))
         if not hs.is_hello(first):
+            why = other_version(first)
+            if why is not None:  # (its client reads our MAGIC and says the version differs)
+                await stream.send_all(MAGIC)
+                raise AuthError(why)
             await _refuse_plain(stream, first, name=name, release=release)
             raise AuthError("a request came without authentication (client has no key)")
-        await stream.send_all(hs.on_hello(first + await _exactly(stream, NONCE_BYTES)))
+        await stream.send_all(hs.on_hello(first + await _exactly(stream, HELLO_BYTES - len(MAGIC))))
+        if hs.mode_error is not None:  # (the client reads our mode and says so too)
+            raise AuthError(hs.mode_error)
         result, mac = hs.on_proof(await _exactly(stream, PROOF_BYTES))
         await stream.send_all(result)
         if mac is None:
