@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from mlustre.bench.rpccount import deltas, parse_stats, report
+from mlustre.bench.rpccount import deltas, minus, parse_stats, report
 
 BEFORE = """\
 llite.fs-abcd.stats=
@@ -76,3 +76,10 @@ def test_report_per_operation():
     assert ["llite", "write_bytes.bytes", "10", "5.00"] in rows
     assert report({}, None) == "(no counter changed)"
     assert len(report(d, None).splitlines()[1].split()) == 3
+
+
+def test_the_tools_own_requests_are_subtracted():
+    d = {"mdt": {"req.MDS_CONNECT": 5, "req.MDS_REINT": 2}, "llite": {"create": 1}}
+    own = {"mdt": {"req.MDS_CONNECT": 5, "errors": 3}}
+    assert minus(d, own) == {"mdt": {"req.MDS_REINT": 2}, "llite": {"create": 1}}
+    assert minus({"mdt": {"req.MDS_CONNECT": 5}}, own) == {}

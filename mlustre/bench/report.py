@@ -116,7 +116,7 @@ def report(results: dict, args) -> str:
                      "mount B; ratios of latencies (lower is better)")
     if "shell" in args.benches:
         lines += ["", *shell_table(shell_summary(results)),
-                  "steps as ../shared/bench-peers/shellbench.sh; caches dropped before ls_lR, "
+                  "steps as shellbench.sh (bench-peers); caches dropped before ls_lR, "
                   "tar_c, git_st" + ("" if os.geteuid() == 0 else " (NOT: not root)")]
     lines.append("")
     ml = tg.get("mlustre", {}).get("phases", {})

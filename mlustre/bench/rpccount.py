@@ -10,9 +10,11 @@ mdt.*.stats and obdfilter.*.stats (requests the servers received) before and aft
 Counters of the same kind are summed over their devices (the OSCs, the OSTs); only
 those that changed are printed, and with --per N divided by N as well (the command did
 N operations: `--per 1000` for a loop of 1000 creates gives round trips per create).
-The last line is JSON. Other clients of the cluster, and the idle pings of this one
-(every few seconds), count too: use a cluster of your own and short commands; the
-lctl requests of the tool itself (req.OBD_ADMIN) are left out.
+The last line is JSON. What reading the counters costs the servers (lctl connects to
+each target: req.MDS_CONNECT, req.OST_DISCONNECT, ...) is measured between two
+readings before the command and subtracted. Other clients of the cluster, and the
+idle pings of this one (every few seconds), count too: use a cluster of your own and
+short commands, or a loop and --per.
 """
 
 from __future__ import annotations
@@ -75,6 +77,17 @@ def deltas(before: Counts, after: Counts) -> Counts:
     return out
 
 
+def minus(d: Counts, own: Counts) -> Counts:
+    """d without what the tool's own reading of the counters added (own)."""
+    out: Counts = {}
+    for kind in d:
+        left = {k: v - own.get(kind, {}).get(k, 0) for k, v in d[kind].items()}
+        left = {k: v for k, v in left.items() if v}
+        if left:
+            out[kind] = left
+    return out
+
+
 def report(d: Counts, per: int | None) -> str:
     """The deltas as a table: kind, counter, delta (and delta/N with --per N)."""
     rows = [["kind", "counter", "delta", *([f"per op (/{per})"] if per else [])]]
@@ -107,17 +120,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.per is not None and args.per < 1:
         ap.error("--per must be positive")
     mnt = os.path.abspath(args.mountpoint)
+    first = snapshot(mnt)
     before = snapshot(mnt)
+    own = deltas(first, before)  # what one reading costs, as the next one sees it
     t0 = time.perf_counter()
     proc = subprocess.run(["sh", "-c", args.command], cwd=mnt, stdin=subprocess.DEVNULL,
                           check=False)
     secs = time.perf_counter() - t0
-    d = deltas(before, snapshot(mnt))
+    d = minus(deltas(before, snapshot(mnt)), own)
     print(f"{args.command!r} on {mnt}: exit status {proc.returncode}, {secs:.3f} s")
     print(report(d, args.per))
     result: dict[str, Any] = {"command": args.command, "mountpoint": mnt,
                               "rc": proc.returncode, "seconds": round(secs, 4),
-                              "per": args.per, "deltas": d}
+                              "per": args.per, "deltas": d, "subtracted": own}
     print(json.dumps(result))
     return proc.returncode
 
