@@ -13,6 +13,7 @@ import pytest
 from mnthelpers import cli
 
 from mlustre import registry
+from mlustre.bench.rpccount import parse_stats
 
 TIMEOUT = 60
 SCOPE: list[str] = []  # ["-m", MNT] of this module's cluster (the `scoped` fixture)
@@ -185,3 +186,43 @@ def test_mount_option_scopes_to_one_filesystem(cluster, cid, tmp_path):
         x for x in lines if x.startswith("llite.") and cid in x], out
     assert_error(lctl("-m", str(tmp_path), "get_param", "mdt.*.uuid"),
                  "not an mlustre mount")
+
+
+def stat_counts(*patterns: str):
+    """Counters of this mount's client and its cluster's targets, by kind (rpc-count's
+    parser: what the lead's measurements rely on)."""
+    return parse_stats(lctl_ok("get_param", *patterns))
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_per_operation_counters_of_one_create(cluster, cid):
+    """One create+write+fsync+close counts, at least, the FUSE requests it is made of
+    (llite.*.stats) and the RPCs that must carry it (mdc/osc.*.stats), and the MDT and
+    an OST saw them (mdt/obdfilter.*.stats). Only lower bounds: how many lookups or
+    getattrs the kernel adds is its business."""
+    fs = cluster_fsname(cluster)
+    patterns = (f"llite.*-{cid}.stats", f"mdc.*-{cid}.stats", f"osc.*-{cid}.stats",
+                f"mdt.{fs}-MDT0000.stats", f"obdfilter.{fs}-OST*.stats")
+    before = stat_counts(*patterns)
+    fd = os.open(cluster.mnt / "counted-create", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    try:
+        assert os.write(fd, b"12345") == 5
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    after = stat_counts(*patterns)
+
+    def delta(kind: str, name: str) -> int:
+        return after.get(kind, {}).get(name, 0) - before.get(kind, {}).get(name, 0)
+
+    assert delta("llite", "create") == 1, (before, after)
+    assert delta("llite", "write_bytes") >= 1 and delta("llite", "write_bytes.bytes") == 5
+    assert delta("llite", "close") >= 1 and delta("llite", "flush") >= 1
+    assert delta("llite", "fsync") == 1
+    assert delta("mdc", "req.MDS_REINT") >= 1
+    assert delta("osc", "req.OST_WRITE") >= 1
+    assert delta("mdt", "req.MDS_REINT") >= 1
+    assert delta("obdfilter", "req.OST_WRITE") >= 1
+    os.unlink(cluster.mnt / "counted-create")
+    # The client's counters are per request type; the older ones are still there.
+    assert "md_rpcs" in after["llite"] and "md_cache_hits" in after["llite"]

@@ -18,8 +18,10 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # A word ending in a source or doc suffix, or a scripts/ entry.
 NAME = re.compile(r"(?<![\w./-])((?:[\w.-]+/)*[\w-]+\.(?:py|md|toml|sh)|scripts/[\w-]+)(?![\w/-])")
 # Names of files the docs speak of that live outside the repository (on a cluster's
-# data directory, in Lustre's sources, on a user's machine).
-ELSEWHERE = {"recovery.json", "config.json", "mdt.json", "squash.json", "mdt.sqlite"}
+# data directory, in Lustre's sources, on a user's machine; the peer filesystems'
+# benchmark beside the worktrees).
+ELSEWHERE = {"recovery.json", "config.json", "mdt.json", "squash.json", "mdt.sqlite",
+             "shellbench.sh"}
 
 
 def repo_files() -> list[str]:

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]  # the repository (bench-results/, gi
 MIB = 1 << 20
 BLOCK = MIB
 TARGETS = ("mlustre", "tmpfs", "passthrough")
-PHASES = ("write", "read", "create", "stat", "unlink", "reread", "pingpong")
+PHASES = ("write", "read", "create", "stat", "unlink", "reread", "pingpong", "shell")
 # --only aliases and what a benchmark needs to run (see parse_args).
 ALIASES = {"seq": ("write", "read"), "meta": ("create", "stat", "unlink")}
 NEEDS = {"read": ("write",), "stat": ("create", "unlink"), "create": ("unlink",),
@@ -37,6 +37,7 @@ PHASE_LABEL = {
     "unlink": "unlink (ops/s)",
     "reread": "re-read, cached, new open (MB/s)",
     "pingpong": "ping-pong hand-off (us)",
+    "shell": "shell tools (s per step)",
 }
 PP_RECORD = 64  # bytes of the ping-pong record
 PP_WARMUP = 2  # untimed ping-pong round trips (their stale reads still count)

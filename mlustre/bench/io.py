@@ -31,11 +31,18 @@ Phases per target:
           latency of one hand-off runs from the writer's open to the reader's close of
           the read that saw the new record (CLOCK_MONOTONIC, shared by both processes);
           median and p99 are reported, with the number of stale reads.
+  shell   the shell-tool steps of shellbench.sh (the lead's peer benchmark), timed each:
+          untar, cp -a, ls -lR (cold), tar -c (cold), git clone, git status (cold),
+          rm -rf; --shell-scale tiny (~190 entries), small (/usr/include/linux, a
+          repository of it) or full (linux + c++, a repository of /usr/include); see
+          mlustre/bench/shell.py. Reported in seconds per step with the ratio
+          mlustre/tmpfs, and as a JSON last line.
 
 --only takes targets and/or benchmarks (write, read, create, stat, unlink, reread,
-pingpong; seq = write,read; meta = create,stat,unlink), e.g. `--only reread`,
-`--only mlustre,pingpong`. A benchmark pulls in what it needs (read: write; stat:
-create; create and unlink go together). Default: every target, every benchmark.
+pingpong, shell; seq = write,read; meta = create,stat,unlink), e.g. `--only reread`,
+`--only mlustre,pingpong`, `--only shell,mlustre,tmpfs --shell-scale small`. A
+benchmark pulls in what it needs (read: write; stat: create; create and unlink go
+together). Default: every target, every benchmark but shell (run it with --only).
 
 Exits non-zero when any phase, setup step or verification fails (stale reads in
 pingpong are reported, not a failure).
@@ -83,6 +90,7 @@ from .phases import (
 )
 from .pingpong import phase_pingpong
 from .report import host_info, report, warmup
+from .shell import SCALES, ShellInputs, json_line, phase_shell, shell_summary
 from .targets import MlustreTarget, PassthroughTarget, Target, TmpfsTarget
 
 
@@ -162,6 +170,9 @@ def bench_target(t: Target, data: bytes, sha: str, readbuf: bytearray,
                 t.notes.append(f"pingpong: {r['stale_reads']} STALE reads and {r['bad_reads']}"
                                f" reads of neither record, in {r['stale_handoffs']} hand-offs"
                                f" (first: {r['first_stale_handoff']})")
+        elif "steps" in r:
+            log(f"[{t.name}] {name}: " + ", ".join(f"{k} {v:.2f} s"
+                                                  for k, v in r["steps"].items()))
         else:
             log(f"[{t.name}] {name}: {r['ops']} ops in {r['seconds']:.3f} s"
                 f" = {r['ops_s']:.0f} ops/s")
@@ -192,6 +203,7 @@ def bench_target(t: Target, data: bytes, sha: str, readbuf: bytearray,
     phase("reread", lambda: phase_reread(d, readbuf, data, args.reread_mb, args.reread_passes))
     phase("pingpong", lambda: phase_pingpong(t, d, args.pingpong_rounds,
                                              args.pingpong_timeout))
+    phase("shell", lambda: phase_shell(d, args.shell_inputs, args.phase_timeout))
     if not dead:
         try:
             guarded("memory", lambda: t.collect_memory(final=True))
@@ -230,6 +242,9 @@ def parse_args(argv):
                     help="ping-pong round trips (2 hand-offs each)")
     ap.add_argument("--pingpong-timeout", type=float, default=60,
                     help="give the ping-pong up after this many seconds")
+    ap.add_argument("--shell-scale", choices=sorted(SCALES), default="full",
+                    help="shell phase: tiny (~190 entries), small (/usr/include/linux) or "
+                         "full (linux + c++, a repository of /usr/include); default full")
     ap.add_argument("--json", dest="json_path", default=None,
                     help="result file (default bench-results/bench-<timestamp>.json)")
     ap.add_argument("--keep", action="store_true",
@@ -262,7 +277,7 @@ def parse_args(argv):
     for b in list(benches):
         benches.update(NEEDS.get(b, ()))
     args.only = [t for t in TARGETS if t in only] or list(TARGETS)
-    args.benches = [b for b in PHASES if b in benches] or list(PHASES)
+    args.benches = [b for b in PHASES if b in benches] or [b for b in PHASES if b != "shell"]
     if args.size_mb < 1 or args.files < 1:
         ap.error("--size-mb and --files must be positive")
     if args.reread_mb is None:
@@ -273,6 +288,7 @@ def parse_args(argv):
                  "must be positive")
     if args.warmup_mb is None:
         args.warmup_mb = 3 * data_mb(args)
+    args.shell_inputs = ShellInputs(args.shell_scale)
     return args
 
 
@@ -307,10 +323,11 @@ def main(argv=None) -> int:
                  "warmup_mb": args.warmup_mb, "data_base": args.data_base,
                  "drop_caches": args.drop_caches,
                  "keep": args.keep, "phase_timeout": args.phase_timeout,
-                 "block_bytes": BLOCK},
+                 "block_bytes": BLOCK, "shell_scale": args.shell_scale},
         "units": {"write": "MB/s (1e6 B/s)", "read": "MB/s (1e6 B/s)", "create": "ops/s",
                   "stat": "ops/s", "unlink": "ops/s", "reread": "MB/s (1e6 B/s), median pass",
-                  "pingpong": "us per hand-off (median_us, p99_us); stale_reads count"},
+                  "pingpong": "us per hand-off (median_us, p99_us); stale_reads count",
+                  "shell": "seconds per step (steps, seconds = their sum)"},
         "bars": BARS, "targets": {}, "errors": [], "work_dir": str(work),
     }
     classes = {"mlustre": MlustreTarget, "tmpfs": TmpfsTarget, "passthrough": PassthroughTarget}
@@ -326,6 +343,8 @@ def main(argv=None) -> int:
         readbuf[::4096] = bytes(len(range(0, n, 4096)))  # fault the pages in now
         if args.warmup_mb > 0:
             results["warmup_seconds"] = warmup(work, args.warmup_mb)
+        if "shell" in args.benches:
+            args.shell_inputs.prepare()
         for name in args.only:
             t = classes[name](work, args)
             targets.append(t)
@@ -383,6 +402,8 @@ def main(argv=None) -> int:
         print(report(results, args))
         print(f"\nresults: {json_path}")
         print("OK" if ok else "FAILED")
+        if "shell" in args.benches:
+            print(json_line(shell_summary(results), ok))
     return 0 if ok else 1
 
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from .common import BARS, BLOCK, MIB, PHASE_LABEL, PHASES, ROOT, TARGETS, log
+from .shell import STEPS, shell_summary
 from .targets import release_tmpfs, tmpfs_dir
 
 
@@ -61,10 +62,26 @@ def table(rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
+def shell_table(summary: dict) -> list[str]:
+    """The report's lines of the shell phase: seconds per step and target, the ratio
+    mlustre/tmpfs (lower is better)."""
+    names = list(summary["targets"])
+    rows = [["step (s)", *names, "mlustre/tmpfs"]]
+    for k in (*STEPS, "total"):
+        vals = [summary["targets"][n]["total"] if k == "total"
+                else summary["targets"][n]["steps"].get(k) for n in names]
+        r = summary["ratio_mlustre_tmpfs"].get(k)
+        rows.append([k, *("FAIL" if v is None else f"{v:.2f}" for v in vals),
+                     "-" if r is None else f"{r:.2f}"])
+    return [f"shell tools ({summary['scale']} scale), wall-clock seconds; ratio "
+            "mlustre/tmpfs (lower is better):", table(rows)]
+
+
 def report(results: dict, args) -> str:
     tg = results["targets"]
     rows = [["op", "mlustre", "tmpfs", "passthrough", "mlustre/tmpfs", "mlustre/passthrough"]]
-    lines_of = [(ph, PHASE_LABEL[ph], None) for ph in PHASES if ph != "pingpong"]
+    lines_of = [(ph, PHASE_LABEL[ph], None) for ph in PHASES
+                if ph not in ("pingpong", "shell")]
     lines_of += [("pingpong", "ping-pong hand-off, median (us)", "median_us"),
                  ("pingpong", "ping-pong hand-off, p99 (us)", "p99_us"),
                  ("pingpong", "ping-pong stale reads", "stale_reads")]
@@ -85,17 +102,22 @@ def report(results: dict, args) -> str:
         sizes.append(f"re-read {args.reread_mb} MiB, median of {args.reread_passes} passes")
     if "pingpong" in args.benches:
         sizes.append(f"ping-pong {args.pingpong_rounds} round trips")
-    lines = [
-        "",
-        f"mlustre benchmark: {', '.join(sizes)}; MB/s = 10^6 bytes/s",
-        table(rows),
-        "cold = the client was remounted before the phase; "
-        + ("kernel caches dropped too (--drop-caches)" if args.drop_caches
-           else "server-side page cache stays warm"),
-    ]
+    lines = [""]
+    if len(rows) > 1:  # (not only the shell phase)
+        lines += [
+            f"mlustre benchmark: {', '.join(sizes)}; MB/s = 10^6 bytes/s",
+            table(rows),
+            "cold = the client was remounted before the phase; "
+            + ("kernel caches dropped too (--drop-caches)" if args.drop_caches
+               else "server-side page cache stays warm"),
+        ]
     if "pingpong" in args.benches:
         lines.append("ping-pong: write+close on mount A, pipe message, open+read+close on "
                      "mount B; ratios of latencies (lower is better)")
+    if "shell" in args.benches:
+        lines += ["", *shell_table(shell_summary(results)),
+                  "steps as shellbench.sh (bench-peers); caches dropped before ls_lR, "
+                  "tar_c, git_st" + ("" if os.geteuid() == 0 else " (NOT: not root)")]
     lines.append("")
     ml = tg.get("mlustre", {}).get("phases", {})
     bar = []

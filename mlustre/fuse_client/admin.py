@@ -2,7 +2,9 @@
 
 Names follow Lustre's, with the client's short id where Lustre has the superblock
 address: mdc.FSNAME-MDT0000-mdc-ID.import, osc.FSNAME-OST0000-osc-ID.max_dirty_mb,
-llite.FSNAME-ID.max_cached_mb. The socket (STATE/clients/PID.sock, mode 0600)
+llite.FSNAME-ID.max_cached_mb. llite.*.stats counts the FUSE requests served (by
+type, with the bytes read and written) beside the mount's own counters; mdc.*.stats
+and osc.*.stats the requests sent to each target, per opcode (req.MDS_GETATTR, ...). The socket (STATE/clients/PID.sock, mode 0600)
 speaks the RPC framing: OBD_ADMIN requests with the ParamTree body, no CONNECT.
 """
 
@@ -20,6 +22,7 @@ from ..params import ParamError, ParamTree, parse_positive_float, parse_positive
 from ..protocol import constants as C
 from ..protocol.message import Message
 from ..protocol.rpc import Endpoint
+from .boundary import BYTES_MOVED, OpStats
 from .imports import Import
 from .ldlm import LockClient
 from .node import Mount
@@ -76,10 +79,12 @@ def client_params(ops: Mount) -> ParamTree:
     mdc = f"mdc.{node.mdc.imp.target}-mdc-{cid}."
     tree.add(mdc + "import", lambda: import_info(node.mdc.imp))  # type: ignore[union-attr]
     tree.add(mdc + "barrier", node.barriers[node.mdc.imp.target].params)
+    tree.add(mdc + "stats", lambda: rpc_stat_lines(node.mdc.imp))  # type: ignore[union-attr]
     for idx, osc in node.oscs.items():
         base = f"osc.{osc.imp.target}-osc-{cid}."
         tree.add(base + "import", lambda o=osc: import_info(o.imp))
         tree.add(base + "barrier", node.barriers[osc.imp.target].params)
+        tree.add(base + "stats", lambda o=osc: rpc_stat_lines(o.imp))
         tree.add(base + "cur_dirty_bytes", lambda i=idx: dirty_bytes_per_ost(ops).get(i, 0))
         tree.add(base + "max_dirty_mb", lambda: cache.max_dirty >> 20, set_max_dirty)
         tree.add(base + "write_bytes", lambda o=osc: o.write_bytes)
@@ -101,7 +106,7 @@ def client_params(ops: Mount) -> ParamTree:
     tree.add(ll + "dirty_bytes", lambda: cache.dirty_bytes)
     tree.add(ll + "inodes", lambda: len(ops.inodes))
     tree.add(ll + "open_files", lambda: len(ops.handles.files()))
-    tree.add(ll + "stats", lambda: _stat_lines(ops.counters))
+    tree.add(ll + "stats", lambda: llite_stat_lines(ops.counters, ops.ops.op_stats))
     for lc in node.locks.values():
         kind = "mdc" if lc is ops.md.locks else "osc"
         add_lock_params(tree, f"ldlm.namespaces.{lc.target}-{kind}-{cid}.", lc)
@@ -110,6 +115,33 @@ def client_params(ops: Mount) -> ParamTree:
 
 def _stat_lines(counters: dict[str, int]) -> list[str]:
     return [f"{k:<25} {v} samples [events]" for k, v in sorted(counters.items())]
+
+
+def llite_stat_lines(counters: dict[str, int], op_stats: OpStats) -> list[str]:
+    """llite.*.stats: the mount's counters ([events]) and the FUSE requests it served
+    ([reqs]; read_bytes and write_bytes as Lustre prints them: samples [bytes] min max
+    sum), in one list sorted by name."""
+    lines = {k: f"{k:<25} {v} samples [events]" for k, v in counters.items()}
+    for k, v in op_stats.calls.items():
+        if k in BYTES_MOVED:
+            lo, hi, total = op_stats.moved.get(k, [0, 0, 0])
+            lines[k] = f"{k:<25} {v} samples [bytes] {lo} {hi} {total}"
+        else:
+            lines[k] = f"{k:<25} {v} samples [reqs]"
+    return [lines[k] for k in sorted(lines)]
+
+
+def rpc_stat_lines(imp: Import) -> list[str]:
+    """mdc/osc.*.stats: requests sent to the target, per opcode, named as the servers'
+    mdt/obdfilter.*.stats name what they received (req.MDS_GETATTR). Import.call counts
+    them (resends too); the connects and the idle pings, sent past call(), come from
+    their own counters; recovery's replays are not counted."""
+    sent = dict(imp.sent)
+    for opc, n in ((imp.connect_opc, imp.conn_cnt), (C.OBD_PING, imp.pings)):
+        if n:
+            sent[opc] = sent.get(opc, 0) + n
+    named = {f"req.{C.OPCODE_NAMES.get(opc, opc)}": n for opc, n in sent.items()}
+    return [f"{k:<25} {v} samples [reqs]" for k, v in sorted(named.items())]
 
 
 def add_lock_params(tree: ParamTree, ns: str, lc: LockClient) -> None:

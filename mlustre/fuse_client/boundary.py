@@ -1,5 +1,6 @@
 """boundary.py - where the client meets the application: how a failure becomes the errno
-a system call returns (fuse_errors), and the POSIX rules checked before any RPC (the
+a system call returns (fuse_errors), what the application asked for (OpStats, counted
+by fuse_errors: llite.*.stats), and the POSIX rules checked before any RPC (the
 maximum file size of a write, the set-id bits a write drops).
 
 docs/architecture.md, "How an errno travels from a server to the application".
@@ -24,6 +25,35 @@ from .ldlm import LockFailed
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# llite.*.stats names of the FUSE requests: Lustre's where it has one, else the request's.
+LLITE_NAMES = {"release": "close", "read": "read_bytes", "write": "write_bytes",
+               "access": "inode_permission"}
+BYTES_MOVED = ("read_bytes", "write_bytes")  # also counted in bytes (min, max, sum)
+
+
+class OpStats:
+    """The FUSE requests a mount served, by type (llite.*.stats): what the kernel asked
+    of the client, to set beside the RPCs the client sent for it (mdc/osc.*.stats).
+
+    :calls: requests per llite name, failed ones included (a failure is work done too);
+    :moved: for read_bytes and write_bytes, [min, max, sum] of the bytes of the requests
+        that succeeded, as Lustre prints them.
+    """
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+        self.moved: dict[str, list[int]] = {}
+
+    def count(self, name: str) -> None:
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    def add_bytes(self, name: str, n: int) -> None:
+        m = self.moved.get(name)
+        if m is None:
+            self.moved[name] = [n, n, n]
+        else:
+            m[0], m[1], m[2] = min(m[0], n), max(m[1], n), m[2] + n
 
 
 def first_failure(exc: BaseException) -> BaseException:
@@ -61,12 +91,18 @@ def fuse_errno(exc: BaseException) -> int | None:
 
 def fuse_errors(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     """Turn every failure of a handler into a FUSEError errno: the errno of the first real
-    failure, through exception groups (docs/architecture.md, "How an errno travels")."""
+    failure, through exception groups (docs/architecture.md, "How an errno travels").
+    Every handler passes here, so here it is counted too: in the `op_stats` (OpStats)
+    of the object whose method it is, when it has one (FuseOps)."""
+    name = LLITE_NAMES.get(fn.__name__, fn.__name__)
 
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kw: Any) -> T:
+        stats = getattr(args[0], "op_stats", None) if args else None
+        if isinstance(stats, OpStats):
+            stats.count(name)
         try:
-            return await fn(*args, **kw)
+            result = await fn(*args, **kw)
         except pyfuse3.FUSEError:
             raise
         except Exception as exc:
@@ -78,6 +114,10 @@ def fuse_errors(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
             elif isinstance(failure, (ImportClosed, LockFailed)):
                 log.info("%s: %s", fn.__name__, failure)
             raise pyfuse3.FUSEError(err) from None
+        if isinstance(stats, OpStats) and name in BYTES_MOVED:
+            # (read returns the bytes, write how many it wrote)
+            stats.add_bytes(name, result if isinstance(result, int) else len(result))  # type: ignore[arg-type]
+        return result
 
     return wrapper
 

@@ -2,7 +2,8 @@
 
 Each handler only turns failures into FUSEError and hands the request to the component
 that does it (namespace.py, file_open.py, file_io.py): any exception other than
-FUSEError would end pyfuse3's main loop and leave a dead mount.
+FUSEError would end pyfuse3's main loop and leave a dead mount. The same wrapper
+(boundary.fuse_errors) counts each request in op_stats (llite.*.stats).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 
 import pyfuse3
 
-from .boundary import fuse_errors
+from .boundary import OpStats, fuse_errors
 from .file_io import FileIo
 from .file_open import FileOpen
 from .namespace import Namespace
@@ -28,6 +29,7 @@ class FuseOps(pyfuse3.Operations):
         self.names = names
         self.opener = opener
         self.io = io
+        self.op_stats = OpStats()  # every request, by type: llite.*.stats
 
     # -- namespace --
     @fuse_errors
@@ -37,6 +39,7 @@ class FuseOps(pyfuse3.Operations):
 
     def forget(self, inode_list: list[tuple[int, int]]) -> None:  # type: ignore[override]
         # (pyfuse3 declares forget async; it is called without awaiting its result.)
+        self.op_stats.count("forget")
         self.names.forget(inode_list)
 
     @fuse_errors

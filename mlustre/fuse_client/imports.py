@@ -130,6 +130,7 @@ class Import:
         self.replay_timeout = max(request_timeout, 300.0)
         self.recovery_time = 0.0  # seconds the last recovery took (connect to FULL)
         self.pings = 0
+        self.sent: dict[int, int] = {}  # requests sent by call(), resends too, per opcode
         self._last_sent = 0.0
         self._to_resend: set[int] = set()  # xids of requests a dead connection left
         self._resend_ok = trio.Event()  # set in RECOVER and FULL
@@ -412,6 +413,7 @@ class Import:
                 elif self._to_resend:
                     self._resend_done(xid)
                 self._last_sent = trio.current_time()
+                self.sent[opc] = self.sent.get(opc, 0) + 1  # (mdc/osc.*.stats)
                 wire = (encode(endpoint.codec.release, body) if encode and body is not None
                         else body)
                 try:
