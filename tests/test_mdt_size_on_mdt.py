@@ -8,7 +8,7 @@ import os
 import stat
 from pathlib import Path
 
-from mdt_helpers import ROOT, crash, mkfile, open_store, raises
+from mdt_helpers import ALICE, ROOT, crash, mkfile, open_store, raises
 
 from mlustre.servers.mdt.store import ROOT_INO, MdtStore
 
@@ -75,9 +75,8 @@ def test_open_with_o_trunc_makes_it_sure_again(mdt_store: MdtStore) -> None:
 
 def test_a_failed_open_marks_nothing(mdt_store: MdtStore) -> None:
     f = mkfile(mdt_store, b"f", mode=0o444)
-    alice = [1000, 1000, []]
     with raises(errno.EACCES):
-        mdt_store.open(alice, f["ino"], os.O_WRONLY)
+        mdt_store.open(ALICE, f["ino"], os.O_WRONLY)
     assert mdt_store.size_grantable(f["ino"], NOBODY)
 
 
