@@ -395,6 +395,33 @@ def test_frame_decoder_takes_the_tag_after_each_frame() -> None:
     assert [f.prefix + f.header + (f.bulk or b"") for f in got] == frames
 
 
+def test_frame_decoder_whole_frames_with_tags_in_one_feed() -> None:
+    """Frames fed whole are taken in one step (the common case): headers, bulks, tags
+    and prefixes all as when they come piecemeal; a partial frame after them waits."""
+    msgs = [Message.request(3, i, {"i": i}, bulk=b"q" * i or None) for i in range(5)]
+    frames = [frame_of("2.0", m) for m in msgs]
+    tags = [bytes([i]) * 4 for i in range(5)]
+    stream = b"".join(f + t for f, t in zip(frames, tags, strict=True))
+    dec = FrameDecoder(tag_bytes=4)
+    dec.feed(stream + stream[:7])
+    got = []
+    while (frame := dec.next_frame()) is not None:
+        got.append(frame)
+    assert [decode_payload(f.header, f.bulk)[0] for f in got] == msgs
+    assert [f.tag for f in got] == tags
+    assert [f.prefix + f.header + (f.bulk or b"") for f in got] == frames
+    dec.feed(stream[7:len(frames[0]) + 4])
+    frame = dec.next_frame()
+    assert frame is not None and frame.tag == tags[0] and dec.next_frame() is None
+
+
+def test_frame_decoder_refuses_an_oversized_frame_fed_whole() -> None:
+    dec = FrameDecoder(max_header=100, max_bulk=10)
+    dec.feed(PREFIX.pack(3, 11) + b"\x80" * 3 + b"b" * 11)
+    with pytest.raises(ProtocolError):
+        dec.next_frame()
+
+
 @settings(max_examples=50, deadline=None)
 @given(st.integers(0, 300), st.integers(1, 50), st.integers(0, 4), st.data())
 def test_frame_decoder_receives_large_bulks_in_place(bulk_len: int, direct_min: int,

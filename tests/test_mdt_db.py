@@ -25,6 +25,7 @@ from mdt_helpers import (
     raises,
 )
 
+from mlustre.servers.mdt import db as mdt_db
 from mlustre.servers.mdt.store import (
     ROOT_INO,
     Cred,
@@ -288,5 +289,38 @@ def test_store_stamps_times_from_its_clock(tmp_path: Path) -> None:
         assert s.getattr(ROOT_INO)["mtime_ns"] == 1001
         _, a = s.setattr(ROOT, a["ino"], {"mode": 0o600})
         assert a["ctime_ns"] == 1002
+    finally:
+        s.close()
+
+
+def test_commits_checkpoint_the_wal_in_their_worker_part(mdt_store: MdtStore,
+                                                          mdt_db_path: Path) -> None:
+    """Settles never checkpoint (SQLite's own checkpoint would run inside an update's
+    COMMIT, on the event loop); every CHECKPOINT_SETTLES of them a commit's ticket
+    carries one, done by sync() (the worker thread's part) through its own connection."""
+    ticket = mdt_store.begin_commit()
+    ticket.sync()
+    mdt_store.end_commit(ticket)
+    assert ticket.checkpoint is None
+    for i in range(mdt_db.CHECKPOINT_SETTLES):
+        mkfile(mdt_store, b"f%d" % i)
+        mdt_store.settle()
+    size = os.path.getsize(mdt_db_path)
+    ticket = mdt_store.begin_commit()
+    assert ticket.checkpoint == str(mdt_db_path)
+    assert os.path.getsize(mdt_db_path) == size  # nothing copied back yet
+    ticket.sync()
+    mdt_store.end_commit(ticket)
+    assert os.path.getsize(mdt_db_path) > size  # the WAL's pages are in the database now
+    assert mdt_store.last_committed == mdt_store.last_transno
+    later = mdt_store.begin_commit()
+    assert later.checkpoint is None  # (not again until as many more settles)
+    mkfile(mdt_store, b"after")
+    mdt_store.settle()
+    crash(mdt_store)
+    s = open_store(mdt_db_path)  # everything settled survives the kill, checkpoint or not
+    try:
+        assert s.lookup(ROOT, ROOT_INO, b"after")["ino"]
+        assert s.lookup(ROOT, ROOT_INO, b"f0")["ino"]
     finally:
         s.close()

@@ -1,11 +1,12 @@
-"""`python -m mlustre.bench [barrier|recovery|io] [ARGS]` (scripts/bench).
+"""`python -m mlustre.bench [barrier|recovery|io|rpc] [ARGS]` (scripts/bench).
 
 No subcommand: the I/O benchmark with ARGS, then the barrier's costs, then the
 recovery time (both with their defaults); the exit status is the last one's, and the
 first two must succeed (as `set -e` did in the shell script). With `--only`, only what
 it names: its I/O targets and benchmarks (io.py; `shell` among them), and `barrier` and
 `recovery` if named (`--only shell` runs the shell phase alone). `barrier ARGS` or
-`recovery ARGS` or `io ARGS`: only that one.
+`recovery ARGS` or `io ARGS`: only that one. `rpc ARGS`: the cost of one RPC
+(bench/rpc.py), not part of the default run.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from . import barrier, io, recovery
+from . import barrier, io, recovery, rpc
 
 SEPARATE = ("barrier", "recovery")  # benchmarks of their own, also names for --only
 
@@ -45,6 +46,8 @@ def main(argv: list[str]) -> int:
         return recovery.main(argv[1:])
     if argv[:1] == ["io"]:
         return io.main(argv[1:])
+    if argv[:1] == ["rpc"]:
+        return rpc.main(argv[1:])
     io_argv, separate = split_only(argv)
     mains: dict[str, Callable[[list[str]], int]] = {"barrier": barrier.main,
                                                     "recovery": recovery.main}

@@ -16,6 +16,7 @@ msgpack's limits follow from the frame length (msgpack.unpackb).
 from __future__ import annotations
 
 import struct
+import threading
 from abc import ABC, abstractmethod
 from typing import Any, NamedTuple
 
@@ -46,7 +47,7 @@ class Codec(ABC):
 
     def encode_header(self, msg: Message) -> bytes:
         """Prefix and packed header of msg's frame (its bulk follows on the wire)."""
-        header = msgpack.packb(self.to_wire(msg), use_bin_type=True)
+        header = _packer().pack(self.to_wire(msg))
         bulk_len = len(msg.bulk) if msg.bulk is not None else 0
         if len(header) > MAX_HEADER or bulk_len > MAX_BULK:
             raise ProtocolError(f"message too large ({len(header)} + {bulk_len} bytes)")
@@ -56,6 +57,19 @@ class Codec(ABC):
         """One whole frame as bytes."""
         head = self.encode_header(msg)
         return head + bytes(msg.bulk) if msg.bulk else head
+
+
+_local = threading.local()
+
+
+def _packer() -> msgpack.Packer:
+    """This thread's msgpack packer: msgpack.packb builds (and frees) one per call, which
+    is a good part of encoding a small header. (Packers are not thread-safe.)"""
+    try:
+        return _local.packer
+    except AttributeError:
+        _local.packer = msgpack.Packer(use_bin_type=True)
+        return _local.packer
 
 
 def _check_header(type_: Any, opc: Any, xid: Any, flags: Any, conn_cnt: Any, transno: Any,
@@ -249,6 +263,17 @@ class FrameDecoder:
 
     def next_frame(self) -> Frame | None:
         """The next complete frame, or None if more bytes are needed."""
+        buf, pos = self._buf, self._pos
+        if self._prefix is None and len(buf) - pos >= PREFIX.size:
+            # The common case, a whole frame already fed: taken in one step.
+            h, b = PREFIX.unpack_from(buf, pos)
+            start = pos + PREFIX.size
+            end = start + h + b + self.tag_bytes
+            if end <= len(buf) and h <= self.max_header and b <= self.max_bulk:
+                self._pos = end
+                return Frame(buf[start:start + h], buf[start + h:start + h + b] if b else None,
+                             bytes(buf[pos:start]),
+                             bytes(buf[end - self.tag_bytes:end]) if self.tag_bytes else b"")
         if self._header is None and not self._start_frame():
             return None
         assert self._prefix is not None and self._header is not None

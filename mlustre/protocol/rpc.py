@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -32,6 +33,7 @@ from .codec import Codec, Frame, FrameDecoder, codec_for, decode_payload
 from .constants import ERR, MAX_BULK, MAX_HEADER, REPLY, REQUEST
 from .errors import ConnectionLost, ProtocolError, RpcTimeout
 from .message import Message
+from .waiters import Deadlines, ReplyWaiter
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +85,11 @@ class _Receiver:
     is there: trio's receive_some costs several scheduler passes per message, which is
     most of a metadata RPC's round trip on loopback. Frames already buffered come out
     without any await, so one read that brought many messages is handled in one go.
+    A read that did not fill its buffer emptied the socket (almost always): the next
+    one waits for readability first instead of a recv that would fail with EAGAIN.
     """
 
-    YIELD_EVERY = 64  # reads without waiting before giving other tasks a turn
+    YIELD_EVERY = 64  # reads and frames without waiting before giving other tasks a turn
 
     def __init__(self, stream: trio.abc.Stream, decoder: FrameDecoder) -> None:
         self.stream = stream
@@ -93,9 +97,14 @@ class _Receiver:
         self.raw = _raw_socket(stream)
         self.scratch = bytearray(_RECV_CHUNK) if self.raw is not None else bytearray()
         self.unyielded = 0
+        self.drained = False  # the last read left the socket empty (it was short)
 
     async def _recv_into(self, view: memoryview) -> int:
         assert self.raw is not None
+        if self.drained:
+            self.drained = False
+            self.unyielded = 0
+            await trio.lowlevel.wait_readable(self.raw)
         while True:
             try:
                 k = self.raw.recv_into(view)
@@ -116,6 +125,10 @@ class _Receiver:
         while True:
             frame = decoder.next_frame()
             if frame is not None:
+                self.unyielded += 1
+                if self.unyielded >= self.YIELD_EVERY:  # a read brought many frames
+                    self.unyielded = 0
+                    await trio.lowlevel.checkpoint()
                 return frame
             if self.raw is None:
                 data = await self.stream.receive_some(_RECV_CHUNK)
@@ -131,6 +144,7 @@ class _Receiver:
             with memoryview(self.scratch) as view:
                 k = await self._recv_into(view)
                 decoder.feed(view[:k])
+                self.drained = k < len(view)
 
 
 def salvage_xid(header: bytes | bytearray) -> int:
@@ -153,15 +167,6 @@ def salvage_xid(header: bytes | bytearray) -> int:
     if type_ != REQUEST or type(type_) is not int:
         return 0
     return xid if type(xid) is int and 0 < xid < (1 << 64) else 0
-
-
-class _Waiter:
-    __slots__ = ("event", "reply", "error")
-
-    def __init__(self) -> None:
-        self.event = trio.Event()
-        self.reply: Message | None = None
-        self.error: BaseException | None = None
 
 
 class Endpoint:
@@ -195,7 +200,12 @@ class Endpoint:
         self.follow_peer_release = follow_peer_release
         self.context: dict[str, Any] = {}
         self._next_xid = 1
-        self._waiters: dict[int, _Waiter] = {}
+        self._waiters: dict[int, ReplyWaiter] = {}
+        # The calls' timeouts (waiters.py), served by the reaper task while serving.
+        self._deadlines = Deadlines()
+        self._reaping = False
+        self._reap_at = math.inf
+        self._reap_wake = trio.Event()
         self._send_lock = trio.Lock()
         self._closed = trio.Event()
         self.close_reason: str | None = None
@@ -229,14 +239,23 @@ class Endpoint:
             raise ConnectionLost(self.close_reason or "connection closed")
         msg = Message.request(opc, self.new_xid() if xid is None else xid, body, flags, conn_cnt,
                               bulk, transno)
-        waiter = _Waiter()
+        waiter = ReplyWaiter()
         self._waiters[msg.xid] = waiter
         self.requests_out += 1
+        # The timeout covers the send too: a peer that stops reading must not hang us.
+        deadline = math.inf if timeout is None else trio.current_time() + timeout
         try:
-            # The timeout covers the send too: a peer that stops reading must not hang us.
-            with trio.move_on_after(timeout if timeout is not None else float("inf")):
-                await self._send(msg)
-                await waiter.event.wait()
+            if self._reaping:  # the reaper times the wait out (waiters.py)
+                if deadline != math.inf:
+                    self._deadlines.compact(len(self._waiters))
+                    if self._deadlines.add(deadline, waiter) and deadline < self._reap_at:
+                        self._reap_wake.set()
+                await self._send(msg, deadline)
+                await waiter.wait()
+            else:  # (not serving: no reader, no reaper)
+                with trio.move_on_at(deadline):
+                    await self._send(msg)
+                    await waiter.wait()
         finally:
             self._waiters.pop(msg.xid, None)
         if waiter.reply is None and waiter.error is not None:  # (a reply read before the
@@ -245,24 +264,82 @@ class Endpoint:
             raise RpcTimeout(f"{self.name}: no reply to opc {opc} xid {msg.xid} in {timeout}s")
         return waiter.reply
 
-    async def _send(self, msg: Message) -> None:
+    async def _reap(self) -> None:
+        """Time out the calls whose deadline has passed (one task per connection)."""
+        deadlines = self._deadlines
+        while True:
+            for waiter in deadlines.expire(trio.current_time()):
+                waiter.timed_out = True
+                waiter.wake()
+            self._reap_at = deadlines.next_deadline()
+            self._reap_wake = wake = trio.Event()
+            with trio.move_on_at(self._reap_at):
+                await wake.wait()
+
+    async def _send(self, msg: Message, deadline: float = math.inf) -> None:
+        """Send one frame. A send that must wait (the socket full, another frame going
+        out, a large bulk MAC'd in a thread) gives up at `deadline`: ConnectionLost,
+        and the connection is closed (a frame may have been cut)."""
         head = self.codec.encode_header(msg)
         bulk = msg.bulk
         if bulk is not None and len(bulk) < _SMALL_BULK:
             head, bulk = head + bytes(bulk), None
-        absorbed = None
-        if self.mac is not None:
-            if bulk is not None and len(bulk) >= _THREAD_MAC:
-                absorbed = await trio.to_thread.run_sync(self.mac.absorb_send, head, bulk)
-            else:
+        rest = None
+        if self._raw is not None and not self._send_lock.locked() and (
+                self.mac is None or bulk is None or len(bulk) < _THREAD_MAC):
+            # The common case needs no await at all: the frame (and its tag: it takes
+            # the wire now) goes to the kernel at once; no cancel scope is set up.
+            tag = b""
+            if self.mac is not None:
                 absorbed = self.mac.absorb_send(head, bulk)
-            head, bulk = absorbed.wire  # (privacy: the buffers finish_send encrypts into)
-        try:
-            if self._raw is not None:
-                await self._send_raw(head, bulk, absorbed)
+                tag = self.mac.finish_send(absorbed)  # (privacy: fills absorbed.wire)
+                head, bulk = absorbed.wire
+            views = [memoryview(head)] + ([memoryview(bulk)] if bulk else []) \
+                + ([memoryview(tag)] if tag else [])
+            try:
+                n = self._raw.sendmsg(views)
+            except BlockingIOError:
+                n = 0
+            except OSError as e:
+                self._mark_closed(f"send failed: {e}")
+                raise ConnectionLost(self.close_reason) from None
+            rest = _consume(views, n)
+            if not rest:
                 return
+            # The socket is full: the rest under the lock, taken before any yield so
+            # no other frame can come between.
+            self._send_lock.acquire_nowait()
+        with trio.CancelScope(deadline=deadline) as scope:
+            await self._send_waiting(head, bulk, rest)
+        if scope.cancelled_caught:
+            raise ConnectionLost(self.close_reason or "send timed out")
+
+    async def _send_waiting(self, head: bytes, bulk: bytes | bytearray | memoryview | None,
+                            rest: list[memoryview] | None) -> None:
+        """The send of a frame that must wait: `rest` is what the kernel did not take
+        of a frame already started (the send lock held), or None: the whole frame."""
+        try:
+            if rest is not None:
+                try:
+                    await self._send_views(rest)
+                finally:
+                    self._send_lock.release()
+                return
+            absorbed = None
+            if self.mac is not None:
+                if bulk is not None and len(bulk) >= _THREAD_MAC:
+                    absorbed = await trio.to_thread.run_sync(self.mac.absorb_send, head, bulk)
+                else:
+                    absorbed = self.mac.absorb_send(head, bulk)
+                head, bulk = absorbed.wire  # (privacy: the buffers finish_send encrypts into)
             async with self._send_lock:
+                # A frame's tag (its bytes already absorbed) is finished when the frame
+                # takes the wire, so sequence numbers follow wire order.
                 tag = self.mac.finish_send(absorbed) if self.mac is not None else b""
+                if self._raw is not None:
+                    views = [memoryview(head)] + ([memoryview(bulk)] if bulk else [])
+                    await self._send_views(views + ([memoryview(tag)] if tag else []))
+                    return
                 await self.stream.send_all(head)
                 if bulk:
                     await self.stream.send_all(bulk)
@@ -276,39 +353,17 @@ class Endpoint:
             self._mark_closed("send cancelled mid-frame")
             raise
 
-    async def _send_raw(self, head: bytes, bulk: bytes | bytearray | memoryview | None,
-                        absorbed: Any = None) -> None:
-        """Send one frame on the socket, without a scheduler pass when it fits at once.
-
-        Frames stay whole: the fast path runs only while nobody holds the send lock, and
-        does not yield before the frame is fully handed to the kernel. A frame's tag
-        (its bytes already absorbed) is finished when the frame takes the wire (fast
-        path, or the lock acquired), so sequence numbers follow wire order."""
+    async def _send_views(self, views: list[memoryview]) -> None:
+        """Hand `views` to the socket, waiting while it is full (the send lock held)."""
         raw = self._raw
         assert raw is not None
-        views = [memoryview(head)] + ([memoryview(bulk)] if bulk else [])
-        mac = self.mac if absorbed is not None else None
-        if not self._send_lock.locked():
-            if mac is not None:
-                views.append(memoryview(mac.finish_send(absorbed)))
-                mac = None
+        while views:
             try:
                 n = raw.sendmsg(views)
             except BlockingIOError:
-                n = 0
+                await trio.lowlevel.wait_writable(raw)
+                continue
             views = _consume(views, n)
-            if not views:
-                return
-        async with self._send_lock:  # the rest (or all of it) when the socket is full
-            if mac is not None:
-                views.append(memoryview(mac.finish_send(absorbed)))
-            while views:
-                try:
-                    n = raw.sendmsg(views)
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(raw)
-                    continue
-                views = _consume(views, n)
 
     async def send_reply(self, reply: Message) -> None:
         try:
@@ -331,7 +386,7 @@ class Endpoint:
         for waiter in self._waiters.values():
             if waiter.reply is None:  # (a reply read just before the close still counts)
                 waiter.error = ConnectionLost(reason)
-                waiter.event.set()
+                waiter.wake()
 
     async def aclose(self, reason: str = "closed locally") -> None:
         self._mark_closed(reason)
@@ -349,12 +404,15 @@ class Endpoint:
         task_status.started()
         try:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._reap)
+                self._reaping = True
                 try:
                     decoder = FrameDecoder(self.max_header, self.max_bulk,
                                            tag_bytes=TAG_BYTES if self.mac is not None else 0,
                                            direct_min=_SMALL_BULK)
                     await self._read_loop(_Receiver(self.stream, decoder), nursery)
                 finally:
+                    self._reaping = False
                     nursery.cancel_scope.cancel()
         finally:
             await self.aclose(self.close_reason or "connection ended")
@@ -387,7 +445,13 @@ class Endpoint:
                 self._mark_closed(f"receive failed: {e}")
                 return
             header, bulk = frame.header, frame.bulk
-            await self._slots.acquire()
+            # (Semaphore.acquire would yield to the scheduler for every message, a whole
+            # scheduler pass per request and per reply; the receiver yields on its own.)
+            slots = self._slots
+            if slots.value:
+                slots.acquire_nowait()
+            else:
+                await slots.acquire()
             routed = self._dispatch(header, bulk, nursery)
             if isinstance(routed, Message):
                 await self._handle(routed)  # inline: no task to spawn (releases the slot)
@@ -437,7 +501,7 @@ class Endpoint:
                 log.debug("%s: reply to unknown xid %d dropped", self.name, msg.xid)
             return False
         waiter.reply = msg
-        waiter.event.set()
+        waiter.wake()
         return False
 
     async def _reply_and_release(self, reply: Message) -> None:

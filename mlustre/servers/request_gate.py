@@ -78,6 +78,11 @@ class Decision:
 
 
 PROCEED = Decision(Action.PROCEED)
+# The decisions most requests get, made once (a frozen dataclass is slow to build,
+# and every request asked for one).
+_PING = Decision(Action.PING)
+_DISPATCH = {(track, route): Decision(Action.DISPATCH, route=route, track=track)
+             for track in (False, True) for route in Route}
 # Besides replays, what goes on during recovery: lctl and lock cancels.
 RECOVERY_EXEMPT = frozenset({C.OBD_ADMIN, C.LDLM_CANCEL})
 
@@ -105,6 +110,9 @@ class RequestGate:
         if req.opc in self.connect_opcodes:
             return Decision(Action.CONNECT)
         if req.opc == C.OBD_PING:
+            if not connected or not req.flags & (C.MSG_REQ_REPLAY_DONE
+                                                 | C.MSG_LOCK_REPLAY_DONE):
+                return _PING
             return Decision(Action.PING,
                             replay_done=connected and bool(req.flags & C.MSG_REQ_REPLAY_DONE),
                             lock_replay_done=connected
@@ -147,9 +155,10 @@ class RequestGate:
                 return Decision(Action.ACK_SURVIVED)
             if running:
                 return Decision(Action.AWAIT_RUNNING)
-        return Decision(Action.DISPATCH, route=self._recovery_route(req, recovering,
-                                                                    open_replay),
-                        track=track, drop_reply=drop_reply)
+        route = self._recovery_route(req, recovering, open_replay)
+        if not drop_reply:
+            return _DISPATCH[track, route]
+        return Decision(Action.DISPATCH, route=route, track=track, drop_reply=drop_reply)
 
     def _recovery_route(self, req: Message, recovering: bool, open_replay: bool) -> Route:
         if not self.recovers:

@@ -14,6 +14,13 @@ loop goes on using the connection: ``begin_commit()`` (on the loop: COMMIT, no f
 ``CommitTicket.sync()`` (anywhere: fsyncs the WAL through a file descriptor of its own; it
 never touches the connection) and ``end_commit()`` (on the loop: last_committed moves to
 what the ticket made durable).  ``commit()`` does the three at once.
+
+Checkpoints (copying the WAL back into the database file, with an fsync of it) run in
+that worker thread too, through a connection of their own, once ``CHECKPOINT_SETTLES``
+COMMITs have grown the WAL since the last one: SQLite's automatic checkpoint would run them inside an update's
+COMMIT, on the event loop (a backstop remains, at ``AUTOCHECKPOINT_PAGES``, for a
+server whose commits are far apart).  A checkpoint copies only committed frames: what
+is durable, and when, does not change.
 """
 
 from __future__ import annotations
@@ -31,6 +38,9 @@ from .schema import ROOT_INO, SCHEMA, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT_SETTLES = 256  # a commit checkpoints the WAL after this many COMMITs (a few MiB)
+AUTOCHECKPOINT_PAGES = 16384  # (64 MiB of 4 KiB pages) SQLite's own, on the event loop
+
 
 @dataclass(frozen=True, slots=True)
 class CommitTicket:
@@ -41,11 +51,13 @@ class CommitTicket:
     transno: int
     files: tuple[str, ...]
     settles: int  # the database's settle count when the ticket was taken
+    checkpoint: str | None = None  # the database to checkpoint after the fsync
 
     def sync(self) -> None:
         """fsync the first of `files` that exists.  Commits with synchronous=NORMAL write
         the WAL without flushing it; flushing the file through any descriptor makes every
-        frame written before durable.  Safe in a worker thread: no SQLite connection used."""
+        frame written before durable.  Then the checkpoint, if the ticket has one.  Safe
+        in a worker thread: the event loop's SQLite connection is not used."""
         for path in self.files:
             try:
                 fd = os.open(path, os.O_RDONLY)
@@ -55,7 +67,22 @@ class CommitTicket:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            return
+            break
+        if self.checkpoint is not None:
+            checkpoint(self.checkpoint)
+
+
+def checkpoint(path: str) -> None:
+    """Copy the committed part of a database's WAL into it (PASSIVE: never waits for,
+    nor blocks, the connection writing meanwhile), through a connection of its own."""
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
+    except sqlite3.Error as e:  # (the next commit tries again; SQLite's backstop remains)
+        log.warning("checkpoint of %s failed: %s", path, e)
 
 
 class MdtDb:
@@ -76,6 +103,7 @@ class MdtDb:
         # NORMAL: settle()'s commits reach the WAL (safe from a kill) without an fsync;
         # a commit then fsyncs the WAL (safe from a machine crash), see CommitTicket.
         conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
         conn.execute("BEGIN IMMEDIATE")
         # Statement by statement: executescript() would commit behind our back.
         for stmt in SCHEMA.split(";"):
@@ -106,6 +134,7 @@ class MdtDb:
         self._last_committed: int = self._last_transno
         self._unsynced = False
         self._settles = 0  # COMMITs so far (an fsync covers those before it)
+        self._checkpointed = 0  # the settle count at the last checkpoint asked for
         # Per-operation state, valid only inside run().
         self._dirty: dict[str, int] = {}
         self._hooks: list[Callable[[], None]] = []
@@ -231,7 +260,11 @@ class MdtDb:
         files: tuple[str, ...] = ()
         if self._unsynced or self._last_committed < self._last_transno:
             files = (self.path + "-wal", self.path)
-        return CommitTicket(self._last_transno, files, self._settles)
+        due = self._settles - self._checkpointed >= CHECKPOINT_SETTLES
+        if due:
+            self._checkpointed = self._settles
+        return CommitTicket(self._last_transno, files, self._settles,
+                            self.path if due else None)
 
     def end_commit(self, ticket: CommitTicket) -> int:
         """The ticket's sync is done: its transnos are durable; return last_committed."""
