@@ -110,7 +110,8 @@ class FileOpen:
         if bodies[0].get("created") and lock is not None:
             node.xattrs = none_at_all(lock)  # (a new file has none)
         of = await self._opened(node, bodies[0], flags, cred)
-        return self._file_info(of, keep_cache=False), self.names.entry(node)
+        return self._file_info(of, keep_cache=False), self.names.entry(
+            node, name=(parent_inode, name))
 
     # -- open replay --
     def mdt_connected(self, reply_body: dict[str, Any]) -> None:

@@ -14,7 +14,14 @@ may be sending this very daemon a request).
 * `wait_idle()`: invalidations left running end with the kernel connection; none may
   still be inside pyfuse3 when it closes (shutdown waits for them, bounded).
 
-No entry (name) invalidation is used: names have entry timeout 0 (see md_cache.py).
+* `invalidate_entry()`: a name the kernel keeps (entry timeout > 0 while the child's
+  LOOKUP lock is held, md_cache.py). The call takes the directory's inode lock, which
+  an operation of this very client in that directory may hold while its server waits
+  for the lock whose callback asks for this: it waits at most ENTRY_WAIT, then is left
+  running (the kernel drops the name as soon as that operation ends).
+* `forget_entry_later()`: the same in the background, for names an update of ours
+  gave back early (the update's own operation holds the directory's lock).
+
 Before pyfuse3 is initialised, and after it is done, nothing is sent (`ready`).
 """
 
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 from typing import Protocol
 
 import pyfuse3
@@ -30,6 +38,7 @@ import trio
 log = logging.getLogger(__name__)
 
 INVAL_THREADS = 64
+ENTRY_WAIT = 0.2  # s: an entry invalidation waited for before it is left running
 
 
 class PagesOwner(Protocol):
@@ -53,6 +62,7 @@ class KernelCache:
         # Invalidations of pages may wait for I/O that waits for a lock: their threads
         # must not take those of other work (the default limiter's).
         self._threads = trio.CapacityLimiter(INVAL_THREADS)
+        self._nursery: trio.Nursery | None = None
 
     async def invalidate(self, ino: int, attr_only: bool) -> None:
         """Drop the kernel's attributes (and pages) of ino, from a worker thread."""
@@ -64,6 +74,32 @@ class KernelCache:
         except OSError as e:
             if e.errno != errno.ENOENT:  # ENOENT: the kernel has forgotten the inode
                 log.warning("kernel invalidation of inode %d failed: %s", ino, e)
+
+    def start(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+
+    async def invalidate_entry(self, parent: int, name: bytes,
+                               wait: float = ENTRY_WAIT) -> None:
+        """Drop the kernel's entry `name` in directory `parent`, from a worker thread;
+        wait at most `wait` seconds for it (see the module docstring)."""
+        if not self.ready:
+            return
+        self.counters["kernel_entry_invalidations"] += 1
+        with trio.move_on_after(wait) as scope:
+            try:
+                await trio.to_thread.run_sync(pyfuse3.invalidate_entry, parent, name,
+                                              abandon_on_cancel=True, limiter=self._threads)
+            except OSError as e:
+                if e.errno not in (errno.ENOENT, errno.ENOTDIR):
+                    log.warning("kernel invalidation of entry %r in %d failed: %s", name,
+                                parent, e)
+        if scope.cancelled_caught:
+            self.counters["kernel_invalidations_left_running"] += 1
+
+    def forget_entry_later(self, parent: int, name: bytes) -> None:
+        """invalidate_entry in the background (no waiting at all)."""
+        if self.ready and self._nursery is not None:
+            self._nursery.start_soon(self.invalidate_entry, parent, name, math.inf)
 
     async def drop_pages(self, node: PagesOwner) -> None:
         """Invalidate the kernel's pages of node before one of its data locks is

@@ -85,6 +85,8 @@ class MdCache:
         self.handles = handles
         self.counters = counters
         self.dentries: dict[tuple[int, bytes], int] = {}  # (parent, name) -> ino
+        # Names of locks given back early, by remote handle, until their update's reply.
+        self._elc_names: dict[int, tuple[int, list[tuple[int, bytes]]]] = {}
         self.names_of: dict[int, set[tuple[int, bytes]]] = {}
 
     def md_bits(self, node: Inode) -> int:
@@ -170,6 +172,10 @@ class MdCache:
 
     # ---- names ------------------------------------------------------------------------
 
+    def name_held(self, parent: int, name: bytes, ino: int) -> bool:
+        """Is parent/name -> ino cached under a lock (the kernel may keep it)?"""
+        return self.dentries.get((parent, name)) == ino
+
     def remember_name(self, parent: int, name: bytes, node: Inode) -> None:
         if self.md_bits(node) & LOOKUP:
             key = (parent, name)
@@ -212,13 +218,16 @@ class MdCache:
 
     async def update_call(self, wanted: list[tuple[int, int]],
                           call: Callable[[dict[str, Any]], Awaitable[Any]],
-                          parent: int | None = None) -> Any:
+                          parent: int | None = None, keeps_names: bool = False) -> Any:
         """An MDT update with early lock cancel of our locks it would call back; `call`
         gets the extra request fields. With `parent`, the directory's attribute lock
-        is asked for again with the reply (the update takes it from us)."""
+        is asked for again with the reply (the update takes it from us). keeps_names:
+        the update changes no name (a setattr): names of the inodes whose locks it gave
+        back stay ours if its reply's lock continues them."""
         listing = self.listings.detach(parent) if parent is not None else None
         cancels = await self.locks.early_cancel(
             [(inode_res(ino), bits) for ino, bits in wanted])
+        names = [self._elc_names.pop(h) for h in cancels if h in self._elc_names]
         extra: dict[str, Any] = {"cancels": cancels}
         plock = None
         if parent is not None:
@@ -236,15 +245,32 @@ class MdCache:
             raise
         finally:
             self.locks.cancels_sent(cancels, delivered=delivered)
+            body = result[1] if isinstance(result, tuple) else result
+            body = body if isinstance(body, dict) else None
+            if names:
+                self._names_after_update(names, keeps_names and body is not None
+                                         and bool(body.get("lock_continues")))
             if plock is not None:
-                body = result[1] if isinstance(result, tuple) else result
-                body = body if isinstance(body, dict) else None
                 granted = self._parent_intent_done(plock, body)
                 if granted and listing is not None and body is not None \
                         and body.get("parent_lock_continues"):
                     # (The caller applies its own change right after, nothing between.)
                     assert parent is not None
                     self.listings.complete(parent, plock, listing)
+
+    def _names_after_update(self, names: list[tuple[int, list[tuple[int, bytes]]]],
+                            continued: bool) -> None:
+        """Names our update gave back early: ours again under the reply's lock if it
+        continues them (nothing else ran on the MDT in between), else the kernel drops
+        them (later: the update's own operation may hold their directories' locks)."""
+        for ino, keys in names:
+            node = self.inodes.get(ino)
+            for parent, name in keys:
+                if continued and node is not None and self.md_bits(node) & LOOKUP:
+                    if (parent, name) not in self.dentries:
+                        self.remember_name(parent, name, node)
+                else:
+                    self.kernel.forget_entry_later(parent, name)
 
     def _parent_intent_done(self, lock: ClientLock, body: dict[str, Any] | None) -> bool:
         remote = body.get("parent_lock") if body else None
@@ -322,18 +348,12 @@ class MdCache:
         """Change attributes on the MDT under the inode's attribute locks (given back by
         early cancel); the new attributes. fh: the open handle the change goes through
         (a truncate or a writer's set-id kill), which the MDT takes as the permission."""
-        names = set(self.names_of.get(node.ino, ()))  # (the early cancel drops them)
         xattrs = node.xattrs if xattr_cache.usable(node.xattrs, node.md) else None
         _, body = await self.update_call(
             [(node.ino, ATTR_BITS)],
             lambda kw: self.md_call(lambda intent: self.mdc.setattr(
-                cred, node.ino, attrs, via_handle=fh is not None, intent=intent, **kw)))
-        if names and body.get("lock_continues") and self.md_bits(node) & LOOKUP:
-            # Nothing ran on the MDT between our cancel and the new lock: the names are
-            # still the inode's (a setattr changes none).
-            for parent, name in names:
-                if (parent, name) not in self.dentries:
-                    self.remember_name(parent, name, node)
+                cred, node.ino, attrs, via_handle=fh is not None, intent=intent, **kw)),
+            keeps_names=True)
         if xattrs is not None and body.get("lock_continues"):
             node.xattrs = xattr_cache.moved(xattrs, self.update_lock(node))
         return body["attr"]
@@ -370,9 +390,18 @@ class MdCache:
         if bits & UPDATE:
             self.listings.lock_gone(ino, lock)
         if bits & LOOKUP:
-            for key in self.names_of.pop(ino, set()):
-                if self.dentries.get(key) == ino:
-                    del self.dentries[key]
+            keys = [key for key in self.names_of.pop(ino, set())
+                    if self.dentries.get(key) == ino]
+            for key in keys:
+                del self.dentries[key]
+            if lock.flags & FL_ELC:
+                # An update of ours gives it back early: it decides after its reply
+                # whether the names stay ours or the kernel must drop them.
+                if lock.remote_handle is not None:
+                    self._elc_names[lock.remote_handle] = (ino, keys)
+            else:
+                for parent, name in keys:
+                    await self.kernel.invalidate_entry(parent, name)
         if bits & (UPDATE | PERM | LAYOUT) and not lock.flags & FL_ELC:
             # (An update of ours cancelled it early: the kernel drops the attributes of
             # the inodes that update touches by itself.)
@@ -387,6 +416,8 @@ class MdCache:
 
     async def reset(self, locks: list[ClientLock]) -> None:
         self.listings = Listings(self.listings.max_names)
+        for parent, name in list(self.dentries):
+            self.kernel.forget_entry_later(parent, name)
         self.dentries.clear()
         self.names_of.clear()
         for node in self.inodes.all():

@@ -32,6 +32,7 @@ from .writeback import Writeback
 
 LAYOUT_BITS = int(IBits.UPDATE | IBits.LAYOUT)
 READDIR_BATCH = 512
+RENAME_EXCHANGE = 2  # (renameat2)
 BIG_DIRS_MAX = 4096
 BLKSIZE = 1 << 20  # tools size their I/O buffers from st_blksize
 POSIX_ACL_PREFIX = b"system.posix_acl_"
@@ -61,7 +62,10 @@ class Namespace:
     def cred(self, ctx: pyfuse3.RequestContext) -> list[Any]:
         return [ctx.uid, ctx.gid, self.groups.of(ctx.pid)]
 
-    def entry(self, inode: Inode, *, count_lookup: bool = True) -> pyfuse3.EntryAttributes:
+    def entry(self, inode: Inode, *, count_lookup: bool = True,
+              name: tuple[int, bytes] | None = None) -> pyfuse3.EntryAttributes:
+        """The kernel's view of inode; `name` (parent, name): the name it is reached by,
+        which the kernel keeps while we hold it under a lock (dropped on its callback)."""
         a = inode.attr
         e = pyfuse3.EntryAttributes()
         e.st_ino = inode.ino
@@ -78,7 +82,8 @@ class Namespace:
         e.st_mtime_ns = inode.mtime_ns
         e.st_ctime_ns = max(inode.ctime_ns, a["ctime_ns"])
         e.attr_timeout = LONG_TIMEOUT if self.data.attrs_valid(inode) else 0
-        e.entry_timeout = 0  # names: the daemon answers from its lock-protected cache
+        e.entry_timeout = LONG_TIMEOUT if name is not None and self.md.name_held(
+            name[0], name[1], inode.ino) else 0
         if count_lookup:
             inode.lookups += 1
         return e
@@ -96,7 +101,7 @@ class Namespace:
                 cred, parent_inode, name, intent=intent), DIR_NAME_BITS)
             assert node is not None
             self.md.remember_name(parent_inode, name, node)
-        return self.entry(node)
+        return self.entry(node, name=(parent_inode, name))
 
     async def _listed(self, parent: int, name: bytes,
                       ctx: pyfuse3.RequestContext) -> Inode | None:
@@ -234,7 +239,7 @@ class Namespace:
         cred = self.cred(ctx)
         node = await self.make(parent_inode, name, lambda kw, intent: self.mdc.create(
             cred, parent_inode, name, mode, rdev, intent=intent, **kw))
-        return self.entry(node)
+        return self.entry(node, name=(parent_inode, name))
 
     async def make(self, parent: int, name: bytes,
                    call: Callable[[dict[str, Any], dict[str, Any]], Awaitable[dict[str, Any]]],
@@ -255,14 +260,14 @@ class Namespace:
         cred = self.cred(ctx)
         node = await self.make(parent_inode, name, lambda kw, intent: self.mdc.mkdir(
             cred, parent_inode, name, mode, intent=intent, **kw))
-        return self.entry(node)
+        return self.entry(node, name=(parent_inode, name))
 
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         cred = self.cred(ctx)
         node = await self.make(parent_inode, name, lambda kw, intent: self.mdc.symlink(
             cred, parent_inode, name, target, intent=intent, **kw))
-        return self.entry(node)
+        return self.entry(node, name=(parent_inode, name))
 
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -270,7 +275,7 @@ class Namespace:
         node = await self.make(new_parent_inode, new_name, lambda kw, intent: self.mdc.link(
             cred, inode, new_parent_inode, new_name, intent=intent, **kw),
             [(inode, UPDATE)])
-        return self.entry(node)
+        return self.entry(node, name=(new_parent_inode, new_name))
 
     # -- removing and renaming names --
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -305,6 +310,11 @@ class Namespace:
                                        name_new, flags, **kw))
         self.md.forget_name(parent_inode_old, name_old)
         self.md.forget_name(parent_inode_new, name_new)
+        # The kernel moves its entry to the new name, which no lock of ours covers (the
+        # rename took the child's name lock back): it must ask again next time.
+        self.md.kernel.forget_entry_later(parent_inode_new, name_new)
+        if flags & RENAME_EXCHANGE:
+            self.md.kernel.forget_entry_later(parent_inode_old, name_old)
         self._after_remove(result.get("replaced"))
 
     # -- directories --
@@ -330,8 +340,8 @@ class Namespace:
         while True:
             entries, end = await self.md.readdir_page(cred, ino, cookie, READDIR_BATCH)
             for name, inode, next_cookie in entries:
-                if not pyfuse3.readdir_reply(token, name, self.entry(inode, count_lookup=False),
-                                             next_cookie + 2):
+                if not pyfuse3.readdir_reply(token, name, self.entry(
+                        inode, count_lookup=False, name=(ino, name)), next_cookie + 2):
                     return
                 inode.lookups += 1
                 cookie = next_cookie

@@ -48,7 +48,7 @@ COUNTERS = ("md_cache_hits", "md_rpcs", "glimpse_rpcs", "size_refreshes",
             "size_refreshes_no_mdt", "revokes", "revoke_passes", "revoke_borrowed_io",
             "kernel_invalidations", "kernel_invalidations_left_running", "revokes_forced",
             "open_replays", "md_negative_hits", "statahead_pages",
-            "xattr_cache_hits")
+            "xattr_cache_hits", "kernel_entry_invalidations")
 
 
 class Mount:
@@ -143,6 +143,7 @@ class Mount:
     # -- lifecycle --
     def start(self, nursery: trio.Nursery) -> None:
         """Background work once the kernel is connected: write-back, flusher, replay."""
+        self.kernel.start(nursery)
         self.io.start(nursery)
         self.opener.start(nursery)
 
