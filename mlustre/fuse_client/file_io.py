@@ -31,11 +31,11 @@ from .mdc import Mdc
 from .open_handles import OpenFile, OpenHandles
 from .osc import Osc
 from .page_cache import CHUNK, PageCache
+from .readahead import Readahead, Stream
 from .writeback import Writeback
 
 log = logging.getLogger(__name__)
 
-READAHEAD_MAX = 8  # chunks ahead of a sequential reader
 DAY_NS = 86400 * 10**9  # a time this close to "now" was most likely UTIME_NOW
 
 
@@ -65,6 +65,8 @@ class FileIo:
         self._nursery: trio.Nursery | None = None
         self.flush_interval = 1.0
         self._closing = 0  # MDT closes in flight
+        self.readahead = Readahead()
+        self._streams: dict[int, Stream] = {}  # open handle -> its read-ahead state
         self._closed_all = trio.Event()
 
     # -- lifecycle --
@@ -137,14 +139,20 @@ class FileIo:
             event.set()
 
     async def _readahead(self, node: Inode, idx: int) -> None:
+        """Fetch one chunk ahead of a reader, under a PR lock over it like any read: the
+        chunk is cached only while a lock covers it, and a callback drops it."""
         try:
+            if self.cache.get(node.ino, idx) is not None or idx in node.fetching:
+                return
             async with self.data.data_locks(node, Mode.PR, idx * CHUNK, (idx + 1) * CHUNK):
                 if self.data.size_valid(node):  # (else the size may have moved: let it be)
                     await self._fetch(node, idx)
         except Exception as e:  # read-ahead is a hint; the real read reports errors
             log.debug("read-ahead of inode %d chunk %d failed: %s", node.ino, idx, e)
+        finally:
+            self.readahead.done()
 
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         of = self.handles.live_file(fh)
         node = known_inode(self.inodes, of.ino)
         if node.layout is None:
@@ -157,7 +165,8 @@ class FileIo:
                 await self.data.refresh_size(node)
             return await self._read_locked(of, node, off, size)
 
-    async def _read_locked(self, of: OpenFile, node: Inode, off: int, size: int) -> bytes:
+    async def _read_locked(self, of: OpenFile, node: Inode, off: int,
+                           size: int) -> bytes | memoryview:
         if not of.atime_done:
             self._relatime(of, node)
         if not of.direct:
@@ -166,17 +175,13 @@ class FileIo:
         if off >= end:
             return b""
         first, last = off // CHUNK, (end - 1) // CHUNK
-        # Sequential access: keep up to READAHEAD_MAX chunks in flight ahead of the reader.
-        if off == of.next_read and self._nursery is not None:
-            of.ra_window = min(max(of.ra_window * 2, 2), READAHEAD_MAX)
-            max_idx = (node.size - 1) // CHUNK
-            for idx in range(last + 1, min(last + of.ra_window, max_idx) + 1):
-                if self.cache.get(node.ino, idx) is None and idx not in node.fetching:
-                    self._nursery.start_soon(self._readahead, node, idx)
-        else:
-            of.ra_window = 0
-        of.next_read = end
-        parts = []
+        if self._nursery is not None:
+            stream = self._streams.get(of.fh)
+            if stream is None:
+                stream = self._streams[of.fh] = Stream()
+            for idx in self.readahead.on_read(stream, off, end, CHUNK, (node.size - 1) // CHUNK):
+                self._nursery.start_soon(self._readahead, node, idx)
+        parts: list[bytes | memoryview] = []
         for idx in range(first, last + 1):
             chunk = self.cache.get(node.ino, idx)
             if chunk is None:
@@ -190,9 +195,11 @@ class FileIo:
             base = idx * CHUNK
             a = max(off, base) - base
             b = min(end, base + CHUNK) - base
-            data = chunk.data[a:b]
+            # A view, not a copy: pyfuse3 copies it into its reply before anything else
+            # runs (no await between here and there), so the chunk cannot change under it.
+            data: bytes | memoryview = memoryview(chunk.data)[a:b]
             if len(data) < b - a:  # a hole the cache has not materialised
-                data = data + bytes(b - a - len(data))
+                data = bytes(data) + bytes(b - a - len(data))
             parts.append(data)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -328,6 +335,7 @@ class FileIo:
 
     async def release(self, fh: int) -> None:
         of = self.handles.remove_file(fh)
+        self._streams.pop(fh, None)
         node = self.inodes.get(of.ino)
         try:
             if node is not None and (node.meta_dirty or not self.inodes.data_settled(node.ino)):
