@@ -109,13 +109,13 @@ class FileIo:
         try:
             start = idx * CHUNK
             length = min(CHUNK, node.size - start)
-            buf = bytearray(length) if length > 0 else bytearray()
+            buf: bytes | bytearray = bytearray(length) if length > 0 else bytearray()
             segments = node.layout.map_extent(start, length) if length > 0 and node.layout \
                 else []
             if len(segments) == 1:  # the common case: use the received buffer as the chunk
                 seg = segments[0]
                 data = await self.oscs[seg.ost_idx].read(seg.oid, seg.obj_offset, length)
-                if len(data) == length and isinstance(data, bytearray):
+                if len(data) == length:  # (bytes too: the cache copies them before a change)
                     buf = data
                 else:
                     buf[:len(data)] = data
@@ -131,7 +131,7 @@ class FileIo:
                     for seg in segments:
                         n.start_soon(one, seg)
             if len(buf) > length:  # the object was longer than the file (stale tail)
-                del buf[length:]
+                buf = buf[:length]
             self.cache.put(node.ino, idx, buf)
             self.cache.evict()
         finally:
