@@ -89,3 +89,16 @@ def test_chunks_refused_for_budget_are_asked_for_later() -> None:
     ra.done()
     got = reads(ra, st, 1, start=3 * K)
     assert got == [2]  # the edge had not moved past chunk 2
+
+
+def test_mount_device_found_in_mountinfo() -> None:
+    from mlustre.fuse_client.kernel_readahead import mount_device
+
+    info = (
+        "22 1 0:21 / / rw - ext4 /dev/sda1 rw\n"
+        "40 22 0:41 / /tmp/my\\040mnt rw,nosuid - fuse.mlustre spec rw\n"
+        "41 22 0:42 / /tmp/other rw - fuse.mlustre spec rw\n"
+    )
+    assert mount_device(info, "/tmp/my mnt") == "0:41"
+    assert mount_device(info, "/tmp/other") == "0:42"
+    assert mount_device(info, "/tmp/none") is None
