@@ -13,7 +13,6 @@ import logging
 import os
 import stat
 import time
-from typing import Any
 
 import pyfuse3
 import trio
@@ -26,6 +25,7 @@ from .imports import ImportClosed
 from .inodes import Inode, InodeTable
 from .kernel_cache import KernelCache
 from .ldlm import LockFailed
+from .lov import ObjectRun
 from .md_cache import MdCache
 from .mdc import Mdc
 from .open_handles import OpenFile, OpenHandles
@@ -109,27 +109,36 @@ class FileIo:
         try:
             start = idx * CHUNK
             length = min(CHUNK, node.size - start)
-            buf: bytes | bytearray = bytearray(length) if length > 0 else bytearray()
-            segments = node.layout.map_extent(start, length) if length > 0 and node.layout \
+            buf: bytes | bytearray = bytearray()
+            runs = node.layout.object_runs(start, length) if length > 0 and node.layout \
                 else []
-            if len(segments) == 1:  # the common case: use the received buffer as the chunk
-                seg = segments[0]
-                data = await self.oscs[seg.ost_idx].read(seg.oid, seg.obj_offset, length)
+            if len(runs) == 1:  # the common case: use the received buffer as the chunk
+                run = runs[0]
+                data = await self.oscs[run.ost_idx].read(run.oid, run.obj_offset, length)
                 if len(data) == length:  # (bytes too: the cache copies them before a change)
                     buf = data
-                else:
+                else:  # a hole at the end of the object: zeros up to the file's size
+                    buf = bytearray(length)
                     buf[:len(data)] = data
-            elif segments:
+            elif runs:  # striped: one read per object, its pieces put in file order
+                buf = bytearray(length)
 
-                async def one(seg: Any) -> None:
-                    data = await self.oscs[seg.ost_idx].read(seg.oid, seg.obj_offset,
-                                                             seg.length)
-                    a = seg.file_offset - start
-                    buf[a:a + len(data)] = data
+                async def one(run: ObjectRun) -> None:
+                    data = await self.oscs[run.ost_idx].read(run.oid, run.obj_offset,
+                                                             run.length)
+                    with memoryview(data) as view:
+                        pos = 0
+                        for file_off, n in run.pieces:
+                            got = view[pos:pos + n]
+                            a = file_off - start
+                            buf[a:a + len(got)] = got
+                            pos += n
 
                 async with trio.open_nursery() as n:
-                    for seg in segments:
-                        n.start_soon(one, seg)
+                    for run in runs:
+                        n.start_soon(one, run)
+            else:
+                buf = bytearray(max(length, 0))
             if len(buf) > length:  # the object was longer than the file (stale tail)
                 buf = buf[:length]
             self.cache.put(node.ino, idx, buf)
