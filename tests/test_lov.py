@@ -235,3 +235,33 @@ def test_layout_is_hashable_and_frozen() -> None:
 def test_from_dict_rejects_inconsistent_layouts(d: dict) -> None:
     with pytest.raises(ValueError):
         Layout.from_dict(d)
+
+
+@settings(max_examples=300, deadline=None)
+@given(count=st.integers(1, 4), size=st.sampled_from([64 * KIB, 128 * KIB, 1 * MIB]),
+       offset=st.integers(0, 9 * MIB), length=st.integers(1, 3 * MIB))
+def test_object_runs_hold_every_byte_once_where_map_extent_puts_it(count, size, offset, length):
+    lay = layout(count, size)
+    runs = lay.object_runs(offset, length)
+    seen = []
+    for run in runs:
+        assert sum(n for _, n in run.pieces) == run.length
+        pos = run.obj_offset
+        for file_off, n in run.pieces:
+            for seg in lay.map_extent(file_off, n):  # each piece lies where the run says
+                assert (seg.ost_idx, seg.oid, seg.obj_offset) == (run.ost_idx, run.oid, pos)
+                pos += seg.length
+            seen.append((file_off, n))
+    seen.sort()
+    assert seen[0][0] == offset and sum(n for _, n in seen) == length
+    assert all(a + n == b for (a, n), (b, _) in zip(seen, seen[1:], strict=False))
+    # One run per object touched when the extent stays within one round of stripes or the
+    # objects' parts follow each other (always, for an extent: RAID-0 fills them in order).
+    assert len(runs) == len({(r.ost_idx, r.oid) for r in runs})
+
+
+def test_one_run_per_object_for_a_striped_chunk():
+    lay = layout(2, 64 * KIB)
+    runs = lay.object_runs(MIB, MIB)
+    assert [(r.ost_idx, r.obj_offset, r.length, len(r.pieces)) for r in runs] == [
+        (10, MIB // 2, MIB // 2, 8), (11, MIB // 2, MIB // 2, 8)]

@@ -670,3 +670,49 @@ def test_written_data_is_evicted_once_written_back() -> None:
         cache.writeback_done(7, idx, snap[0], len(snap[1]), True)
         assert cache.cached_bytes + elsewhere[0] <= 3 * CHUNK
     assert cache.cached_bytes == 2 * CHUNK and cache.dirty_bytes == 0
+
+
+# -- whole-chunk writes shared, not copied ----------------------------------------------------------
+
+def test_whole_chunk_write_is_sent_without_a_copy() -> None:
+    pc = PageCache()
+    data = bytes(range(256)) * (CHUNK // 256)
+    pc.write(1, 0, 0, memoryview(data))  # (what llite passes: a view of the FUSE buffer)
+    c = pc.get(1, 0)
+    assert c is not None and c.data is data
+    lo, snap = pc.take_dirty(1, 0)
+    assert lo == 0 and snap is data
+    check_accounting(pc, in_flight=CHUNK)
+
+
+def test_change_of_a_chunk_in_flight_leaves_the_sent_data_alone() -> None:
+    pc = PageCache()
+    data = b"a" * CHUNK
+    pc.write(1, 0, 0, data)
+    _, snap = pc.take_dirty(1, 0)
+    pc.write(1, 0, 10, b"bbb")  # while the write-back RPC is in flight
+    assert snap == b"a" * CHUNK and snap is data
+    c = pc.get(1, 0)
+    assert c is not None and bytes(c.data[8:14]) == b"aabbba"
+    pc.writeback_done(1, 0, 0, CHUNK, ok=True)
+    assert pc.take_dirty(1, 0) == (10, b"bbb")
+
+
+def test_truncate_of_a_shared_chunk_cuts_a_copy() -> None:
+    pc = PageCache()
+    data = b"a" * CHUNK
+    pc.write(1, 0, 0, data)
+    _, snap = pc.take_dirty(1, 0)
+    pc.truncate(1, 5)
+    assert snap is data and data == b"a" * CHUNK
+    c = pc.get(1, 0)
+    assert c is not None and c.data == b"aaaaa"
+    check_accounting(pc, in_flight=CHUNK)
+
+
+def test_part_of_a_buffer_is_copied() -> None:
+    pc = PageCache()
+    buf = b"x" * (CHUNK + 10)
+    pc.write(1, 0, 0, memoryview(buf)[:CHUNK])
+    c = pc.get(1, 0)
+    assert c is not None and isinstance(c.data, bytearray) and c.data == buf[:CHUNK]

@@ -13,7 +13,6 @@ import logging
 import os
 import stat
 import time
-from typing import Any
 
 import pyfuse3
 import trio
@@ -26,16 +25,17 @@ from .imports import ImportClosed
 from .inodes import Inode, InodeTable
 from .kernel_cache import KernelCache
 from .ldlm import LockFailed
+from .lov import ObjectRun
 from .md_cache import MdCache
 from .mdc import Mdc
 from .open_handles import OpenFile, OpenHandles
 from .osc import Osc
 from .page_cache import CHUNK, PageCache
+from .readahead import Readahead, Stream
 from .writeback import Writeback
 
 log = logging.getLogger(__name__)
 
-READAHEAD_MAX = 8  # chunks ahead of a sequential reader
 DAY_NS = 86400 * 10**9  # a time this close to "now" was most likely UTIME_NOW
 
 
@@ -65,6 +65,8 @@ class FileIo:
         self._nursery: trio.Nursery | None = None
         self.flush_interval = 1.0
         self._closing = 0  # MDT closes in flight
+        self.readahead = Readahead()
+        self._streams: dict[int, Stream] = {}  # open handle -> its read-ahead state
         self._closed_all = trio.Event()
 
     # -- lifecycle --
@@ -107,29 +109,38 @@ class FileIo:
         try:
             start = idx * CHUNK
             length = min(CHUNK, node.size - start)
-            buf = bytearray(length) if length > 0 else bytearray()
-            segments = node.layout.map_extent(start, length) if length > 0 and node.layout \
+            buf: bytes | bytearray = bytearray()
+            runs = node.layout.object_runs(start, length) if length > 0 and node.layout \
                 else []
-            if len(segments) == 1:  # the common case: use the received buffer as the chunk
-                seg = segments[0]
-                data = await self.oscs[seg.ost_idx].read(seg.oid, seg.obj_offset, length)
-                if len(data) == length and isinstance(data, bytearray):
+            if len(runs) == 1:  # the common case: use the received buffer as the chunk
+                run = runs[0]
+                data = await self.oscs[run.ost_idx].read(run.oid, run.obj_offset, length)
+                if len(data) == length:  # (bytes too: the cache copies them before a change)
                     buf = data
-                else:
+                else:  # a hole at the end of the object: zeros up to the file's size
+                    buf = bytearray(length)
                     buf[:len(data)] = data
-            elif segments:
+            elif runs:  # striped: one read per object, its pieces put in file order
+                buf = bytearray(length)
 
-                async def one(seg: Any) -> None:
-                    data = await self.oscs[seg.ost_idx].read(seg.oid, seg.obj_offset,
-                                                             seg.length)
-                    a = seg.file_offset - start
-                    buf[a:a + len(data)] = data
+                async def one(run: ObjectRun) -> None:
+                    data = await self.oscs[run.ost_idx].read(run.oid, run.obj_offset,
+                                                             run.length)
+                    with memoryview(data) as view:
+                        pos = 0
+                        for file_off, n in run.pieces:
+                            got = view[pos:pos + n]
+                            a = file_off - start
+                            buf[a:a + len(got)] = got
+                            pos += n
 
                 async with trio.open_nursery() as n:
-                    for seg in segments:
-                        n.start_soon(one, seg)
+                    for run in runs:
+                        n.start_soon(one, run)
+            else:
+                buf = bytearray(max(length, 0))
             if len(buf) > length:  # the object was longer than the file (stale tail)
-                del buf[length:]
+                buf = buf[:length]
             self.cache.put(node.ino, idx, buf)
             self.cache.evict()
         finally:
@@ -137,14 +148,20 @@ class FileIo:
             event.set()
 
     async def _readahead(self, node: Inode, idx: int) -> None:
+        """Fetch one chunk ahead of a reader, under a PR lock over it like any read: the
+        chunk is cached only while a lock covers it, and a callback drops it."""
         try:
+            if self.cache.get(node.ino, idx) is not None or idx in node.fetching:
+                return
             async with self.data.data_locks(node, Mode.PR, idx * CHUNK, (idx + 1) * CHUNK):
                 if self.data.size_valid(node):  # (else the size may have moved: let it be)
                     await self._fetch(node, idx)
         except Exception as e:  # read-ahead is a hint; the real read reports errors
             log.debug("read-ahead of inode %d chunk %d failed: %s", node.ino, idx, e)
+        finally:
+            self.readahead.done()
 
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         of = self.handles.live_file(fh)
         node = known_inode(self.inodes, of.ino)
         if node.layout is None:
@@ -157,7 +174,8 @@ class FileIo:
                 await self.data.refresh_size(node)
             return await self._read_locked(of, node, off, size)
 
-    async def _read_locked(self, of: OpenFile, node: Inode, off: int, size: int) -> bytes:
+    async def _read_locked(self, of: OpenFile, node: Inode, off: int,
+                           size: int) -> bytes | memoryview:
         if not of.atime_done:
             self._relatime(of, node)
         if not of.direct:
@@ -166,17 +184,13 @@ class FileIo:
         if off >= end:
             return b""
         first, last = off // CHUNK, (end - 1) // CHUNK
-        # Sequential access: keep up to READAHEAD_MAX chunks in flight ahead of the reader.
-        if off == of.next_read and self._nursery is not None:
-            of.ra_window = min(max(of.ra_window * 2, 2), READAHEAD_MAX)
-            max_idx = (node.size - 1) // CHUNK
-            for idx in range(last + 1, min(last + of.ra_window, max_idx) + 1):
-                if self.cache.get(node.ino, idx) is None and idx not in node.fetching:
-                    self._nursery.start_soon(self._readahead, node, idx)
-        else:
-            of.ra_window = 0
-        of.next_read = end
-        parts = []
+        if self._nursery is not None:
+            stream = self._streams.get(of.fh)
+            if stream is None:
+                stream = self._streams[of.fh] = Stream()
+            for idx in self.readahead.on_read(stream, off, end, CHUNK, (node.size - 1) // CHUNK):
+                self._nursery.start_soon(self._readahead, node, idx)
+        parts: list[bytes | memoryview] = []
         for idx in range(first, last + 1):
             chunk = self.cache.get(node.ino, idx)
             if chunk is None:
@@ -190,9 +204,11 @@ class FileIo:
             base = idx * CHUNK
             a = max(off, base) - base
             b = min(end, base + CHUNK) - base
-            data = chunk.data[a:b]
+            # A view, not a copy: pyfuse3 copies it into its reply before anything else
+            # runs (no await between here and there), so the chunk cannot change under it.
+            data: bytes | memoryview = memoryview(chunk.data)[a:b]
             if len(data) < b - a:  # a hole the cache has not materialised
-                data = data + bytes(b - a - len(data))
+                data = bytes(data) + bytes(b - a - len(data))
             parts.append(data)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -328,6 +344,7 @@ class FileIo:
 
     async def release(self, fh: int) -> None:
         of = self.handles.remove_file(fh)
+        self._streams.pop(fh, None)
         node = self.inodes.get(of.ino)
         reported = False
         try:

@@ -21,6 +21,18 @@ class Segment(NamedTuple):
     length: int
 
 
+@dataclass(slots=True)
+class ObjectRun:
+    """Contiguous bytes of one object: where they are in it, and the file pieces
+    (file offset, length), in file order, that they hold back to back."""
+
+    ost_idx: int
+    oid: int
+    obj_offset: int
+    length: int
+    pieces: list[tuple[int, int]]
+
+
 @dataclass(frozen=True, slots=True)
 class Layout:
     stripe_count: int
@@ -48,6 +60,25 @@ class Layout:
             ost_idx, oid = self.objects[stripe]
             out.append(Segment(stripe, ost_idx, oid, (stripe_no // count) * ss + within, pos, n))
             pos += n
+        return out
+
+    def object_runs(self, offset: int, length: int) -> list[ObjectRun]:
+        """The segments of [offset, offset+length) merged per object where they are
+        contiguous in it (with small stripes a chunk's stripe units on one object follow
+        each other there): one RPC per run instead of one per stripe unit."""
+        runs: dict[tuple[int, int], list[ObjectRun]] = {}
+        out: list[ObjectRun] = []
+        for seg in self.map_extent(offset, length):
+            mine = runs.setdefault((seg.ost_idx, seg.oid), [])
+            last = mine[-1] if mine else None
+            if last is not None and last.obj_offset + last.length == seg.obj_offset:
+                last.pieces.append((seg.file_offset, seg.length))
+                last.length += seg.length
+                continue
+            run = ObjectRun(seg.ost_idx, seg.oid, seg.obj_offset, seg.length,
+                            [(seg.file_offset, seg.length)])
+            mine.append(run)
+            out.append(run)
         return out
 
     def object_size_at(self, stripe: int, file_size: int) -> int:

@@ -20,7 +20,7 @@ from .. import registry
 from ..procs import detach_stdout_to_stderr
 from ..protocol.errors import AuthError, ConnectionLost, RpcError
 from ..protocol.keyfile import KeyFileError, load_key
-from . import admin
+from . import admin, kernel_readahead
 from .node import Mount
 
 log = logging.getLogger("mlustre.client")
@@ -65,6 +65,7 @@ async def run(args: argparse.Namespace) -> None:
             "admin_socket": str(admin_path)})
         mount.start(nursery)
         nursery.start_soon(admin.serve_admin, listener, admin.client_params(mount))
+        nursery.start_soon(kernel_readahead.keep_wide, args.mountpoint)
         print(f"READY mounted {args.spec} on {args.mountpoint} pid={os.getpid()}", flush=True)
         detach_stdout_to_stderr()
 

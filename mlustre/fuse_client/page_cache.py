@@ -9,6 +9,11 @@ EOF would be overwritten). Each chunk has one dirty range; a chunk being
 written back is "busy" and is not sent again until that RPC is done, so two
 writebacks of one chunk can never reach the OST out of order.
 
+A chunk written whole by one write keeps the writer's `bytes` as its data, and
+write-back sends (and the OSC keeps for replay) that same object: a streaming
+writer's data is copied by nobody here. Such data is never changed in place; the
+first change of the chunk copies it (`_mutable`), so what is in flight stays as sent.
+
 No I/O here: the write-back engine and llite drive it.
 """
 
@@ -24,7 +29,7 @@ CHUNK = 1 << 20
 class Chunk:
     __slots__ = ("data", "dirty_lo", "dirty_hi", "busy")
 
-    def __init__(self, data: bytearray) -> None:
+    def __init__(self, data: bytes | bytearray) -> None:
         self.data = data
         self.dirty_lo = 0
         self.dirty_hi = 0
@@ -73,7 +78,7 @@ class PageCache:
                 self._lru.move_to_end(key)
         return chunk
 
-    def put(self, ino: int, idx: int, data: bytearray) -> Chunk:
+    def put(self, ino: int, idx: int, data: bytes | bytearray) -> Chunk:
         """Insert a clean chunk (fetched, or about to be fully written)."""
         fc = self.file(ino)
         old = fc.chunks.get(idx)
@@ -103,9 +108,9 @@ class PageCache:
         hi = lo + len(data)
         if chunk is None:
             assert lo == 0
-            chunk = self.put(ino, idx, bytearray(data))
+            chunk = self.put(ino, idx, _adopt(data))
         else:
-            buf = chunk.data
+            buf = _mutable(chunk)
             if lo > len(buf):
                 self.cached_bytes += lo - len(buf)
                 buf.extend(bytes(lo - len(buf)))  # a hole before EOF-extending data
@@ -138,6 +143,8 @@ class PageCache:
         fc.dirty.discard(idx)
         fc.busy += 1
         fc.inflight[idx] = chunk
+        if isinstance(chunk.data, bytes) and lo == 0 and hi == len(chunk.data):
+            return lo, chunk.data  # (immutable: later writes copy the chunk first)
         with memoryview(chunk.data) as view:
             return lo, bytes(view[lo:hi])
 
@@ -183,7 +190,7 @@ class PageCache:
             elif start + len(chunk.data) > size:
                 keep = size - start
                 self.cached_bytes -= len(chunk.data) - keep
-                del chunk.data[keep:]
+                del _mutable(chunk)[keep:]
                 if chunk.dirty:
                     old = chunk.dirty_hi - chunk.dirty_lo
                     chunk.dirty_hi = min(chunk.dirty_hi, keep)
@@ -226,3 +233,21 @@ class PageCache:
             freed += len(chunk.data)
             self._drop_chunk(ino, fc, idx)
         return freed
+
+
+def _adopt(data: bytes | memoryview) -> bytes | bytearray:
+    """The data of a new chunk written from its start: the writer's own bytes object
+    when data is all of one (no copy; bytes never change), else a copy."""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, memoryview) and isinstance(data.obj, bytes) \
+            and data.nbytes == len(data.obj) and data.contiguous:
+        return data.obj
+    return bytearray(data)
+
+
+def _mutable(chunk: Chunk) -> bytearray:
+    """The chunk's data, made a bytearray of its own first if it is shared bytes."""
+    if not isinstance(chunk.data, bytearray):
+        chunk.data = bytearray(chunk.data)
+    return chunk.data

@@ -121,13 +121,13 @@ class Writeback:
         layout = self.layout_of(ino)
         if layout is None:
             raise RpcError(5, f"inode {ino} has no layout")
-        segments = layout.map_extent(offset, len(data))
-        if len(segments) == 1:
-            seg = segments[0]
-            await self.oscs[seg.ost_idx].write(seg.oid, seg.obj_offset, data, flush=True)
+        runs = layout.object_runs(offset, len(data))
+        if len(runs) == 1:
+            run = runs[0]
+            await self.oscs[run.ost_idx].write(run.oid, run.obj_offset, data, flush=True)
             return
-        view = memoryview(data)
-        for seg in segments:
-            a = seg.file_offset - offset
-            await self.oscs[seg.ost_idx].write(seg.oid, seg.obj_offset,
-                                               bytes(view[a:a + seg.length]), flush=True)
+        # Striped: one write per object, its stripe units gathered (the one copy).
+        with memoryview(data) as view:
+            for run in runs:
+                part = b"".join(view[f - offset:f - offset + n] for f, n in run.pieces)
+                await self.oscs[run.ost_idx].write(run.oid, run.obj_offset, part, flush=True)
