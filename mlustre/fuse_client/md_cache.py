@@ -358,6 +358,27 @@ class MdCache:
             node.xattrs = xattr_cache.moved(xattrs, self.update_lock(node))
         return body["attr"]
 
+    async def setattr_with_size(self, cred: list[Any], node: Inode, attrs: dict[str, Any],
+                                fh: int | None) -> dict[str, Any]:
+        """setattr_rpc carrying the size and written state our data gave the file (one
+        request where push_meta and a setattr were two: tar and cp -p set the times of
+        every file they have just written). Set-id bits a write must drop still go the
+        way of push_meta."""
+        async with node.meta_lock:
+            if node.meta_dirty and not node.kill_priv:
+                node.meta_dirty = False
+                node.meta_inflight += 1
+                try:
+                    return await self.setattr_rpc(cred, node,
+                                                  {**attrs, "write_size": node.size}, fh)
+                except BaseException:
+                    node.meta_dirty = True
+                    raise
+                finally:
+                    node.meta_inflight -= 1
+        await self.push_meta(node)
+        return await self.setattr_rpc(cred, node, attrs, fh)
+
     async def push_meta(self, inode: Inode) -> None:
         """Tell the MDT the size and mtime that written data gave the file."""
         async with inode.meta_lock:

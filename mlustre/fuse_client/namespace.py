@@ -209,8 +209,7 @@ class Namespace:
             # another client's: every writer writes back and reports first.
             async with self.data.data_locks(node, Mode.PW, 0, EOF):
                 await self.writeback.flush_file(inode)
-                await self.md.push_meta(node)
-                new = await self.md.setattr_rpc(cred, node, attrs, fh)
+                new = await self.md.setattr_with_size(cred, node, attrs, fh)
                 node.mtime_ns = new["mtime_ns"]
                 node.ctime_ns = new["ctime_ns"]
         else:

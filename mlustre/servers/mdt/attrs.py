@@ -21,7 +21,8 @@ from .schema import ATIME, CTIME, GID, MODE, MTIME, S_IFMT, SIZE, UID, WRITTEN, 
 from .size_on_mdt import SizeAuthority
 
 KNOWN_ATTRS = frozenset(
-    {"mode", "uid", "gid", "size", "atime_ns", "mtime_ns", "atime_now", "mtime_now"}
+    {"mode", "uid", "gid", "size", "atime_ns", "mtime_ns", "atime_now", "mtime_now",
+     "write_size"}
 )
 
 
@@ -98,6 +99,17 @@ class Attributes:
             self._size.truncated(ino)
             if not root and "mode" not in a:
                 mode = kill_suid(mode)
+        if "write_size" in a:
+            # The size its writer's data gave the file (a write_update riding on the
+            # setattr that follows it, as tar's utimes after writing): grows only.
+            if fmt != stat.S_IFREG:
+                raise fail(errno.EINVAL, "write size of a non-regular file")
+            grown = int(a["write_size"])
+            if not 0 <= grown <= MAX_FILE_SIZE:
+                raise fail(errno.EFBIG if grown > 0 else errno.EINVAL, "write size")
+            if grown > r[SIZE]:
+                r[SIZE] = grown
+            r[WRITTEN] = 1
         for key, idx in (("atime", ATIME), ("mtime", MTIME)):
             if key + "_ns" in a:
                 if not owner:

@@ -581,7 +581,7 @@ class MdtServer(TargetServer):
                   replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         attrs = body_field(b, "attrs", dict)
         allowed = {"mode", "uid", "gid", "size", "atime_ns", "mtime_ns", "atime_now",
-                   "mtime_now"}
+                   "mtime_now", "write_size"}
         if not set(attrs) <= allowed:
             raise ServiceError(errno.EINVAL, "unknown attribute")
         for k, v in attrs.items():
