@@ -176,3 +176,16 @@ def test_touch_atime_changes_atime_only(tmp_path: Path) -> None:
     assert attr["atime_ns"] == before["atime_ns"] + 10**9
     assert (attr["ctime_ns"], attr["mtime_ns"]) == (before["ctime_ns"], before["mtime_ns"])
     assert mdt_store.getattr(before["ino"])["atime_ns"] == attr["atime_ns"]
+
+
+def test_setattr_write_size_grows_only_and_explicit_mtime_wins(mdt_store: MdtStore) -> None:
+    """A writer's utimes carries the size its data gave the file (write_size): the
+    size grows (never shrinks: a truncate is "size"), the explicit mtime stays."""
+    f = mkfile(mdt_store, b"ws")
+    _, a = mdt_store.setattr(ROOT, f["ino"], {"write_size": 5000, "mtime_ns": 7})
+    assert (a["size"], a["mtime_ns"]) == (5000, 7)
+    _, a = mdt_store.setattr(ROOT, f["ino"], {"write_size": 10, "mtime_ns": 9})
+    assert (a["size"], a["mtime_ns"]) == (5000, 9)
+    d = mdt_store.mkdir(ROOT, ROOT_INO, b"wsd", 0o755)[1]
+    with raises(errno.EINVAL):
+        mdt_store.setattr(ROOT, d["ino"], {"write_size": 1})
