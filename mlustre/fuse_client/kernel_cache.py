@@ -1,4 +1,4 @@
-"""kernel_cache.py - the only caller of pyfuse3.invalidate_inode: the kernel's caches.
+"""kernel_cache.py - the only caller of pyfuse3.invalidate_inode and invalidate_entry: the kernel's caches.
 
 The kernel caches attributes (for the attribute timeout) and pages of every inode the
 mount hands it. When a lock protecting them is given back, they must go; the kernel is
