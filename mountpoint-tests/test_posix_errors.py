@@ -419,14 +419,23 @@ def test_read_across_stripes_reports_the_failing_ost(striped, faults):
 
 
 @pytest.mark.timeout(60)
-def test_glimpse_of_every_object_reports_the_failing_ost(striped, faults):
+def test_glimpse_of_every_object_reports_the_failing_ost(cluster, striped, faults,
+                                                        client2):
+    """A stat asks the objects for the size when the MDT's may not be the file's
+    (another client has it open for write): an OST failing that glimpse is the
+    stat's errno."""
     f = striped / "f"
     put(f, os.urandom(300_000))
-    faults.drop_client_cache()
-    faults.ost(1, "errno:LDLM_ENQUEUE:ENOLINK")
-    assert errno_of(os.stat, f) == "ENOLINK"
-    faults.clear()
-    assert f.stat().st_size == 300_000
+    cluster.mount_client(client2).check()
+    fd = os.open(client2 / f.relative_to(cluster.mnt), os.O_WRONLY)
+    try:
+        faults.drop_client_cache()
+        faults.ost(1, "errno:LDLM_ENQUEUE:ENOLINK")
+        assert errno_of(os.stat, f) == "ENOLINK"
+        faults.clear()
+        assert f.stat().st_size == 300_000
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.timeout(60)

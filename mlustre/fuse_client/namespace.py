@@ -32,6 +32,7 @@ from .writeback import Writeback
 
 LAYOUT_BITS = int(IBits.UPDATE | IBits.LAYOUT)
 READDIR_BATCH = 512
+NAME_MAX = 255
 RENAME_EXCHANGE = 2  # (renameat2)
 BIG_DIRS_MAX = 4096
 BLKSIZE = 1 << 20  # tools size their I/O buffers from st_blksize
@@ -109,6 +110,8 @@ class Namespace:
         a name it lacks, the child if its name came with a lock. The first lookup that
         misses in a directory lists it (statahead: one request for up to a page of
         names, attributes and locks). None: ask the MDT."""
+        if len(name) > NAME_MAX:
+            return None  # (ENAMETOOLONG is the MDT's to say)
         names = self.md.listings.names(parent)
         if names is None and parent not in self._big_dirs:
             await self._statahead(parent, ctx)
@@ -358,8 +361,9 @@ class Namespace:
         if name.startswith(POSIX_ACL_PREFIX):
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         node = self.inodes.get(inode)
-        # (Not "user." names: reading them needs read permission, the MDT's to check.)
-        cacheable = node is not None and not name.startswith(b"user.")
+        # (Not "user." names: reading them needs read permission, the MDT's to check;
+        # nor "lustre." names: the MDT makes them from the layout, they are no xattrs.)
+        cacheable = node is not None and not name.startswith((b"user.", b"lustre."))
         if cacheable:
             assert node is not None
             value = xattr_cache.known(node.xattrs, node.md, name)
