@@ -327,10 +327,17 @@ class FileIo:
             raise pyfuse3.FUSEError(err)
 
     async def flush(self, fh: int) -> None:
+        """close(2): the data goes to the OSTs (its errors are close's); the size and
+        mtime it gave the file follow with the release, which nobody waits for. Until
+        then the file is open for write on the MDT: other clients glimpse its size
+        (from our data locks), and we, its only writer, know it."""
         of = self.handles.live_file(fh)
         node = known_inode(self.inodes, of.ino)
-        if node.meta_dirty or not self.inodes.data_settled(node.ino):
-            await self._flush_inode(node)
+        if not self.inodes.data_settled(node.ino):
+            await self.writeback.flush_file(node.ino)
+        if node.write_error:
+            err, node.write_error = node.write_error, 0
+            raise pyfuse3.FUSEError(err)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         of = self.handles.live_file(fh)
@@ -348,27 +355,56 @@ class FileIo:
         node = self.inodes.get(of.ino)
         reported = False
         try:
-            if node is not None and (node.meta_dirty or not self.inodes.data_settled(node.ino)):
-                await self._flush_inode(node)
-            reported = True
+            if node is not None:
+                if not self.inodes.data_settled(node.ino):
+                    await self.writeback.flush_file(node.ino)
+                if node.meta_dirty and node.kill_priv:
+                    await self.md.push_meta(node)  # (set-id bits go under locks)
+                reported = not node.write_error
+                node.write_error = 0  # (nobody to report it to: the size goes unsure)
         finally:
             # Nobody waits for the MDT close (release has no caller to report to), so it
-            # goes in the background; shutdown waits for every one of them. A writer
-            # whose size did not reach the MDT says so (size_on_mdt.py).
-            self.close_later(of.handle, size_unsure=not reported)
+            # goes in the background, with the size and mtime our writes gave the file;
+            # shutdown waits for every one of them. A writer whose data did not reach
+            # the OSTs says its size is unsure (size_on_mdt.py).
+            self.close_later(of.handle, size_unsure=not reported,
+                             node=node if reported else None)
             if node is not None:
                 node.opens -= 1
                 self.inodes.maybe_forget(node)
 
-    def close_later(self, handle: int, size_unsure: bool = False) -> None:
-        """Close an MDT open handle in the background (shutdown waits for it)."""
+    def close_later(self, handle: int, size_unsure: bool = False,
+                    node: Inode | None = None) -> None:
+        """Close an MDT open handle in the background (shutdown waits for it); with
+        node, the close carries what node's writes left to report."""
         self._closing += 1
         assert self._nursery is not None
-        self._nursery.start_soon(self._close_handle, handle, size_unsure)
+        self._nursery.start_soon(self._close_handle, handle, size_unsure, node)
 
-    async def _close_handle(self, handle: int, size_unsure: bool) -> None:
+    async def _close_handle(self, handle: int, size_unsure: bool,
+                            node: Inode | None) -> None:
         try:
-            await self.mdc.close(handle, size_unsure)
+            if node is None:
+                await self.mdc.close(handle, size_unsure)
+                return
+            # Under the inode's meta lock: a data lock given back meanwhile waits for
+            # this report instead of letting another client see the old size.
+            async with node.meta_lock:
+                written = None
+                if node.meta_dirty and not node.kill_priv:
+                    written = (node.size, node.mtime_ns)
+                    node.meta_dirty = False
+                    node.meta_inflight += 1
+                try:
+                    await self.mdc.close(handle, written=written)
+                except BaseException:
+                    if written is not None:
+                        node.meta_dirty = True
+                    raise
+                finally:
+                    if written is not None:
+                        node.meta_inflight -= 1
+            self.inodes.maybe_forget(node)
         except (RpcError, ImportClosed) as e:
             log.warning("close of MDT handle %d failed: %s", handle, e)
         finally:

@@ -182,6 +182,7 @@ class InodeTable:
 
     def maybe_forget(self, inode: Inode) -> None:
         if inode.lookups <= 0 and inode.opens <= 0 and inode.ino != ROOT_INODE \
-                and not inode.meta_dirty and self.data_settled(inode.ino):
+                and not inode.meta_dirty and not inode.meta_inflight \
+                and not inode.meta_lock.locked() and self.data_settled(inode.ino):
             self.cache.drop_clean(inode.ino)
             self.inodes.pop(inode.ino, None)
