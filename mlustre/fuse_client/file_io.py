@@ -246,10 +246,16 @@ class FileIo:
                                         EOF if append else last) as borrowed:
             if not self.data.size_known(node) and not borrowed:
                 await self.data.refresh_size(node)
-            stale_size = append and off != node.size
             if append:
-                off = node.size  # where the file really ends, not where the kernel thinks
-            written = await self._write_locked(of, node, off, buf_within_max(off, buf))
+                # One append at a time on this client: each writes where the last ended
+                # (a write may wait for its chunk to be fetched before it moves the end).
+                async with node.append_lock:
+                    stale_size = off != node.size
+                    off = node.size  # where the file really ends, not where the kernel thinks
+                    written = await self._write_locked(of, node, off, buf_within_max(off, buf))
+            else:
+                stale_size = False
+                written = await self._write_locked(of, node, off, buf)
         if of.uid != 0 and kill_setid(node.attr["mode"]) != node.attr["mode"]:
             await self._kill_setid_now(of, node)
         if stale_size:
@@ -403,6 +409,7 @@ class FileIo:
                     raise
                 finally:
                     if written is not None:
+                        node.reported_at = trio.current_time()
                         node.meta_inflight -= 1
             self.inodes.maybe_forget(node)
         except (RpcError, ImportClosed) as e:

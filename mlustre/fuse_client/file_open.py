@@ -77,8 +77,9 @@ class FileOpen:
                 of = await self._opened(self.inodes.update(result["attr"]), result, flags,
                                         cred)
             return self._file_info(of, keep_cache=False)
+        sent = trio.current_time()
         result = await self._open_rpc(cred, inode, flags)
-        node = self.inodes.update(result["attr"])
+        node = self.inodes.update(result["attr"], sent)
         # The kernel's pages (and ours) are still right if a data lock covered them all
         # along: losing one invalidates them. Without locks, nothing cached is kept.
         keep = self.data.covered(node) and not result.get("truncated")

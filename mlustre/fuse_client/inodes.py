@@ -8,6 +8,7 @@ MDT's), lookup and open counts, and what the lock components note on it.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -27,7 +28,7 @@ class Inode:
                  "meta_inflight", "kill_priv", "lookups", "opens", "write_error", "meta_lock",
                  "fetching", "md", "data_gen", "size_gen", "revoking", "revoke_io", "lockless",
                  "lockless_idle", "lock_waiters", "waiter_came", "kernel_pages", "attr_at",
-                 "xattrs")
+                 "xattrs", "append_lock", "reported_at")
 
     def __init__(self, ino: int, attr: dict[str, Any]) -> None:
         self.ino = ino
@@ -56,6 +57,10 @@ class Inode:
         self.kernel_pages = False  # read through a buffered handle since last invalidated
         self.attr_at: float | None = None  # when the MDT request that gave attr was sent
         self.xattrs: XattrKnowledge | None = None  # (xattr_cache.py)
+        self.append_lock = trio.Lock()  # O_APPEND writes of this client, one at a time
+        # When an update of ours that set size/mtime last completed (trio clock): an MDT
+        # reply to a request sent before it may carry the older ones.
+        self.reported_at = -math.inf
 
 
 class Groups:
@@ -137,8 +142,10 @@ class InodeTable:
         fc = self.cache.files.get(ino)
         return fc is None or (not fc.dirty and not fc.busy)
 
-    def update(self, attr: dict[str, Any]) -> Inode:
-        """Merge attributes from the MDT into the inode table."""
+    def update(self, attr: dict[str, Any], sent_at: float | None = None) -> Inode:
+        """Merge attributes from the MDT into the inode table. sent_at: when the request
+        they answer was sent (its size and mtime are older than ours if one of our size
+        updates completed after that)."""
         ino = attr["ino"]
         inode = self.inodes.get(ino)
         if inode is None:
@@ -153,7 +160,7 @@ class InodeTable:
             if inode.layout is None or layout != inode.layout:
                 inode.layout = layout
                 self.watch_layout(inode)
-        if self.local_meta_settled(inode):
+        if self.local_meta_settled(inode) and (sent_at is None or sent_at > inode.reported_at):
             # (Not while our own size update is unsent or unanswered: a reply the MDT
             # made before it would carry an older size.)
             inode.size = attr["size"]

@@ -26,7 +26,7 @@ from typing import Any
 import trio
 
 from ..protocol.errors import RpcError
-from ..protocol.ldlm import FL_ELC, NAME_BITS, IBits, LockType, Mode, inode_res
+from ..protocol.ldlm import FL_CBPENDING, FL_ELC, NAME_BITS, IBits, LockType, Mode, inode_res
 from . import xattr_cache
 from .dir_listing import Listings
 from .inodes import Inode, InodeTable
@@ -105,20 +105,21 @@ class MdCache:
         return lock, {"handle": lock.handle, "bits": file_bits, "dir_bits": dir_bits}
 
     def _intent_done(self, lock: ClientLock, body: dict[str, Any] | None,
-                     dir_bits: int, file_bits: int = FILE_BITS) -> Inode | None:
+                     dir_bits: int, file_bits: int = FILE_BITS,
+                     sent: float | None = None) -> Inode | None:
         """Merge a reply's attributes; keep its lock if it was granted."""
         attr = body.get("attr") if body else None
         remote = body.get("lock") if body else None
         if attr is None or remote is None or lock.state is not LockState.ENQUEUING:
             self.locks.intent_end(lock, None)
-            return self.inodes.update(attr) if attr is not None else None
+            return self.inodes.update(attr, sent) if attr is not None else None
         bits = dir_bits if stat.S_ISDIR(attr["mode"]) else file_bits
         granted_bits = body.get("lock_bits") if body else None
         if type(granted_bits) is int and 0 < granted_bits and not granted_bits & ~bits:
             bits = granted_bits  # (the MDT grants the SOM bit only when it holds)
         self.locks.ns.rebind(lock.handle, inode_res(attr["ino"]), bits)
         granted = self.locks.intent_end(lock, remote)
-        node = self.inodes.update(attr)
+        node = self.inodes.update(attr, sent)
         if granted and lock not in node.md:
             node.md.append(lock)
         return node
@@ -134,7 +135,7 @@ class MdCache:
         try:
             body = await call(intent)
         finally:
-            node = self._intent_done(lock, body, dir_bits, file_bits)
+            node = self._intent_done(lock, body, dir_bits, file_bits, sent)
         assert body is not None
         if node is not None:
             node.attr_at = sent
@@ -156,7 +157,7 @@ class MdCache:
             self.counters["md_rpcs"] += 1
             sent = trio.current_time()
             body = await self.mdc.getattr(ino)
-            node = self.inodes.update(body["attr"])
+            node = self.inodes.update(body["attr"], sent)
             node.attr_at = sent
             return node
         node, _ = await self.md_call(lambda intent: self.mdc.getattr(ino, intent=intent))
@@ -300,10 +301,11 @@ class MdCache:
                 "dir_lock_bits": DIR_ATTR_BITS}
         body: dict[str, Any] | None = None
         self.counters["md_rpcs"] += 1
+        sent = trio.current_time()
         try:
             body = await self.mdc.readdir(cred, ino, cookie, count, locks=want)
         finally:
-            out = self._page_done(ino, intents, dlock, body)
+            out = self._page_done(ino, intents, dlock, body, sent)
         assert body is not None
         end = bool(body.get("end"))
         if end and cookie == 0 and self._dir_lock_held(ino, dlock):
@@ -311,7 +313,8 @@ class MdCache:
         return out, end
 
     def _page_done(self, ino: int, intents: list[ClientLock], dlock: ClientLock,
-                   body: dict[str, Any] | None) -> list[tuple[bytes, Inode, int]]:
+                   body: dict[str, Any] | None,
+                   sent: float) -> list[tuple[bytes, Inode, int]]:
         entries = body.get("entries", []) if body else []
         out: list[tuple[bytes, Inode, int]] = []
         for i, lock in enumerate(intents):
@@ -319,12 +322,12 @@ class MdCache:
             if entry is None or len(entry) < 5:
                 self.locks.intent_end(lock, None)
                 if entry is not None:
-                    out.append((entry[0], self.inodes.update(entry[1]), entry[2]))
+                    out.append((entry[0], self.inodes.update(entry[1], sent), entry[2]))
                 continue
             name, attr, next_cookie, remote, bits = entry[:5]
             self.locks.ns.rebind(lock.handle, inode_res(attr["ino"]), bits)
             granted = self.locks.intent_end(lock, remote)
-            node = self.inodes.update(attr)
+            node = self.inodes.update(attr, sent)
             if granted and lock not in node.md:
                 node.md.append(lock)
             if granted and len(entry) > 5 and entry[5] is False and bits & UPDATE:
@@ -349,11 +352,14 @@ class MdCache:
         early cancel); the new attributes. fh: the open handle the change goes through
         (a truncate or a writer's set-id kill), which the MDT takes as the permission."""
         xattrs = node.xattrs if xattr_cache.usable(node.xattrs, node.md) else None
-        _, body = await self.update_call(
+        try:
+            _, body = await self.update_call(
             [(node.ino, ATTR_BITS)],
-            lambda kw: self.md_call(lambda intent: self.mdc.setattr(
-                cred, node.ino, attrs, via_handle=fh is not None, intent=intent, **kw)),
-            keeps_names=True)
+                lambda kw: self.md_call(lambda intent: self.mdc.setattr(
+                    cred, node.ino, attrs, via_handle=fh is not None, intent=intent, **kw)),
+                keeps_names=True)
+        finally:
+            node.reported_at = trio.current_time()  # (failed or not: it may have run)
         if xattrs is not None and body.get("lock_continues"):
             node.xattrs = xattr_cache.moved(xattrs, self.update_lock(node))
         return body["attr"]
@@ -397,6 +403,7 @@ class MdCache:
                 inode.kill_priv |= kill_priv
                 raise
             finally:
+                inode.reported_at = trio.current_time()
                 inode.meta_inflight -= 1
             inode.attr = attr
 
@@ -420,9 +427,16 @@ class MdCache:
                 # whether the names stay ours or the kernel must drop them.
                 if lock.remote_handle is not None:
                     self._elc_names[lock.remote_handle] = (ino, keys)
-            else:
+            elif lock.flags & FL_CBPENDING:
+                # Another client's update waits for this cancel: the kernel drops the
+                # names first (bounded: see kernel_cache.py).
                 for parent, name in keys:
                     await self.kernel.invalidate_entry(parent, name)
+            else:
+                # Our own LRU gives it back, nobody waits: no reason to wait for the
+                # kernel (an operation of ours in that directory may hold its lock).
+                for parent, name in keys:
+                    self.kernel.forget_entry_later(parent, name)
         if bits & (UPDATE | PERM | LAYOUT) and not lock.flags & FL_ELC:
             # (An update of ours cancelled it early: the kernel drops the attributes of
             # the inodes that update touches by itself.)

@@ -130,8 +130,11 @@ class IntentLocks:
                 if not _bits_ok(bits):
                     continue
                 bits = self._bits_for(export, attr, bits)
-                got = self.ldlm.intent_lock(export, handle, inode_res(attr["ino"]), bits) \
-                    if bits else None
+                res = inode_res(attr["ino"])
+                # (Not a second lock where the client holds one with these bits: a
+                # directory listed again and again would pile them up.)
+                got = self.ldlm.intent_lock(export, handle, res, bits) \
+                    if bits and not self._holds(export, res, bits) else None
                 if got is not None:
                     entry += [got, bits, attr["ino"] in xattrs]
         bits = want.get("dir_lock_bits")
@@ -140,6 +143,10 @@ class IntentLocks:
             if got is not None:
                 body["dir_lock"] = got
                 body["dir_attr"] = store.getattr(ino)
+
+    def _holds(self, export: Export, res: ResId, bits: int) -> bool:
+        return any(lk.owner == export.uuid and int(lk.policy) & bits == bits  # type: ignore[call-overload]
+                   for lk in self.ldlm.namespace.granted_locks(res))
 
     def size_callbacks(self, export: Export, opc: int,
                        b: dict[str, Any]) -> list[tuple[ResId, int]]:
