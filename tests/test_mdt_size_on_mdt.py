@@ -112,17 +112,3 @@ def test_an_uncommitted_open_leaves_no_mark_after_a_crash(tmp_path: Path) -> Non
     assert s.size_grantable(f["ino"], NOBODY)
     s.close()
 
-
-def test_a_close_carries_what_its_writer_wrote(mdt_store: MdtStore) -> None:
-    """The writer's size and mtime ride on its close (one operation): the size is the
-    file's once it is in, and a size the MDT cannot take leaves it unsure."""
-    f = mkfile(mdt_store, b"f")
-    w = _open(mdt_store, f["ino"], os.O_WRONLY)
-    mdt_store.close(w, written=(5000, 7))
-    a = mdt_store.getattr(f["ino"])
-    assert (a["size"], a["mtime_ns"]) == (5000, 7)
-    assert mdt_store.size_grantable(f["ino"], NOBODY)
-    w = _open(mdt_store, f["ino"], os.O_WRONLY)
-    mdt_store.close(w, written=(1 << 62, 8))  # beyond the maximum file size
-    assert mdt_store.getattr(f["ino"])["size"] == 5000
-    assert not mdt_store.size_grantable(f["ino"], NOBODY)

@@ -364,54 +364,30 @@ class FileIo:
             if node is not None:
                 if not self.inodes.data_settled(node.ino):
                     await self.writeback.flush_file(node.ino)
-                if node.meta_dirty and node.kill_priv:
-                    await self.md.push_meta(node)  # (set-id bits go under locks)
+                if node.meta_dirty:
+                    # (An update the client keeps until it is committed: replayed after
+                    # an MDT crash, as the close is not.)
+                    await self.md.push_meta(node)
                 reported = not node.write_error
                 node.write_error = 0  # (nobody to report it to: the size goes unsure)
         finally:
-            # Nobody waits for the MDT close (release has no caller to report to), so it
-            # goes in the background, with the size and mtime our writes gave the file;
-            # shutdown waits for every one of them. A writer whose data did not reach
-            # the OSTs says its size is unsure (size_on_mdt.py).
-            self.close_later(of.handle, size_unsure=not reported,
-                             node=node if reported else None)
+            # Nobody waits for the release nor the MDT close; the close goes in the
+            # background, shutdown waits for every one of them. A writer whose data did
+            # not reach the OSTs says its size is unsure (size_on_mdt.py).
+            self.close_later(of.handle, size_unsure=not reported)
             if node is not None:
                 node.opens -= 1
                 self.inodes.maybe_forget(node)
 
-    def close_later(self, handle: int, size_unsure: bool = False,
-                    node: Inode | None = None) -> None:
-        """Close an MDT open handle in the background (shutdown waits for it); with
-        node, the close carries what node's writes left to report."""
+    def close_later(self, handle: int, size_unsure: bool = False) -> None:
+        """Close an MDT open handle in the background (shutdown waits for it)."""
         self._closing += 1
         assert self._nursery is not None
-        self._nursery.start_soon(self._close_handle, handle, size_unsure, node)
+        self._nursery.start_soon(self._close_handle, handle, size_unsure)
 
-    async def _close_handle(self, handle: int, size_unsure: bool,
-                            node: Inode | None) -> None:
+    async def _close_handle(self, handle: int, size_unsure: bool) -> None:
         try:
-            if node is None:
-                await self.mdc.close(handle, size_unsure)
-                return
-            # Under the inode's meta lock: a data lock given back meanwhile waits for
-            # this report instead of letting another client see the old size.
-            async with node.meta_lock:
-                written = None
-                if node.meta_dirty and not node.kill_priv:
-                    written = (node.size, node.mtime_ns)
-                    node.meta_dirty = False
-                    node.meta_inflight += 1
-                try:
-                    await self.mdc.close(handle, written=written)
-                except BaseException:
-                    if written is not None:
-                        node.meta_dirty = True
-                    raise
-                finally:
-                    if written is not None:
-                        node.reported_at = trio.current_time()
-                        node.meta_inflight -= 1
-            self.inodes.maybe_forget(node)
+            await self.mdc.close(handle, size_unsure)
         except (RpcError, ImportClosed) as e:
             log.warning("close of MDT handle %d failed: %s", handle, e)
         finally:

@@ -159,16 +159,12 @@ class Mdc:
     async def sync(self) -> None:
         await self._call(C.MDS_SYNC, {})
 
-    async def close(self, handle: int, size_unsure: bool = False,
-                    written: tuple[int, int] | None = None) -> None:
+    async def close(self, handle: int, size_unsure: bool = False) -> None:
         """size_unsure: this writer could not report what it wrote (the MDT stops taking
-        the file's size as its own until a truncate); written: the (size, mtime) our
-        writes gave the file, not reported yet."""
+        the file's size as its own until a truncate)."""
         body: dict[str, Any] = {"handle": handle}
         if size_unsure:
             body["size_unsure"] = True
-        if written is not None:
-            body["size"], body["mtime_ns"] = written
         await self._call(C.MDS_CLOSE, body)
 
     async def create(self, cred: Cred, parent: int, name: bytes, mode: int, rdev: int = 0,

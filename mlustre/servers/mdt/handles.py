@@ -45,10 +45,6 @@ class OpenHandles:
         """Is `handle` an open handle (of any client)?"""
         return handle in self._handles
 
-    def ino_of(self, handle: int) -> int | None:
-        """The inode `handle` has open (None: no such handle)."""
-        return self._handles.get(handle)
-
     def open_count(self, ino: int) -> int:
         """How many handles are open on ino."""
         return self._opens.get(ino, 0)

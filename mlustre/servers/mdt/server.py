@@ -407,12 +407,7 @@ class MdtServer(TargetServer):
                 self.violation(export.uuid, "foreign_handle", f"handle {handle}")
             raise ServiceError(errno.EBADF, f"no open handle {handle} of this client")
         unsure = body_field(req.body, "size_unsure", bool, default=False)
-        # The size and mtime the closing writer's data gave the file, if it has not
-        # reported them yet (one request where a write_update and a close were two).
-        size = _int(req.body, "size", None)
-        written = (size, _int(req.body, "mtime_ns")) if size is not None else None
-        result = store.close(handle, clean=not unsure, written=written,
-                             replayed=self._replayed_update(req))
+        result = store.close(handle, clean=not unsure, replayed=self._replayed_update(req))
         self._forget_handle(export.uuid, handle)
         return result
 

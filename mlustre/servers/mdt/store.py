@@ -160,31 +160,19 @@ class MdtStore:
 
     @overload
     def close(self, handle: int, *, clean: bool = True,
-              written: tuple[int, int] | None = None,
               replayed: ReplayedUpdate | None = None) -> tuple[int, dict]: ...
 
     def close(self, handle: int | None = None, *, clean: bool = True,
-              written: tuple[int, int] | None = None,
               replayed: ReplayedUpdate | None = None) -> tuple[int, dict] | None:
         """close(): commit and close the store.  close(handle): drop an open (an update);
-        clean=False: its writer did not report its size (size_on_mdt.py); written: the
-        (size, mtime) its data gave the file, as a write_update in the same operation.
+        clean=False: its writer did not report its size (size_on_mdt.py).
 
         The spec names both operations "close"; the argument tells them apart.
         """
         if handle is None:
             self._db.close()
             return None
-        return self._db.run(self._close, handle, clean, written, replayed=replayed)
-
-    def _close(self, handle: int, clean: bool, written: tuple[int, int] | None) -> dict:
-        ino = self._handles.ino_of(handle)
-        if written is not None and ino is not None:
-            try:
-                self._attrs.write_update(ino, written[0], written[1], False)
-            except MdtError:  # (a size it cannot take: the size stays unsure)
-                clean = False
-        return self._handles.close(handle, clean)
+        return self._db.run(self._handles.close, handle, clean, replayed=replayed)
 
     def size_grantable(self, ino: int, mine: set[int] | frozenset[int]) -> bool:
         """May a client whose open handles are `mine` take ino's size from the MDT?"""
