@@ -188,8 +188,14 @@ class InodeTable:
                 if n.layout is not None and any(o == ost for o, _ in n.layout.objects)]
 
     def maybe_forget(self, inode: Inode) -> None:
+        """Drop an inode nobody uses any more: the kernel forgot it, no file has it open,
+        nothing of it is left to write. While an MDT lock of ours still protects it, its
+        entry stays (its clean pages go): the kernel forgets everything at drop_caches,
+        and what the lock protects (attributes, names) answers the lookups after it
+        without a round trip. The MDT lock LRU bounds them; the lock's end drops it."""
         if inode.lookups <= 0 and inode.opens <= 0 and inode.ino != ROOT_INODE \
                 and not inode.meta_dirty and not inode.meta_inflight \
                 and not inode.meta_lock.locked() and self.data_settled(inode.ino):
             self.cache.drop_clean(inode.ino)
-            self.inodes.pop(inode.ino, None)
+            if not any(lk.state is LockState.GRANTED for lk in inode.md):
+                self.inodes.pop(inode.ino, None)

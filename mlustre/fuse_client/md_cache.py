@@ -39,7 +39,7 @@ from .open_handles import OpenHandles
 log = logging.getLogger(__name__)
 
 LONG_TIMEOUT = 60.0  # kernel attribute cache under locks (dropped at once on callback)
-MD_LRU_SIZE = 8192  # MDT locks a client keeps unused (one or two per cached inode)
+MD_LRU_SIZE = 32768  # MDT locks a client keeps unused (one or two per cached inode)
 
 LOOKUP, UPDATE, PERM, LAYOUT, SOM = (int(IBits.LOOKUP), int(IBits.UPDATE), int(IBits.PERM),
                                      int(IBits.LAYOUT), int(IBits.SOM))
@@ -415,6 +415,7 @@ class MdCache:
         node = self.inodes.get(ino)
         if node is not None and lock in node.md:
             node.md.remove(lock)
+            self.inodes.maybe_forget(node)  # (kept for this lock after the kernel forgot it)
         if bits & UPDATE:
             self.listings.lock_gone(ino, lock)
         if bits & LOOKUP:
