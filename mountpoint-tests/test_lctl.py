@@ -14,6 +14,7 @@ from mnthelpers import cli
 
 from mlustre import registry
 from mlustre.bench.rpccount import parse_stats
+from mlustre.fuse_client.md_cache import MD_LRU_SIZE
 
 TIMEOUT = 60
 SCOPE: list[str] = []  # ["-m", MNT] of this module's cluster (the `scoped` fixture)
@@ -172,7 +173,7 @@ def test_client_lock_namespaces(cluster, cid, tmp_path):
     assert len(re.findall(r"EXTENT CR .* granted", dump)) == 2, dump
     assert path.read_bytes() == b"y" * 5000  # read again under a new lock
     size = params(lctl_ok("get_param", f"ldlm.namespaces.*-MDT0000-mdc-{cid}.lru_size"))
-    assert list(size.values()) == ["8192"], size
+    assert list(size.values()) == [str(MD_LRU_SIZE)], size
     assert_error(lctl("-m", str(cluster.mnt), "set_param", f"ldlm.namespaces.*-{cid}.lru_size=-3"),
                  "lru_size")
 
