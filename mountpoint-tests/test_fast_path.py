@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 import pytest
-from mnthelpers import cli
+from mnthelpers import cli, wait_until
 
 TIMEOUT = 120
 
@@ -82,9 +82,15 @@ def test_a_writer_on_another_client_takes_the_size_back(cluster, ab, mnt_b):
     finally:
         os.close(fd)
     assert os.stat(b / "g").st_size == size, "B's stat after A's close"
-    before = glimpses(mnt_b)
-    assert os.stat(b / "g").st_size == size
-    assert glimpses(mnt_b) == before, "the size is back on the MDT after A's close"
+
+    def from_the_mdt() -> bool:
+        before = glimpses(mnt_b)
+        assert os.stat(b / "g").st_size == size
+        return glimpses(mnt_b) == before
+
+    # (A's release - its size report and MDT close - goes in the background: once it
+    # is in, B takes the size from the MDT again.)
+    assert wait_until(from_the_mdt, 20), "the size is back on the MDT after A's close"
     with open(b / "g", "rb") as f:
         assert len(f.read()) == size
 

@@ -85,6 +85,7 @@ class MdCache:
         self.handles = handles
         self.counters = counters
         self.dentries: dict[tuple[int, bytes], int] = {}  # (parent, name) -> ino
+        self._busy_dirs: dict[int, int] = {}  # directory -> updates of ours in it
         # Names of locks given back early, by remote handle, until their update's reply.
         self._elc_names: dict[int, tuple[int, list[tuple[int, bytes]]]] = {}
         self.names_of: dict[int, set[tuple[int, bytes]]] = {}
@@ -219,12 +220,39 @@ class MdCache:
 
     async def update_call(self, wanted: list[tuple[int, int]],
                           call: Callable[[dict[str, Any]], Awaitable[Any]],
-                          parent: int | None = None, keeps_names: bool = False) -> Any:
+                          parent: int | None = None, keeps_names: bool = False,
+                          removes: tuple[int, bytes] | None = None) -> Any:
         """An MDT update with early lock cancel of our locks it would call back; `call`
         gets the extra request fields. With `parent`, the directory's attribute lock
         is asked for again with the reply (the update takes it from us). keeps_names:
         the update changes no name (a setattr): names of the inodes whose locks it gave
         back stay ours if its reply's lock continues them."""
+        # Directories whose inode lock the kernel holds while this update is out: a
+        # callback must not wait for the kernel to drop a name in them (it would wait
+        # for this very update, which may wait for that callback's cancel).
+        busy = {ino for ino, _ in wanted if self._is_dir(ino)}
+        if parent is not None:
+            busy.add(parent)
+        for ino in busy:
+            self._busy_dirs[ino] = self._busy_dirs.get(ino, 0) + 1
+        try:
+            return await self._update_call(wanted, call, parent, keeps_names, removes)
+        finally:
+            for ino in busy:
+                left = self._busy_dirs[ino] - 1
+                if left:
+                    self._busy_dirs[ino] = left
+                else:
+                    del self._busy_dirs[ino]
+
+    def _is_dir(self, ino: int) -> bool:
+        node = self.inodes.get(ino)
+        return node is not None and stat.S_ISDIR(node.attr["mode"])
+
+    async def _update_call(self, wanted: list[tuple[int, int]],
+                           call: Callable[[dict[str, Any]], Awaitable[Any]],
+                           parent: int | None, keeps_names: bool,
+                           removes: tuple[int, bytes] | None) -> Any:
         listing = self.listings.detach(parent) if parent is not None else None
         cancels = await self.locks.early_cancel(
             [(inode_res(ino), bits) for ino, bits in wanted])
@@ -250,7 +278,8 @@ class MdCache:
             body = body if isinstance(body, dict) else None
             if names:
                 self._names_after_update(names, keeps_names and body is not None
-                                         and bool(body.get("lock_continues")))
+                                         and bool(body.get("lock_continues")),
+                                         removes if delivered else None)
             if plock is not None:
                 granted = self._parent_intent_done(plock, body)
                 if granted and listing is not None and body is not None \
@@ -260,13 +289,15 @@ class MdCache:
                     self.listings.complete(parent, plock, listing)
 
     def _names_after_update(self, names: list[tuple[int, list[tuple[int, bytes]]]],
-                            continued: bool) -> None:
+                            continued: bool, removed: tuple[int, bytes] | None) -> None:
         """Names our update gave back early: ours again under the reply's lock if it
         continues them (nothing else ran on the MDT in between), else the kernel drops
         them (later: the update's own operation may hold their directories' locks)."""
         for ino, keys in names:
             node = self.inodes.get(ino)
             for parent, name in keys:
+                if (parent, name) == removed:
+                    continue  # (the kernel drops the name it asked us to remove)
                 if continued and node is not None and self.md_bits(node) & LOOKUP:
                     if (parent, name) not in self.dentries:
                         self.remember_name(parent, name, node)
@@ -428,16 +459,16 @@ class MdCache:
                 # whether the names stay ours or the kernel must drop them.
                 if lock.remote_handle is not None:
                     self._elc_names[lock.remote_handle] = (ino, keys)
-            elif lock.flags & FL_CBPENDING:
-                # Another client's update waits for this cancel: the kernel drops the
-                # names first (bounded: see kernel_cache.py).
-                for parent, name in keys:
-                    await self.kernel.invalidate_entry(parent, name)
             else:
-                # Our own LRU gives it back, nobody waits: no reason to wait for the
-                # kernel (an operation of ours in that directory may hold its lock).
                 for parent, name in keys:
-                    self.kernel.forget_entry_later(parent, name)
+                    if lock.flags & FL_CBPENDING and not self._busy_dirs.get(parent):
+                        # Another client's update waits for this cancel: the kernel
+                        # drops the name first (bounded: see kernel_cache.py).
+                        await self.kernel.invalidate_entry(parent, name)
+                    else:
+                        # Our LRU gives it back (nobody waits), or an update of ours in
+                        # that directory holds its lock in the kernel: in the background.
+                        self.kernel.forget_entry_later(parent, name)
         if bits & (UPDATE | PERM | LAYOUT) and not lock.flags & FL_ELC:
             # (An update of ours cancelled it early: the kernel drops the attributes of
             # the inodes that update touches by itself.)

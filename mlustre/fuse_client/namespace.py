@@ -284,7 +284,8 @@ class Namespace:
         cred = self.cred(ctx)
         result = await self.md.update_call(
             self.md.name_locks(parent_inode, name),
-            lambda kw: self.mdc.unlink(cred, parent_inode, name, **kw), parent_inode)
+            lambda kw: self.mdc.unlink(cred, parent_inode, name, **kw), parent_inode,
+            removes=(parent_inode, name))
         self.md.forget_name(parent_inode, name)
         self.md.listings.remove(parent_inode, name)
         self._after_remove(result.get("ino"))
@@ -293,7 +294,8 @@ class Namespace:
         cred = self.cred(ctx)
         await self.md.update_call(
             self.md.name_locks(parent_inode, name),
-            lambda kw: self.mdc.rmdir(cred, parent_inode, name, **kw), parent_inode)
+            lambda kw: self.mdc.rmdir(cred, parent_inode, name, **kw), parent_inode,
+            removes=(parent_inode, name))
         self.md.forget_name(parent_inode, name)
         self.md.listings.remove(parent_inode, name)
 
