@@ -21,7 +21,7 @@ NAME = re.compile(r"(?<![\w./-])((?:[\w.-]+/)*[\w-]+\.(?:py|md|toml|sh)|scripts/
 # data directory, in Lustre's sources, on a user's machine; the peer filesystems'
 # benchmark beside the worktrees).
 ELSEWHERE = {"recovery.json", "config.json", "mdt.json", "squash.json", "mdt.sqlite",
-             "shellbench.sh"}
+             "shellbench.sh", "microbench.py", "peers.sh"}
 
 
 def repo_files() -> list[str]:
