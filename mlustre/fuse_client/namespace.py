@@ -33,7 +33,6 @@ from .writeback import Writeback
 LAYOUT_BITS = int(IBits.UPDATE | IBits.LAYOUT)
 READDIR_BATCH = 512
 NAME_MAX = 255
-RENAME_EXCHANGE = 2  # (renameat2)
 BIG_DIRS_MAX = 4096
 BLKSIZE = 1 << 20  # tools size their I/O buffers from st_blksize
 POSIX_ACL_PREFIX = b"system.posix_acl_"
@@ -317,7 +316,7 @@ class Namespace:
         # The kernel moves its entry to the new name, which no lock of ours covers (the
         # rename took the child's name lock back): it must ask again next time.
         self.md.kernel.forget_entry_later(parent_inode_new, name_new)
-        if flags & RENAME_EXCHANGE:
+        if flags & C.RENAME_EXCHANGE:
             self.md.kernel.forget_entry_later(parent_inode_old, name_old)
         self._after_remove(result.get("replaced"))
 

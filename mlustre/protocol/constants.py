@@ -46,6 +46,9 @@ REINT_CREATE = 2
 REINT_LINK = 3
 REINT_UNLINK = 4
 REINT_RENAME = 5
+# REINT_RENAME's "flags" (renameat2's): both sides of the wire read them
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
 REINT_OPEN = 6
 REINT_SETXATTR = 7
 REINT_MKDIR = 8  # a CREATE with S_IFDIR in Lustre; separate here for clarity

@@ -11,6 +11,7 @@ import errno
 import os
 import stat
 
+from ...protocol.constants import RENAME_EXCHANGE, RENAME_NOREPLACE
 from .db import MdtDb
 from .errors import fail
 from .handles import OpenHandles
@@ -18,9 +19,6 @@ from .inodes import Inodes
 from .namespace import Namespace, check_name
 from .permissions import Cred, check_sticky, perm_ok
 from .schema import INO, MODE, NLINK, Row
-
-RENAME_NOREPLACE = 1
-RENAME_EXCHANGE = 2
 
 
 class Renames:
