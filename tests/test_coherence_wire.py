@@ -230,3 +230,86 @@ def test_enqueue_waiting_across_a_server_restart_asks_the_new_instance(
                 second.stop()
 
     run(main)
+
+
+async def readdir_with_locks(lc: LockClient, ino: int, count: int
+                             ) -> tuple[Any, dict[str, Any]]:
+    """What md_cache.readdir_page sends: a page with one reserved handle per entry."""
+    assert lc.imp is not None
+    intents = lc.intent_range(inode_res(0), LockType.IBITS, Mode.PR, FILE_BITS, count)
+    body = await Mdc(lc.imp).readdir(CRED, ino, 0, count, locks={
+        "handle_base": intents.base, "bits": FILE_BITS, "dir_bits": DIR_ATTR_BITS})
+    return intents, body
+
+
+def end_page(lc: LockClient, intents: Any, body: dict[str, Any]) -> list[ClientLock]:
+    granted = []
+    for i, entry in enumerate(body["entries"]):
+        lock = lc.range_lock(intents, i)
+        assert lock is not None
+        if lock.state is LockState.ENQUEUING:
+            lc.ns.rebind(lock.handle, inode_res(entry[1]["ino"]), entry[4])
+        if lc.intent_end(lock, entry[3]):
+            granted.append(lock)
+    lc.range_end(intents)
+    return granted
+
+
+def test_readdir_page_makes_locks_only_for_the_entries_it_returns(tmp_path: Path) -> None:
+    async def main() -> None:
+        server = mdt_server(tmp_path)
+        async with serving(server) as (nid, nursery):
+            calls = Calls()
+            async with client(nursery, nid, "a", "mdt", on_blocking=calls) as a, \
+                    client(nursery, nid, "b", "mdt") as b:
+                assert b.imp is not None
+                for name in (b"x", b"y", b"z"):
+                    await Mdc(b.imp).create(CRED, ROOT, name, 0o100644)
+                intents, body = await readdir_with_locks(a, ROOT, 512)
+                assert [e[0] for e in body["entries"]] == [b"x", b"y", b"z"]
+                locks = end_page(a, intents, body)
+                # Three locks, on the handles reserved for entries 0..2; none for the
+                # other 509 handles of the page.
+                assert [lk.handle - intents.base for lk in locks] == [0, 1, 2]
+                assert a.ns.lock_count == 3
+                assert a.range_lock(intents, 5) is None  # (the range is over)
+                # b's unlink of y calls back a's lock on it, by that handle.
+                await Mdc(b.imp).unlink(CRED, ROOT, b"y")
+                assert [lk.handle for lk in calls.locks] == [intents.base + 1]
+
+    run(main)
+
+
+def test_a_callback_that_overtakes_the_readdir_reply_finds_its_lock(tmp_path: Path) -> None:
+    async def main() -> None:
+        server = mdt_server(tmp_path, ldlm_timeout=10.0)
+        async with serving(server) as (nid, nursery):
+            calls = Calls()
+            async with client(nursery, nid, "a", "mdt", on_blocking=calls) as a, \
+                    client(nursery, nid, "b", "mdt") as b:
+                assert b.imp is not None
+                await Mdc(b.imp).create(CRED, ROOT, b"x", 0o100644)
+                intents, body = await readdir_with_locks(a, ROOT, 64)
+                # Before a handles the reply, b's unlink calls back the lock it grants:
+                # the BAST names a reserved handle that has no lock yet.
+                done = trio.Event()
+
+                async def unlink() -> None:
+                    assert b.imp is not None
+                    await Mdc(b.imp).unlink(CRED, ROOT, b"x")
+                    done.set()
+
+                nursery.start_soon(unlink)
+                await until(lambda: a.stats["basts"] == 1)
+                lock = a.ns.lock(intents.base)
+                assert lock.state is LockState.ENQUEUING and lock.users == 1
+                assert not done.is_set()
+                # The reply now: the lock is granted already called back, and given
+                # back as soon as its reference goes; b's unlink then completes.
+                assert end_page(a, intents, body) == []
+                with trio.fail_after(5):
+                    await done.wait()
+                assert calls.locks == [lock] and lock.state is LockState.CANCELLED
+                assert a.ns.lock_count == 0
+
+    run(main)

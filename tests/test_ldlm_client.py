@@ -32,6 +32,36 @@ OBJ = ResId(77)
 BARRIER = ResId(0x200000003, 0x0BA771E7)
 
 
+
+def test_a_reservation_makes_locks_only_where_asked() -> None:
+    ns = ClientNamespace("t")
+    r = ns.reserve(512, R1, LockType.IBITS, Mode.PR, int(IBits.LOOKUP))
+    after = ns.new_lock(R2, LockType.IBITS, Mode.PR, int(IBits.LOOKUP))
+    assert after.handle == r.base + 512  # the range is skipped, never reused
+    assert ns.lock_count == 1
+    lock, new = ns.made(r, 3)
+    assert new and lock is not None and lock.handle == r.base + 3
+    assert lock.state is LockState.ENQUEUING and ns.lock(r.base + 3) is lock
+    assert ns.made(r, 3) == (lock, False)
+    assert ns.reserved_index(r.base + 7) == (r, 7)
+    assert ns.reserved_index(r.base + 512) is None
+    with pytest.raises(ValueError):
+        ns.made(r, 512)
+    ns.unreserve(r)
+    assert ns.made(r, 4) == (None, False) and ns.reserved_index(r.base) is None
+    assert ns.lock_count == 2
+
+
+def test_an_eviction_ends_reservations() -> None:
+    ns = ClientNamespace("t")
+    r = ns.reserve(8, R1, LockType.IBITS, Mode.PR, int(IBits.LOOKUP))
+    lock, _ = ns.made(r, 0)
+    ns.invalidate_all()
+    assert lock is not None and lock.state is LockState.CANCELLED
+    # What the reply of the evicted request grants is not ours.
+    assert ns.made(r, 1) == (None, False) and ns.lock_count == 0
+
+
 def grant(ns: ClientNamespace, res: ResId, type_: LockType, mode: Mode, policy: object,
           now: float = 0.0, **kw: object):
     lock = ns.new_lock(res, type_, mode, policy, **kw)

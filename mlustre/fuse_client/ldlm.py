@@ -46,6 +46,7 @@ from .ldlm_client import (
     ClientLock,
     ClientNamespace,
     LockState,
+    Reservation,
     UnknownLock,
     replay_flags,
 )
@@ -65,9 +66,17 @@ class LockFailed(Exception):
     """The lock was lost before it could be used (eviction while enqueueing)."""
 
 
-def ref_kind(mode: Mode) -> str:
-    """The kind of reference a user of a lock in `mode` takes: reader or writer."""
-    return READ if Mode(mode) & _READ_MODES else WRITE
+_KINDS: dict[int, str] = {}
+
+
+def ref_kind(mode: Mode | int) -> str:
+    """The kind of reference a user of a lock in `mode` takes: reader or writer.
+    (Remembered per mode: flag arithmetic on enums costs microseconds, and a readdir
+    page takes a reference on hundreds of locks.)"""
+    kind = _KINDS.get(mode)
+    if kind is None:
+        kind = _KINDS[int(mode)] = READ if Mode(mode) & _READ_MODES else WRITE
+    return kind
 
 
 def wire_policy(type_: LockType, policy: object) -> Any:
@@ -247,10 +256,37 @@ class LockClient:
                      mode: Mode | int, policy: object) -> ClientLock:
         """A lock to ask for inside another request; its handle goes in that request.
         Call intent_end() with the reply, whatever happens."""
-        lock = self.ns.new_lock(ResId(*res), LockType(type), Mode(mode), policy)
+        lock = self.ns.new_lock(res if res.__class__ is ResId else ResId(*res),
+                                type if type.__class__ is LockType else LockType(type),
+                                mode if mode.__class__ is Mode else Mode(mode), policy)
         self.ns.addref(lock.handle, ref_kind(lock.mode))
         self.stats["intents"] += 1
         return lock
+
+    def intent_range(self, res: ResId, type: LockType, mode: Mode, policy: object,
+                     count: int) -> Reservation:
+        """Handles for up to `count` intent locks of one request (a readdir page grants
+        one per entry it returns): locks are made only for the handles the reply
+        grants (range_lock) or a callback names. End with range_end() whatever
+        happens."""
+        return self.ns.reserve(count, res, type, mode, policy)
+
+    def range_lock(self, r: Reservation, index: int) -> ClientLock | None:
+        """The intent lock of handle r.base + index, as intent_begin() makes it (the
+        caller ends it with intent_end()); None once the range is over (eviction)."""
+        lock, new = self.ns.made(r, index)
+        if lock is not None and new:
+            self.ns.addref(lock.handle, ref_kind(lock.mode))
+            self.stats["intents"] += 1
+        return lock
+
+    def range_end(self, r: Reservation) -> None:
+        """The reply was handled or the request failed: a lock a callback made that
+        the reply did not end (the reply was lost) ends here, ungranted."""
+        self.ns.unreserve(r)
+        for lock in r.locks.values():
+            if lock.state is LockState.ENQUEUING and lock.users:
+                self.intent_end(lock, None)
 
     def intent_end(self, lock: ClientLock, remote: int | None) -> bool:
         """The reply came (remote = the server's handle if it granted the lock) or the
@@ -451,7 +487,9 @@ class LockClient:
             try:
                 lock = self.ns.lock(local)
             except UnknownLock:
-                lock = None
+                # (A handle of a range whose reply is on its way: its lock starts now.)
+                found = self.ns.reserved_index(local)
+                lock = self.range_lock(*found) if found is not None else None
             if lock is not None and lock.state is LockState.ENQUEUING \
                     and lock.remote_handle is None:
                 self.ns.replayed(local, remote)  # (just records the server's handle)

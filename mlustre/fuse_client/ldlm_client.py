@@ -31,7 +31,7 @@ Rules kept from Lustre:
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from mlustre.protocol.ldlm import (  # noqa: F401  (re-exported to the client modules)
@@ -133,6 +133,18 @@ def replay_flags(lock: ClientLock) -> int:
     return FL_REPLAY | FL_BLOCK_GRANTED
 
 
+@dataclass(slots=True)
+class Reservation:
+    """A range of handles [base, base + count) given to one request."""
+    base: int
+    count: int
+    res: ResId
+    type: LockType
+    mode: Mode
+    policy: object
+    locks: dict[int, ClientLock] = field(default_factory=dict)
+
+
 _LIVE_WITH_USERS = (LockState.ENQUEUING, LockState.GRANTED, LockState.CBPENDING)
 
 
@@ -155,6 +167,9 @@ class ClientNamespace:
         # Locks dropped (eviction, failed enqueue) while users still held them: kept
         # only so that those users' decref calls work.
         self._orphans: dict[int, ClientLock] = {}
+        # Handle ranges promised to a request that may grant a lock on any of them
+        # (readdir with its entries' locks): base -> the reservation.
+        self._reserved: dict[int, Reservation] = {}
         self.stats: dict[str, int] = {
             "granted": 0, "cancelled": 0, "basts": 0, "lru_cancels": 0, "elc": 0,
             "invalidated": 0,
@@ -201,6 +216,50 @@ class ClientNamespace:
         self._locks[lock.handle] = lock
         self._by_res.setdefault(res, {})[lock.handle] = lock
         return lock
+
+    def reserve(self, count: int, res: ResId, type: LockType, mode: Mode,
+                policy: object) -> Reservation:
+        """Handles for `count` locks a request may be granted (one per entry of a page
+        it asks for), without making the locks: only those the reply grants become
+        locks (made()), so a page of 5 entries costs 5 locks, not `count`. A callback
+        that overtakes the reply makes its lock on the spot."""
+        if count < 1:
+            raise ValueError("a reservation needs at least one handle")
+        _check_policy(type, policy)
+        r = Reservation(self._next_handle, count, res, type, mode, policy)
+        self._next_handle += count
+        self._reserved[r.base] = r
+        return r
+
+    def made(self, r: Reservation, index: int) -> tuple[ClientLock | None, bool]:
+        """The ENQUEUING lock of a reserved handle (made now if it was not yet):
+        (lock, whether it was made by this call); no lock once the reservation is over
+        (unreserved, or dropped by an eviction: what the reply grants is not ours)."""
+        if self._reserved.get(r.base) is not r:
+            return None, False
+        if not 0 <= index < r.count:
+            raise ValueError(f"index {index} outside reservation of {r.count}")
+        handle = r.base + index
+        lock = r.locks.get(handle)
+        if lock is not None:
+            return lock, False
+        lock = ClientLock(handle=handle, remote_handle=None, res=r.res, type=r.type,
+                          mode=r.mode, policy=r.policy)
+        self._locks[handle] = lock
+        self._by_res.setdefault(r.res, {})[handle] = lock
+        r.locks[handle] = lock
+        return lock, True
+
+    def reserved_index(self, handle: int) -> tuple[Reservation, int] | None:
+        """The live reservation a handle belongs to, if any (and its index there)."""
+        for r in self._reserved.values():
+            if r.base <= handle < r.base + r.count:
+                return r, handle - r.base
+        return None
+
+    def unreserve(self, r: Reservation) -> None:
+        """The reply was handled (or the request failed): no more locks from it."""
+        self._reserved.pop(r.base, None)
 
     def rebind(self, handle: int, res: ResId, policy: object) -> ClientLock:
         """An intent lock's reply named its resource (a lookup learns the inode from the
@@ -448,6 +507,7 @@ class ClientNamespace:
         for lock in dropped:
             lock.flags |= FL_FAILED
             self._drop(lock)
+        self._reserved.clear()
         self.stats["invalidated"] += len(dropped)
         return dropped
 

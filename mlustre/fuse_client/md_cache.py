@@ -32,7 +32,7 @@ from .dir_listing import Listings
 from .inodes import Inode, InodeTable
 from .kernel_cache import KernelCache
 from .ldlm import LockClient
-from .ldlm_client import ClientLock, LockState
+from .ldlm_client import ClientLock, LockState, Reservation
 from .mdc import Mdc
 from .open_handles import OpenHandles
 
@@ -323,11 +323,11 @@ class MdCache:
         (names cached under them); a page that is the whole directory, granted with the
         directory's lock, becomes its complete listing (dir_listing.py). Returns
         [(name, inode, next cookie)] and whether the directory ends there."""
-        intents = [self.locks.intent_begin(inode_res(0), LockType.IBITS, Mode.PR, FILE_BITS)
-                   for _ in range(count)]
+        intents = self.locks.intent_range(inode_res(0), LockType.IBITS, Mode.PR, FILE_BITS,
+                                          count)
         dlock = self.locks.intent_begin(inode_res(ino), LockType.IBITS, Mode.PR,
                                         DIR_ATTR_BITS)
-        want = {"handles": [lk.handle for lk in intents], "bits": FILE_BITS,
+        want = {"handle_base": intents.base, "bits": FILE_BITS,
                 "dir_bits": DIR_NAME_BITS, "dir_handle": dlock.handle,
                 "dir_lock_bits": DIR_ATTR_BITS}
         body: dict[str, Any] | None = None
@@ -343,20 +343,27 @@ class MdCache:
             self.listings.complete(ino, dlock, {name: n.ino for name, n, _ in out})
         return out, end
 
-    def _page_done(self, ino: int, intents: list[ClientLock], dlock: ClientLock,
+    def _page_done(self, ino: int, intents: Reservation, dlock: ClientLock,
                    body: dict[str, Any] | None,
                    sent: float) -> list[tuple[bytes, Inode, int]]:
+        try:
+            return self._page_entries(ino, intents, dlock, body, sent)
+        finally:
+            self.locks.range_end(intents)
+
+    def _page_entries(self, ino: int, intents: Reservation, dlock: ClientLock,
+                      body: dict[str, Any] | None,
+                      sent: float) -> list[tuple[bytes, Inode, int]]:
         entries = body.get("entries", []) if body else []
         out: list[tuple[bytes, Inode, int]] = []
-        for i, lock in enumerate(intents):
-            entry = entries[i] if i < len(entries) else None
-            if entry is None or len(entry) < 5:
-                self.locks.intent_end(lock, None)
-                if entry is not None:
-                    out.append((entry[0], self.inodes.update(entry[1], sent), entry[2]))
+        for i, entry in enumerate(entries[:intents.count]):
+            lock = self.locks.range_lock(intents, i) if len(entry) >= 5 else None
+            if lock is None:
+                out.append((entry[0], self.inodes.update(entry[1], sent), entry[2]))
                 continue
             name, attr, next_cookie, remote, bits = entry[:5]
-            self.locks.ns.rebind(lock.handle, inode_res(attr["ino"]), bits)
+            if lock.state is LockState.ENQUEUING:
+                self.locks.ns.rebind(lock.handle, inode_res(attr["ino"]), bits)
             granted = self.locks.intent_end(lock, remote)
             node = self.inodes.update(attr, sent)
             if granted and lock not in node.md:

@@ -19,7 +19,7 @@ from typing import Any
 
 from ...protocol import constants as C
 from ...protocol.ldlm import IBITS_FULL, IBits, ResId, inode_res
-from ..ldlm_service import LdlmService
+from ..ldlm_service import U64, LdlmService
 from ..target import Export
 from .errors import MdtError
 from .fields import _ino, _int, _name
@@ -110,7 +110,8 @@ class IntentLocks:
     def readdir_locks(self, export: Export, ino: int, body: dict[str, Any],
                       want: dict[str, Any]) -> None:
         """Readdir with the locks of its entries (Lustre's statahead in one request):
-        "handles" one per entry, "bits" for files and "dir_bits" for directories; each
+        "handle_base" the first of the client's handles, one per entry in order (or
+        "handles", a list), "bits" for files and "dir_bits" for directories; each
         granted entry gets [.., handle, bits, has xattrs]. "dir_handle": the directory's
         own lock with "dir_lock_bits" and its attributes: the listing stays the
         directory's for as long as the client holds it (any change of its entries calls
@@ -118,9 +119,12 @@ class IntentLocks:
         store = self.store()
         if store is None:
             return
-        handles = want.get("handles")
+        handles: list[Any] | range | None = want.get("handles")
+        base = want.get("handle_base")
+        if type(base) is int and 0 < base < U64:
+            handles = range(base, min(base + len(body["entries"]), U64))
         fbits, dbits = want.get("bits"), want.get("dir_bits")
-        if type(handles) is list:
+        if type(handles) in (list, range):
             # Each granted entry also says whether it has any xattr (most have none: the
             # client then answers the kernel's getxattr calls itself).
             xattrs = store.with_xattrs([e[1]["ino"] for e in body["entries"]])
