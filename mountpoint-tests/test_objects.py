@@ -36,7 +36,10 @@ def wait_gone(paths: list[Path], timeout: float = 10.0) -> None:
 def test_objects_striped_and_destroyed_after_unlink(cluster, workdir):
     os.setxattr(workdir, "lustre.lov", b"stripe_count=2 stripe_size=65536")
     f = workdir / "f"
-    f.write_bytes(os.urandom(300_000))
+    with open(f, "wb") as out:
+        out.write(os.urandom(300_000))
+        out.flush()
+        os.fsync(out.fileno())  # (close alone leaves the data in the client's cache)
     lov = layout(f)
     assert lov["stripe_count"] == "2" and lov["stripe_size"] == "65536"
     files = object_files(cluster, lov["objects"])

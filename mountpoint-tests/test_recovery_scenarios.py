@@ -275,9 +275,10 @@ def test_objects_of_creations_lost_for_good_are_destroyed(cluster_factory, tmp_p
         (m2 / f"lost{i}").write_bytes(b"x" * 50_000)
     for i in range(3):
         (m / f"kept{i}").write_bytes(bytes([i]) * 70_000)
-    os.sync()
+    # (close leaves data in the client's cache; its release writes it out right after.)
+    assert wait_until(lambda: len(object_files(ost_dir) - before) == 8, 20), \
+        "every new file's object is on the OST"
     with_lost = object_files(ost_dir)
-    assert len(with_lost - before) == 8, "every new file's object is on the OST"
     sigkill_client(c, m2)
     crash(m, "MDT0000")
     c.remember_pids(c.status())

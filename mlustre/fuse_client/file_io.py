@@ -333,14 +333,15 @@ class FileIo:
             raise pyfuse3.FUSEError(err)
 
     async def flush(self, fh: int) -> None:
-        """close(2): the data goes to the OSTs (its errors are close's); the size and
-        mtime it gave the file follow with the release, which nobody waits for. Until
-        then the file is open for write on the MDT: other clients glimpse its size
-        (from our data locks), and we, its only writer, know it."""
+        """close(2) returns at once, as Lustre's does: the data stays in our cache under
+        its PW locks (any other client's access calls them back, which writes it
+        first) and goes to the OSTs with the release, which nobody waits for, then
+        the size and mtime it gave the file; the file is open for write on the MDT
+        until then (other clients glimpse its size from our locks; we, its only
+        writer, know it). close reports a write-back error that is known by now;
+        fsync is what makes data durable and reports every error."""
         of = self.handles.live_file(fh)
         node = known_inode(self.inodes, of.ino)
-        if not self.inodes.data_settled(node.ino):
-            await self.writeback.flush_file(node.ino)
         if node.write_error:
             err, node.write_error = node.write_error, 0
             raise pyfuse3.FUSEError(err)
