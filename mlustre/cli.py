@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import registry
+from .localcluster import endpoints
 from .localcluster.daemons import DaemonFailed, spawn, stop_pid, wait_ready
 from .protocol.nid import Nid, format_spec, parse_spec
 from .servers.limits import DEFAULT_EVICT_THRESHOLD, DEFAULT_MAX_LOCKS
@@ -122,12 +123,10 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 def _metrics_address(text: str | None) -> tuple[str, int] | None:
     """--metrics HOST:PORT, checked before anything starts (None: no endpoint)."""
-    if text is None:
-        return None
-    from .metrics import parse_address
+    from .metrics import parse_address  # (prometheus_client: only when needed)
 
     try:
-        return parse_address(text)
+        return parse_address(text) if text is not None else None
     except ValueError as e:
         raise CliError(str(e)) from None
 
@@ -193,26 +192,8 @@ def _cluster_key(data: Path, no_auth: bool, privacy: bool = False) -> Path | Non
 def _start(args: list[str], log: Path, what: str) -> tuple[int, str, str | None]:
     """Start a server; its pid, NID and metrics address (from its READY line)."""
     proc = spawn(args, log)
-    line = wait_ready(proc, log, what, READY_TIMEOUT)
-    fields = _ready_fields(line)
+    fields = endpoints.ready_fields(wait_ready(proc, log, what, READY_TIMEOUT))
     return proc.pid, fields.get("nid", ""), fields.get("metrics")
-
-
-def _ready_fields(line: str) -> dict[str, str]:
-    return dict(f.split("=", 1) for f in line.split() if "=" in f)
-
-
-# `up` gives every server and client a metrics endpoint on a free loopback port; the
-# port a server got is written back into its command line, so that a failover or an
-# upgrade restarts it on the same one.
-UP_METRICS = "127.0.0.1:0"
-
-
-def _pin_metrics(server: dict[str, Any]) -> None:
-    """After a start: the server's --metrics is the address it got (port 0 resolved)."""
-    if server.get("metrics"):
-        server["args"] = _without(server["args"], "--metrics") + ["--metrics",
-                                                                  server["metrics"]]
 
 
 # -- clusters --
@@ -253,12 +234,12 @@ def cmd_up(args: argparse.Namespace) -> int:
                    (("stripe_count", args.stripe_count), ("stripe_size", args.stripe_size))
                    if v is not None]
         mgs_args = ["server", "mgs", "--data", str(data / "mgs"), *base, *stripes,
-                    "--metrics", UP_METRICS]
+                    "--metrics", endpoints.UP_ADDRESS]
         pid, mgs_nid, mgs_metrics = _start(mgs_args, data / "mgs.log", "MGS")
         servers.append({"name": f"{args.fsname}-MGS", "kind": "mgs", "nid": mgs_nid,
                         "pid": pid, "data": str(data / "mgs"), "log": str(data / "mgs.log"),
                         "args": mgs_args, "metrics": mgs_metrics})
-        _pin_metrics(servers[0])
+        endpoints.pin(servers[0])
         procs = []
         specs = [("mdt", 0)] + [("ost", i) for i in range(args.osts)]
         pairs: dict[str, tuple[str, str]] = {}
@@ -275,7 +256,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 extra += ["--listen", pairs[name][0], "--failover-nid", pairs[name][1]]
             log = data / f"{name}.log"
             cmd = ["server", kind, "--index", str(idx), "--data", str(tdir), "--mgs", mgs_nid,
-                   *extra, *base, "--metrics", UP_METRICS]
+                   *extra, *base, "--metrics", endpoints.UP_ADDRESS]
             procs.append((name, kind, tdir, log, cmd, spawn(cmd, log)))
         for name, kind, tdir, log, cmd, proc in procs:
             entry = {"name": name, "kind": kind, "pid": proc.pid, "data": str(tdir),
@@ -285,10 +266,10 @@ def cmd_up(args: argparse.Namespace) -> int:
             servers.append(entry)
         for (name, _kind, _tdir, log, _cmd, proc), entry in zip(procs, servers[1:],
                                                                 strict=True):
-            fields = _ready_fields(wait_ready(proc, log, name, READY_TIMEOUT))
+            fields = endpoints.ready_fields(wait_ready(proc, log, name, READY_TIMEOUT))
             entry["nid"] = fields["nid"]
             entry["metrics"] = fields.get("metrics")
-            _pin_metrics(entry)
+            endpoints.pin(entry)
         spec = format_spec([Nid.parse(mgs_nid)], args.fsname)
         key = str(key_file) if key_file else None
         registry.write_json(cluster_file, {"fsname": args.fsname, "spec": spec,
@@ -296,7 +277,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                                            "first_mount": mnt, "started": time.time(),
                                            "key": key})
         registry.register_cluster(spec, str(data), key)
-        client_pid, client_metrics = _mount(spec, mnt, data, args, key, metrics=UP_METRICS)
+        client_pid, client_metrics = _mount(spec, mnt, data, args, key, metrics=endpoints.UP_ADDRESS)
     except (DaemonFailed, CliError) as e:
         for s in reversed(servers):
             stop_pid(s["pid"], timeout=5)
@@ -341,7 +322,7 @@ def _mount(spec: str, mnt: str, cluster_data: Path | None, args: argparse.Namesp
         reasons = [line.removeprefix("error: ") for line in str(e).splitlines()
                    if line.startswith("error: cannot mount")]
         raise CliError(reasons[-1] if reasons else str(e)) from None
-    return proc.pid, _ready_fields(line).get("metrics")
+    return proc.pid, endpoints.ready_fields(line).get("metrics")
 
 
 def cmd_client(args: argparse.Namespace) -> int:
@@ -432,16 +413,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                for s in cluster["servers"]]
     clients = [{"mountpoint": m["mountpoint"], "pid": m["pid"], "metrics": m.get("metrics")}
                for m in _clients_of(cluster)]
-    # Every metrics endpoint of the cluster, ready for a Prometheus scrape config.
-    metrics = [{"name": s["name"], "kind": s["kind"], "address": s["metrics"],
-                "url": f"http://{s['metrics']}/metrics"} for s in servers if s["metrics"]]
-    metrics += [{"name": f"client:{c['mountpoint']}", "kind": "client",
-                 "address": c["metrics"], "url": f"http://{c['metrics']}/metrics"}
-                for c in clients if c["metrics"]]
     if args.json:
         print(json.dumps({"fsname": cluster["fsname"], "spec": cluster["spec"],
                           "data": cluster["data"], "servers": servers, "clients": clients,
-                          "metrics": metrics}))
+                          "metrics": endpoints.listing(servers, clients)}))
         return 0
     print(f"filesystem {cluster['fsname']}  spec {cluster['spec']}  data {cluster['data']}")
     for s in servers:
@@ -605,7 +580,7 @@ def cmd_failover(args: argparse.Namespace) -> int:
     except DaemonFailed as e:
         raise CliError(f"{server['name']} {how} but did not start again: {e}") from None
     server.update(pid=pid, nid=nid, args=listen, metrics=metrics)
-    _pin_metrics(server)
+    endpoints.pin(server)
     registry.write_json(Path(cluster["data"]) / "cluster.json", cluster)
     total = time.monotonic() - started
     if getattr(args, "json", False):
@@ -685,8 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the filesystem's key file (default: that of the local cluster "
                         "serving SPEC, if it has one)")
     m.add_argument("--metrics", metavar="HOST:PORT", default=None,
-                   help="serve the client's Prometheus metrics at http://HOST:PORT/metrics "
-                        "(PORT 0: any free port); default: none")
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (PORT 0: any)")
     client_opts(m)
     m.set_defaults(fn=cmd_mount)
 
@@ -761,8 +735,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--secure", action="store_true",
                     help="refuse to start without --key")
     sv.add_argument("--metrics", metavar="HOST:PORT", default=None,
-                    help="serve Prometheus metrics at http://HOST:PORT/metrics (PORT 0: "
-                         "any free port, printed in the READY line); default: none")
+                    help="serve Prometheus metrics at http://HOST:PORT/metrics (PORT 0: any)")
     sv.add_argument("--log-level", default="info")
     stripe_opts(sv)
     sv.set_defaults(fn=cmd_server)

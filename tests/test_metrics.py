@@ -321,3 +321,27 @@ def test_bad_metrics_address(tmp_path: Path, args: list[str]) -> None:
     assert r.returncode == 1
     assert "--metrics wants HOST:PORT" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_local_cluster_endpoints() -> None:
+    """up's READY fields, the port pinned into a server's command line (so a failover
+    keeps it), and status --json's listing."""
+    from mlustre.localcluster import endpoints
+
+    line = "READY mdt fs-MDT0000 nid=127.0.0.1:4000 pid=7 metrics=127.0.0.1:9101"
+    assert endpoints.ready_fields(line) == {"nid": "127.0.0.1:4000", "pid": "7",
+                                            "metrics": "127.0.0.1:9101"}
+    server = {"name": "fs-MDT0000", "kind": "mdt", "metrics": "127.0.0.1:9101",
+              "args": ["server", "mdt", "--metrics", endpoints.UP_ADDRESS, "--index", "0"]}
+    endpoints.pin(server)
+    assert server["args"] == ["server", "mdt", "--index", "0", "--metrics", "127.0.0.1:9101"]
+    old = {"name": "fs-MGS", "kind": "mgs", "metrics": None, "args": ["server", "mgs"]}
+    endpoints.pin(old)  # a cluster started without endpoints stays so
+    assert old["args"] == ["server", "mgs"]
+    assert endpoints.listing([server, old], [
+        {"mountpoint": "/mnt", "pid": 9, "metrics": "127.0.0.1:9102"},
+        {"mountpoint": "/mnt2", "pid": 10, "metrics": None}]) == [
+        {"name": "fs-MDT0000", "kind": "mdt", "address": "127.0.0.1:9101",
+         "url": "http://127.0.0.1:9101/metrics"},
+        {"name": "client:/mnt", "kind": "client", "address": "127.0.0.1:9102",
+         "url": "http://127.0.0.1:9102/metrics"}]
