@@ -30,25 +30,26 @@ def render_params(tree: ParamTree, states: Mapping[str, Sequence[str]] | None = 
     return metrics.exposition(metrics.families(pairs, states))
 
 
-async def open_listener(host: str, port: int) -> trio.SocketListener:
-    """Listen on HOST:PORT (PORT 0: any free one); OSError with a one-line reason."""
+async def open_listeners(host: str, port: int) -> list[trio.SocketListener]:
+    """Listen on HOST:PORT (PORT 0: any free one; a name may give an IPv4 and an IPv6
+    listener); OSError with a one-line reason."""
     try:
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        return await trio.open_tcp_listeners(port, host=host)
     except OSError as e:
         why = "address in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
         err = OSError(f"cannot serve metrics on {host}:{port}: {why}")
         err.errno = e.errno
         raise err from None
-    return listeners[0]
 
 
-def address_of(listener: trio.SocketListener) -> str:
-    host, port = listener.socket.getsockname()[:2]
+def address_of(listeners: list[trio.SocketListener]) -> str:
+    """HOST:PORT of the first listener (the one READY lines and status report)."""
+    host, port = listeners[0].socket.getsockname()[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def serve(listener: trio.SocketListener, render: Callable[[], bytes]) -> None:
-    """Answer HTTP requests on listener until cancelled, each with metrics.http_reply."""
+async def serve(listeners: list[trio.SocketListener], render: Callable[[], bytes]) -> None:
+    """Answer HTTP requests on listeners until cancelled, each with metrics.http_reply."""
 
     async def handle(stream: trio.SocketStream) -> None:
         try:
@@ -68,4 +69,4 @@ async def serve(listener: trio.SocketListener, render: Callable[[], bytes]) -> N
         finally:
             await stream.aclose()
 
-    await trio.serve_listeners(handle, [listener])
+    await trio.serve_listeners(handle, listeners)

@@ -257,10 +257,10 @@ def test_endpoint_serves_and_reports_address_in_use() -> None:
 
     async def main() -> None:
         with trio.fail_after(30):
-            listener = await metrics_server.open_listener("127.0.0.1", 0)
-            address = metrics_server.address_of(listener)
+            listeners = await metrics_server.open_listeners("127.0.0.1", 0)
+            address = metrics_server.address_of(listeners)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(metrics_server.serve, listener,
+                nursery.start_soon(metrics_server.serve, listeners,
                                    lambda: metrics_server.render_params(tree))
                 first = await get(address, b"GET /metrics HTTP/1.1\r\n\r\n")
                 second = await get(address, b"GET /metrics HTTP/1.1\r\n\r\n")
@@ -271,7 +271,7 @@ def test_endpoint_serves_and_reports_address_in_use() -> None:
                     b"HTTP/1.0 405")
                 with pytest.raises(OSError, match="cannot serve metrics on 127.0.0.1:"
                                                   r"\d+: address in use"):
-                    await metrics_server.open_listener(*metrics.parse_address(address))
+                    await metrics_server.open_listeners(*metrics.parse_address(address))
                 nursery.cancel_scope.cancel()
 
     trio.run(main)

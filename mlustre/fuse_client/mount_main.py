@@ -73,7 +73,7 @@ async def run(args: argparse.Namespace) -> None:
         admin_path = admin.socket_path(registry.state_dir(), os.getpid())
         listener = await admin.open_admin_socket(admin_path)
         # Before the mount: an address in use fails the mount, not a mounted client.
-        metrics = (await metrics_server.open_listener(*args.metrics)
+        metrics = (await metrics_server.open_listeners(*args.metrics)
                    if args.metrics else None)
         metrics_at = metrics_server.address_of(metrics) if metrics is not None else None
         pyfuse3.init(mount.ops, args.mountpoint, options)

@@ -58,21 +58,21 @@ def serve_forever(server: Runnable, metrics: tuple[str, int] | None = None) -> i
     """Run a server in this process until SIGTERM/SIGINT; print READY once listening.
 
     metrics: (host, port) to serve its metrics on (port 0: any free port); the READY
-    line then says where (`metrics=HOST:PORT`). Its listener is opened first, so that an
+    line then says where (`metrics=HOST:PORT`). Its listeners are opened first, so that an
     address in use fails the start before the target registers anywhere."""
 
     async def main() -> None:
-        listener = (await metrics_server.open_listener(*metrics)
+        listeners = (await metrics_server.open_listeners(*metrics)
                     if metrics is not None else None)
         async with trio.open_nursery() as outer:  # the metrics, until the target has stopped
             async with trio.open_nursery() as nursery:
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     nid = await nursery.start(server.run)
                     ready = f"READY {server.kind} {server.name} nid={nid} pid={os.getpid()}"
-                    if listener is not None:
-                        outer.start_soon(metrics_server.serve, listener, lambda: (
+                    if listeners is not None:
+                        outer.start_soon(metrics_server.serve, listeners, lambda: (
                             metrics_server.render_params(server.params(), METRIC_STATES)))
-                        ready += f" metrics={metrics_server.address_of(listener)}"
+                        ready += f" metrics={metrics_server.address_of(listeners)}"
                     print(ready, flush=True)
                     detach_stdout_to_stderr()
                     async for _ in signals:
