@@ -58,12 +58,12 @@ def serve_forever(server: Runnable, metrics: tuple[str, int] | None = None) -> i
     """Run a server in this process until SIGTERM/SIGINT; print READY once listening.
 
     metrics: (host, port) to serve its metrics on (port 0: any free port); the READY
-    line then says where (`metrics=HOST:PORT`). Its listeners are opened first, so that an
-    address in use fails the start before the target registers anywhere."""
+    line then says where (`metrics=HOST:PORT`). Its listeners are opened first, so that
+    an address in use fails the start before the target registers anywhere."""
 
     async def main() -> None:
         listeners = (await metrics_server.open_listeners(*metrics)
-                    if metrics is not None else None)
+                     if metrics is not None else None)
         async with trio.open_nursery() as outer:  # the metrics, until the target has stopped
             async with trio.open_nursery() as nursery:
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
