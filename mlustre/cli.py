@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import registry
+from .localcluster import endpoints
 from .localcluster.daemons import DaemonFailed, spawn, stop_pid, wait_ready
 from .protocol.nid import Nid, format_spec, parse_spec
 from .servers.limits import DEFAULT_EVICT_THRESHOLD, DEFAULT_MAX_LOCKS
@@ -78,6 +79,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         mgs = [Nid.parse(n) for n in args.mgs.split(",")] if args.mgs else []
     except ValueError as e:
         raise CliError(str(e)) from None
+    metrics = _metrics_address(args.metrics)
     common: dict[str, Any] = {"host": host, "port": port, "release": args.release,
                               "commit_interval": args.commit_interval,
                               "ldlm_timeout": args.ldlm_timeout,
@@ -116,7 +118,17 @@ def cmd_server(args: argparse.Namespace) -> int:
                            recovery_window=args.recovery_window, **common)
     if args.kind != "mgs" and not mgs:
         raise CliError(f"a {args.kind} needs --mgs HOST:PORT")
-    return serve_forever(server)
+    return serve_forever(server, metrics=metrics)
+
+
+def _metrics_address(text: str | None) -> tuple[str, int] | None:
+    """--metrics HOST:PORT, checked before anything starts (None: no endpoint)."""
+    from .metrics import parse_address  # (prometheus_client: only when needed)
+
+    try:
+        return parse_address(text) if text is not None else None
+    except ValueError as e:
+        raise CliError(str(e)) from None
 
 
 def _load_key(path: str) -> bytes:
@@ -177,11 +189,11 @@ def _cluster_key(data: Path, no_auth: bool, privacy: bool = False) -> Path | Non
     return path
 
 
-def _start(args: list[str], log: Path, what: str) -> tuple[int, str]:
+def _start(args: list[str], log: Path, what: str) -> tuple[int, str, str | None]:
+    """Start a server; its pid, NID and metrics address (from its READY line)."""
     proc = spawn(args, log)
-    line = wait_ready(proc, log, what, READY_TIMEOUT)
-    fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
-    return proc.pid, fields.get("nid", "")
+    fields = endpoints.ready_fields(wait_ready(proc, log, what, READY_TIMEOUT))
+    return proc.pid, fields.get("nid", ""), fields.get("metrics")
 
 
 # -- clusters --
@@ -221,11 +233,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         stripes = [f"--{k.replace('_', '-')}={v}" for k, v in
                    (("stripe_count", args.stripe_count), ("stripe_size", args.stripe_size))
                    if v is not None]
-        mgs_args = ["server", "mgs", "--data", str(data / "mgs"), *base, *stripes]
-        pid, mgs_nid = _start(mgs_args, data / "mgs.log", "MGS")
+        mgs_args = ["server", "mgs", "--data", str(data / "mgs"), *base, *stripes,
+                    "--metrics", endpoints.UP_ADDRESS]
+        pid, mgs_nid, mgs_metrics = _start(mgs_args, data / "mgs.log", "MGS")
         servers.append({"name": f"{args.fsname}-MGS", "kind": "mgs", "nid": mgs_nid,
                         "pid": pid, "data": str(data / "mgs"), "log": str(data / "mgs.log"),
-                        "args": mgs_args})
+                        "args": mgs_args, "metrics": mgs_metrics})
+        endpoints.pin(servers[0])
         procs = []
         specs = [("mdt", 0)] + [("ost", i) for i in range(args.osts)]
         pairs: dict[str, tuple[str, str]] = {}
@@ -242,7 +256,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 extra += ["--listen", pairs[name][0], "--failover-nid", pairs[name][1]]
             log = data / f"{name}.log"
             cmd = ["server", kind, "--index", str(idx), "--data", str(tdir), "--mgs", mgs_nid,
-                   *extra, *base]
+                   *extra, *base, "--metrics", endpoints.UP_ADDRESS]
             procs.append((name, kind, tdir, log, cmd, spawn(cmd, log)))
         for name, kind, tdir, log, cmd, proc in procs:
             entry = {"name": name, "kind": kind, "pid": proc.pid, "data": str(tdir),
@@ -252,8 +266,10 @@ def cmd_up(args: argparse.Namespace) -> int:
             servers.append(entry)
         for (name, _kind, _tdir, log, _cmd, proc), entry in zip(procs, servers[1:],
                                                                 strict=True):
-            line = wait_ready(proc, log, name, READY_TIMEOUT)
-            entry["nid"] = dict(f.split("=", 1) for f in line.split() if "=" in f)["nid"]
+            fields = endpoints.ready_fields(wait_ready(proc, log, name, READY_TIMEOUT))
+            entry["nid"] = fields["nid"]
+            entry["metrics"] = fields.get("metrics")
+            endpoints.pin(entry)
         spec = format_spec([Nid.parse(mgs_nid)], args.fsname)
         key = str(key_file) if key_file else None
         registry.write_json(cluster_file, {"fsname": args.fsname, "spec": spec,
@@ -261,14 +277,16 @@ def cmd_up(args: argparse.Namespace) -> int:
                                            "first_mount": mnt, "started": time.time(),
                                            "key": key})
         registry.register_cluster(spec, str(data), key)
-        client_pid = _mount(spec, mnt, data, args, key)
+        client_pid, client_metrics = _mount(spec, mnt, data, args, key, metrics=endpoints.UP_ADDRESS)
     except (DaemonFailed, CliError) as e:
         for s in reversed(servers):
             stop_pid(s["pid"], timeout=5)
         raise CliError(str(e)) from None
     for s in servers:
-        print(f"{s['name']:<16} {s['kind']:<4} nid={s['nid']:<22} pid={s['pid']}")
-    print(f"client           pid={client_pid} mounted on {mnt}")
+        print(f"{s['name']:<16} {s['kind']:<4} nid={s['nid']:<22} pid={s['pid']:<8} "
+              f"metrics=http://{s['metrics']}/metrics")
+    print(f"client           pid={client_pid} mounted on {mnt} "
+          f"metrics=http://{client_metrics}/metrics")
     print(f"spec: {spec}")
     if key_file:
         mode = "privacy" if getattr(_load_key(str(key_file)), "privacy", False) else "integrity"
@@ -279,7 +297,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _mount(spec: str, mnt: str, cluster_data: Path | None, args: argparse.Namespace,
-           key_file: str | None = None) -> int:
+           key_file: str | None = None, metrics: str | None = None) -> tuple[int, str | None]:
+    """Start a client process; its pid and metrics address (None without --metrics)."""
     logdir = cluster_data or Path(registry.state_dir()) / "logs"
     log = logdir / f"client-{os.path.basename(mnt) or 'root'}-{os.getpid()}.log"
     cmd = ["client", spec, mnt, "--max-dirty-mb", str(args.max_dirty_mb),
@@ -291,9 +310,11 @@ def _mount(spec: str, mnt: str, cluster_data: Path | None, args: argparse.Namesp
     if key_file:
         _load_key(key_file)
         cmd += ["--key", os.path.abspath(key_file)]
+    if metrics:
+        cmd += ["--metrics", metrics]
     proc = spawn(cmd, log)
     try:
-        wait_ready(proc, log, f"client of {spec}", READY_TIMEOUT + 10)
+        line = wait_ready(proc, log, f"client of {spec}", READY_TIMEOUT + 10)
     except DaemonFailed as e:
         if registry.is_mounted(mnt):
             subprocess.run(["fusermount3", "-uz", mnt], timeout=10, check=False)
@@ -301,7 +322,7 @@ def _mount(spec: str, mnt: str, cluster_data: Path | None, args: argparse.Namesp
         reasons = [line.removeprefix("error: ") for line in str(e).splitlines()
                    if line.startswith("error: cannot mount")]
         raise CliError(reasons[-1] if reasons else str(e)) from None
-    return proc.pid
+    return proc.pid, endpoints.ready_fields(line).get("metrics")
 
 
 def cmd_client(args: argparse.Namespace) -> int:
@@ -315,6 +336,8 @@ def cmd_client(args: argparse.Namespace) -> int:
         argv += ["--key", args.key]
     if args.client_no_update_lock:
         argv += ["--no-update-lock"]
+    if args.metrics:
+        argv += ["--metrics", args.metrics]
     return mount_main.main(argv)
 
 
@@ -324,9 +347,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise CliError(str(e)) from None
     mnt = check_mountpoint(args.mountpoint)
+    if args.metrics is not None:
+        _metrics_address(args.metrics)
     # Without --key, a local cluster's own key (mlustre up made one) is used.
-    pid = _mount(args.spec, mnt, None, args, args.key or registry.key_file_for_spec(args.spec))
-    print(f"mounted {args.spec} on {mnt} (client pid {pid})")
+    pid, metrics = _mount(args.spec, mnt, None, args,
+                          args.key or registry.key_file_for_spec(args.spec), args.metrics)
+    print(f"mounted {args.spec} on {mnt} (client pid {pid})"
+          + (f", metrics at http://{metrics}/metrics" if metrics else ""))
     return 0
 
 
@@ -381,19 +408,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     _, cluster = _cluster_of(args.mountpoint)
     servers = [{"name": s["name"], "kind": s["kind"], "nid": s["nid"], "pid": s["pid"],
                 "release": _option(s.get("args") or [], "--release") or "2.0",
-                "state": "running" if registry.pid_alive(s["pid"]) else "stopped"}
+                "state": "running" if registry.pid_alive(s["pid"]) else "stopped",
+                "metrics": s.get("metrics")}
                for s in cluster["servers"]]
-    clients = [{"mountpoint": m["mountpoint"], "pid": m["pid"]} for m in _clients_of(cluster)]
+    clients = [{"mountpoint": m["mountpoint"], "pid": m["pid"], "metrics": m.get("metrics")}
+               for m in _clients_of(cluster)]
     if args.json:
         print(json.dumps({"fsname": cluster["fsname"], "spec": cluster["spec"],
-                          "data": cluster["data"], "servers": servers, "clients": clients}))
+                          "data": cluster["data"], "servers": servers, "clients": clients,
+                          "metrics": endpoints.listing(servers, clients)}))
         return 0
     print(f"filesystem {cluster['fsname']}  spec {cluster['spec']}  data {cluster['data']}")
     for s in servers:
         print(f"  {s['name']:<16} {s['kind']:<4} {s['nid']:<22} pid {s['pid']:<8} "
-              f"release {s['release']:<4} {s['state']}")
+              f"release {s['release']:<4} {s['state']}"
+              + (f"  metrics {s['metrics']}" if s["metrics"] else ""))
     for c in clients:
-        print(f"  client {c['mountpoint']} pid {c['pid']}")
+        print(f"  client {c['mountpoint']} pid {c['pid']}"
+              + (f"  metrics {c['metrics']}" if c["metrics"] else ""))
     return 0
 
 
@@ -544,10 +576,11 @@ def cmd_failover(args: argparse.Namespace) -> int:
         how += f", {'upgraded' if release > was else 'downgraded'} from {was} to {release},"
     stopped = time.monotonic()
     try:
-        pid, nid = _start(listen, Path(server["log"]), server["name"])
+        pid, nid, metrics = _start(listen, Path(server["log"]), server["name"])
     except DaemonFailed as e:
         raise CliError(f"{server['name']} {how} but did not start again: {e}") from None
-    server.update(pid=pid, nid=nid, args=listen)
+    server.update(pid=pid, nid=nid, args=listen, metrics=metrics)
+    endpoints.pin(server)
     registry.write_json(Path(cluster["data"]) / "cluster.json", cluster)
     total = time.monotonic() - started
     if getattr(args, "json", False):
@@ -626,6 +659,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--key", metavar="FILE", default=None,
                    help="the filesystem's key file (default: that of the local cluster "
                         "serving SPEC, if it has one)")
+    m.add_argument("--metrics", metavar="HOST:PORT", default=None,
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (PORT 0: any)")
     client_opts(m)
     m.set_defaults(fn=cmd_mount)
 
@@ -699,6 +734,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "connection must prove this key")
     sv.add_argument("--secure", action="store_true",
                     help="refuse to start without --key")
+    sv.add_argument("--metrics", metavar="HOST:PORT", default=None,
+                    help="serve Prometheus metrics at http://HOST:PORT/metrics (PORT 0: any)")
     sv.add_argument("--log-level", default="info")
     stripe_opts(sv)
     sv.set_defaults(fn=cmd_server)
@@ -708,6 +745,7 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("mountpoint")
     cl.add_argument("--cluster-data")
     cl.add_argument("--key", default=None)
+    cl.add_argument("--metrics", default=None)
     client_opts(cl)
     cl.set_defaults(fn=cmd_client)
 

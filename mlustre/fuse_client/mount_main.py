@@ -16,14 +16,24 @@ import sys
 import pyfuse3
 import trio
 
-from .. import registry
+from .. import metrics_server, registry
+from ..metrics import parse_address
 from ..procs import detach_stdout_to_stderr
 from ..protocol.errors import AuthError, ConnectionLost, RpcError
 from ..protocol.keyfile import KeyFileError, load_key
 from . import admin, kernel_readahead
+from .barrier_gate import GateState
+from .import_state import ImportState
 from .node import Mount
 
 log = logging.getLogger("mlustre.client")
+
+
+def _address(text: str) -> tuple[str, int]:
+    try:
+        return parse_address(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -39,7 +49,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--mount-timeout", type=float, default=20.0)
     p.add_argument("--no-update-lock", action="store_true",
                    help="do not use the SIR barrier lock (recover by resend and replay)")
+    p.add_argument("--metrics", metavar="HOST:PORT", default=None, type=_address,
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (PORT 0: any)")
     return p.parse_args(argv)
+
+
+# The states of an import and of a writer gate (metrics list them all).
+METRIC_STATES = {"import": [s.value for s in ImportState], "gate": [s.value for s in GateState]}
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -56,17 +72,26 @@ async def run(args: argparse.Namespace) -> None:
         options |= {f"fsname={args.spec}", "subtype=mlustre", "allow_other"}
         admin_path = admin.socket_path(registry.state_dir(), os.getpid())
         listener = await admin.open_admin_socket(admin_path)
+        # Before the mount: an address in use fails the mount, not a mounted client.
+        metrics = (await metrics_server.open_listeners(*args.metrics)
+                   if args.metrics else None)
+        metrics_at = metrics_server.address_of(metrics) if metrics is not None else None
         pyfuse3.init(mount.ops, args.mountpoint, options)
         mount.kernel.ready = True
         registry.register_mount(args.mountpoint, {
             "pid": os.getpid(), "spec": args.spec, "fsname": node.fsname,
             "cluster_data": args.cluster_data, "uuid": node.uuid,
             "key": os.path.abspath(args.key) if args.key else None,
-            "admin_socket": str(admin_path)})
+            "admin_socket": str(admin_path), "metrics": metrics_at})
         mount.start(nursery)
-        nursery.start_soon(admin.serve_admin, listener, admin.client_params(mount))
+        tree = admin.client_params(mount)
+        nursery.start_soon(admin.serve_admin, listener, tree)
+        if metrics is not None:
+            nursery.start_soon(metrics_server.serve, metrics,
+                               lambda: metrics_server.render_params(tree, METRIC_STATES))
         nursery.start_soon(kernel_readahead.keep_wide, args.mountpoint)
-        print(f"READY mounted {args.spec} on {args.mountpoint} pid={os.getpid()}", flush=True)
+        print(f"READY mounted {args.spec} on {args.mountpoint} pid={os.getpid()}"
+              + (f" metrics={metrics_at}" if metrics_at else ""), flush=True)
         detach_stdout_to_stderr()
 
         async def on_signals() -> None:

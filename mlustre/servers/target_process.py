@@ -1,6 +1,7 @@
 """target_process.py - a target as a process: run it until SIGTERM/SIGINT with one
-READY line once it listens and one clear line for a startup failure, and the fail_loc
-crash points' way of dying (as kill -9 would).
+READY line once it listens and one clear line for a startup failure, its metrics
+endpoint (--metrics) beside it, and the fail_loc crash points' way of dying (as kill -9
+would).
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from typing import Protocol
 
 import trio
 
+from .. import metrics_server
+from ..params import ParamTree
 from ..procs import detach_stdout_to_stderr
 from ..protocol.errors import AuthError
+from .barrier import BarrierState
 from .storage import StorageBusy
 
 log = logging.getLogger(__name__)
@@ -35,6 +39,12 @@ class Runnable(Protocol):
 
     def stop(self) -> None: ...
 
+    def params(self) -> ParamTree: ...
+
+
+# The states a target's barrier may be in (metrics list them all).
+METRIC_STATES = {"barrier": [s.value for s in BarrierState]}
+
 
 def crash(why: str) -> None:
     """Die at once, as kill -9 would (fail_loc crash points): no commit, no cleanup."""
@@ -44,19 +54,32 @@ def crash(why: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def serve_forever(server: Runnable) -> int:
-    """Run a server in this process until SIGTERM/SIGINT; print READY once listening."""
+def serve_forever(server: Runnable, metrics: tuple[str, int] | None = None) -> int:
+    """Run a server in this process until SIGTERM/SIGINT; print READY once listening.
+
+    metrics: (host, port) to serve its metrics on (port 0: any free port); the READY
+    line then says where (`metrics=HOST:PORT`). Its listeners are opened first, so that
+    an address in use fails the start before the target registers anywhere."""
 
     async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                nid = await nursery.start(server.run)
-                print(f"READY {server.kind} {server.name} nid={nid} pid={os.getpid()}", flush=True)
-                detach_stdout_to_stderr()
-                async for _ in signals:
-                    log.info("%s: stopping on signal", server.name)
-                    server.stop()
-                    break
+        listeners = (await metrics_server.open_listeners(*metrics)
+                     if metrics is not None else None)
+        async with trio.open_nursery() as outer:  # the metrics, until the target has stopped
+            async with trio.open_nursery() as nursery:
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    nid = await nursery.start(server.run)
+                    ready = f"READY {server.kind} {server.name} nid={nid} pid={os.getpid()}"
+                    if listeners is not None:
+                        outer.start_soon(metrics_server.serve, listeners, lambda: (
+                            metrics_server.render_params(server.params(), METRIC_STATES)))
+                        ready += f" metrics={metrics_server.address_of(listeners)}"
+                    print(ready, flush=True)
+                    detach_stdout_to_stderr()
+                    async for _ in signals:
+                        log.info("%s: stopping on signal", server.name)
+                        server.stop()
+                        break
+            outer.cancel_scope.cancel()
 
     try:
         server.open_storage()
