@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 import pytest
-from mnthelpers import cli, wait_until
+from mnthelpers import as_user, cli, fsname_of, wait_until
 
 TIMEOUT = 120
 
@@ -106,3 +106,69 @@ def test_truncate_and_o_trunc_on_another_client_are_seen(ab):
         f.write(b"r" * 7)
     assert os.stat(b / "t").st_size == 7
     assert (b / "t").read_bytes() == b"r" * 7
+
+
+# Open cache: a read-only open's MDT handle is kept at close while A holds the file's
+# lock (open_cache.py); opening again costs no request, and any change of what that
+# open checked (by another client) calls the lock back first.
+
+def mdc_reints(mnt: Path) -> int:
+    res = cli("lctl", "-m", mnt, "get_param", "mdc.*.stats")
+    res.check()
+    m = re.search(r"^req\.MDS_REINT\s+(\d+) samples", res.stdout, re.MULTILINE)
+    return int(m.group(1)) if m else 0
+
+
+def read_as(uid: int, path: Path) -> object:
+    def read() -> object:
+        with open(path, "rb") as f:
+            return len(f.read())
+    return as_user(uid, read)
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_opening_a_file_again_needs_no_request(cluster, ab):
+    a, _ = ab
+    (a / "f").write_bytes(b"z" * 4000)
+    assert (a / "f").read_bytes() == b"z" * 4000
+    hits, reints = llite_counter(cluster.mnt, "open_cache_hits"), mdc_reints(cluster.mnt)
+    for _ in range(5):
+        assert (a / "f").read_bytes() == b"z" * 4000
+    assert llite_counter(cluster.mnt, "open_cache_hits") == hits + 5
+    assert mdc_reints(cluster.mnt) == reints, "an open of a file opened before went out"
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_a_kept_open_does_not_outlive_a_permission_change_elsewhere(cluster, ab):
+    a, b = ab
+    (a / "f").write_bytes(b"p" * 100)
+    os.chmod(a / "f", 0o644)
+    assert read_as(1000, a / "f") == 100
+    hits = llite_counter(cluster.mnt, "open_cache_hits")
+    assert read_as(1000, a / "f") == 100
+    assert llite_counter(cluster.mnt, "open_cache_hits") == hits + 1  # (kept for uid 1000)
+    os.chmod(b / "f", 0o600)  # on B: A's lock is called back, its kept open closed
+    got = read_as(1000, a / "f")
+    assert got[0] == "raised" and "Permission denied" in got[1], got  # type: ignore[index]
+    assert (a / "f").read_bytes() == b"p" * 100  # (root may)
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_kept_opens_do_not_keep_objects_of_files_removed_elsewhere(cluster, ab):
+    a, b = ab
+    f = a / "f"
+    with open(f, "wb") as out:
+        out.write(b"o" * 70_000)
+        out.flush()
+        os.fsync(out.fileno())
+    objects = os.getxattr(f, "lustre.lov").decode()
+    assert f.read_bytes() == b"o" * 70_000
+    assert f.read_bytes() == b"o" * 70_000  # (opened from the cache)
+    oid = {k: v for k, v in (i.split("=", 1) for i in objects.split())}["objects"]
+    ost, num = (int(x) for x in oid.split(",")[0].split(":"))
+    path = cluster.data / f"{fsname_of(cluster)}-OST{ost:04X}" / "O" / f"{num & 0xFF:02x}" \
+        / f"{num:x}"
+    assert path.exists()
+    os.unlink(b / "f")  # on B: A's kept open closes, the file's objects go
+    assert wait_until(lambda: not path.exists(), 15), "objects kept by a cached open"
+    assert not f.exists()

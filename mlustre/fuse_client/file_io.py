@@ -25,9 +25,11 @@ from .imports import ImportClosed
 from .inodes import Inode, InodeTable
 from .kernel_cache import KernelCache
 from .ldlm import LockFailed
+from .ldlm_client import ClientLock
 from .lov import ObjectRun
 from .md_cache import MdCache
 from .mdc import Mdc
+from .open_cache import OpenCache, cacheable_open, cred_key
 from .open_handles import OpenFile, OpenHandles
 from .osc import Osc
 from .page_cache import CHUNK, PageCache
@@ -52,7 +54,8 @@ class FileIo:
 
     def __init__(self, inodes: InodeTable, cache: PageCache, writeback: Writeback,
                  data: DataLocks, md: MdCache, mdc: Mdc, oscs: dict[int, Osc],
-                 handles: OpenHandles, kernel: KernelCache) -> None:
+                 handles: OpenHandles, kernel: KernelCache,
+                 open_cache: OpenCache | None = None) -> None:
         self.inodes = inodes
         self.cache = cache
         self.writeback = writeback
@@ -62,6 +65,7 @@ class FileIo:
         self.oscs = oscs
         self.handles = handles
         self.kernel = kernel
+        self.open_cache = open_cache if open_cache is not None else OpenCache()
         self._nursery: trio.Nursery | None = None
         self.flush_interval = 1.0
         self._closing = 0  # MDT closes in flight
@@ -89,6 +93,8 @@ class FileIo:
 
     async def shutdown(self) -> None:
         """Write back everything and close every MDT handle before the client goes away."""
+        for handle in self.open_cache.forget_all():
+            self.close_later(handle)
         while self._closing:
             await self._closed_all.wait()
         await self.writeback.flush_all()
@@ -374,11 +380,28 @@ class FileIo:
         finally:
             # Nobody waits for the release nor the MDT close; the close goes in the
             # background, shutdown waits for every one of them. A writer whose data did
-            # not reach the OSTs says its size is unsure (size_on_mdt.py).
-            self.close_later(of.handle, size_unsure=not reported)
+            # not reach the OSTs says its size is unsure (size_on_mdt.py). A read-only
+            # open stays open on the MDT while a lock of ours protects it (open_cache.py).
+            lock = self.md.open_lock(node) if node is not None and cacheable_open(of.flags) \
+                and not of.evicted else None
+            if lock is not None and node is not None:
+                for handle in self.open_cache.keep(node.ino, cred_key(of.cred), of.handle,
+                                                   lock):
+                    self.close_later(handle)
+            else:
+                self.close_later(of.handle, size_unsure=not reported)
             if node is not None:
                 node.opens -= 1
                 self.inodes.maybe_forget(node)
+
+    def md_lock_gone(self, lock: ClientLock) -> None:
+        """An MDT lock is given back: the opens it kept are closed."""
+        for handle in self.open_cache.lock_gone(lock):
+            self.close_later(handle)
+
+    def forget_kept_opens(self) -> None:
+        """Evicted, or a new MDT instance: it holds none of the kept opens."""
+        self.open_cache.forget_all()
 
     def close_later(self, handle: int, size_unsure: bool = False) -> None:
         """Close an MDT open handle in the background (shutdown waits for it)."""

@@ -23,6 +23,7 @@ from .inodes import Inode, InodeTable
 from .md_cache import UPDATE, MdCache
 from .mdc import Mdc
 from .namespace import Namespace
+from .open_cache import cacheable_open, cred_key
 from .open_handles import OpenFile, OpenHandles
 from .page_cache import PageCache
 from .xattr_cache import none_at_all
@@ -77,6 +78,17 @@ class FileOpen:
                 of = await self._opened(self.inodes.update(result["attr"]), result, flags,
                                         cred)
             return self._file_info(of, keep_cache=False)
+        if node is not None and cacheable_open(flags):
+            handle = self.io.open_cache.take(inode, cred_key(cred))
+            if handle is not None:
+                # Kept since our last close of it, under a lock nothing changed
+                # (open_cache.py): no request.
+                self.counters["open_cache_hits"] += 1
+                keep = self.data.covered(node)
+                if not keep:
+                    self.cache.drop_clean(inode)
+                of = await self._opened(node, {"handle": handle}, flags, cred)
+                return self._file_info(of, keep_cache=keep)
         sent = trio.current_time()
         result = await self._open_rpc(cred, inode, flags)
         node = self.inodes.update(result["attr"], sent)
@@ -89,6 +101,12 @@ class FileOpen:
         return self._file_info(of, keep_cache=keep)
 
     async def _open_rpc(self, cred: list[Any], ino: int, flags: int) -> dict[str, Any]:
+        node = self.inodes.get(ino)
+        if cacheable_open(flags) and (node is None or self.md.open_lock(node) is None):
+            # With the file's lock (an intent), under which its close will keep it.
+            _, body = await self.md.md_call(
+                lambda intent: self.mdc.open(cred, ino, flags, intent=intent))
+            return body
         return await self.md.update_call(
             [(ino, UPDATE)] if flags & os.O_TRUNC else [],
             lambda kw: self.mdc.open(cred, ino, flags, **kw))
@@ -120,6 +138,8 @@ class FileOpen:
         instance = reply_body.get("instance")
         restarted = self._mdt_instance is not None and instance != self._mdt_instance
         self._mdt_instance = instance
+        if restarted:
+            self.io.forget_kept_opens()  # (the new instance knows none of them)
         if restarted and self._nursery is not None and self.handles.files():
             self._nursery.start_soon(self._reopen_all)
 

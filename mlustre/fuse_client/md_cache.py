@@ -48,6 +48,7 @@ FILE_BITS = LOOKUP | UPDATE | PERM | LAYOUT | SOM
 DIR_NAME_BITS = LOOKUP | PERM
 DIR_ATTR_BITS = UPDATE | PERM | LAYOUT
 ATTR_BITS = UPDATE | PERM  # what the attributes handed to the kernel need
+OPEN_BITS = LOOKUP | UPDATE | PERM  # what keeps a closed open valid (open_cache.py)
 
 
 def may_search(attr: dict[str, Any], uid: int, gid: int, groups: list[int]) -> bool:
@@ -444,6 +445,14 @@ class MdCache:
                 inode.reported_at = trio.current_time()
                 inode.meta_inflight -= 1
             inode.attr = attr
+
+    def open_lock(self, node: Inode) -> ClientLock | None:
+        """A granted lock of ours on `node` whose bits every change of what an open checks
+        calls back (name, attributes, permissions): the open cache keeps opens under it."""
+        for lock in node.md:
+            if lock.state is LockState.GRANTED and lock_bits(lock) & OPEN_BITS == OPEN_BITS:
+                return lock
+        return None
 
     # ---- lock callbacks (MDT lock client) ----------------------------------------------
 

@@ -48,7 +48,7 @@ COUNTERS = ("md_cache_hits", "md_rpcs", "glimpse_rpcs", "size_refreshes",
             "size_refreshes_no_mdt", "revokes", "revoke_passes", "revoke_borrowed_io",
             "kernel_invalidations", "kernel_invalidations_left_running", "revokes_forced",
             "open_replays", "md_negative_hits", "statahead_pages",
-            "xattr_cache_hits", "kernel_entry_invalidations")
+            "xattr_cache_hits", "kernel_entry_invalidations", "open_cache_hits")
 
 
 class Mount:
@@ -114,8 +114,8 @@ class Mount:
         if kind == "mdt":
             return TargetHooks(
                 lru_size=MD_LRU_SIZE,
-                on_blocking=lambda lock: self.md.blocking(lock),
-                on_evicted=lambda locks: self.md.evicted(locks),
+                on_blocking=self._md_blocking,
+                on_evicted=self._md_evicted,
                 on_reset=lambda locks: self.md.reset(locks),
                 drain=lambda: self.data.drain_mdt(),
                 on_connected=lambda body: self.opener.mdt_connected(body))
@@ -136,6 +136,14 @@ class Mount:
             on_glimpse=glimpse,
             on_reset=lambda locks: self.data.reset(idx, locks),
             drain=lambda: self.data.drain_ost(idx))
+
+    async def _md_blocking(self, lock: ClientLock) -> None:
+        await self.md.blocking(lock)
+        self.io.md_lock_gone(lock)
+
+    async def _md_evicted(self, locks: list[ClientLock]) -> None:
+        self.io.forget_kept_opens()
+        await self.md.evicted(locks)
 
     def _identity(self, ino: int) -> tuple[int | None, list[int] | None]:
         return self.inodes.identity(ino)
