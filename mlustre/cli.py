@@ -97,6 +97,20 @@ def cmd_server(args: argparse.Namespace) -> int:
         raise CliError("--ldlm-timeout must be positive")
     if not 0 <= args.recovery_window <= 3600:
         raise CliError("--recovery-window must be between 0 and 3600 seconds")
+    if not 0.05 <= args.mmp_interval <= 60:
+        raise CliError("--mmp-interval must be between 0.05 and 60 seconds")
+    if args.mmp_quorum < 0:
+        raise CliError("--mmp-quorum must be 0 (off) or more seconds")
+    if args.standby and not args.listen:
+        raise CliError("--standby needs --listen HOST:PORT (the address it serves on "
+                       "once it takes over)")
+    if args.failover_nid or args.standby:
+        # A server of a failover pair guards its storage with a heartbeat (MMP).
+        from .servers.heartbeat import MmpConfig
+
+        common["mmp"] = MmpConfig(interval=args.mmp_interval, standby=args.standby,
+                                  quorum_timeout=args.mmp_quorum or None,
+                                  exit_on_fence=True, mgs=mgs)
     if args.kind == "mgs":
         from .servers.mgs import MgsServer
         server: Any = MgsServer(args.fsname, args.data, stripe_count=args.stripe_count,
@@ -116,7 +130,7 @@ def cmd_server(args: argparse.Namespace) -> int:
                            recovery_window=args.recovery_window, **common)
     if args.kind != "mgs" and not mgs:
         raise CliError(f"a {args.kind} needs --mgs HOST:PORT")
-    return serve_forever(server)
+    return serve_forever(server, standby_nid=args.listen or "")
 
 
 def _load_key(path: str) -> bytes:
@@ -672,7 +686,19 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--listen", help="HOST:PORT to serve on (default 127.0.0.1, any port)")
     sv.add_argument("--osts", type=int, default=None, help="(mdt) number of OSTs")
     sv.add_argument("--failover-nid", action="append", default=[],
-                    help="NID of the failover partner (repeatable)")
+                    help="NID of the failover partner (repeatable); guards the storage "
+                         "with a heartbeat (MMP)")
+    sv.add_argument("--standby", action="store_true",
+                    help="do not serve yet: watch the storage's heartbeat and take the "
+                         "target over (on --listen) when its active server stops, "
+                         "freezes or is cut off from the MGS")
+    sv.add_argument("--mmp-interval", type=float, default=1.0,
+                    help="heartbeat interval in seconds (the active server fences after "
+                         "3 intervals without a renewal; a standby takes over after 5 "
+                         "unchanged intervals + 0.5 s)")
+    sv.add_argument("--mmp-quorum", type=float, default=10.0,
+                    help="renew the heartbeat (or take over) only while the MGS answered "
+                         "within this many seconds (0: off)")
     sv.add_argument("--release", default="2.0", choices=["1.8", "2.0"])
     squash_opts(sv)
     sv.add_argument("--no-update-lock", action="store_true",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import time
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable
@@ -38,6 +39,7 @@ from .barrier import ServerBarrier
 from .errors import FieldError, ServiceError, body_field  # noqa: F401  (servers import them here)
 from .export import Export, Handler, Stats
 from .fail_loc import FailLoc
+from .heartbeat import FENCED_EXIT, Heartbeat, MmpConfig
 from .ldlm_service import LDLM_OPCODES, LdlmService
 from .limits import DEFAULT_MAX_LOCKS, ConnectionLimit, Misbehaviour
 from .recovery_window import RecoveryWindow, ReplayRunner, run_handler
@@ -89,16 +91,28 @@ class TargetServer:
                  max_connections: int | None = None, max_locks: int = DEFAULT_MAX_LOCKS,
                  evict_threshold: int | None = None, auth_key: bytes | None = None,
                  recovery_window: float | None = None,
-                 run_replay: ReplayRunner = run_handler) -> None:
+                 run_replay: ReplayRunner = run_handler, fsname: str = "",
+                 mmp: MmpConfig | None = None) -> None:
         """recovery_window: the target keeps its clients for replay after a restart
         (MDT, OST) and waits that long for them; run_replay: how it runs a replayed
-        update (the MDT's reuses the first execution's identities)."""
+        update (the MDT's reuses the first execution's identities); mmp: a server of a
+        failover pair guards its storage with a heartbeat (heartbeat.py), and may be a
+        standby that takes it over when the heartbeat stops."""
         self.name = name
         # Secure mode: every connection proves this filesystem key before its first
         # request, and every frame carries a MAC (protocol/auth.py). The same key
         # authenticates this server's own links to the MGS and the OSTs.
         self.auth_key = auth_key
         self.storage = TargetStorage(data_dir)
+        # A server of a failover pair proves it still owns its storage by renewing a
+        # heartbeat; when it cannot, it fences itself (`_fenced`) before its partner
+        # may take over (mmp.py).
+        self.heartbeat = (Heartbeat(name, fsname, self.storage, mmp,
+                                    holder=f"{name} pid={os.getpid()} nid={host}:{port}",
+                                    key=auth_key, on_fence=self._fenced)
+                          if mmp is not None else None)
+        self.exit_on_fence = mmp is not None and mmp.exit_on_fence
+        self.fenced = False
         self.host = host
         self.port = port
         self.release = release
@@ -169,7 +183,7 @@ class TargetServer:
 
     async def commit(self) -> int:
         async with self._commit_lock:
-            if self.needs_commit():
+            if self.needs_commit() and self.may_write():
                 await self.do_commit()
             return self.last_committed
 
@@ -184,10 +198,43 @@ class TargetServer:
             self._commit_wanted = trio.Event()
             await self.commit()
 
+    # -- the storage claim (heartbeat.py) --
+    @property
+    def standby(self) -> bool:
+        return self.heartbeat is not None and self.heartbeat.config.standby
+
+    def may_write(self) -> bool:
+        """Whether this server still owns its storage (a server without a heartbeat
+        always does: its flock says so). False fences it."""
+        return not self.fenced and (self.heartbeat is None or self.heartbeat.may_serve())
+
+    def _fenced(self, reason: str) -> None:
+        """Stop serving at once: nothing more is answered or written (no commit, no
+        clean heartbeat record). A server process exits; an in-process one stops."""
+        self.fenced = True
+        log.critical("%s: FENCED, serving nothing more: %s", self.name, reason)
+        if self.exit_on_fence:
+            for h in logging.getLogger().handlers:
+                h.flush()
+            os._exit(FENCED_EXIT)
+        if self._tasks is not None:
+            self._tasks.cancel_scope.cancel()
+
+    async def stand_by(self) -> None:
+        """A standby: wait until the storage is ours (the active server's heartbeat
+        stopped), then load it."""
+        assert self.heartbeat is not None
+        await self.heartbeat.stand_by()
+        self.open_storage()
+
     # -- lifecycle --
     def open_storage(self) -> None:
         """Claim the storage and load it (subclasses extend)."""
-        self.storage.claim(self.name)
+        if not self.storage.claimed:
+            if self.heartbeat is not None:
+                self.heartbeat.claim()
+            else:
+                self.storage.claim(self.name)
         if self.recovery is not None:
             self.recovery.load_known()
 
@@ -201,6 +248,10 @@ class TargetServer:
                 sockname = listeners[0].socket.getsockname()
                 self.nid = f"{sockname[0]}:{sockname[1]}"
                 self._tasks = nursery
+                if self.heartbeat is not None:
+                    nursery.start_soon(self.heartbeat.keep)
+                    if self.heartbeat.config.mgs:
+                        nursery.start_soon(self.heartbeat.ping_mgs)
                 nursery.start_soon(self._commit_loop)
                 if self.lock_types:
                     self.ldlm.start(nursery)
@@ -246,6 +297,8 @@ class TargetServer:
             await self.commit()
 
     def close_storage(self) -> None:
+        if self.heartbeat is not None and not self.fenced:
+            self.heartbeat.release()  # a clean record: the partner may claim at once
         self.storage.release()
 
     def stop(self) -> None:
@@ -434,6 +487,11 @@ class TargetServer:
         self.stats.count(what, n)
 
     async def _handle(self, endpoint: Endpoint, req: Message) -> Message | None:
+        if not self.may_write():
+            # The lease ran out (this process was frozen, or cut off): the partner may
+            # serve the storage already. Not one more request is answered.
+            await endpoint.aclose("fenced")
+            return None
         self._active += 1
         try:
             return await self._handle_one(endpoint, req)

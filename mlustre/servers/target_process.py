@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 import trio
@@ -29,7 +30,12 @@ class Runnable(Protocol):
     @property
     def name(self) -> str: ...
 
+    @property
+    def standby(self) -> bool: ...
+
     def open_storage(self) -> None: ...
+
+    async def stand_by(self) -> None: ...
 
     async def run(self, *, task_status: trio.TaskStatus[str] = ...) -> None: ...
 
@@ -44,12 +50,37 @@ def crash(why: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def serve_forever(server: Runnable) -> int:
-    """Run a server in this process until SIGTERM/SIGINT; print READY once listening."""
+def serve_forever(server: Runnable, *, standby_nid: str = "") -> int:
+    """Run a server in this process until SIGTERM/SIGINT; print READY once listening
+    (a standby: `READY standby NAME nid=NID pid=N` once it watches, and the usual line
+    in its log once it took over and serves)."""
+
+    async def stand_by(signals: AsyncIterator[int]) -> bool:
+        """Wait for the takeover; False if a signal came first."""
+        print(f"READY standby {server.name} nid={standby_nid} pid={os.getpid()}", flush=True)
+        detach_stdout_to_stderr()
+        took_over = False
+        async with trio.open_nursery() as waiting:
+            async def on_signal() -> None:
+                async for _ in signals:
+                    log.info("%s: stopping on signal (standing by)", server.name)
+                    waiting.cancel_scope.cancel()
+
+            async def take_over() -> None:
+                nonlocal took_over
+                await server.stand_by()
+                took_over = True
+                waiting.cancel_scope.cancel()
+
+            waiting.start_soon(on_signal)
+            waiting.start_soon(take_over)
+        return took_over
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                if server.standby and not await stand_by(signals):
+                    return
                 nid = await nursery.start(server.run)
                 print(f"READY {server.kind} {server.name} nid={nid} pid={os.getpid()}", flush=True)
                 detach_stdout_to_stderr()
@@ -59,7 +90,8 @@ def serve_forever(server: Runnable) -> int:
                     break
 
     try:
-        server.open_storage()
+        if not server.standby:
+            server.open_storage()
         trio.run(main)
     except (StorageBusy, OSError, AuthError) as e:  # startup failures print one clear line
         print(f"error: {server.name}: {e}", file=sys.stderr, flush=True)
