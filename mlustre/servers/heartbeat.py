@@ -123,6 +123,9 @@ class Heartbeat:
         record, _ = self.storage.read_mmp()
         if not self.core.recheck(time.monotonic(), record):
             return False
+        reason = self.renew()  # the recheck's wait took 2 intervals of the first lease
+        if reason is not None:  # (not fenced here: this may run in a worker thread)
+            raise StorageBusy(f"{self.storage.path}: lost while taking over: {reason}")
         self.storage.claimed_by(self.holder)
         return True
 
@@ -166,33 +169,46 @@ class Heartbeat:
                     else "its old holder still holds the flock")
 
     # -- active --
+    def renew(self) -> str | None:
+        """One renewal (blocking; also called once right before a server listens, so
+        the time it took to load its storage does not eat the first lease). Returns
+        why the server must fence, or None."""
+        if self.core.state is not State.ACTIVE:
+            return None
+        reason = self.core.expired(time.monotonic())
+        if reason is None:
+            record, unreadable = self.storage.read_mmp()
+            reason = self.core.check_record(None if unreadable else record)
+        if reason is not None:
+            return reason
+        flock = self.core.has_flock or self.storage.try_flock()
+        if flock and not self.core.has_flock:
+            log.info("%s: the old holder's flock is free: taken", self.name)
+            self.storage.note_holder(self.holder)
+        now = time.monotonic()
+        new = self.core.renewal(now, mgs_reached_at=self.mgs_reached_at, flock=flock)
+        if new is None:
+            if not self._quorum_warned:
+                log.warning("%s: the MGS has not answered for %gs: not renewing the "
+                            "heartbeat (this server fences when its lease runs out)",
+                            self.name, self.core.quorum_timeout or 0)
+                self._quorum_warned = True
+            return None
+        if self._quorum_warned:
+            log.warning("%s: the MGS answers again: renewing the heartbeat", self.name)
+            self._quorum_warned = False
+        self.storage.write_mmp(new)
+        self.core.renewed(new, started_at=now)
+        return None
+
     async def keep(self) -> None:
         """Renew the record every interval while serving; fence when it cannot."""
         while self.core.state is State.ACTIVE:
-            await trio.sleep(self.core.interval)
-            if self.core.state is not State.ACTIVE:
-                return
-            reason = self.core.expired(time.monotonic())
-            if reason is None:
-                record, unreadable = await trio.to_thread.run_sync(self.storage.read_mmp)
-                reason = self.core.check_record(None if unreadable else record)
+            reason = await trio.to_thread.run_sync(self.renew)
             if reason is not None:
                 self.fence(reason)
                 return
-            flock = self.core.has_flock or self.storage.try_flock()
-            now = time.monotonic()
-            new = self.core.renewal(now, mgs_reached_at=self.mgs_reached_at, flock=flock)
-            if new is None:
-                if not self._quorum_warned:
-                    log.warning("%s: the MGS has not answered for %gs: not renewing the "
-                                "heartbeat (this server fences when its lease runs out)",
-                                self.name, self.core.quorum_timeout or 0)
-                    self._quorum_warned = True
-                continue
-            self._quorum_warned = False
-            await trio.to_thread.run_sync(self.storage.write_mmp, new)
-            if self.core.state is State.ACTIVE:
-                self.core.renewed(new, started_at=now)
+            await trio.sleep(self.core.interval)
 
     async def ping_mgs(self) -> None:
         """Reach the MGS every interval (the quorum: a cut-off host stops renewing)."""

@@ -228,10 +228,10 @@ class Mmp:
         """The record to write now (seq + 1), or None to skip this renewal because the
         quorum is lost (the lease then runs out). flock: whether we hold it now."""
         self._require(State.ACTIVE)
-        if not self.quorum_ok(now, mgs_reached_at):
-            return None
         if flock is not None:
             self.has_flock = flock
+        if not self.quorum_ok(now, mgs_reached_at):
+            return None
         return self._mine(self.seq + 1, flock=self.has_flock)
 
     def renewed(self, record: Record, *, started_at: float) -> None:

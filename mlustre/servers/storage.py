@@ -69,11 +69,17 @@ class TargetStorage:
         except OSError:
             return ""
 
-    def claimed_by(self, holder: str) -> None:
-        """This server serves the directory now: say who in `claim`, count the boot."""
+    def note_holder(self, holder: str) -> None:
+        """Name the holder in `claim` (a server that took over without the flock, once
+        it got it)."""
         if self._claim_fd is not None:
             os.ftruncate(self._claim_fd, 0)
             os.pwrite(self._claim_fd, f"{holder} pid={os.getpid()}\n".encode(), 0)
+
+    def claimed_by(self, holder: str) -> None:
+        """This server serves the directory now: say who in `claim`, count the boot."""
+        if self._claim_fd is not None:
+            self.note_holder(holder)
         else:  # taken over by the heartbeat while a frozen holder keeps the flock
             self.write_atomic("claim.holder", f"{holder} pid={os.getpid()}\n".encode())
         self._claimed = True

@@ -241,6 +241,12 @@ class TargetServer:
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         if not self.storage.claimed:
             self.open_storage()
+        if self.heartbeat is not None:
+            reason = self.heartbeat.renew()  # loading the storage took part of the lease
+            if reason is not None:
+                self.heartbeat.fence(reason)
+                self.storage.release()
+                return
         try:
             async with trio.open_nursery() as nursery:
                 listeners = await nursery.start(
@@ -627,15 +633,26 @@ class TargetServer:
 
     async def dispatch(self, route: Route, handler: Handler, export: Export,
                        req: Message) -> Any:
-        """Run a request's handler on its path through recovery (if the target has one)."""
+        """Run a request's handler on its path through recovery (if the target has one).
+        A request held (recovery, locks) while this process was frozen checks the
+        lease again right before it runs."""
+        if self.heartbeat is not None:
+            handler = partial(self._guarded, handler)
         if self.recovery is None:
             return await handler(export, req)
         return await self.recovery.dispatch(route, handler, export, req)
+
+    async def _guarded(self, handler: Handler, export: Export, req: Message) -> Any:
+        if not self.may_write():
+            raise ServiceError(errno.ESHUTDOWN, f"{self.name} is fenced")
+        return await handler(export, req)
 
     async def finish(self, export: Export, req: Message, reply: Message) -> Message | None:
         """The reply to a request is ready: keep it if the request was an update (and
         persist it with the update, see persist_reply), then let it go out, unless a
         fail_loc drops it (the connection is closed instead: the client resends)."""
+        if not self.may_write():  # fenced while it ran: no reply goes out
+            return None
         key = (export.uuid, req.xid)
         event = self._running.pop(key, None)
         if event is not None:
