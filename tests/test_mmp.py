@@ -18,12 +18,12 @@ from mlustre.servers.storage import StorageBusy, TargetStorage
 
 pytestmark = pytest.mark.timeout(60)
 
-I = 1.0  # interval of the tables: lease 3 s, takeover wait 5.5 s, recheck 2 s
+IVL = 1.0  # interval of the tables: lease 3 s, takeover wait 5.5 s, recheck 2 s
 OTHER = Record(7, "other pid=1", flock=True)
 
 
 def active(now: float = 0.0, **kw: object) -> Mmp:
-    m = Mmp("me", I, **kw)  # type: ignore[arg-type]
+    m = Mmp("me", IVL, **kw)  # type: ignore[arg-type]
     d = m.watch(now, None, got_flock=True)
     assert d.verdict is Verdict.CLAIM and d.record is not None
     m.claimed(now, d.record, started_at=now)
@@ -43,7 +43,7 @@ def test_timings_lease_shorter_than_the_wait() -> None:
 @pytest.mark.parametrize("standby", [False, True])
 def test_the_flock_and_a_record_of_a_gone_holder_claim_at_once(record: Record | None,
                                                                standby: bool) -> None:
-    m = Mmp("me", I, standby=standby)
+    m = Mmp("me", IVL, standby=standby)
     d = m.watch(0.0, record, got_flock=True)
     assert d.verdict is Verdict.CLAIM and d.record is not None
     assert (d.record.seq, d.record.holder, d.record.flock) == \
@@ -53,7 +53,7 @@ def test_the_flock_and_a_record_of_a_gone_holder_claim_at_once(record: Record | 
 
 
 def test_a_plain_server_refuses_a_live_holder_at_once() -> None:
-    m = Mmp("me", I)
+    m = Mmp("me", IVL)
     d = m.watch(0.0, OTHER, got_flock=False)
     assert d.verdict is Verdict.REFUSE and "other pid=1" in d.reason and "seq 7" in d.reason
 
@@ -62,11 +62,11 @@ def test_a_plain_server_watches_a_holder_without_the_flock() -> None:
     """The record's writer took over without the flock (a frozen holder kept it, then
     died): maybe alive. Refused once its seq moves; claimed if it stays still."""
     mmp_taken = Record(7, "taker", flock=False)
-    m = Mmp("me", I)
+    m = Mmp("me", IVL)
     assert m.watch(0.0, mmp_taken, got_flock=True).verdict is Verdict.WAIT
     d = m.watch(1.0, Record(8, "taker"), got_flock=True)
     assert d.verdict is Verdict.REFUSE and "live" in d.reason
-    m = Mmp("me", I)
+    m = Mmp("me", IVL)
     assert m.watch(0.0, mmp_taken, got_flock=True).verdict is Verdict.WAIT
     assert m.watch(5.0, mmp_taken, got_flock=True).verdict is Verdict.WAIT
     d = m.watch(5.6, mmp_taken, got_flock=True)
@@ -74,7 +74,7 @@ def test_a_plain_server_watches_a_holder_without_the_flock() -> None:
 
 
 def test_a_standby_takes_over_after_the_wait_without_a_change() -> None:
-    m = Mmp("me", I, standby=True, quorum_timeout=10.0)
+    m = Mmp("me", IVL, standby=True, quorum_timeout=10.0)
     table = [  # (now, seq seen, verdict)
         (0.0, 7, Verdict.WAIT), (1.0, 8, Verdict.WAIT), (2.0, 9, Verdict.WAIT),
         (3.0, 9, Verdict.WAIT), (7.4, 9, Verdict.WAIT), (7.6, 9, Verdict.TAKE_OVER)]
@@ -82,11 +82,11 @@ def test_a_standby_takes_over_after_the_wait_without_a_change() -> None:
         d = m.watch(now, Record(seq, "other", flock=True), got_flock=False,
                     mgs_reached_at=now)
         assert d.verdict is verdict, (now, d)
-    assert d.record == Record(10, "me", flock=False, interval=I)
+    assert d.record == Record(10, "me", flock=False, interval=IVL)
 
 
 def test_a_standby_that_does_not_reach_the_mgs_does_not_take_over() -> None:
-    m = Mmp("me", I, standby=True, quorum_timeout=2.0)
+    m = Mmp("me", IVL, standby=True, quorum_timeout=2.0)
     m.watch(0.0, OTHER, got_flock=False, mgs_reached_at=0.0)
     d = m.watch(9.0, OTHER, got_flock=False, mgs_reached_at=6.0)
     assert d.verdict is Verdict.WAIT and "MGS" in d.reason
@@ -95,7 +95,7 @@ def test_a_standby_that_does_not_reach_the_mgs_does_not_take_over() -> None:
 
 
 def test_an_unreadable_record_counts_as_a_change() -> None:
-    m = Mmp("me", I, standby=True)
+    m = Mmp("me", IVL, standby=True)
     m.watch(0.0, OTHER, got_flock=False)
     assert m.watch(6.0, None, got_flock=False, unreadable=True).verdict is Verdict.WAIT
     assert m.watch(7.0, OTHER, got_flock=False).verdict is Verdict.WAIT  # changed again
@@ -112,14 +112,14 @@ def take_over(m: Mmp, now: float) -> Record:
 
 
 def test_recheck_keeps_the_claim_only_if_the_record_is_still_ours() -> None:
-    m = Mmp("me", I, standby=True)
+    m = Mmp("me", IVL, standby=True)
     mine = take_over(m, 0.0)
     assert m.recheck(8.0, mine) is True and m.state is State.ACTIVE and m.may_serve(8.0)
-    m = Mmp("me", I, standby=True)
+    m = Mmp("me", IVL, standby=True)
     mine = take_over(m, 0.0)
     assert m.recheck(8.0, Record(mine.seq, "another standby")) is False
     assert m.state is State.WATCHING
-    m = Mmp("me", I, standby=True)
+    m = Mmp("me", IVL, standby=True)
     mine = take_over(m, 0.0)
     assert m.recheck(9.5, mine) is False  # the recheck came after our own lease
 
@@ -129,7 +129,7 @@ def test_the_lease_and_the_fence() -> None:
     assert m.may_serve(2.9) and not m.may_serve(3.0)
     assert m.expired(2.9) is None and "lease" in (m.expired(3.0) or "")
     new = m.renewal(1.0)
-    assert new == Record(2, "me", flock=True, interval=I)
+    assert new == Record(2, "me", flock=True, interval=IVL)
     m.renewed(new, started_at=1.0)
     assert m.may_serve(3.9) and m.check_record(new) is None
     assert "taken over: seq 3 by other" in (m.check_record(Record(3, "other")) or "")
@@ -152,7 +152,7 @@ def test_release_writes_a_clean_record() -> None:
 
 
 def test_illegal_transitions_raise() -> None:
-    m = Mmp("me", I)
+    m = Mmp("me", IVL)
     with pytest.raises(MmpError):
         m.renewal(0.0)
     with pytest.raises(MmpError):
