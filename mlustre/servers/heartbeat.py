@@ -104,6 +104,9 @@ class Heartbeat:
                 self.core.claimed(time.monotonic(), d.record,
                                   started_at=self._write_claim(d.record))
                 self.storage.claimed_by(self.holder)
+                # The quorum counts from the claim: the MGS is pinged once serving (a
+                # server that never reaches it stops renewing after quorum_timeout).
+                self.mgs_reached_at = time.monotonic()
                 return
             if d.verdict is Verdict.REFUSE:
                 raise StorageBusy(f"{self.storage.path} is served by another server "
@@ -113,6 +116,7 @@ class Heartbeat:
                 assert d.record is not None
                 self.core.taking_over(d.record, started_at=self._write_claim(d.record))
                 time.sleep(self.core.recheck_delay)
+                self.mgs_reached_at = time.monotonic()  # (as for a claim)
                 if self._recheck():
                     return
                 raise StorageBusy(f"{self.storage.path}: another server claimed it at the "
