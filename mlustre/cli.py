@@ -409,7 +409,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     servers = [{"name": s["name"], "kind": s["kind"], "nid": s["nid"], "pid": s["pid"],
                 "release": standbys.option(s.get("args") or [], "--release") or "2.0",
                 "state": "running" if registry.pid_alive(s["pid"]) else "stopped",
-                "standby": standbys.describe(s)}
+                "log": s.get("log"), "standby": standbys.describe(s)}
                for s in cluster["servers"]]
     clients = [{"mountpoint": m["mountpoint"], "pid": m["pid"]} for m in _clients_of(cluster)]
     if args.json:

@@ -91,7 +91,7 @@ def describe(server: dict[str, Any]) -> dict[str, Any] | None:
     if not standby:
         return None
     alive = registry.pid_alive(standby.get("pid"))
-    return {"nid": standby.get("nid"), "pid": standby.get("pid"),
+    return {"nid": standby.get("nid"), "pid": standby.get("pid"), "log": standby.get("log"),
             "state": "standing by" if alive else "stopped"}
 
 

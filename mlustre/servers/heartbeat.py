@@ -58,6 +58,7 @@ class Heartbeat:
         self._on_fence = on_fence
         self.mgs_reached_at: float | None = None
         self._quorum_warned = False
+        self.took_over_live = False  # by the heartbeat, from a holder that did not exit
 
     @property
     def holder(self) -> str:
@@ -160,6 +161,7 @@ class Heartbeat:
                     self.core.taking_over(d.record, started_at=started)
                     await trio.sleep(self.core.recheck_delay)
                     if await trio.to_thread.run_sync(self._recheck):
+                        self.took_over_live = True
                         break
                     log.warning("%s: another server claimed the storage too; watching",
                                 self.name)

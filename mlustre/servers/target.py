@@ -72,6 +72,11 @@ class Answered:
     reply: Message | None
 
 
+# The least recovery window of a standby that took over from a live (frozen, cut off)
+# server; the window ends early once every known client has come back.
+LIVE_TAKEOVER_WINDOW = 60.0
+
+
 class TargetServer:
     """Base of every server process: one target, many client exports."""
 
@@ -225,6 +230,12 @@ class TargetServer:
         stopped), then load it."""
         assert self.heartbeat is not None
         await self.heartbeat.stand_by()
+        if self.heartbeat.took_over_live and self.recovery is not None:
+            # The old server is frozen or cut off, not dead: its clients notice only
+            # when a request or ping times out (15 s), and their first reconnect may
+            # wait on its address, which still accepts connections into the kernel's
+            # backlog (5 s). A restart's window would evict them before they come back.
+            self.recovery.window = max(self.recovery.window, LIVE_TAKEOVER_WINDOW)
         self.open_storage()
 
     # -- lifecycle --
