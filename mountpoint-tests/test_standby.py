@@ -212,9 +212,9 @@ def test_handover_kill_9_and_a_refused_second_server(cluster_factory, client2, s
         wait_takeover(c, "MDT0000", mdt["standby"]["pid"], time.monotonic())
         assert writer.advances(30, 40), "the writer did not continue after the kill"
 
-        data = Path(ost["standby"]["args"][ost["standby"]["args"].index("--data") + 1])
         mgs = server(c.status(), "MGS")["nid"]
         fs = c.spec.rsplit(":/", 1)[1]
+        data = c.data / f"{fs}-OST0000"
         refused = cli("server", "ost", "--fsname", fs, "--index", "0", "--data", data,
                       "--mgs", mgs, "--listen", "127.0.0.2:1", "--failover-nid",
                       ost["nid"], "--mmp-interval", MMP_INTERVAL,
