@@ -256,3 +256,39 @@ def test_driver_takes_over_from_a_holder_that_stopped_renewing(tmp_path: Path) -
     assert record is not None and record.holder == "standby"
     holder.storage.release()  # the frozen holder exits: its flock is free
     assert standby.renew() is None and standby.core.has_flock
+
+
+def test_driver_fences_a_holder_that_cannot_reach_the_mgs(tmp_path: Path) -> None:
+    """A host cut off from the network (here: an MGS address nobody listens on) stops
+    renewing once its quorum timeout passed, and fences when its lease runs out; a
+    standby then sees the heartbeat stop."""
+    import socket
+
+    import trio
+
+    from mlustre.protocol.nid import Nid
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once this block ends: nothing listens
+    fences: list[str] = []
+    hb = Heartbeat("T", "fs", TargetStorage(tmp_path),
+                   MmpConfig(interval=0.1, quorum_timeout=0.5, mgs=[Nid("127.0.0.1", port)]),
+                   holder="cut off", key=None, on_fence=fences.append)
+    hb.claim()
+    seq_at_claim = hb.core.seq
+
+    async def main() -> None:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(hb.ping_mgs)
+                await hb.keep()
+                nursery.cancel_scope.cancel()
+
+    started = time.monotonic()
+    trio.run(main)
+    assert fences and "lease" in fences[0], fences
+    assert 0.5 + hb.core.lease - 0.2 <= time.monotonic() - started < 5
+    record, _ = hb.storage.read_mmp()
+    assert record is not None and record.holder == "cut off" and record.seq > seq_at_claim
+    assert not hb.may_serve()
