@@ -22,7 +22,7 @@ from mnthelpers import Cluster, cli, proc_starttime, wait_until
 
 TIMEOUT = 150
 BLOCK = 16384
-MMP_INTERVAL = "0.3"  # lease 0.9 s, takeover after 2 s unchanged
+MMP_INTERVAL = "0.5"  # lease 1.5 s, takeover after 3 s unchanged
 TAKEOVER_BOUND = 20.0  # seconds from the freeze to the standby serving
 
 WRITER = r"""

@@ -282,7 +282,9 @@ def test_driver_fences_a_holder_that_cannot_reach_the_mgs(tmp_path: Path) -> Non
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(hb.ping_mgs)
-                await hb.keep()
+                nursery.start_soon(hb.keep)
+                while not fences:
+                    await trio.sleep(0.02)
                 nursery.cancel_scope.cancel()
 
     started = time.monotonic()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import trio
 from ..protocol import constants as C
 from ..protocol.nid import Nid
 from ..protocol.session import Session
-from .mmp import Decision, Mmp, Record, State, Verdict
+from .mmp import Decision, Mmp, MmpError, Record, State, Verdict
 from .storage import StorageBusy, TargetStorage
 
 log = logging.getLogger(__name__)
@@ -208,13 +209,39 @@ class Heartbeat:
         return None
 
     async def keep(self) -> None:
-        """Renew the record every interval while serving; fence when it cannot."""
-        while self.core.state is State.ACTIVE:
-            reason = await trio.to_thread.run_sync(self.renew)
-            if reason is not None:
-                self.fence(reason)
-                return
-            await trio.sleep(self.core.interval)
+        """Renew the record every interval while serving; fence when it cannot.
+
+        The renewals run in a thread of their own, as Lustre's kmmpd is a thread of its
+        own: a server whose event loop is busy for a few seconds (a long SQLite step, a
+        loaded host) still renews, while a frozen process (every thread stopped) or a
+        cut-off one (no MGS answers, counted by `ping_mgs` on the event loop) does not.
+        """
+        token = trio.lowlevel.current_trio_token()
+        done = threading.Event()
+
+        def loop() -> None:
+            while not done.is_set() and self.core.state is State.ACTIVE:
+                try:
+                    reason = self.renew()
+                except (OSError, MmpError) as e:  # (fenced meanwhile; storage gone)
+                    reason = f"cannot renew the heartbeat: {e}"
+                if reason is not None:
+                    if self.config.exit_on_fence:
+                        self.fence(reason)  # logs and exits the process, from any thread
+                    else:
+                        try:
+                            trio.from_thread.run_sync(self.fence, reason, trio_token=token)
+                        except trio.RunFinishedError:
+                            pass
+                    return
+                done.wait(self.core.interval)
+
+        thread = threading.Thread(target=loop, name=f"{self.name}-mmp", daemon=True)
+        thread.start()
+        try:
+            await trio.sleep_forever()
+        finally:
+            done.set()
 
     async def ping_mgs(self) -> None:
         """Reach the MGS every interval (the quorum: a cut-off host stops renewing)."""
