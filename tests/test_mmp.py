@@ -294,3 +294,36 @@ def test_driver_fences_a_holder_that_cannot_reach_the_mgs(tmp_path: Path) -> Non
     record, _ = hb.storage.read_mmp()
     assert record is not None and record.holder == "cut off" and record.seq > seq_at_claim
     assert not hb.may_serve()
+
+
+def test_an_ost_past_its_lease_answers_nothing_and_stops(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The request path checks the lease: a server whose renewals stopped (as in a
+    stopped process, which then gets CPU again) answers no request once its lease has
+    run out, fences, stops, and leaves the record as it was (no clean record)."""
+    import trio
+    from wire_helpers import ok, ost_server, ost_session
+
+    from mlustre.protocol import constants as C
+    from mlustre.protocol.errors import ConnectionLost, RpcTimeout
+    from mlustre.protocol.nid import Nid
+
+    server = ost_server(tmp_path / "ost", mmp=MmpConfig(interval=0.1))
+
+    async def main() -> None:
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nid = await nursery.start(server.run)
+                s = await ost_session(nursery, Nid.parse(nid))
+                await ok(s, C.OBD_PING)
+                assert server.heartbeat is not None
+                monkeypatch.setattr(server.heartbeat, "renew", lambda: None)
+                await trio.sleep(server.heartbeat.core.lease + 0.2)
+                with pytest.raises((ConnectionLost, RpcTimeout)):
+                    await s.endpoint.call(C.OBD_PING, {}, timeout=2)
+                assert server.fenced
+                nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    record, _ = TargetStorage(tmp_path / "ost").read_mmp()
+    assert record is not None and not record.clean
