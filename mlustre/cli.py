@@ -225,6 +225,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     _check_squash(args)
     if args.standby and not args.failover_pairs:
         raise CliError("--standby needs --failover-pairs")
+    if not 0.05 <= args.mmp_interval <= 60 or args.mmp_quorum < 0:
+        raise CliError("--mmp-interval must be between 0.05 and 60 s, --mmp-quorum 0 or more")
     key_file = _cluster_key(data, args.no_auth, args.privacy)
     keyed = ["--key", str(key_file)] if key_file else []
     squash = [*(["--root-squash", args.root_squash] if args.root_squash else []),
@@ -552,9 +554,8 @@ def cmd_failover(args: argparse.Namespace) -> int:
         if handover:
             standbys.hand_over(server, READY_TIMEOUT)
         else:
-            server.update(zip(("pid", "nid"), _start(listen, Path(server["log"]),
-                                                     server["name"]), strict=True),
-                          args=listen)
+            pid, nid = _start(listen, Path(server["log"]), server["name"])
+            server.update(pid=pid, nid=nid, args=listen)
     except (DaemonFailed, standbys.TakeoverFailed) as e:
         raise CliError(f"{server['name']} {how} but did not start again: {e}") from None
     pid, nid = server["pid"], server["nid"]
