@@ -70,6 +70,8 @@ class Heartbeat:
         """False once the lease ran out (e.g. this process was frozen): fence at once."""
         if self.core.may_serve(time.monotonic()):
             return True
+        if self.core.state is State.RELEASED:  # stopped gracefully: nothing to fence
+            return False
         self.fence(self.core.expired(time.monotonic()) if self.core.state is State.ACTIVE
                    else f"not active ({self.core.state.value})")
         return False
@@ -151,6 +153,7 @@ class Heartbeat:
                     started = await trio.to_thread.run_sync(self._write_claim, d.record)
                     self.core.claimed(time.monotonic(), d.record, started_at=started)
                     self.storage.claimed_by(self.holder)
+                    self.mgs_reached_at = time.monotonic()  # (as in claim)
                     log.warning("%s: the storage is free (its holder is gone): taking over",
                                 self.name)
                     break
