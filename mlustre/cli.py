@@ -8,7 +8,6 @@ import logging
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import registry
-from .localcluster import endpoints
+from .localcluster import endpoints, standbys
 from .localcluster.daemons import DaemonFailed, spawn, stop_pid, wait_ready
 from .protocol.nid import Nid, format_spec, parse_spec
 from .servers.limits import DEFAULT_EVICT_THRESHOLD, DEFAULT_MAX_LOCKS
@@ -99,6 +98,20 @@ def cmd_server(args: argparse.Namespace) -> int:
         raise CliError("--ldlm-timeout must be positive")
     if not 0 <= args.recovery_window <= 3600:
         raise CliError("--recovery-window must be between 0 and 3600 seconds")
+    if not 0.05 <= args.mmp_interval <= 60:
+        raise CliError("--mmp-interval must be between 0.05 and 60 seconds")
+    if args.mmp_quorum < 0:
+        raise CliError("--mmp-quorum must be 0 (off) or more seconds")
+    if args.standby and not args.listen:
+        raise CliError("--standby needs --listen HOST:PORT (the address it serves on "
+                       "once it takes over)")
+    if args.failover_nid or args.standby:
+        # A server of a failover pair guards its storage with a heartbeat (MMP).
+        from .servers.heartbeat import MmpConfig
+
+        common["mmp"] = MmpConfig(interval=args.mmp_interval, standby=args.standby,
+                                  quorum_timeout=args.mmp_quorum or None,
+                                  exit_on_fence=True, mgs=mgs)
     if args.kind == "mgs":
         from .servers.mgs import MgsServer
         server: Any = MgsServer(args.fsname, args.data, stripe_count=args.stripe_count,
@@ -118,7 +131,7 @@ def cmd_server(args: argparse.Namespace) -> int:
                            recovery_window=args.recovery_window, **common)
     if args.kind != "mgs" and not mgs:
         raise CliError(f"a {args.kind} needs --mgs HOST:PORT")
-    return serve_forever(server, metrics=metrics)
+    return serve_forever(server, metrics=metrics, standby_nid=args.listen or "")
 
 
 def _metrics_address(text: str | None) -> tuple[str, int] | None:
@@ -221,6 +234,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     if not 0 <= args.recovery_window <= 3600:
         raise CliError("--recovery-window must be between 0 and 3600 seconds")
     _check_squash(args)
+    if args.standby and not args.failover_pairs:
+        raise CliError("--standby needs --failover-pairs")
+    if not 0.05 <= args.mmp_interval <= 60 or args.mmp_quorum < 0:
+        raise CliError("--mmp-interval must be between 0.05 and 60 s, --mmp-quorum 0 or more")
     key_file = _cluster_key(data, args.no_auth, args.privacy)
     keyed = ["--key", str(key_file)] if key_file else []
     squash = [*(["--root-squash", args.root_squash] if args.root_squash else []),
@@ -252,8 +269,10 @@ def cmd_up(args: argparse.Namespace) -> int:
             if args.failover_pairs:
                 # Two servers for one storage directory: this one on PAIR_ADDRS[0], its
                 # partner (started by `mlustre failover --partner`) on PAIR_ADDRS[1].
-                pairs[name] = (free_nid(PAIR_ADDRS[0]), free_nid(PAIR_ADDRS[1]))
-                extra += ["--listen", pairs[name][0], "--failover-nid", pairs[name][1]]
+                pairs[name] = (standbys.free_nid(standbys.PAIR_ADDRS[0]), standbys.free_nid(standbys.PAIR_ADDRS[1]))
+                extra += ["--listen", pairs[name][0], "--failover-nid", pairs[name][1],
+                          "--mmp-interval", str(args.mmp_interval),
+                          "--mmp-quorum", str(args.mmp_quorum)]
             log = data / f"{name}.log"
             cmd = ["server", kind, "--index", str(idx), "--data", str(tdir), "--mgs", mgs_nid,
                    *extra, *base, "--metrics", endpoints.UP_ADDRESS]
@@ -270,6 +289,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             entry["nid"] = fields["nid"]
             entry["metrics"] = fields.get("metrics")
             endpoints.pin(entry)
+        for entry in servers[1:] if args.standby else []:  # once every target serves
+            standbys.start(entry, READY_TIMEOUT)
         spec = format_spec([Nid.parse(mgs_nid)], args.fsname)
         key = str(key_file) if key_file else None
         registry.write_json(cluster_file, {"fsname": args.fsname, "spec": spec,
@@ -280,11 +301,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         client_pid, client_metrics = _mount(spec, mnt, data, args, key, metrics=endpoints.UP_ADDRESS)
     except (DaemonFailed, CliError) as e:
         for s in reversed(servers):
+            if s.get("standby"):
+                stop_pid(s["standby"]["pid"], timeout=5)
             stop_pid(s["pid"], timeout=5)
         raise CliError(str(e)) from None
     for s in servers:
         print(f"{s['name']:<16} {s['kind']:<4} nid={s['nid']:<22} pid={s['pid']:<8} "
               f"metrics=http://{s['metrics']}/metrics")
+        if s.get("standby"):
+            print(f"{'  standby':<21} nid={s['standby']['nid']:<22} pid={s['standby']['pid']}")
     print(f"client           pid={client_pid} mounted on {mnt} "
           f"metrics=http://{client_metrics}/metrics")
     print(f"spec: {spec}")
@@ -393,7 +418,10 @@ def _cluster_of(mnt: str) -> tuple[dict[str, Any], dict[str, Any]]:
     data = info.get("cluster_data") or registry.find_cluster_data(info.get("spec", ""))
     if not data or not (Path(data) / "cluster.json").exists():
         raise CliError(f"{mnt} is a client of {info.get('spec')}, not of a local cluster")
-    return info, json.loads((Path(data) / "cluster.json").read_text())
+    cluster = json.loads((Path(data) / "cluster.json").read_text())
+    if standbys.reconcile(cluster):  # a standby took over by itself since
+        registry.write_json(Path(data) / "cluster.json", cluster)
+    return info, cluster
 
 
 def _clients_of(cluster: dict[str, Any], *, dead_too: bool = False) -> list[dict[str, Any]]:
@@ -407,8 +435,9 @@ def _clients_of(cluster: dict[str, Any], *, dead_too: bool = False) -> list[dict
 def cmd_status(args: argparse.Namespace) -> int:
     _, cluster = _cluster_of(args.mountpoint)
     servers = [{"name": s["name"], "kind": s["kind"], "nid": s["nid"], "pid": s["pid"],
-                "release": _option(s.get("args") or [], "--release") or "2.0",
+                "release": standbys.option(s.get("args") or [], "--release") or "2.0",
                 "state": "running" if registry.pid_alive(s["pid"]) else "stopped",
+                "log": s.get("log"), "standby": standbys.describe(s),
                 "metrics": s.get("metrics")}
                for s in cluster["servers"]]
     clients = [{"mountpoint": m["mountpoint"], "pid": m["pid"], "metrics": m.get("metrics")}
@@ -423,6 +452,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {s['name']:<16} {s['kind']:<4} {s['nid']:<22} pid {s['pid']:<8} "
               f"release {s['release']:<4} {s['state']}"
               + (f"  metrics {s['metrics']}" if s["metrics"] else ""))
+        if s["standby"]:
+            print(f"  {'  standby':<21} {s['standby']['nid']:<22} pid {s['standby']['pid']:<8} "
+                  f"{'':<12} {s['standby']['state']}")
     for c in clients:
         print(f"  client {c['mountpoint']} pid {c['pid']}"
               + (f"  metrics {c['metrics']}" if c["metrics"] else ""))
@@ -439,22 +471,15 @@ def cmd_down(args: argparse.Namespace) -> int:
             errors.append(str(e))
     if errors:
         raise CliError("; ".join(errors) + " (servers left running)")
+    for s in cluster["servers"]:  # first, or they take over what is being stopped
+        if s.get("standby"):
+            stop_pid(s["standby"]["pid"], timeout=30)
     order = {"mdt": 0, "ost": 1, "mgs": 2}
     for s in sorted(cluster["servers"], key=lambda s: order.get(s["kind"], 3)):
         if not stop_pid(s["pid"], timeout=30):
             print(f"warning: {s['name']} (pid {s['pid']}) had to be killed", file=sys.stderr)
     print(f"stopped {cluster['fsname']}: {len(cluster['servers'])} servers")
     return 0
-
-
-PAIR_ADDRS = ("127.0.0.2", "127.0.0.3")  # the two "nodes" of a local failover pair
-
-
-def free_nid(host: str) -> str:
-    """HOST:PORT with a port free right now (for a server started later on it)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return f"{host}:{sock.getsockname()[1]}"
 
 
 def _check_squash(args: argparse.Namespace) -> None:
@@ -489,29 +514,6 @@ def _freeze(server: dict[str, Any], key_file: str | None) -> dict[str, Any] | No
     return frozen
 
 
-def _option(args: list[str], option: str) -> str | None:
-    """The value of the last `option VALUE` pair in args."""
-    value = None
-    for a, b in zip(args, args[1:], strict=False):
-        if a == option:
-            value = b
-    return value
-
-
-def _without(args: list[str], option: str) -> list[str]:
-    """args with every `option VALUE` pair removed."""
-    out: list[str] = []
-    skip = False
-    for a in args:
-        if skip:
-            skip = False
-        elif a == option:
-            skip = True
-        else:
-            out.append(a)
-    return out
-
-
 def _find_server(cluster: dict[str, Any], name: str) -> dict[str, Any]:
     """A server of the cluster by its name, with or without the fsname (MDT0000,
     OST0001, MGS) or, when there is one of its kind, by kind (mdt, mgs)."""
@@ -541,17 +543,21 @@ def cmd_failover(args: argparse.Namespace) -> int:
         raise CliError(f"the cluster in {cluster['data']} was started by an older mlustre: "
                        f"restart it (`mlustre down`, `mlustre up`) to use failover")
     release = getattr(args, "release", None)
-    was = _option(cmd, "--release") or "2.0"
+    was = standbys.option(cmd, "--release") or "2.0"
+    handover = standbys.live(server)  # its standby takes over, it becomes the standby
+    if handover and release is not None:
+        raise CliError(f"{server['name']} has a standby: upgrades need a cluster without "
+                       "standbys (`mlustre up --failover-pairs` without --standby)")
     barrier: dict[str, Any] | None = None
     if release is not None:
-        cmd = _without(cmd, "--release") + ["--release", release]
+        cmd = standbys.without(cmd, "--release") + ["--release", release]
     here = server["nid"]
     if args.partner:  # the other server of the pair takes over the same storage
         there = pair[1] if here == pair[0] else pair[0]
-        listen = _without(_without(cmd, "--listen"), "--failover-nid")
+        listen = standbys.without(standbys.without(cmd, "--listen"), "--failover-nid")
         listen += ["--listen", there, "--failover-nid", here]
     else:
-        listen = _without(cmd, "--listen") + ["--listen", here]
+        listen = standbys.without(cmd, "--listen") + ["--listen", here]
     started = time.monotonic()
     if args.crash:
         if registry.pid_alive(server["pid"]):
@@ -570,17 +576,21 @@ def cmd_failover(args: argparse.Namespace) -> int:
             from .servers.barrier import describe_freeze
 
             how = f"{describe_freeze(barrier)}, {how}"
-    if args.partner:
-        how += ", its partner took over,"
+    if args.partner or handover:
+        how += ", its standby took over," if handover else ", its partner took over,"
     if release is not None and release != was:
         how += f", {'upgraded' if release > was else 'downgraded'} from {was} to {release},"
     stopped = time.monotonic()
     try:
-        pid, nid, metrics = _start(listen, Path(server["log"]), server["name"])
-    except DaemonFailed as e:
+        if handover:
+            standbys.hand_over(server, READY_TIMEOUT)
+        else:
+            pid, nid, metrics = _start(listen, Path(server["log"]), server["name"])
+            server.update(pid=pid, nid=nid, args=listen, metrics=metrics)
+            endpoints.pin(server)
+    except (DaemonFailed, standbys.TakeoverFailed) as e:
         raise CliError(f"{server['name']} {how} but did not start again: {e}") from None
-    server.update(pid=pid, nid=nid, args=listen, metrics=metrics)
-    endpoints.pin(server)
+    pid, nid = server["pid"], server["nid"]
     registry.write_json(Path(cluster["data"]) / "cluster.json", cluster)
     total = time.monotonic() - started
     if getattr(args, "json", False):
@@ -634,6 +644,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="serve each MDT/OST from a pair of addresses (127.0.0.2 and "
                          "127.0.0.3) sharing its storage: `mlustre failover --partner` "
                          "moves it to the other")
+    up.add_argument("--standby", action="store_true",
+                    help="with --failover-pairs: start each pair's second server as a "
+                         "standby that takes over by itself when the first stops, freezes "
+                         "or is cut off (heartbeat, MMP)")
+    up.add_argument("--mmp-interval", type=float, default=1.0,
+                    help="heartbeat interval of the failover pairs' servers (s)")
+    up.add_argument("--mmp-quorum", type=float, default=10.0,
+                    help="pairs' servers renew only while the MGS answered that recently")
     up.add_argument("--recovery-window", type=float, default=15.0,
                     help="seconds a restarted MDT or OST waits for its clients to replay "
                          "their uncommitted updates, open files and locks")
@@ -707,7 +725,19 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--listen", help="HOST:PORT to serve on (default 127.0.0.1, any port)")
     sv.add_argument("--osts", type=int, default=None, help="(mdt) number of OSTs")
     sv.add_argument("--failover-nid", action="append", default=[],
-                    help="NID of the failover partner (repeatable)")
+                    help="NID of the failover partner (repeatable); guards the storage "
+                         "with a heartbeat (MMP)")
+    sv.add_argument("--standby", action="store_true",
+                    help="do not serve yet: watch the storage's heartbeat and take the "
+                         "target over (on --listen) when its active server stops, "
+                         "freezes or is cut off from the MGS")
+    sv.add_argument("--mmp-interval", type=float, default=1.0,
+                    help="heartbeat interval in seconds (the active server fences after "
+                         "3 intervals without a renewal; a standby takes over after 5 "
+                         "unchanged intervals + 0.5 s)")
+    sv.add_argument("--mmp-quorum", type=float, default=10.0,
+                    help="renew the heartbeat (or take over) only while the MGS answered "
+                         "within this many seconds (0: off)")
     sv.add_argument("--release", default="2.0", choices=["1.8", "2.0"])
     squash_opts(sv)
     sv.add_argument("--no-update-lock", action="store_true",

@@ -33,7 +33,7 @@ class MgsServer(TargetServer):
 
     def __init__(self, fsname: str, data_dir: str, *, stripe_count: int | None = None,
                  stripe_size: int | None = None, **kw: Any) -> None:
-        super().__init__(f"{fsname}-MGS", data_dir, **kw)
+        super().__init__(f"{fsname}-MGS", data_dir, fsname=fsname, **kw)
         self.fsname = fsname
         # Given values change the filesystem's defaults; None keeps what the MGS has.
         self.given_stripes = {k: v for k, v in (("stripe_count", stripe_count),

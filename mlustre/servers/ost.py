@@ -46,7 +46,7 @@ class OstServer(TargetServer):
                  failover_nids: list[str] | None = None, recovery_window: float = 15.0,
                  **kw: Any) -> None:
         super().__init__(target_name(fsname, "ost", index), data_dir,
-                         recovery_window=recovery_window, **kw)
+                         recovery_window=recovery_window, fsname=fsname, **kw)
         self.undo: UndoLog | None = None
         self.fsname = fsname
         self.index = index

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import time
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable
@@ -38,6 +39,7 @@ from .barrier import ServerBarrier
 from .errors import FieldError, ServiceError, body_field  # noqa: F401  (servers import them here)
 from .export import Export, Handler, Stats
 from .fail_loc import FailLoc
+from .heartbeat import FENCED_EXIT, Heartbeat, MmpConfig
 from .ldlm_service import LDLM_OPCODES, LdlmService
 from .limits import DEFAULT_MAX_LOCKS, ConnectionLimit, Misbehaviour
 from .recovery_window import RecoveryWindow, ReplayRunner, run_handler
@@ -70,6 +72,11 @@ class Answered:
     reply: Message | None
 
 
+# The least recovery window of a standby that took over from a live (frozen, cut off)
+# server; the window ends early once every known client has come back.
+LIVE_TAKEOVER_WINDOW = 60.0
+
+
 class TargetServer:
     """Base of every server process: one target, many client exports."""
 
@@ -89,16 +96,28 @@ class TargetServer:
                  max_connections: int | None = None, max_locks: int = DEFAULT_MAX_LOCKS,
                  evict_threshold: int | None = None, auth_key: bytes | None = None,
                  recovery_window: float | None = None,
-                 run_replay: ReplayRunner = run_handler) -> None:
+                 run_replay: ReplayRunner = run_handler, fsname: str = "",
+                 mmp: MmpConfig | None = None) -> None:
         """recovery_window: the target keeps its clients for replay after a restart
         (MDT, OST) and waits that long for them; run_replay: how it runs a replayed
-        update (the MDT's reuses the first execution's identities)."""
+        update (the MDT's reuses the first execution's identities); mmp: a server of a
+        failover pair guards its storage with a heartbeat (heartbeat.py), and may be a
+        standby that takes it over when the heartbeat stops."""
         self.name = name
         # Secure mode: every connection proves this filesystem key before its first
         # request, and every frame carries a MAC (protocol/auth.py). The same key
         # authenticates this server's own links to the MGS and the OSTs.
         self.auth_key = auth_key
         self.storage = TargetStorage(data_dir)
+        # A server of a failover pair proves it still owns its storage by renewing a
+        # heartbeat; when it cannot, it fences itself (`_fenced`) before its partner
+        # may take over (mmp.py).
+        self.heartbeat = (Heartbeat(name, fsname, self.storage, mmp,
+                                    holder=f"{name} pid={os.getpid()} nid={host}:{port}",
+                                    key=auth_key, on_fence=self._fenced)
+                          if mmp is not None else None)
+        self.exit_on_fence = mmp is not None and mmp.exit_on_fence
+        self.fenced = False
         self.host = host
         self.port = port
         self.release = release
@@ -169,7 +188,7 @@ class TargetServer:
 
     async def commit(self) -> int:
         async with self._commit_lock:
-            if self.needs_commit():
+            if self.needs_commit() and self.may_write():
                 await self.do_commit()
             return self.last_committed
 
@@ -184,16 +203,61 @@ class TargetServer:
             self._commit_wanted = trio.Event()
             await self.commit()
 
+    # -- the storage claim (heartbeat.py) --
+    @property
+    def standby(self) -> bool:
+        return self.heartbeat is not None and self.heartbeat.config.standby
+
+    def may_write(self) -> bool:
+        """Whether this server still owns its storage (a server without a heartbeat
+        always does: its flock says so). False fences it."""
+        return not self.fenced and (self.heartbeat is None or self.heartbeat.may_serve())
+
+    def _fenced(self, reason: str) -> None:
+        """Stop serving at once: nothing more is answered or written (no commit, no
+        clean heartbeat record). A server process exits; an in-process one stops."""
+        self.fenced = True
+        log.critical("%s: FENCED, serving nothing more: %s", self.name, reason)
+        if self.exit_on_fence:
+            for h in logging.getLogger().handlers:
+                h.flush()
+            os._exit(FENCED_EXIT)
+        if self._tasks is not None:
+            self._tasks.cancel_scope.cancel()
+
+    async def stand_by(self) -> None:
+        """A standby: wait until the storage is ours (the active server's heartbeat
+        stopped), then load it."""
+        assert self.heartbeat is not None
+        await self.heartbeat.stand_by()
+        if self.heartbeat.took_over_live and self.recovery is not None:
+            # The old server is frozen or cut off, not dead: its clients notice only
+            # when a request or ping times out (15 s), and their first reconnect may
+            # wait on its address, which still accepts connections into the kernel's
+            # backlog (5 s). A restart's window would evict them before they come back.
+            self.recovery.window = max(self.recovery.window, LIVE_TAKEOVER_WINDOW)
+        self.open_storage()
+
     # -- lifecycle --
     def open_storage(self) -> None:
         """Claim the storage and load it (subclasses extend)."""
-        self.storage.claim(self.name)
+        if not self.storage.claimed:
+            if self.heartbeat is not None:
+                self.heartbeat.claim()
+            else:
+                self.storage.claim(self.name)
         if self.recovery is not None:
             self.recovery.load_known()
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         if not self.storage.claimed:
             self.open_storage()
+        if self.heartbeat is not None:
+            reason = self.heartbeat.renew()  # loading the storage took part of the lease
+            if reason is not None:
+                self.heartbeat.fence(reason)
+                self.storage.release()
+                return
         try:
             async with trio.open_nursery() as nursery:
                 listeners = await nursery.start(
@@ -201,6 +265,10 @@ class TargetServer:
                 sockname = listeners[0].socket.getsockname()
                 self.nid = f"{sockname[0]}:{sockname[1]}"
                 self._tasks = nursery
+                if self.heartbeat is not None:
+                    nursery.start_soon(self.heartbeat.keep)
+                    if self.heartbeat.config.mgs:
+                        nursery.start_soon(self.heartbeat.ping_mgs)
                 nursery.start_soon(self._commit_loop)
                 if self.lock_types:
                     self.ldlm.start(nursery)
@@ -246,6 +314,8 @@ class TargetServer:
             await self.commit()
 
     def close_storage(self) -> None:
+        if self.heartbeat is not None and not self.fenced:
+            self.heartbeat.release()  # a clean record: the partner may claim at once
         self.storage.release()
 
     def stop(self) -> None:
@@ -434,6 +504,11 @@ class TargetServer:
         self.stats.count(what, n)
 
     async def _handle(self, endpoint: Endpoint, req: Message) -> Message | None:
+        if not self.may_write():
+            # The lease ran out (this process was frozen, or cut off): the partner may
+            # serve the storage already. Not one more request is answered.
+            await endpoint.aclose("fenced")
+            return None
         self._active += 1
         try:
             return await self._handle_one(endpoint, req)
@@ -569,15 +644,26 @@ class TargetServer:
 
     async def dispatch(self, route: Route, handler: Handler, export: Export,
                        req: Message) -> Any:
-        """Run a request's handler on its path through recovery (if the target has one)."""
+        """Run a request's handler on its path through recovery (if the target has one).
+        A request held (recovery, locks) while this process was frozen checks the
+        lease again right before it runs."""
+        if self.heartbeat is not None:
+            handler = partial(self._guarded, handler)
         if self.recovery is None:
             return await handler(export, req)
         return await self.recovery.dispatch(route, handler, export, req)
+
+    async def _guarded(self, handler: Handler, export: Export, req: Message) -> Any:
+        if not self.may_write():
+            raise ServiceError(errno.ESHUTDOWN, f"{self.name} is fenced")
+        return await handler(export, req)
 
     async def finish(self, export: Export, req: Message, reply: Message) -> Message | None:
         """The reply to a request is ready: keep it if the request was an update (and
         persist it with the update, see persist_reply), then let it go out, unless a
         fail_loc drops it (the connection is closed instead: the client resends)."""
+        if not self.may_write():  # fenced while it ran: no reply goes out
+            return None
         key = (export.uuid, req.xid)
         event = self._running.pop(key, None)
         if event is not None:

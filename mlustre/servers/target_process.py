@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 import trio
@@ -33,7 +34,12 @@ class Runnable(Protocol):
     @property
     def name(self) -> str: ...
 
+    @property
+    def standby(self) -> bool: ...
+
     def open_storage(self) -> None: ...
+
+    async def stand_by(self) -> None: ...
 
     async def run(self, *, task_status: trio.TaskStatus[str] = ...) -> None: ...
 
@@ -54,12 +60,36 @@ def crash(why: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def serve_forever(server: Runnable, metrics: tuple[str, int] | None = None) -> int:
-    """Run a server in this process until SIGTERM/SIGINT; print READY once listening.
+def serve_forever(server: Runnable, metrics: tuple[str, int] | None = None, *,
+                  standby_nid: str = "") -> int:
+    """Run a server in this process until SIGTERM/SIGINT; print READY once listening
+    (a standby: `READY standby NAME nid=NID pid=N` once it watches, and the usual line
+    in its log once it took over and serves).
 
     metrics: (host, port) to serve its metrics on (port 0: any free port); the READY
     line then says where (`metrics=HOST:PORT`). Its listeners are opened first, so that
     an address in use fails the start before the target registers anywhere."""
+
+    async def stand_by(signals: AsyncIterator[int]) -> bool:
+        """Wait for the takeover; False if a signal came first."""
+        print(f"READY standby {server.name} nid={standby_nid} pid={os.getpid()}", flush=True)
+        detach_stdout_to_stderr()
+        took_over = False
+        async with trio.open_nursery() as waiting:
+            async def on_signal() -> None:
+                async for _ in signals:
+                    log.info("%s: stopping on signal (standing by)", server.name)
+                    waiting.cancel_scope.cancel()
+
+            async def take_over() -> None:
+                nonlocal took_over
+                await server.stand_by()
+                took_over = True
+                waiting.cancel_scope.cancel()
+
+            waiting.start_soon(on_signal)
+            waiting.start_soon(take_over)
+        return took_over
 
     async def main() -> None:
         listeners = (await metrics_server.open_listeners(*metrics)
@@ -67,6 +97,9 @@ def serve_forever(server: Runnable, metrics: tuple[str, int] | None = None) -> i
         async with trio.open_nursery() as outer:  # the metrics, until the target has stopped
             async with trio.open_nursery() as nursery:
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    if server.standby and not await stand_by(signals):
+                        outer.cancel_scope.cancel()
+                        return
                     nid = await nursery.start(server.run)
                     ready = f"READY {server.kind} {server.name} nid={nid} pid={os.getpid()}"
                     if listeners is not None:
@@ -82,7 +115,8 @@ def serve_forever(server: Runnable, metrics: tuple[str, int] | None = None) -> i
             outer.cancel_scope.cancel()
 
     try:
-        server.open_storage()
+        if not server.standby:
+            server.open_storage()
         trio.run(main)
     except (StorageBusy, OSError, AuthError) as e:  # startup failures print one clear line
         print(f"error: {server.name}: {e}", file=sys.stderr, flush=True)

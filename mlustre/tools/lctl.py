@@ -75,12 +75,16 @@ def local_clusters() -> list[dict[str, Any]]:
     for m in registry.all_mounts():
         if m.get("cluster_data") and m["cluster_data"] not in dirs:
             dirs.append(m["cluster_data"])
+    from ..localcluster import standbys
+
     out = []
     for d in dirs:
         try:
-            out.append(json.loads((Path(d) / "cluster.json").read_text()))
+            cluster = json.loads((Path(d) / "cluster.json").read_text())
         except (OSError, json.JSONDecodeError):
             continue
+        standbys.reconcile(cluster)  # a standby that took over is the target's server
+        out.append(cluster)
     return out
 
 

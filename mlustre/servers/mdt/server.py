@@ -69,7 +69,7 @@ class MdtServer(TargetServer):
                  recovery_window: float = 15.0, root_squash: str | None = None,
                  nosquash_nids: str | None = None, **kw: Any) -> None:
         super().__init__(target_name(fsname, "mdt", index), data_dir,
-                         recovery_window=recovery_window, **kw)
+                         recovery_window=recovery_window, fsname=fsname, **kw)
         # Given on the command line (None: as kept in the storage, else off).
         self._squash_args = (root_squash, nosquash_nids)
         self.squash = RootSquash()
