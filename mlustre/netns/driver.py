@@ -218,18 +218,21 @@ class NetnsCluster:
 
     def failover(self, target: str, kind: str, *, release: str | None = None) -> str:
         """restart (controlled, same host), crash (kill -9, same host), partner
-        (controlled, onto the other host of the pair), upgrade (controlled, same host,
-        the given release)."""
+        (controlled, onto the other host of the pair), crash-partner (kill -9, then the
+        other host: fencing a server that cannot be reached), upgrade (controlled, same
+        host, the given release)."""
+        if kind not in ("restart", "crash", "partner", "crash-partner", "upgrade"):
+            raise NetnsError(f"unknown failover kind {kind!r}")
         t = self.topo.target(target)
         entry = self.state["servers"].get(t.name)
         if not entry:
             raise NetnsError(f"{t.name} was never started")
         host = entry["host"]
-        if kind == "partner":
+        if kind in ("partner", "crash-partner"):
             if t.partner is None:
                 raise NetnsError(f"{t.name} has no failover partner")
             host = t.partner if host == t.primary else t.primary
-        self.stop_server(t.name, crash=kind == "crash")
+        self.stop_server(t.name, crash=kind.startswith("crash"))
         self.start_server(t.name, host, release=release)
         return f"{kind} {t.name}: now on {host} ({release or entry.get('release')})"
 

@@ -1,5 +1,7 @@
 """placeholder"""
 import argparse
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     pass
 def cmd_soak(args: argparse.Namespace) -> int:
