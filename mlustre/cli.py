@@ -97,6 +97,9 @@ def cmd_server(args: argparse.Namespace) -> int:
         raise CliError("--ldlm-timeout must be positive")
     if not 0 <= args.recovery_window <= 3600:
         raise CliError("--recovery-window must be between 0 and 3600 seconds")
+    if args.ping_evict_timeout is not None and (
+            args.kind == "mgs" or not 0.1 <= args.ping_evict_timeout <= 86400):
+        raise CliError("--ping-evict-timeout is an MDT's or OST's, 0.1 to 86400 seconds")
     if args.kind == "mgs":
         from .servers.mgs import MgsServer
         server: Any = MgsServer(args.fsname, args.data, stripe_count=args.stripe_count,
@@ -117,8 +120,6 @@ def cmd_server(args: argparse.Namespace) -> int:
     if args.kind != "mgs" and not mgs:
         raise CliError(f"a {args.kind} needs --mgs HOST:PORT")
     if args.ping_evict_timeout is not None:
-        if args.kind == "mgs" or not 0.1 <= args.ping_evict_timeout <= 86400:
-            raise CliError("--ping-evict-timeout: an MDT's or OST's, 0.1 to 86400 seconds")
         # (the lctl parameter *.ping_evict_timeout, from the start: a server on another
         # host is not one of this machine's local clusters, which lctl reaches)
         server.recovery.ping_evict_timeout = args.ping_evict_timeout
