@@ -90,7 +90,7 @@ def hit(c: NetnsCluster, target: str, kind: str, seconds: float,
         return f"{target} on {host} frozen {seconds:g} s"
     if kind == "upgrade":
         release[target] = "1.8" if release[target] == "2.0" else "2.0"
-        return c.failover(target, "restart", release=release[target])
+        return c.failover(target, "upgrade", release=release[target])
     return c.failover(target, kind)
 
 
