@@ -118,7 +118,8 @@ def cmd_clear(args: argparse.Namespace) -> int:
 
 def cmd_failover(args: argparse.Namespace) -> int:
     c = NetnsCluster.load(args.dir)
-    kind = "crash" if args.crash else "partner" if args.partner else "restart"
+    kind = ("crash" if args.crash else "partner" if args.partner
+            else "upgrade" if args.release else "restart")
     print(c.failover(args.target, kind, release=args.release))
     return 0
 
