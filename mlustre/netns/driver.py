@@ -383,10 +383,9 @@ class NetnsCluster:
                 problems += self.umount(client)
             except subprocess.SubprocessError as e:
                 problems.append(f"umount {client}: {e}")
-        pids = {int(e["pid"]): e.get("start") for e in self.state["servers"].values()
-                if e.get("pid")}
-        if terminate_pids({p: s for p, s in pids.items() if s is not None}, grace=30):
-            pass
+        # (graceful first: each server commits and releases its storage claim)
+        terminate_pids({int(e["pid"]): e["start"] for e in self.state["servers"].values()
+                        if e.get("pid") and e.get("start") is not None}, grace=30)
         for e in self.state["servers"].values():
             e["pid"] = None
         if self.state.get("network"):
