@@ -155,14 +155,20 @@ def exchange(c: NetnsCluster, tag: str, n: int = 12, timeout: float = 120) -> No
 
 @pytest.mark.timeout(150)
 def test_network_is_private_and_servers_run_on_their_hosts(net):
-    """Each server listens on its own host's address; the machine's own namespace has no
-    route into the test subnet, and the hosts none out of it."""
+    """Each server listens on its own host's address; from the machine's own namespace
+    the test subnet is unreachable (a guard route), and the hosts have no route out of
+    it."""
     c = net
     st = c.status()
     assert all(s["running"] for s in st["servers"].values()), st
     assert c.spec.startswith(c.topo.host("mgs").addr + ":")
-    own = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
-    assert c.topo.subnet + "." not in own
+    own = subprocess.run(["ip", "-4", "route", "show", "match", c.topo.host("mgs").addr],
+                         capture_output=True, text=True).stdout
+    assert f"unreachable {c.topo.subnet}.0/24" in own, own
+    r = subprocess.run([sys.executable, "-c", "import socket,sys;"
+                        "socket.create_connection((sys.argv[1], 7000), timeout=5)",
+                        c.topo.host("mgs").addr], capture_output=True, text=True, timeout=30)
+    assert "unreachable" in r.stderr.lower(), r.stderr
     r = c.exec("client1", ["ip", "-4", "route"], capture_output=True, text=True, timeout=10)
     assert "default" not in r.stdout and r.stdout.count("\n") == 1, r.stdout
     r = c.exec("mds1", ["ss", "-ltnH"], capture_output=True, text=True, timeout=10)

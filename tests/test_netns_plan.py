@@ -18,7 +18,8 @@ def test_hosts_pairs_and_addresses(topo):
     assert list(topo.hosts) == ["mgs", "mds1", "mds2", "oss1", "oss2", "client1", "client2"]
     addrs = [h.addr for h in topo.hosts.values()]
     assert len(set(addrs)) == len(addrs)
-    assert all(a.startswith(topo.subnet + ".") and a.startswith("10.") for a in addrs)
+    assert all(a.startswith(topo.subnet + ".") and a.startswith(("198.18.", "198.19."))
+               for a in addrs)
     assert topo.targets["MDT0000"].primary == "mds1"
     assert topo.targets["MDT0000"].partner == "mds2"
     # active/active OSS pair: one OST primary on each node, the other its partner
@@ -39,16 +40,20 @@ def test_names_differ_per_tag_and_fit_interface_limits():
 
 
 def test_nothing_is_created_in_the_machines_own_namespace(topo):
-    """Every step runs in a test namespace, except creating namespaces and veth pairs
-    whose both ends are placed in namespaces at creation."""
+    """Every step runs in a test namespace, except creating namespaces, veth pairs
+    whose both ends are placed in namespaces at creation, and the guard: the subnet is
+    unreachable from the machine's own namespace (removed again at teardown)."""
     for step in topo.setup_steps():
         if step.netns is None:
             argv = list(step.argv)
             assert argv[:3] == ["ip", "netns", "add"] or (
-                argv[:3] == ["ip", "link", "add"] and argv.count("netns") == 2), argv
+                argv[:3] == ["ip", "link", "add"] and argv.count("netns") == 2) or (
+                argv == ["ip", "route", "add", "unreachable", f"{topo.subnet}.0/24"]), argv
+    assert topo.teardown_steps()[-1].argv == ("ip", "route", "del", "unreachable",
+                                              f"{topo.subnet}.0/24")
     addr_steps = [s for s in topo.setup_steps() if s.argv[:3] == ("ip", "addr", "add")]
     assert {s.netns for s in addr_steps} == {h.netns for h in topo.hosts.values()}
-    assert [s.argv for s in topo.teardown_steps()][-1] == ("ip", "netns", "delete", topo.switch)
+    assert [s.argv for s in topo.teardown_steps()][-2] == ("ip", "netns", "delete", topo.switch)
 
 
 def test_server_command_lines_name_addresses_and_failover_nids(topo):

@@ -157,7 +157,12 @@ class NetnsCluster:
 
     # -- servers --
     def start_server(self, target: str, host: str | None = None,
-                     release: str | None = None) -> dict[str, Any]:
+                     release: str | None = None,
+                     extra: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Start target's server on host (default: where it ran last, else its primary),
+        as `mlustre server` in that host's namespace, and wait for its READY line. extra:
+        more `mlustre server` options for this start (e.g. a standby's, on the partner
+        host while the primary serves)."""
         t = self.topo.target(target)
         old = self.state["servers"].get(t.name, {})
         host = host or old.get("host") or t.primary
@@ -166,7 +171,7 @@ class NetnsCluster:
         storage.mkdir(parents=True, exist_ok=True)
         args = self.topo.server_args(t.name, host, data=str(storage),
                                      key=str(self.key_file(host)), release=release,
-                                     options=tuple(self._options_for(t.kind)))
+                                     options=(*self._options_for(t.kind), *extra))
         log = self.host_dir(host) / f"{t.name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as logf:

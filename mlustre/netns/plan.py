@@ -7,9 +7,11 @@ whole topology and every fault rule can be checked by unit tests without root.
 Topology. Every host is a network namespace `mlx<tag>-<host>` whose only link, `eth0`,
 is a veth pair to a port `p-<host>` of the bridge `br0`, and the bridge lives in a
 namespace of its own, `mlx<tag>-sw` (the switch). So nothing of the test network exists
-in the machine's own namespace: no interface, no address, no route; the subnet
-10.X.Y.0/24 (derived from the tag) is reachable only between these namespaces, and a
-host has no default route, so it cannot send anywhere else. Hosts: `mgs`; the MDS pair
+in the machine's own namespace (no interface, no address; only an `unreachable` route
+for the subnet, so that nothing there sends towards it by mistake); the subnet
+198.18-19.Y.0/24 (derived from the tag, in the range reserved for network tests) is
+reachable only between these namespaces, and a host has no default route, so it cannot
+send anywhere else. Hosts: `mgs`; the MDS pair
 `mds1`/`mds2` (MDT0000 serves on mds1, failover NID on mds2); OSS pairs `oss1`/`oss2`,
 ... (each pair serves two OSTs, one primary on each node, the other node its failover
 partner, as Lustre's active/active OSS pairs); clients `client1`, `client2`, ...
@@ -118,11 +120,12 @@ class Topology:
     # -- names and addresses --
     @property
     def subnet(self) -> str:
-        """10.X.Y (a /24): X in 64..191, Y from the tag; it exists only in the
-        namespaces (no address or route of it in the machine's own namespace)."""
+        """198.18.Y or 198.19.Y (a /24 of 198.18.0.0/15, the range reserved for network
+        tests, RFC 2544), from the tag. Its addresses exist only in the namespaces; the
+        machine's own namespace gets only an `unreachable` route for it (guard_steps)."""
         h = int(self.tag, 16) if re.fullmatch(r"[0-9a-f]+", self.tag) else \
             int(hashlib.sha1(self.tag.encode()).hexdigest()[:6], 16)
-        return f"10.{64 + (h >> 8) % 128}.{h % 256}"
+        return f"198.{18 + (h >> 8) % 2}.{h % 256}"
 
     @property
     def switch(self) -> str:
@@ -161,8 +164,15 @@ class Topology:
         return [h.name for h in self.hosts.values() if h.role != "client"]
 
     # -- building and removing the network --
+    def guard_route(self) -> str:
+        return f"{self.subnet}.0/24"
+
     def setup_steps(self) -> list[Step]:
-        steps = [Step(("ip", "netns", "add", ns)) for ns in self.namespaces]
+        # The one thing in the machine's own namespace: the subnet is unreachable from
+        # there, so a tool run outside the hosts by mistake (lfs, a test) fails at once
+        # instead of sending towards whatever the default route leads to.
+        steps = [Step(("ip", "route", "add", "unreachable", self.guard_route()))]
+        steps += [Step(("ip", "netns", "add", ns)) for ns in self.namespaces]
         sw = self.switch
         steps += [Step(("ip", "link", "set", "lo", "up"), sw),
                   Step(("ip", "link", "add", "br0", "type", "bridge"), sw),
@@ -183,7 +193,8 @@ class Topology:
     def teardown_steps(self) -> list[Step]:
         """Deleting a namespace deletes its veth ends (and so their peers) and rules."""
         return [Step(("ip", "netns", "delete", ns), check=False)
-                for ns in reversed(self.namespaces)]
+                for ns in reversed(self.namespaces)] + [
+            Step(("ip", "route", "del", "unreachable", self.guard_route()), check=False)]
 
     # -- servers --
     def server_args(self, target: str, host: str, *, data: str, key: str | None,
