@@ -34,6 +34,8 @@ def test_names_differ_per_tag_and_fit_interface_limits():
     b = Topology.build(tag_for("worker gw1 pid 2"), "fs")
     assert not set(a.namespaces) & set(b.namespaces)
     assert a.subnet != b.subnet
+    assert Topology.build("abc", "fs", net=257).subnet == "198.19.1"
+    assert Topology.build("abc", "fs", net=512 + 3).subnet == "198.18.3"
     assert all(len(h.port) <= 15 for h in a.hosts.values())  # IFNAMSIZ
     with pytest.raises(PlanError):
         Topology.build("Bad/Tag", "fs")

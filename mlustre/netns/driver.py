@@ -24,13 +24,14 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..localcluster.cluster import cli_command, force_unmount
 from ..localcluster.daemons import DaemonFailed, stop_pid, wait_ready
 from ..localcluster.processes import proc_starttime, terminate_pids
-from .plan import Fault, PlanError, Step, Topology, parse_fault, tag_for
+from .plan import SUBNETS, Fault, PlanError, Step, Topology, parse_fault, tag_for
 
 STATE = "netns.json"
 READY_TIMEOUT = 60.0
@@ -68,7 +69,7 @@ class NetnsCluster:
         self.base = base
         self.state = state
         self.topo = Topology.build(state["tag"], state["fsname"], clients=state["clients"],
-                                   oss_pairs=state["oss_pairs"])
+                                   oss_pairs=state["oss_pairs"], net=state.get("net"))
 
     # -- state --
     @classmethod
@@ -124,12 +125,32 @@ class NetnsCluster:
         if missing:
             raise NetnsError(f"missing commands: {', '.join(missing)} (scripts/bootstrap "
                              f"installs them)")
+        self._claim_subnet()
         self.state["network"] = True  # from here on, down removes what exists
         self.save()
-        for step in self.topo.setup_steps():
+        for step in self.topo.setup_steps()[1:]:  # (the guard route: claimed above)
             run_step(step)
         self.state["netem"] = self._probe_netem()
         self.save()
+
+    def _claim_subnet(self) -> None:
+        """Take the first free /24 from the tag's own on: adding the guard route is the
+        claim (it fails with EEXIST while another cluster on this machine has it), so
+        concurrent clusters never share a subnet."""
+        start = self.topo.net
+        for i in range(SUBNETS):
+            topo = Topology.build(self.topo.tag, self.topo.fsname, clients=self.topo.clients,
+                                  oss_pairs=self.topo.oss_pairs, net=start + i)
+            guard = replace(topo.setup_steps()[0], check=False)
+            r = run_step(guard)
+            if r.returncode == 0:
+                self.topo = topo
+                self.state["net"] = topo.net
+                self.save()
+                return
+            if "exists" not in r.stderr.lower():
+                raise NetnsError(f"{' '.join(guard.argv)}: {r.stderr.strip()}")
+        raise NetnsError("every test subnet of 198.18.0.0/15 is in use on this machine")
 
     def _probe_netem(self) -> bool:
         """Whether tc netem works here (sch_netem built or loadable): tried on the

@@ -84,22 +84,34 @@ def tag_for(key: str) -> str:
     return hashlib.sha1(key.encode()).hexdigest()[:6]
 
 
+SUBNETS = 512  # the /24s of 198.18.0.0/15
+
+
+def default_net(tag: str) -> int:
+    return int(hashlib.sha1(tag.encode()).hexdigest()[:6], 16) % SUBNETS
+
+
 @dataclass
 class Topology:
     tag: str
     fsname: str
     clients: int = 2
     oss_pairs: int = 1
+    net: int = 0  # which /24 of 198.18.0.0/15 (0..511)
     hosts: dict[str, Host] = field(default_factory=dict)
     targets: dict[str, Target] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, tag: str, fsname: str, *, clients: int = 2, oss_pairs: int = 1) -> Topology:
+    def build(cls, tag: str, fsname: str, *, clients: int = 2, oss_pairs: int = 1,
+              net: int | None = None) -> Topology:
+        """net: the /24 to use (default: one derived from the tag; the driver moves to the
+        next one while the guard route says another cluster has it)."""
         if not re.fullmatch(r"[0-9a-z]{1,8}", tag):
             raise PlanError(f"tag {tag!r}: 1 to 8 lowercase letters or digits")
         if not 1 <= clients <= 32 or not 1 <= oss_pairs <= 8:
             raise PlanError("1 to 32 clients and 1 to 8 OSS pairs")
-        topo = cls(tag, fsname, clients, oss_pairs)
+        topo = cls(tag, fsname, clients, oss_pairs,
+                   net=default_net(tag) if net is None else net % SUBNETS)
         names = [("mgs", "mgs"), ("mds1", "mds"), ("mds2", "mds")]
         names += [(f"oss{i}", "oss") for i in range(1, 2 * oss_pairs + 1)]
         names += [(f"client{i}", "client") for i in range(1, clients + 1)]
@@ -123,9 +135,7 @@ class Topology:
         """198.18.Y or 198.19.Y (a /24 of 198.18.0.0/15, the range reserved for network
         tests, RFC 2544), from the tag. Its addresses exist only in the namespaces; the
         machine's own namespace gets only an `unreachable` route for it (guard_steps)."""
-        h = int(self.tag, 16) if re.fullmatch(r"[0-9a-f]+", self.tag) else \
-            int(hashlib.sha1(self.tag.encode()).hexdigest()[:6], 16)
-        return f"198.{18 + (h >> 8) % 2}.{h % 256}"
+        return f"198.{18 + self.net // 256}.{self.net % 256}"
 
     @property
     def switch(self) -> str:
