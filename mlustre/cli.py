@@ -112,6 +112,9 @@ def cmd_server(args: argparse.Namespace) -> int:
         common["mmp"] = MmpConfig(interval=args.mmp_interval, standby=args.standby,
                                   quorum_timeout=args.mmp_quorum or None,
                                   exit_on_fence=True, mgs=mgs)
+    if args.ping_evict_timeout is not None and (
+            args.kind == "mgs" or not 0.1 <= args.ping_evict_timeout <= 86400):
+        raise CliError("--ping-evict-timeout is an MDT's or OST's, 0.1 to 86400 seconds")
     if args.kind == "mgs":
         from .servers.mgs import MgsServer
         server: Any = MgsServer(args.fsname, args.data, stripe_count=args.stripe_count,
@@ -131,6 +134,10 @@ def cmd_server(args: argparse.Namespace) -> int:
                            recovery_window=args.recovery_window, **common)
     if args.kind != "mgs" and not mgs:
         raise CliError(f"a {args.kind} needs --mgs HOST:PORT")
+    if args.ping_evict_timeout is not None:
+        # (the lctl parameter *.ping_evict_timeout, from the start: a server on another
+        # host is not one of this machine's local clusters, which lctl reaches)
+        server.recovery.ping_evict_timeout = args.ping_evict_timeout
     return serve_forever(server, metrics=metrics, standby_nid=args.listen or "")
 
 
@@ -750,6 +757,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--ldlm-timeout", type=float, default=10.0,
                     help="seconds a lock holder has to cancel after a blocking AST "
                          "before it is evicted")
+    sv.add_argument("--ping-evict-timeout", type=float, default=None,
+                    help="(mdt, ost) seconds a client may stay unheard before it is evicted "
+                         "(default 60; lctl *.ping_evict_timeout)")
     sv.add_argument("--max-connections", type=int, default=None,
                     help="connections this server keeps; more are refused with EUSERS "
                          "(default 4096, less if the descriptor limit is lower)")

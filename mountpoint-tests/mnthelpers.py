@@ -234,10 +234,29 @@ def reap_stale(parent: str | os.PathLike) -> list[str]:
                 continue
             procs.update({int(p): t for p, t in data.get("procs", {}).items()})
         killed = terminate_pids(procs, grace=5)
+        netns = reap_netns(base)
         for mnt in sorted(mounts_under(base), key=len, reverse=True):
             run(["fusermount3", "-uz", mnt], timeout=30)
         remove_tree_if_unmounted(base)
-        done.append(f"reaped {base}: killed {killed}")
+        done.append(f"reaped {base}: killed {killed}"
+                    + (f", took down the namespaces of {netns}" if netns else ""))
+    return done
+
+
+def reap_netns(base: Path) -> list[str]:
+    """Multi-host clusters (mlustre/netns/) a dead session left under base: their
+    mounts, servers (by pid and start time) and namespaces. Their state file says
+    what they started: test_multihost.py's cluster (base/netns-*/) and the soak's
+    (base/netns-soak-*/soak/cluster/)."""
+    from mlustre.netns.driver import STATE, NetnsCluster, NetnsError
+
+    done = []
+    for state in [*base.glob(f"netns-*/{STATE}"), *base.glob(f"netns-soak-*/soak/cluster/{STATE}")]:
+        try:
+            NetnsCluster.load(state.parent).down()
+            done.append(str(state.parent))
+        except (NetnsError, OSError, ValueError, subprocess.SubprocessError):
+            pass
     return done
 
 

@@ -51,6 +51,8 @@ def test_storage_claimed_by_another_server(tmp_path: Path) -> None:
     (["server", "mgs", "--fsname", "x", "--data", "D", "--listen", "1.2.3.4:99999"],
      "not a NID"),
     (["mount", "not-a-spec", "/tmp"], "not a mount spec"),
+    (["server", "mgs", "--fsname", "x", "--data", "D", "--ping-evict-timeout", "5"],
+     "MDT's or OST's"),
 ])
 def test_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:
     r = run(*[str(tmp_path / a) if a == "D" else a for a in args])
