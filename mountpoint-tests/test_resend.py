@@ -51,7 +51,10 @@ def test_updates_whose_reply_is_lost_happen_once(cluster, workdir):
         assert os.listdir(workdir / "d") == []
     finally:
         set_fail(cluster, "none")
-    assert reconstructed(cluster) - before == 4
+    # Each dropped reply closes the connection: the update it answered is resent and
+    # its reply reconstructed (and so is any other request then in flight, such as a
+    # release's size update, which nobody waits for).
+    assert reconstructed(cluster) - before >= 4
     out = cli("lctl", "-m", cluster.mnt, "get_param",
               mdt_param(cluster, "fail_loc")).check().stdout
     assert out.strip().endswith("=none"), out
