@@ -262,10 +262,16 @@ def parse_args(argv):
     ap.add_argument("--no-auth", action="store_true",
                     help="start the mlustre cluster with `up --no-auth` (no shared key, no "
                          "per-message MACs), to measure what authentication costs")
+    ap.add_argument("--privacy", action="store_true",
+                    help="start the mlustre cluster with `up --privacy` (every message "
+                         "encrypted with AES-GCM, not only authenticated), to measure what "
+                         "privacy costs")
     ap.add_argument("--data-base", default=None,
                     help="directory for mlustre server data (default: the temporary dir "
                          "under $TMPDIR or /tmp)")
     args = ap.parse_args(argv)
+    if args.privacy and args.no_auth:
+        ap.error("--privacy needs authentication (not with --no-auth)")
     only = [x.strip() for x in args.only.split(",") if x.strip()]
     bad = [x for x in only if x not in (*TARGETS, *PHASES, *ALIASES)]
     if bad or not only:

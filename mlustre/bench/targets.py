@@ -307,7 +307,8 @@ class MlustreTarget(Target):
         logfile = self.logdir / "mlustre-up.log"
         self.up_proc = start_bg(
             [*self.cli, "up", self.mnt, "--osts", "2", "--data", self.data,
-             *(["--no-auth"] if self.args.no_auth else [])], logfile)
+             *(["--no-auth"] if self.args.no_auth else []),
+             *(["--privacy"] if getattr(self.args, "privacy", False) else [])], logfile)
         proc = self.up_proc
 
         def spec_printed() -> bool:
@@ -327,6 +328,7 @@ class MlustreTarget(Target):
         self.info["up_returned"] = proc.returncode is not None
         self.info.update(spec=self.spec, mnt=str(self.mnt), data=str(self.data),
                          auth=not self.args.no_auth,
+                         privacy=bool(getattr(self.args, "privacy", False)),
                          data_fstype=fstype_of(self.data.parent))
         log(f"mlustre spec: {self.spec}")
         self._client_pid_from_log(logfile)
