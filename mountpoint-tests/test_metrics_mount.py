@@ -23,9 +23,15 @@ from mnthelpers import cli, is_mounted, mount_extra
 
 TIMEOUT = 120
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("promtool") is None or shutil.which("prometheus") is None,
-    reason="needs Debian's prometheus package (promtool, prometheus): scripts/bootstrap")
+
+
+@pytest.fixture(autouse=True)
+def _prometheus_installed() -> None:
+    """scripts/bootstrap installs them: their absence is a failure, not a skip."""
+    missing = [t for t in ("promtool", "prometheus") if shutil.which(t) is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} missing: run scripts/bootstrap (Debian's "
+                    "prometheus package)")
 
 
 def fetch(url: str, timeout: float = 10) -> tuple[int, str, bytes]:
