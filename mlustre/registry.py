@@ -48,6 +48,18 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def client_instance_id(uuid: str) -> str:
+    """The id that names a client's parameters (llite.FSNAME-ID, mdc.T-mdc-ID, ...)."""
+    return uuid.replace("-", "")[:16]
+
+
+def client_instance(info: dict[str, Any]) -> str | None:
+    """FSNAME-ID of the client a mount record describes (`lfs getname`)."""
+    if not info.get("fsname") or not info.get("uuid"):
+        return None
+    return f"{info['fsname']}-{client_instance_id(info['uuid'])}"
+
+
 def register_mount(mountpoint: str, info: dict[str, Any]) -> None:
     """Record a mount; mountpoint must already be a real path (it may be mounted now)."""
     write_json(state_dir() / "mounts" / f"{_key_of_real(mountpoint)}.json",

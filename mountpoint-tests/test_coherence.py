@@ -623,6 +623,31 @@ def test_utime_wins_over_cached_data_and_dirty_writes(ab):
         assert (root / "w").read_bytes() == b"w" * 7000
 
 
+@pytest.mark.timeout(TIMEOUT)
+def test_chmod_keeps_the_mtime_of_data_not_yet_reported(ab):
+    """A chmod while written data's size and mtime are still this client's own (not yet
+    told to the MDT) must not take the MDT's older mtime: the mtime seen before and
+    after the data reaches the MDT is the last write's, on both clients."""
+    a, b = ab
+    fd = os.open(a / "f", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        time.sleep(0.05)  # the write's mtime is clearly later than the create's
+        before = time.time_ns()
+        os.write(fd, b"d" * 10000)
+        os.chmod(a / "f", 0o600)
+        st = os.stat(a / "f")
+        assert st.st_mode & 0o777 == 0o600
+        assert st.st_mtime_ns >= before, "the chmod took the MDT's mtime (the create's)"
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    for side, root in (("A", a), ("B", b)):
+        got = os.stat(root / "f")
+        assert got.st_mtime_ns == st.st_mtime_ns, f"{side}'s mtime after the data reached the MDT"
+        assert got.st_ctime_ns >= got.st_mtime_ns, f"{side}'s ctime went back before the mtime"
+        assert got.st_size == 10000
+
+
 RMW_WRITER = r"""
 import os, sys
 path, me, n, k = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])

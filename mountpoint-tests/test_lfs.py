@@ -1,5 +1,5 @@
 """`mlustre lfs` on a real mount: df, setstripe/getstripe, path2fid/fid2path,
-check servers, and clear errors for paths that are not on mlustre."""
+getname, check servers, and clear errors for paths that are not on mlustre."""
 
 from __future__ import annotations
 
@@ -158,12 +158,31 @@ def test_check_servers_all_active(cluster):
 
 
 @pytest.mark.timeout(TIMEOUT)
+def test_getname_names_each_mounts_own_parameters(cluster, workdir, mnt_b):
+    """`lfs getname` gives each mount its client's FSNAME-ID: the name under which
+    `lctl get_param llite.*` shows that client's parameters and no other's."""
+    names = {}
+    for mnt in (cluster.mnt, mnt_b):
+        name, point = lfs_ok("getname", mnt / workdir.name).split()
+        assert point == str(mnt.resolve())
+        assert re.fullmatch(r"mlustre-[0-9a-f]{16}", name), name
+        names[mnt] = name
+    assert names[cluster.mnt] != names[mnt_b]
+    listed = lfs_ok("getname").splitlines()
+    for mnt, name in names.items():
+        assert f"{name} {mnt.resolve()}" in listed, listed
+    for mnt, name in names.items():
+        out = cli("lctl", "-m", mnt, "get_param", f"llite.{name}.uuid").check().stdout
+        assert out.startswith(f"llite.{name}.uuid=") and len(out.splitlines()) == 1, out
+
+
+@pytest.mark.timeout(TIMEOUT)
 def test_errors_outside_mlustre(cluster, scratch):
     local = scratch / "f"
     local.write_text("x")
     for args in (("df", scratch), ("getstripe", local), ("setstripe", "-c", "1", scratch / "n"),
                  ("path2fid", local), ("fid2path", scratch, "[0x200000007:0x1:0x0]"),
-                 ("check", "servers", scratch)):
+                 ("check", "servers", scratch), ("getname", scratch)):
         assert_error(lfs(*args), "not on an mlustre filesystem")
     assert not (scratch / "n").exists()
     assert_error(lfs("getstripe", cluster.mnt / "missing"), "No such file or directory")

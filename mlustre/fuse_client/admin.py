@@ -18,6 +18,7 @@ from typing import Any
 
 import trio
 
+from .. import registry
 from ..params import ParamError, ParamTree, parse_positive_float, parse_positive_int
 from ..protocol import constants as C
 from ..protocol.message import Message
@@ -62,7 +63,7 @@ def dirty_bytes_per_ost(ops: Mount) -> dict[int, int]:
 
 def client_params(ops: Mount) -> ParamTree:
     node = ops.client
-    cid = node.uuid.replace("-", "")[:16]
+    cid = registry.client_instance_id(node.uuid)
     cache = ops.cache
     tree = ParamTree()
 

@@ -220,8 +220,11 @@ class Namespace:
                 # write: the writer's open handle is its right to (the MDT checks the rest).
                 fh = self._writer_handle(inode, ctx.uid)
             new = await self.md.setattr_rpc(cred, node, attrs, fh)
-            node.mtime_ns = new["mtime_ns"]
-            node.ctime_ns = new["ctime_ns"]
+            if self.inodes.local_meta_settled(node):
+                node.mtime_ns = new["mtime_ns"]
+            # else our written data's mtime is newer than the MDT's and stays (a chmod
+            # after a write whose size update has not reached the MDT yet).
+            node.ctime_ns = max(node.ctime_ns, new["ctime_ns"])
         return self.entry(node, count_lookup=False)
 
     def _writer_handle(self, ino: int, uid: int) -> int | None:

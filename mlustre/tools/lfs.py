@@ -482,6 +482,34 @@ def cmd_path2fid(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_getname(args: argparse.Namespace) -> int:
+    """Lustre's `lfs getname`: the client instance (FSNAME-ID) of each mount, the name
+    its parameters carry (`lctl get_param llite.FSNAME-ID.stats`)."""
+    from .. import registry
+
+    if args.paths:
+        try:
+            mounts = [mount_of(p) for p in args.paths]
+        except LfsError as e:
+            print(f"mlustre lfs: {e}", file=sys.stderr)
+            return 1
+    else:
+        mounts = mlustre_mounts()
+        if not mounts:
+            print("mlustre lfs: no mlustre filesystem is mounted", file=sys.stderr)
+            return 1
+    status = 0
+    for m in mounts:
+        info = registry.find_mount(m.mountpoint) or {}
+        name = registry.client_instance(info)
+        if name is None or not registry.pid_alive(info.get("pid")):
+            print(f"mlustre lfs: {m.mountpoint}: its client is not running", file=sys.stderr)
+            status = 1
+            continue
+        print(f"{name} {m.mountpoint}")
+    return status
+
+
 def join_mount_path(mnt: str, rel: bytes) -> bytes:
     base = os.fsencode(mnt).rstrip(b"/")
     return base + b"/" + rel if rel else (base or b"/")
@@ -668,6 +696,11 @@ def build_parser() -> argparse.ArgumentParser:
     pf = sub.add_parser("path2fid", help="the FID of each path")
     pf.add_argument("paths", nargs="+", metavar="PATH")
     pf.set_defaults(fn=cmd_path2fid)
+
+    gn = sub.add_parser("getname", help="the client instance (FSNAME-ID) of each mount")
+    gn.add_argument("paths", nargs="*", metavar="MNT",
+                    help="a mount point or a path on it (default: every mount)")
+    gn.set_defaults(fn=cmd_getname)
 
     fp = sub.add_parser("fid2path", help="a path of each FID")
     fp.add_argument("mount", metavar="MOUNT")

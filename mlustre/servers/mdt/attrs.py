@@ -150,13 +150,16 @@ class Attributes:
         if size > MAX_FILE_SIZE:
             raise fail(errno.EFBIG, f"size beyond the maximum file size {MAX_FILE_SIZE}")
         r[SIZE] = max(size, r[SIZE])
-        r[MTIME] = r[CTIME] = mtime_ns
+        r[MTIME] = mtime_ns
+        # ctime never goes back: a chmod may have reached us before this report of an
+        # earlier write.
+        r[CTIME] = max(r[CTIME], mtime_ns)
         if kill_priv:
             r[MODE] = kill_suid(r[MODE])
         r[WRITTEN] = 1
         self._conn.execute(
             "UPDATE inodes SET size = ?, mtime_ns = ?, ctime_ns = ?, mode = ?, written = 1"
             " WHERE ino = ?",
-            (r[SIZE], mtime_ns, mtime_ns, r[MODE], ino),
+            (r[SIZE], mtime_ns, r[CTIME], r[MODE], ino),
         )
         return attr_of(r)
