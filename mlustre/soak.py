@@ -70,14 +70,20 @@ def tree_sums(root: Path) -> dict[str, str]:
             if p.is_file() and not p.is_symlink()}
 
 
-def worker_shell(workdir: Path, deadline: float, out: Path, base: Path) -> None:
-    """tar x, verify, cp -a, verify, mv, rm -rf: until the deadline."""
+def running(deadline: float, stop: Path | None) -> bool:
+    """A worker goes on until its deadline or the soak's stop file, what comes first."""
+    return time.monotonic() < deadline and not (stop is not None and stop.exists())
+
+
+def worker_shell(workdir: Path, deadline: float, out: Path, base: Path,
+                 stop: Path | None = None) -> None:
+    """tar x, verify, cp -a, verify, mv, rm -rf: until the deadline (or stop file)."""
     tarball = base / "source.tar"
     expected = json.loads((base / "source.sums").read_text())
     ops = errors = rounds = 0
     notes: list[str] = []
     last = None
-    while time.monotonic() < deadline:
+    while running(deadline, stop):
         rounds += 1
         d = workdir / f"round{rounds}"
         try:
@@ -110,14 +116,14 @@ def worker_shell(workdir: Path, deadline: float, out: Path, base: Path) -> None:
                                "final_tree": str(last) if last else None}))
 
 
-def worker_probe(workdir: Path, deadline: float, out: Path) -> None:
+def worker_probe(workdir: Path, deadline: float, out: Path, stop: Path | None = None) -> None:
     """A small synchronous round every 0.1 s; the slowest is the longest stall."""
     path = workdir / "probe"
     ops = errors = 0
     worst = 0.0
     notes: list[str] = []
     i = 0
-    while time.monotonic() < deadline:
+    while running(deadline, stop):
         i += 1
         data = hashlib.sha256(str(i).encode()).digest() * 128  # 4 KiB
         t0 = time.monotonic()
@@ -197,10 +203,11 @@ def count_ops(argv: list[str], text: str) -> int:
 def worker_main(args: argparse.Namespace) -> int:
     workdir, out = Path(args.dir), Path(args.out)
     deadline = time.monotonic() + args.seconds
+    stop = Path(args.stop) if args.stop else None
     if args.worker == "shell":
-        worker_shell(workdir, deadline, out, Path(args.source))
+        worker_shell(workdir, deadline, out, Path(args.source), stop)
     elif args.worker == "probe":
-        worker_probe(workdir, deadline, out)
+        worker_probe(workdir, deadline, out, stop)
     else:
         worker_command(workdir, deadline, out, json.loads(args.argv))
     return 0
@@ -257,6 +264,12 @@ def soak(args: argparse.Namespace) -> int:
     if args.duration <= 0 or args.interval <= 0:
         print("failover-soak: --duration and --interval must be positive", file=sys.stderr)
         return 2
+    if args.failovers < 0:
+        print("failover-soak: --failovers must not be negative", file=sys.stderr)
+        return 2
+    # With --failovers, a loaded machine (slower failovers) lengthens the soak rather
+    # than thinning it out; up to 3 x --duration.
+    cap = args.duration * (3 if args.failovers else 1)
     ensure_packages(workloads)
     base = Path(tempfile.mkdtemp(prefix="mlustre-soak-", dir=args.base))
     os.chmod(base, 0o755)
@@ -281,6 +294,7 @@ def soak(args: argparse.Namespace) -> int:
         log(f"cluster up at {mnt} (data and logs in {data})")
         make_source(base, Path(args.source), args.source_files)
         names = list(workloads) + (["cmd"] if args.cmd else [])
+        stop_file = base / "stop"
         started = time.monotonic()
         for name in names:
             wdir = mnt / name
@@ -295,19 +309,28 @@ def soak(args: argparse.Namespace) -> int:
             worker = "command" if name not in ("shell", "probe") else name
             procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "mlustre.soak", "--worker", worker, "--dir", str(wdir),
-                 "--out", str(out), "--seconds", str(args.duration), *extra],
+                 "--out", str(out), "--seconds", str(cap), "--stop", str(stop_file), *extra],
                 start_new_session=True)
         log(f"workloads: {', '.join(names)}; failover every {args.interval:g} s for "
-            f"{args.duration:g} s")
+            f"{args.duration:g} s" + (f" (at least {args.failovers} failovers)"
+                                     if args.failovers else ""))
         targets = ["MDT0000"] + [f"OST{i:04X}" for i in range(args.osts)] + ["MGS"]
         # (The MGS has no failover partner: the clients' mount spec names one NID.)
         schedule = itertools.cycle([(t, k) for k in kinds for t in targets
                                     if not (k == "partner" and t == "MGS")])
         next_at = started + args.interval
         release = dict.fromkeys(targets, "2.0")
-        while time.monotonic() < started + args.duration:
-            time.sleep(max(0.0, min(next_at, started + args.duration) - time.monotonic()))
-            if time.monotonic() >= started + args.duration:
+
+        def more() -> bool:
+            elapsed = time.monotonic() - started
+            return elapsed < args.duration or (
+                len(result["failovers"]) < args.failovers and elapsed < cap)
+
+        while more():
+            end = started + (args.duration if len(result["failovers"]) >= args.failovers
+                             else cap)
+            time.sleep(max(0.0, min(next_at, end) - time.monotonic()))
+            if not more():
                 break
             target, kind = next(schedule)
             t0 = time.monotonic()
@@ -322,9 +345,11 @@ def soak(args: argparse.Namespace) -> int:
             result["failovers"].append(entry)
             log(f"{kind} {target}: {entry['message']}")
             next_at += args.interval
+        stop_file.touch()  # the shell and probe workers end with the failovers
+        result["soak_s"] = round(time.monotonic() - started, 1)
         for name, proc in procs.items():
             try:
-                proc.wait(timeout=args.duration + 600)
+                proc.wait(timeout=cap + 600)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
@@ -406,6 +431,10 @@ def main() -> int:
                                             "servers fail over.")
     p.add_argument("--duration", type=float, default=120.0, help="seconds of soak")
     p.add_argument("--interval", type=float, default=10.0, help="seconds between failovers")
+    p.add_argument("--failovers", type=int, default=0,
+                   help="at least this many failovers: go on past --duration until they "
+                        "are done (at most 3 x --duration; fio and dbench keep their "
+                        "--duration run time)")
     p.add_argument("--workloads", default="shell,probe,fio,dbench",
                    help=f"comma-separated, of: {', '.join(ALL_WORKLOADS)}")
     p.add_argument("--cmd", help="also run this shell command once, in a fresh directory on "
@@ -427,6 +456,7 @@ def main() -> int:
     p.add_argument("--dir", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
+    p.add_argument("--stop", help=argparse.SUPPRESS)
     p.add_argument("--argv", help=argparse.SUPPRESS)
     # (for a worker, --source is the soak's directory with source.tar and source.sums)
     args = p.parse_args()
