@@ -6,7 +6,15 @@ from __future__ import annotations
 import pytest
 
 from mlustre.netns.nfqdelay import config_messages, parse_messages, verdict_message
-from mlustre.netns.plan import Fault, PlanError, Topology, parse_fault, parse_ms, tag_for
+from mlustre.netns.plan import (
+    Fault,
+    PlanError,
+    Topology,
+    check_stackable,
+    parse_fault,
+    parse_ms,
+    tag_for,
+)
 
 
 @pytest.fixture
@@ -113,6 +121,15 @@ def test_delay_uses_netem_where_there_is_one_else_the_queue(topo):
     assert all("NFQUEUE" in s.argv and s.netns == topo.host("client1").netns for s in apply)
     assert [s.argv[1] for s in undo] == ["-D", "-D"]
     assert topo.delayer_args(f)[:4] == ["--queue", str(topo.delay_queue(f)), "--delay-ms", "50"]
+
+
+def test_a_second_delay_of_one_host_is_refused_not_silently_ignored(topo):
+    first = parse_fault(1, ["delay", "client1", "50ms"], topo)
+    loss = parse_fault(2, ["loss", "client1", "5%"], topo)
+    check_stackable(parse_fault(3, ["delay", "mds1", "50ms"], topo), [first, loss])
+    check_stackable(parse_fault(3, ["loss", "client1", "5%"], topo), [first, loss])
+    with pytest.raises(PlanError, match="#1 client1: 50 ms delay.*clear it first"):
+        check_stackable(parse_fault(3, ["delay", "client1", "20ms"], topo), [loss, first])
 
 
 @pytest.mark.parametrize("words", [["loss", "client1", "150%"], ["loss", "client1", "2.5%"],

@@ -31,7 +31,7 @@ from typing import Any
 from ..localcluster.cluster import cli_command, force_unmount
 from ..localcluster.daemons import DaemonFailed, stop_pid, wait_ready
 from ..localcluster.processes import proc_starttime, terminate_pids
-from .plan import SUBNETS, Fault, PlanError, Step, Topology, parse_fault, tag_for
+from .plan import SUBNETS, Fault, PlanError, Step, Topology, check_stackable, parse_fault, tag_for
 
 STATE = "netns.json"
 READY_TIMEOUT = 60.0
@@ -321,6 +321,7 @@ class NetnsCluster:
     # -- faults --
     def add_fault(self, words: list[str]) -> Fault:
         fault = parse_fault(self.state["next_fault"], words, self.topo)
+        check_stackable(fault, [Fault.from_json(r["fault"]) for r in self.state["faults"]])
         if fault.kind == "delay" and not self.state.get("netem") and missing_tools(delay=True):
             raise NetnsError("delay without netem needs iptables (scripts/bootstrap)")
         apply, _undo = self.topo.fault_steps(fault, netem=bool(self.state.get("netem")))

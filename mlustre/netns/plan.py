@@ -378,6 +378,20 @@ def parse_fault(fault_id: int, words: list[str], topo: Topology) -> Fault:
     raise PlanError(f"unknown fault {kind!r} (partition, oneway, loss, link-down, delay)")
 
 
+def check_stackable(fault: Fault, active: list[Fault]) -> None:
+    """PlanError if `fault` cannot be added on top of the faults in force: a second delay
+    on one host would not add up (netem's qdisc is replaced, and the first NFQUEUE rule
+    accepts what it delays, so a second never sees the packet), and saying so beats a
+    fault that silently does nothing. Delays on two hosts do add up (each link holds
+    the packet in turn)."""
+    if fault.kind != "delay":
+        return
+    for other in active:
+        if other.kind == "delay" and other.host == fault.host:
+            raise PlanError(f"fault {other.describe()} is in force; clear it first for "
+                            f"another delay of {fault.host} (delays of one host do not add up)")
+
+
 def parse_ms(text: str) -> float:
     """"50ms", "0.2s", "50" (milliseconds) -> milliseconds."""
     m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s)?", text.strip())
