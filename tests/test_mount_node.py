@@ -86,3 +86,22 @@ def test_identity_and_memory_come_from_the_mount() -> None:
     assert mdc.identity(5) == (7, [1, 2, 0])
     mount.client.oscs[0].unstable_bytes = 4096
     assert mount.cache.held_elsewhere() == 4096
+
+
+def test_an_mdt_reply_older_than_our_size_report_does_not_undo_it() -> None:
+    """A getattr sent before our size update ran at the MDT may be answered after the
+    update completed: its size (the MDT's before the update) must replace neither the
+    inode's size nor the size its attributes give whoever reads the MDT's from them
+    (refresh_size). Seen after an MDT crash: an open-unlinked file's size update, queued
+    while the MDT was down, raced a getattr and the file read back empty."""
+    mount = built()
+    attr = {"ino": 9, "gen": 1, "fid": [1, 9, 0], "size": 0, "mtime_ns": 10,
+            "ctime_ns": 10, "mode": 0o100644}
+    node = mount.inodes.update(attr)
+    node.size, node.mtime_ns = 10, 50  # written here, then reported at t = 2.0:
+    node.reported_at = 2.0
+    mount.inodes.update({**attr, "ctime_ns": 60}, sent_at=1.5)  # asked at 1.5
+    assert (node.size, node.mtime_ns, node.ctime_ns) == (10, 50, 60)
+    assert (node.attr["size"], node.attr["mtime_ns"]) == (10, 50)
+    mount.inodes.update({**attr, "size": 3, "mtime_ns": 70, "ctime_ns": 70}, sent_at=2.5)
+    assert (node.size, node.mtime_ns, node.attr["size"]) == (3, 70, 3)  # newer: taken

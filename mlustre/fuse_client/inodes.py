@@ -166,6 +166,11 @@ class InodeTable:
             inode.size = attr["size"]
             inode.mtime_ns = attr["mtime_ns"]
             inode.ctime_ns = attr["ctime_ns"]
+        else:
+            # Ours are newer: so are they for whoever reads the MDT's size from attr (a
+            # getattr answered before our size update ran may come back after it).
+            inode.attr = {**attr, "size": inode.size, "mtime_ns": inode.mtime_ns}
+            inode.ctime_ns = max(inode.ctime_ns, attr["ctime_ns"])
         return inode
 
     def adopt_md_locks(self, node: Inode) -> None:
