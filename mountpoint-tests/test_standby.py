@@ -8,94 +8,19 @@ reads exactly the bytes written: nothing lost, nothing twice (appends would show
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from appendwriter import Writer, fenced_log_ends, verify
 from mnthelpers import Cluster, cli, proc_starttime, wait_until
 
 TIMEOUT = 150
-BLOCK = 16384
 MMP_INTERVAL = "0.5"  # lease 1.5 s, takeover after 3 s unchanged
 TAKEOVER_BOUND = 20.0  # seconds from the freeze to the standby serving
-
-WRITER = r"""
-import json, os, sys, time
-path, stop, progress, block = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-rd = os.open(path, os.O_RDONLY)
-n = files = 0
-while not os.path.exists(stop):
-    data = (b"%010d|" % n) * (block // 11) + b"#" * (block % 11)
-    assert os.write(fd, data) == block
-    if n % 8 == 0:
-        os.fsync(fd)
-    back = os.pread(rd, block, n * block)
-    assert back == data, f"block {n} reads back wrong"
-    n += 1
-    if n % 16 == 0:  # metadata too: a small file each 16 blocks
-        with open(os.path.join(os.path.dirname(path), f"meta-{files}"), "w") as f:
-            f.write(f"file {files}")
-        files += 1
-    with open(progress + ".tmp", "w") as f:
-        f.write(str(n))
-    os.replace(progress + ".tmp", progress)
-    time.sleep(0.005)
-os.fsync(fd)
-os.close(fd)
-os.close(rd)
-print(json.dumps({"blocks": n, "files": files}))
-"""
-
-
-def expected_block(n: int) -> bytes:
-    return (b"%010d|" % n) * (BLOCK // 11) + b"#" * (BLOCK % 11)
-
-
-class Writer:
-    """The writer process on the cluster's mount (stopped through a file)."""
-
-    def __init__(self, mnt: Path, scratch: Path) -> None:
-        self.dir = mnt / "w"
-        self.dir.mkdir()
-        self.stop_file = scratch / "stop"
-        self.progress_file = scratch / "progress"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(self.dir / "data"), str(self.stop_file),
-             str(self.progress_file), str(BLOCK)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def blocks(self) -> int:
-        try:
-            return int(self.progress_file.read_text())
-        except (OSError, ValueError):
-            return 0
-
-    def advances(self, by: int, timeout: float) -> bool:
-        start = self.blocks()
-        return wait_until(lambda: self.blocks() >= start + by or self.proc.poll() is not None,
-                          timeout) and self.proc.poll() is None
-
-    def finish(self) -> dict:
-        self.stop_file.write_text("")
-        out, err = self.proc.communicate(timeout=60)
-        assert self.proc.returncode == 0, f"the writer failed:\n{err}"
-        return json.loads(out)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.stop_file.write_text("")
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def standby_cluster(cluster_factory) -> Cluster:
@@ -127,28 +52,6 @@ def wait_takeover(c: Cluster, target: str, standby_pid: int, since: float) -> fl
     return took
 
 
-def verify(mnt: Path, result: dict) -> None:
-    """What a second client reads: the writer's blocks exactly (appends: a block written
-    twice or lost would shift or cut the file) and every small file."""
-    data = (mnt / "w" / "data").read_bytes()
-    n = result["blocks"]
-    assert len(data) == n * BLOCK, (len(data), n * BLOCK)
-    bad = [i for i in range(n) if data[i * BLOCK:(i + 1) * BLOCK] != expected_block(i)]
-    assert not bad, f"blocks {bad[:10]} differ"
-    for i in range(result["files"]):
-        assert (mnt / "w" / f"meta-{i}").read_text() == f"file {i}"
-    assert not (mnt / "w" / f"meta-{result['files']}").exists()
-
-
-def fenced_log_ends(log: Path) -> str:
-    lines = log.read_text(errors="replace").splitlines()
-    fenced = [i for i, line in enumerate(lines) if "FENCED" in line]
-    assert fenced, f"no FENCED line in {log}:\n" + "\n".join(lines[-10:])
-    after = lines[fenced[0] + 1:]
-    assert not after, f"{log} has lines after its FENCED line: {after}"
-    return lines[fenced[0]]
-
-
 @pytest.mark.timeout(TIMEOUT)
 @pytest.mark.parametrize("target", ["OST0000", "MDT0000"])
 def test_a_frozen_primary_is_taken_over_and_fences_when_thawed(cluster_factory, client2,
@@ -173,7 +76,7 @@ def test_a_frozen_primary_is_taken_over_and_fences_when_thawed(cluster_factory, 
         frozen = None
         assert wait_until(lambda: proc_starttime(primary["pid"]) is None, 15), \
             "the thawed primary did not exit"
-        line = fenced_log_ends(Path(primary["log"]))
+        line = fenced_log_ends(Path(primary["log"]))[-1]
         assert "lease" in line or "taken over" in line, line
         assert writer.advances(20, 30)
         result = writer.finish()
@@ -183,7 +86,7 @@ def test_a_frozen_primary_is_taken_over_and_fences_when_thawed(cluster_factory, 
         writer.kill()
     assert took < TAKEOVER_BOUND
     c.mount_client(client2).check()
-    verify(client2, result)
+    verify(client2 / "w", result)
     status = remember_standbys(c)
     assert server(status, target)["standby"]["state"] == "stopped"
 
@@ -228,4 +131,4 @@ def test_handover_kill_9_and_a_refused_second_server(cluster_factory, client2, s
     finally:
         writer.kill()
     c.mount_client(client2).check()
-    verify(client2, result)
+    verify(client2 / "w", result)

@@ -85,6 +85,30 @@ def test_a_standby_takes_over_after_the_wait_without_a_change() -> None:
     assert d.record == Record(10, "me", flock=False, interval=IVL)
 
 
+@pytest.mark.parametrize(("looks", "clean", "silent"), [
+    # (now, seq seen, flock free) of each look: the holder renews every interval...
+    ([(0.0, 7, False), (1.0, 8, False), (2.0, 9, False), (2.9, 9, True)], False, False),
+    ([(0.0, 7, False), (1.0, 8, False), (1.9, 8, True)], False, False),  # (kill -9)
+    # ...or stops renewing (cut off from the MGS) and exits a lease later (it fenced)
+    ([(0.0, 7, False), (1.0, 8, False), (2.0, 8, False), (3.0, 8, False), (4.1, 8, True)],
+     False, True),
+    # a graceful stop leaves a clean record, however long the standby watched it
+    ([(0.0, 7, False), (5.0, 7, True)], True, False),
+    ([(0.0, 7, True)], False, False),  # the first look: nothing is known of the holder
+])
+def test_a_claim_says_whether_the_dead_holder_had_gone_silent(
+        looks: list[tuple[float, int, bool]], clean: bool, silent: bool) -> None:
+    """A fenced holder's clients heard nothing from it for a while before it exited
+    (they come back late: the new server waits for them as after a live takeover); a
+    holder that crashed while renewing, or stopped cleanly, leaves no such clients."""
+    m = Mmp("me", IVL, standby=True)
+    for now, seq, free in looks:
+        d = m.watch(now, Record(seq, "other pid=1", flock=True, clean=clean and free),
+                    got_flock=free)
+        assert d.verdict is (Verdict.CLAIM if free else Verdict.WAIT), (now, d)
+    assert d.holder_silent is silent
+
+
 def test_a_standby_that_does_not_reach_the_mgs_does_not_take_over() -> None:
     m = Mmp("me", IVL, standby=True, quorum_timeout=2.0)
     m.watch(0.0, OTHER, got_flock=False, mgs_reached_at=0.0)

@@ -8,9 +8,12 @@ import pytest
 from mlustre.netns.nfqdelay import config_messages, parse_messages, verdict_message
 from mlustre.netns.plan import (
     Fault,
+    Mmp,
     PlanError,
     Topology,
+    after_takeover,
     check_stackable,
+    holder_pid,
     parse_fault,
     parse_ms,
     tag_for,
@@ -80,6 +83,51 @@ def test_server_command_lines_name_addresses_and_failover_nids(topo):
     with pytest.raises(PlanError):
         topo.server_args("MDT0000", "oss1", data="/d", key=None)
     assert topo.target("fs-ost0001").name == "OST0001"
+
+
+def test_a_standby_runs_on_the_other_host_of_its_pair_with_the_same_heartbeat(topo):
+    mmp = Mmp(0.5, 2)
+    active = topo.server_args("OST0001", "oss2", data="/d", key=None, mmp=mmp)
+    standby = topo.server_args("OST0001", topo.other_host("OST0001", "oss2"), data="/d",
+                               key=None, mmp=mmp, standby=True)
+    assert standby[standby.index("--listen") + 1] == f"{topo.host('oss1').addr}:7101"
+    assert standby[standby.index("--failover-nid") + 1] == f"{topo.host('oss2').addr}:7101"
+    assert standby[-1] == "--standby" and "--standby" not in active
+    for args in (active, standby):  # the same options on both: the wait outlasts the lease
+        assert args[args.index("--mmp-interval") + 1] == "0.5"
+        assert args[args.index("--mmp-quorum") + 1] == "2"
+        assert args[args.index("--data") + 1] == "/d"  # the shared disk
+    assert "--mmp-interval" not in topo.server_args("MGS", "mgs", data="/m", key=None, mmp=mmp)
+    assert topo.other_host("MDT0000", "mds2") == "mds1"
+    for bad in (lambda: topo.other_host("MGS", "mgs"), lambda: topo.other_host("MDT0000", "oss1"),
+                lambda: topo.server_args("MGS", "mgs", data="/m", key=None, standby=True),
+                lambda: Mmp(0.01, 2), lambda: Mmp(1, -1)):
+        with pytest.raises(PlanError):
+            bad()
+
+
+@pytest.mark.parametrize(("interval", "quorum"), [(0.5, 2), (1, 10), (0.1, 0.5), (2, 1)])
+def test_a_cut_off_primary_fences_before_its_standby_may_take_over(interval, quorum):
+    mmp = Mmp(interval, quorum)
+    early, late = mmp.fence_window()
+    assert 0 <= early < late < mmp.takeover_within()
+    assert late == quorum + 3 * interval + interval  # quorum, lease, one renewal tick
+    assert mmp.takeover_wait > mmp.lease + interval  # (servers/mmp.py's rule)
+    assert Mmp(interval, 0).fence_window() == (float("inf"), float("inf"))  # no quorum
+    assert Mmp.from_json(mmp.to_json()) == mmp and Mmp.from_json(None) is None
+
+
+def test_after_a_takeover_the_standby_entry_becomes_the_server():
+    server = {"host": "mds1", "pid": 10, "start": 1}
+    standby = {"host": "mds2", "pid": 20, "start": 2}
+    assert holder_pid('{"seq": 4, "holder": "fs-MDT0000 pid=20 nid=198.18.0.4:7001"}') == 20
+    assert holder_pid("torn{") is None and holder_pid('{"seq": 1}') is None
+    assert holder_pid("[1, 2]") is None
+    assert after_takeover(server, standby, 20, True) == (standby, server)
+    assert after_takeover(server, standby, 10, True) is None  # the server holds it still
+    assert after_takeover(server, standby, 20, False) is None  # the standby died since
+    assert after_takeover(server, None, 20, True) is None
+    assert after_takeover(server, standby, None, True) is None  # no record
 
 
 def test_partition_rules_drop_both_ways_between_the_hosts_only(topo):

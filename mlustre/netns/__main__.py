@@ -2,7 +2,9 @@
 one machine, each host a network namespace (plan.py), and faults on its links.
 
     up [--clients N] [--oss-pairs N] [--fsname F] [--ping-evict-timeout S] ...
+       [--standby] [--mmp-interval S] [--mmp-quorum S]
     status [--json]
+    standby TARGET [--stop]          start (stop) TARGET's standby on its partner host
     exec HOST CMD...                 run CMD on HOST (its network namespace)
     fault KIND HOST ... [--for S]    partition / oneway / loss / link-down / delay
     clear [ID|HOST]                  lift faults (all without an argument)
@@ -28,7 +30,7 @@ import sys
 import time
 
 from .driver import NetnsCluster, NetnsError
-from .plan import PlanError
+from .plan import Mmp, PlanError
 
 DEFAULT_DIR = "/var/tmp/mlustre-netns"
 
@@ -40,10 +42,15 @@ def cmd_up(args: argparse.Namespace) -> int:
                         ("--ping-evict-timeout", args.ping_evict_timeout)):
         if value is not None:
             opts += [flag, f"{value:g}"]
+    mmp = None
+    if args.mmp_interval is not None or args.mmp_quorum is not None:
+        default = Mmp()
+        mmp = Mmp(default.interval if args.mmp_interval is None else args.mmp_interval,
+                  default.quorum if args.mmp_quorum is None else args.mmp_quorum)
     c = NetnsCluster.create(args.dir, fsname=args.fsname, clients=args.clients,
-                            oss_pairs=args.oss_pairs, server_options=opts)
+                            oss_pairs=args.oss_pairs, server_options=opts, mmp=mmp)
     try:
-        c.up(mount=not args.no_mount)
+        c.up(mount=not args.no_mount, standbys=args.standby)
     except BaseException:
         c.down()
         raise
@@ -61,6 +68,13 @@ def print_status(c: NetnsCluster) -> None:
     for name, s in st["servers"].items():
         state = f"pid {s['pid']}" if s["running"] else "stopped"
         print(f"{name:<9} on {s['host']:<7} nid {s['nid']:<20} release {s['release']}  {state}")
+        sb = st["standbys"].get(name)
+        if sb:
+            state = f"pid {sb['pid']}, standing by" if sb["running"] else "stopped"
+            print(f"  standby on {sb['host']:<7} nid {sb['nid']:<20} {'':<11}  {state}")
+    if st["mmp"]:
+        print(f"heartbeat: --mmp-interval {st['mmp']['interval']:g} "
+              f"--mmp-quorum {st['mmp']['quorum']:g}")
     for client, mnt in st["mounts"].items():
         print(f"{client:<9} mounted on {mnt}")
     for f in st["faults"]:
@@ -124,6 +138,18 @@ def cmd_failover(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_standby(args: argparse.Namespace) -> int:
+    c = NetnsCluster.load(args.dir)
+    if args.stop:
+        c.stop_standby(args.target)
+        print(f"{c.topo.target(args.target).name}: standby stopped")
+        return 0
+    e = c.start_standby(args.target)
+    name = c.topo.target(args.target).name
+    print(f"{name}: standby on {e['host']} (nid {c.topo.nid(name, e['host'])}, pid {e['pid']})")
+    return 0
+
+
 def cmd_freeze(args: argparse.Namespace) -> int:
     NetnsCluster.load(args.dir).freeze(args.target, args.seconds)
     return 0
@@ -158,6 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--recovery-window", type=float)
     up.add_argument("--ping-evict-timeout", type=float,
                     help="the eviction timeout of silent clients (default 60 s)")
+    up.add_argument("--standby", action="store_true",
+                    help="also start a standby of every MDT and OST on its partner host "
+                         "(it takes over by itself when the server stops, freezes or its "
+                         "host is cut off)")
+    up.add_argument("--mmp-interval", type=float,
+                    help="heartbeat interval of the pairs' servers (default 1 s)")
+    up.add_argument("--mmp-quorum", type=float,
+                    help="seconds a pair's server serves on without reaching the MGS "
+                         "(default 10; 0: off)")
     up.set_defaults(fn=cmd_up)
 
     for name, fn, hlp in (("status", cmd_status, "hosts, servers, mounts, faults"),
@@ -191,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--partner", action="store_true", help="onto its failover partner")
     fo.add_argument("--release", choices=["1.8", "2.0"])
     fo.set_defaults(fn=cmd_failover)
+
+    sb = sub.add_parser("standby", parents=[common],
+                        help="start a target's standby on the host of its pair that does not "
+                             "serve it (or --stop it)")
+    sb.add_argument("target")
+    sb.add_argument("--stop", action="store_true")
+    sb.set_defaults(fn=cmd_standby)
 
     fz = sub.add_parser("freeze", parents=[common], help="SIGSTOP a server for a while")
     fz.add_argument("target")

@@ -2,8 +2,8 @@
 servers (`mlustre server`) and clients (`mlustre mount SPEC`) inside their hosts'
 namespaces, applies and lifts faults, and tears everything down.
 
-Everything is recorded in DIR/netns.json (namespaces, server pids with their start
-times, mounts, faults with their delayer pids), so separate invocations of
+Everything is recorded in DIR/netns.json (namespaces, server and standby pids with
+their start times, mounts, faults with their delayer pids), so separate invocations of
 `scripts/netns-cluster` (up, fault, exec, down) share one cluster, and `down` ends only
 the processes this cluster started, by pid (and start time: a recycled pid is never
 signalled).
@@ -31,10 +31,23 @@ from typing import Any
 from ..localcluster.cluster import cli_command, force_unmount
 from ..localcluster.daemons import DaemonFailed, stop_pid, wait_ready
 from ..localcluster.processes import proc_starttime, terminate_pids
-from .plan import SUBNETS, Fault, PlanError, Step, Topology, check_stackable, parse_fault, tag_for
+from .plan import (
+    SUBNETS,
+    Fault,
+    Mmp,
+    PlanError,
+    Step,
+    Topology,
+    after_takeover,
+    check_stackable,
+    holder_pid,
+    parse_fault,
+    tag_for,
+)
 
 STATE = "netns.json"
 READY_TIMEOUT = 60.0
+TAKEOVER_TIMEOUT = 60.0  # a handover (`failover` of a target with a standby)
 
 
 class NetnsError(Exception):
@@ -68,6 +81,12 @@ class NetnsCluster:
     def __init__(self, base: Path, state: dict[str, Any]) -> None:
         self.base = base
         self.state = state
+        self.state.setdefault("standbys", {})  # (a state written before standbys)
+        self.state.setdefault("mmp", None)
+        # The servers this object started, by pid: their exit status (a fenced server
+        # exits with 3) is known only to the process that started them, and only while
+        # their Popen is kept (one dropped is reaped, status lost, by the next Popen).
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.topo = Topology.build(state["tag"], state["fsname"], clients=state["clients"],
                                    oss_pairs=state["oss_pairs"], net=state.get("net"))
 
@@ -75,7 +94,10 @@ class NetnsCluster:
     @classmethod
     def create(cls, base: str | os.PathLike[str], *, fsname: str = "mhfs", clients: int = 2,
                oss_pairs: int = 1, tag: str | None = None,
-               server_options: list[str] | None = None) -> NetnsCluster:
+               server_options: list[str] | None = None,
+               mmp: Mmp | None = None) -> NetnsCluster:
+        """mmp: the heartbeat options of every server of a failover pair (None: the
+        servers' defaults), which standbys need short to take over quickly."""
         base = Path(base).resolve()
         if (base / STATE).exists():
             raise NetnsError(f"{base} already holds a cluster ({STATE}); `down` it first")
@@ -83,7 +105,8 @@ class NetnsCluster:
         state = {"tag": tag or tag_for(str(base)), "fsname": fsname, "clients": clients,
                  "oss_pairs": oss_pairs, "server_options": server_options or [],
                  "network": False, "netem": None, "servers": {}, "mounts": {},
-                 "faults": [], "next_fault": 1}
+                 "faults": [], "next_fault": 1, "standbys": {},
+                 "mmp": mmp.to_json() if mmp is not None else None}
         c = cls(base, state)
         c.save()
         return c
@@ -188,26 +211,130 @@ class NetnsCluster:
         old = self.state["servers"].get(t.name, {})
         host = host or old.get("host") or t.primary
         release = release or old.get("release") or "2.0"
+        entry = self._spawn(t.name, host, release, extra, standby=False)
+        self.state["servers"][t.name] = entry
+        self.save()
+        return entry
+
+    def _spawn(self, target: str, host: str, release: str, extra: tuple[str, ...], *,
+               standby: bool) -> dict[str, Any]:
+        """`mlustre server` for target on host, in its namespace; its READY line waited
+        for (a standby's says it watches). The entry to record."""
+        t = self.topo.target(target)
         storage = self.storage(t.name)
         storage.mkdir(parents=True, exist_ok=True)
         args = self.topo.server_args(t.name, host, data=str(storage),
                                      key=str(self.key_file(host)), release=release,
-                                     options=(*self._options_for(t.kind), *extra))
+                                     options=(*self._options_for(t.kind), *extra),
+                                     mmp=Mmp.from_json(self.state["mmp"]), standby=standby)
         log = self.host_dir(host) / f"{t.name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as logf:
+            offset = logf.tell()
             proc = subprocess.Popen(in_netns(self.topo.host(host).netns, [*cli_command(), *args]),
                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=logf, start_new_session=True, close_fds=True)
+        what = f"{'standby of ' if standby else ''}{t.name} on {host}"
         try:
-            wait_ready(proc, log, f"{t.name} on {host}", READY_TIMEOUT)
+            wait_ready(proc, log, what, READY_TIMEOUT)
         except DaemonFailed as e:
             raise NetnsError(str(e)) from None
-        entry = {"host": host, "pid": proc.pid, "start": proc_starttime(proc.pid),
-                 "release": release, "log": str(log)}
-        self.state["servers"][t.name] = entry
+        self.procs[proc.pid] = proc
+        return {"host": host, "pid": proc.pid, "start": proc_starttime(proc.pid),
+                "release": release, "log": str(log), "log_offset": offset}
+
+    def exit_status(self, pid: int) -> int | None:
+        """The exit status of a server this object started (None: still running, or
+        not started here)."""
+        proc = self.procs.get(pid)
+        return proc.poll() if proc is not None else None
+
+    # -- standbys --
+    def start_standby(self, target: str) -> dict[str, Any]:
+        """Start target's standby on the host of its pair that does not serve it (`mlustre
+        server ... --standby`, the same storage directory: the shared disk), and wait
+        until it watches. It takes the target over by itself when the server stops,
+        freezes or its host is cut off (servers/heartbeat.py)."""
+        t = self.topo.target(target)
+        self.reconcile()
+        entry = self.state["servers"].get(t.name)
+        if not entry:
+            raise NetnsError(f"{t.name} was never started")
+        if self.standby_pid(t.name) is not None:
+            old = self.state["standbys"][t.name]
+            raise NetnsError(f"{t.name} already has a standby on {old['host']} "
+                             f"(pid {old['pid']})")
+        host = self.topo.other_host(t.name, entry["host"])
+        standby = self._spawn(t.name, host, entry.get("release") or "2.0", (), standby=True)
+        self.state["standbys"][t.name] = standby
         self.save()
-        return entry
+        return standby
+
+    def standby_pid(self, target: str) -> int | None:
+        entry = self.state["standbys"].get(self.topo.target(target).name)
+        if entry and entry.get("pid") and proc_starttime(entry["pid"]) == entry.get("start"):
+            return int(entry["pid"])
+        return None
+
+    def stop_standby(self, target: str) -> None:
+        pid = self.standby_pid(target)
+        if pid is not None:
+            stop_pid(pid, timeout=30)
+        entry = self.state["standbys"].get(self.topo.target(target).name)
+        if entry:
+            entry["pid"] = None
+            self.save()
+
+    def holder(self, target: str) -> int | None:
+        """The pid in target's heartbeat record: the server that holds its storage."""
+        try:
+            return holder_pid((self.storage(target) / "mmp").read_text())
+        except OSError:
+            return None
+
+    def reconcile(self) -> list[str]:
+        """Swap the state's server and standby entries of every target whose standby
+        took over by itself since (plan.after_takeover). Returns those targets."""
+        swapped = []
+        for name, standby in self.state["standbys"].items():
+            server = self.state["servers"].get(name)
+            if server is None:
+                continue
+            pair = after_takeover(server, standby, self.holder(name),
+                                  self.standby_pid(name) is not None)
+            if pair is not None:
+                self.state["servers"][name], self.state["standbys"][name] = pair
+                swapped.append(name)
+        if swapped:
+            self.save()
+        return swapped
+
+    def wait_takeover(self, target: str, timeout: float) -> bool:
+        """Until target's standby holds the heartbeat and says it serves (its READY
+        line, in its log once it took over): True, with the entries swapped; False if
+        it died or the time ran out."""
+        t = self.topo.target(target)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid = self.standby_pid(t.name)
+            if pid is None:
+                return False
+            if self.holder(t.name) == pid and self._says_ready(self.state["standbys"][t.name]):
+                self.reconcile()
+                return True
+            time.sleep(0.1)
+        return False
+
+    def _says_ready(self, entry: dict[str, Any]) -> bool:
+        """Whether a standby's log (since it started) has its serving READY line."""
+        try:
+            with open(entry["log"], "rb") as f:
+                f.seek(entry.get("log_offset") or 0)
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return False
+        return any(line.startswith("READY ") and not line.startswith("READY standby ")
+                   for line in text.splitlines())
 
     def _options_for(self, kind: str) -> list[str]:
         """The cluster's server options that apply to this kind of server."""
@@ -246,13 +373,17 @@ class NetnsCluster:
         """restart (controlled, same host), crash (kill -9, same host), partner
         (controlled, onto the other host of the pair), crash-partner (kill -9, then the
         other host: fencing a server that cannot be reached), upgrade (controlled, same
-        host, the given release)."""
+        host, the given release). A target with a live standby is handed over to it
+        instead (_hand_over)."""
         if kind not in ("restart", "crash", "partner", "crash-partner", "upgrade"):
             raise NetnsError(f"unknown failover kind {kind!r}")
         t = self.topo.target(target)
+        self.reconcile()
         entry = self.state["servers"].get(t.name)
         if not entry:
             raise NetnsError(f"{t.name} was never started")
+        if self.standby_pid(t.name) is not None:
+            return self._hand_over(t.name, kind)
         host = entry["host"]
         if kind in ("partner", "crash-partner"):
             if t.partner is None:
@@ -261,6 +392,25 @@ class NetnsCluster:
         self.stop_server(t.name, crash=kind.startswith("crash"))
         self.start_server(t.name, host, release=release)
         return f"{kind} {t.name}: now on {host} ({release or entry.get('release')})"
+
+    def _hand_over(self, target: str, kind: str) -> str:
+        """A failover of a target that has a standby: the server stops (gracefully, or
+        kill -9 for crash and crash-partner), the standby takes over by itself, and the
+        stopped host becomes the new standby. The target always moves to the other host
+        (its standby serves it before the old server could restart), so an upgrade in
+        place is refused."""
+        if kind == "upgrade":
+            standby = self.state["standbys"][target]
+            raise NetnsError(f"{target} has a standby on {standby['host']}: stop it first "
+                             f"(`standby {target} --stop`) to upgrade in place")
+        old = self.state["servers"][target]["host"]
+        self.stop_server(target, crash=kind.startswith("crash"))
+        if not self.wait_takeover(target, TAKEOVER_TIMEOUT):
+            raise NetnsError(f"{target}'s standby did not take over within "
+                             f"{TAKEOVER_TIMEOUT:g}s")
+        self.start_standby(target)
+        now = self.state["servers"][target]
+        return f"{kind} {target}: its standby took over on {now['host']}; {old} stands by"
 
     def freeze(self, target: str, seconds: float) -> None:
         """SIGSTOP the server for a while (a hung server), then SIGCONT."""
@@ -387,11 +537,16 @@ class NetnsCluster:
                               check=False, **kw)
 
     # -- the whole cluster --
-    def up(self, *, mount: bool = True) -> None:
-        """Network, keys, servers (MGS, OSTs, MDT), and a mount on every client host."""
+    def up(self, *, mount: bool = True, standbys: bool = False) -> None:
+        """Network, keys, servers (MGS, OSTs, MDT), a standby of every MDT and OST on
+        its partner host (standbys), and a mount on every client host."""
         self.network_up()
         self.make_keys()
         self.start_servers()
+        if standbys:
+            for name in self.topo.start_order():
+                if self.topo.targets[name].partner is not None:
+                    self.start_standby(name)
         if mount:
             for client in self.topo.client_hosts:
                 self.mount(client)
@@ -410,11 +565,14 @@ class NetnsCluster:
                 problems += self.umount(client)
             except subprocess.SubprocessError as e:
                 problems.append(f"umount {client}: {e}")
-        # (graceful first: each server commits and releases its storage claim)
-        terminate_pids({int(e["pid"]): e["start"] for e in self.state["servers"].values()
-                        if e.get("pid") and e.get("start") is not None}, grace=30)
-        for e in self.state["servers"].values():
-            e["pid"] = None
+        # The standbys first (they stop at once), so that none takes a target over from
+        # a server stopping; then the servers, gracefully first: each commits and
+        # releases its storage claim.
+        for entries in (self.state["standbys"].values(), self.state["servers"].values()):
+            terminate_pids({int(e["pid"]): e["start"] for e in entries
+                            if e.get("pid") and e.get("start") is not None}, grace=30)
+            for e in entries:
+                e["pid"] = None
         if self.state.get("network"):
             for step in self.topo.teardown_steps():
                 run_step(step)
@@ -424,6 +582,7 @@ class NetnsCluster:
         return problems
 
     def status(self) -> dict[str, Any]:
+        self.reconcile()
         return {
             "dir": str(self.base), "spec": self.spec, "netem": self.state.get("netem"),
             "hosts": {h.name: {"role": h.role, "addr": h.addr, "netns": h.netns}
@@ -431,6 +590,10 @@ class NetnsCluster:
             "servers": {n: {**e, "running": self.server_pid(n) is not None,
                             "nid": self.topo.nid(n, e["host"])}
                         for n, e in self.state["servers"].items()},
+            "standbys": {n: {**e, "running": self.standby_pid(n) is not None,
+                             "nid": self.topo.nid(n, e["host"])}
+                         for n, e in self.state["standbys"].items()},
+            "mmp": self.state["mmp"],
             "mounts": self.state["mounts"],
             "faults": [f.describe() for f in self.faults()],
         }

@@ -34,8 +34,12 @@ Faults act on a host's link, in the host's namespace:
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
+from typing import Any
+
+from ..servers.mmp import LEASE_INTERVALS, WAIT_INTERVALS, WAIT_MARGIN
 
 MGS_PORT = 7000
 MDT_PORT = 7001
@@ -208,9 +212,14 @@ class Topology:
 
     # -- servers --
     def server_args(self, target: str, host: str, *, data: str, key: str | None,
-                    release: str = "2.0", options: tuple[str, ...] = ()) -> list[str]:
-        """`mlustre server ...` arguments for target on host (its primary or partner)."""
+                    release: str = "2.0", options: tuple[str, ...] = (),
+                    mmp: Mmp | None = None, standby: bool = False) -> list[str]:
+        """`mlustre server ...` arguments for target on host (its primary or partner).
+        mmp: the heartbeat options of a pair's servers (both members get the same, see
+        Mmp); standby: this one waits on the partner host and takes over by itself."""
         t = self.target(target)
+        if standby and t.partner is None:
+            raise PlanError(f"{t.name} has no failover partner to stand by on")
         if host not in (t.primary, t.partner):
             raise PlanError(f"{t.name} serves on {t.primary}"
                             + (f" or {t.partner}" if t.partner else ""))
@@ -225,7 +234,19 @@ class Topology:
             args += ["--osts", str(2 * self.oss_pairs)]
         if key:
             args += ["--key", key]
-        return args + list(options)
+        if mmp is not None and t.partner is not None:
+            args += mmp.options()
+        return args + list(options) + (["--standby"] if standby else [])
+
+    def other_host(self, target: str, host: str) -> str:
+        """The other host of target's pair: where its standby goes while it serves on
+        host (or where it moves to)."""
+        t = self.target(target)
+        if t.partner is None:
+            raise PlanError(f"{t.name} has no failover partner")
+        if host not in (t.primary, t.partner):
+            raise PlanError(f"{host} is not a host of {t.name}'s pair")
+        return t.partner if host == t.primary else t.primary
 
     def start_order(self) -> list[str]:
         """MGS first (the others register with it), then the OSTs, then the MDT (which
@@ -285,6 +306,92 @@ class Topology:
         """The delayer's arguments (python -m mlustre.netns.nfqdelay ...), without netem."""
         return ["--queue", str(self.delay_queue(fault)), "--delay-ms", f"{fault.delay_ms:g}",
                 "--jitter-ms", f"{fault.jitter_ms:g}", "--reorder", f"{fault.reorder:g}"]
+
+
+@dataclass(frozen=True)
+class Mmp:
+    """The heartbeat (MMP) options of the servers of the failover pairs.
+
+    Every server of a pair gets the same ones, primary and standby alike, because a
+    standby's takeover wait is derived from its *own* interval, and it is safe only
+    while it outlasts its partner's lease plus one renewal (servers/mmp.py). The
+    bounds below are what a test or an administrator may expect when a primary's host
+    is cut off: it fences itself (quorum lost, then its lease runs out) before its
+    standby takes over (when the fenced server's flock is free, or the heartbeat has
+    not moved for `takeover_wait`)."""
+
+    interval: float = 1.0
+    quorum: float = 10.0  # seconds without an MGS answer before renewals stop (0: off)
+
+    def __post_init__(self) -> None:
+        if not 0.05 <= self.interval <= 60 or self.quorum < 0:
+            raise PlanError("--mmp-interval: 0.05 to 60 s; --mmp-quorum: 0 (off) or more s")
+
+    def options(self) -> list[str]:
+        return ["--mmp-interval", f"{self.interval:g}", "--mmp-quorum", f"{self.quorum:g}"]
+
+    @property
+    def lease(self) -> float:
+        return LEASE_INTERVALS * self.interval
+
+    @property
+    def takeover_wait(self) -> float:
+        return WAIT_INTERVALS * self.interval + WAIT_MARGIN
+
+    def fence_window(self) -> tuple[float, float]:
+        """Seconds after a primary's host is cut off within which it fences: its last
+        MGS answer came at most one interval and one ping timeout before the cut, its
+        renewals stop `quorum` seconds after that answer, and it fences when the last
+        renewal is `lease` old (checked every interval). Without a quorum it never
+        fences (it still reaches the shared storage): (inf, inf)."""
+        if not self.quorum:
+            return (float("inf"), float("inf"))
+        ping_timeout = max(self.interval, 0.5)
+        early = self.quorum + self.lease - 2 * self.interval - ping_timeout
+        return (max(0.0, early), self.quorum + self.lease + self.interval)
+
+    def takeover_within(self) -> float:
+        """Seconds after the cut by which the standby has taken over. Usually the fenced
+        server exits and frees the storage's flock, and the standby claims at its next
+        look (fence_window()[1] + an interval); should the fenced process hang instead,
+        the heartbeat path bounds it: the record stops moving by `quorum` after the cut,
+        the standby sees it unchanged within an interval, waits `takeover_wait` (longer
+        than the lease plus an interval, so the old server has fenced by then whatever
+        its clock did) and re-checks its claim 2 intervals later."""
+        return self.quorum + self.takeover_wait + 3 * self.interval
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any] | None) -> Mmp | None:
+        return None if d is None else cls(float(d["interval"]), float(d["quorum"]))
+
+    def to_json(self) -> dict[str, float]:
+        return {"interval": self.interval, "quorum": self.quorum}
+
+
+def holder_pid(record_text: str) -> int | None:
+    """The pid of the server that wrote a heartbeat record (`DATA/mmp`, JSON whose
+    holder is "NAME pid=N nid=HOST:PORT"); None when it is no record. The namespaces
+    share the machine's pid namespace, so this is the pid the driver recorded."""
+    try:
+        record = json.loads(record_text)
+    except ValueError:
+        return None
+    m = re.search(r"\bpid=(\d+)\b", str(record.get("holder", ""))) \
+        if isinstance(record, dict) else None
+    return int(m.group(1)) if m else None
+
+
+def after_takeover(server: dict[str, Any], standby: dict[str, Any] | None,
+                   holder: int | None, standby_alive: bool) -> tuple[dict[str, Any],
+                                                                     dict[str, Any]] | None:
+    """The state's (server, standby) entries of one target once its standby took over
+    by itself (it holds the heartbeat and runs): swapped, so that `status`, `failover`
+    and `down` name the server that serves, and the old one (fenced, or about to fence
+    when it runs again) is the standby entry, shown as stopped once it exited. None:
+    nothing to change."""
+    if not standby or not standby_alive or holder is None or holder != standby.get("pid"):
+        return None
+    return dict(standby), dict(server)
 
 
 def nft_script(table: str, rules: list[tuple[str, str]]) -> str:

@@ -59,7 +59,9 @@ class Heartbeat:
         self._on_fence = on_fence
         self.mgs_reached_at: float | None = None
         self._quorum_warned = False
-        self.took_over_live = False  # by the heartbeat, from a holder that did not exit
+        # Taken over from a holder that did not exit (the heartbeat), or that had gone
+        # silent before it exited (it fenced): its clients may come back late.
+        self.took_over_live = False
 
     @property
     def holder(self) -> str:
@@ -154,8 +156,12 @@ class Heartbeat:
                     self.core.claimed(time.monotonic(), d.record, started_at=started)
                     self.storage.claimed_by(self.holder)
                     self.mgs_reached_at = time.monotonic()  # (as in claim)
-                    log.warning("%s: the storage is free (its holder is gone): taking over",
-                                self.name)
+                    # A holder that went silent before it died (it fenced: cut off or
+                    # hung) left clients that still wait on it: as a live takeover.
+                    self.took_over_live = d.holder_silent
+                    log.warning("%s: the storage is free (its holder is gone%s): taking "
+                                "over", self.name, ", silent before it went: fenced"
+                                if d.holder_silent else "")
                     break
                 if d.verdict is Verdict.TAKE_OVER:
                     assert d.record is not None

@@ -21,7 +21,12 @@ The rules (every time is the caller's `now`, a monotonic clock):
 - A claimant that gets the flock claims at once when the record is clean (a graceful
   stop), absent, or was written by a holder of the flock (that holder is dead). A
   record written by a holder that took over without the flock (see below) is watched
-  like a live one.
+  like a live one. A standby's claim says whether the dead holder had gone *silent*
+  first: its record had not moved for more than an interval before the flock came
+  free. That is a holder that fenced itself (cut off from the MGS, or hung) rather
+  than one that crashed while renewing: its clients have heard nothing from it for a
+  while and learn that it is gone only from their request timeouts, so the new server
+  must wait for them as long as after a live takeover (servers/target.py).
 - Otherwise (the flock is held: the holder is alive) a plain server refuses at once,
   and a standby (`--standby`) watches: once the sequence number has not changed for
   `takeover_wait` (longer than the lease plus one interval, so the holder has fenced
@@ -101,9 +106,13 @@ class Verdict(Enum):
 
 @dataclass(frozen=True, slots=True)
 class Decision:
+    """verdict, the record to write (CLAIM, TAKE_OVER), why (WAIT, REFUSE), and for a
+    CLAIM whether the dead holder had stopped renewing before it died (see above)."""
+
     verdict: Verdict
     record: Record | None = None
     reason: str = ""
+    holder_silent: bool = False
 
 
 class Mmp:
@@ -147,12 +156,16 @@ class Mmp:
         a file but not a record) and whether the flock could be taken."""
         self._require(State.WATCHING)
         seq = record.seq if record is not None else 0
-        if got_flock and not unreadable and (record is None or record.clean or record.flock):
-            # The kernel says every earlier holder of the flock is gone, and the record
-            # was left by one of them (or by nobody): the storage is free.
-            return Decision(Verdict.CLAIM, self._mine(seq + 1, flock=True))
         key = (seq, record.holder if record is not None else "?") if not unreadable \
             else (-1, f"unreadable@{now}")
+        if got_flock and not unreadable and (record is None or record.clean or record.flock):
+            # The kernel says every earlier holder of the flock is gone, and the record
+            # was left by one of them (or by nobody): the storage is free. Unchanged for
+            # more than an interval before that: the holder had stopped renewing.
+            silent = (record is not None and not record.clean and key == self._seen
+                      and now - self._seen_since > self.interval)
+            return Decision(Verdict.CLAIM, self._mine(seq + 1, flock=True),
+                            holder_silent=silent)
         if not self.standby:
             if not got_flock:
                 return Decision(Verdict.REFUSE, reason=_live(record))

@@ -73,7 +73,8 @@ class Answered:
 
 
 # The least recovery window of a standby that took over from a live (frozen, cut off)
-# server; the window ends early once every known client has come back.
+# server, or from one that went silent before it exited (it fenced itself); the window
+# ends early once every known client has come back.
 LIVE_TAKEOVER_WINDOW = 60.0
 
 
@@ -231,10 +232,11 @@ class TargetServer:
         assert self.heartbeat is not None
         await self.heartbeat.stand_by()
         if self.heartbeat.took_over_live and self.recovery is not None:
-            # The old server is frozen or cut off, not dead: its clients notice only
-            # when a request or ping times out (15 s), and their first reconnect may
-            # wait on its address, which still accepts connections into the kernel's
-            # backlog (5 s). A restart's window would evict them before they come back.
+            # The old server is frozen or cut off (or it was, and fenced itself): its
+            # clients notice only when a request or ping times out (15 to 30 s), and
+            # their first reconnect may wait on its address, which accepts connections
+            # into the kernel's backlog or is silent (5 s). A restart's window would
+            # evict them before they come back.
             self.recovery.window = max(self.recovery.window, LIVE_TAKEOVER_WINDOW)
         self.open_storage()
 
