@@ -624,6 +624,33 @@ def test_utime_wins_over_cached_data_and_dirty_writes(ab):
 
 
 @pytest.mark.timeout(TIMEOUT)
+def test_utime_of_a_file_with_our_own_dirty_data(ab):
+    """tar's way: write, then set an old mtime while the data is still dirty here (not
+    yet written back). The explicit mtime is what both clients see, before and after the
+    data goes out (close, then B's read), and the data is all there."""
+    a, b = ab
+    mtime = 1_000_000_000_123_456_789
+    fd = os.open(a / "t", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"t" * 70_000)
+        os.utime(a / "t", ns=(mtime, mtime))
+        for side, root in (("A", a), ("B", b)):
+            st = os.stat(root / "t")
+            assert (st.st_mtime_ns, st.st_size) == (mtime, 70_000), f"{side} before close"
+        os.write(fd, b"u" * 10)  # a later write: the mtime is now again
+    finally:
+        os.close(fd)
+    assert os.stat(b / "t").st_mtime_ns > mtime
+    (a / "p").write_bytes(b"p" * 5000)
+    os.utime(a / "p", ns=(mtime, mtime))
+    assert (b / "p").read_bytes() == b"p" * 5000
+    assert (b / "t").read_bytes() == b"t" * 70_000 + b"u" * 10
+    for side, root in (("A", a), ("B", b)):
+        st = os.stat(root / "p")
+        assert (st.st_mtime_ns, st.st_size) == (mtime, 5000), f"{side} after the write-back"
+
+
+@pytest.mark.timeout(TIMEOUT)
 def test_chmod_keeps_the_mtime_of_data_not_yet_reported(ab):
     """A chmod while written data's size and mtime are still this client's own (not yet
     told to the MDT) must not take the MDT's older mtime: the mtime seen before and

@@ -146,9 +146,12 @@ def test_setattr_misc(mdt_store: MdtStore) -> None:
 def test_write_update(mdt_store: MdtStore) -> None:
     f = mkfile(mdt_store, b"f")
     _, a = mdt_store.write_update(f["ino"], 1000, 42)
-    assert (a["size"], a["blocks"], a["mtime_ns"], a["ctime_ns"]) == (1000, 2, 42, 42)
-    _, a = mdt_store.write_update(f["ino"], 10, 43)  # never shrinks
-    assert a["size"] == 1000 and a["mtime_ns"] == 43
+    # (ctime never goes back: the create's is later than this write's mtime of 42)
+    assert (a["size"], a["blocks"], a["mtime_ns"], a["ctime_ns"]) == (
+        1000, 2, 42, f["ctime_ns"])
+    later = a["ctime_ns"] + 5
+    _, a = mdt_store.write_update(f["ino"], 10, later)  # never shrinks
+    assert a["size"] == 1000 and a["mtime_ns"] == a["ctime_ns"] == later
     assert mdt_store.getattr(f["ino"]) == a
     d = mkdir(mdt_store, b"d")
     with raises(errno.EISDIR):

@@ -208,12 +208,17 @@ class Namespace:
                 node.ctime_ns = new["ctime_ns"]
         elif ("mtime_ns" in attrs or "mtime_now" in attrs) and node.layout is not None:
             # Explicit times must not be overwritten by a later size update, ours or
-            # another client's: every writer writes back and reports first.
+            # another client's: the other writers write back and report as our PW lock
+            # takes theirs; ours rides on the setattr (write_size), after which our data
+            # still dirty carries no mtime of its own (no write-back round trip here: tar
+            # and cp -p set the times of every file they have just written).
             async with self.data.data_locks(node, Mode.PW, 0, EOF):
-                await self.writeback.flush_file(inode)
                 new = await self.md.setattr_with_size(cred, node, attrs, fh)
                 node.mtime_ns = new["mtime_ns"]
                 node.ctime_ns = new["ctime_ns"]
+                # (With our data still dirty, the reply's update kept our older mtime
+                # in the attributes: the explicit one replaces it there too.)
+                node.attr = {**node.attr, "mtime_ns": new["mtime_ns"]}
         else:
             if fh is None and list(attrs) == ["mode"] and ctx.uid not in (0, node.attr["uid"]):
                 # A non-owner's chmod is the kernel clearing set-id bits before a buffered
