@@ -331,29 +331,47 @@ def cmd_df(args: argparse.Namespace) -> int:
     mounts = [mount_of(args.path)] if args.path else mlustre_mounts()
     if not mounts:
         raise LfsError("no mlustre filesystem is mounted")
+    Stats = tuple[dict[str, Any], dict[int, dict[str, Any]]]
+
+    async def query(node: Any) -> Stats:
+        mdt = await node.mdc.statfs()
+        return mdt, {idx: await osc.statfs() for idx, osc in node.oscs.items()}
+
+    async def ask_all() -> list[Stats | LfsError]:
+        """Every mount at once: one that does not answer costs its timeout, not the
+        sum of them all (other filesystems' servers may be away)."""
+        import trio
+
+        got: list[Stats | LfsError] = [LfsError("not asked")] * len(mounts)
+
+        async def one(i: int, m: Mount) -> None:
+            try:
+                got[i] = await _with_node(m.spec, query)
+            except LfsError as e:
+                got[i] = e
+
+        async with trio.open_nursery() as nursery:
+            for i, m in enumerate(mounts):
+                nursery.start_soon(one, i, m)
+        return got
+
+    from ..protocol.nid import parse_spec
+
     status = 0
-    for i, m in enumerate(mounts):
-        async def query(node: Any) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
-            mdt = await node.mdc.statfs()
-            return mdt, {idx: await osc.statfs() for idx, osc in node.oscs.items()}
-
-        async def run(m: Mount = m) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
-            return await _with_node(m.spec, query)
-
-        try:
-            mdt, osts = _run_async(run)
-        except LfsError as e:
+    shown = 0
+    for m, result in zip(mounts, _run_async(ask_all), strict=True):
+        if isinstance(result, LfsError):
             if len(mounts) == 1:
-                raise
-            print(f"mlustre lfs: {m.mountpoint}: {e}", file=sys.stderr)
+                raise result
+            print(f"mlustre lfs: {m.mountpoint}: {result}", file=sys.stderr)
             status = 1
             continue
-        from ..protocol.nid import parse_spec
-
-        fsname = parse_spec(m.spec)[1]
-        rows, summary = df_rows(fsname, m.mountpoint, mdt, osts, inodes=args.inodes)
-        if i:
+        mdt, osts = result
+        rows, summary = df_rows(parse_spec(m.spec)[1], m.mountpoint, mdt, osts,
+                                inodes=args.inodes)
+        if shown:
             print()
+        shown += 1
         sys.stdout.write(format_df(rows, summary, human=args.human, inodes=args.inodes))
     return status
 
