@@ -189,6 +189,16 @@ def test_network_is_private_and_servers_run_on_their_hosts(net):
     assert "default" not in r.stdout and r.stdout.count("\n") == 1, r.stdout
     r = c.exec("mds1", ["ss", "-ltnH"], capture_output=True, text=True, timeout=10)
     assert f"{c.topo.host('mds1').addr}:7001" in r.stdout, r.stdout
+    # lfs connects to the servers itself: from here it says where to run it, at once;
+    # on the client's host it works.
+    m = mnt(c, "client1")
+    t0 = time.monotonic()
+    r = run([*cli_command(), "lfs", "df", m], timeout=30)
+    assert r.rc == 1 and "another network namespace" in r.stderr, r.describe()
+    assert time.monotonic() - t0 < 5
+    r = c.exec("client1", [*cli_command(), "lfs", "df", str(m)], capture_output=True,
+               text=True, timeout=60)
+    assert r.returncode == 0 and f"{m}[MDT:0]" in r.stdout, r.stdout + r.stderr
     exchange(c, "plain", n=4)
 
 

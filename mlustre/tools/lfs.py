@@ -250,6 +250,27 @@ def mount_of(path: str) -> Mount:
     return best
 
 
+def foreign_network(m: Mount) -> LfsError | None:
+    """The error to give at once, instead of a connection that cannot work, when the
+    client of mount m runs in another network namespace (a host of
+    scripts/netns-cluster): lfs connects to the servers itself, from ours."""
+    from .. import registry
+
+    pid = (registry.find_mount(m.mountpoint) or {}).get("pid")
+    if not registry.pid_alive(pid):
+        return None
+    try:
+        theirs, ours = os.readlink(f"/proc/{pid}/ns/net"), os.readlink("/proc/self/ns/net")
+    except OSError:
+        return None
+    if theirs == ours:
+        return None
+    return LfsError(f"{m.mountpoint}: its client (pid {pid}) runs in another network "
+                    f"namespace, where its servers are reached: run lfs there, e.g. "
+                    f"`nsenter --net=/proc/{pid}/ns/net mlustre lfs ...` (scripts/netns-cluster "
+                    f"exec HOST ...)")
+
+
 def _os_error(path: str, e: OSError) -> LfsError:
     return LfsError(f"{path}: {e.strerror or os.strerror(e.errno or 0)}")
 
@@ -345,6 +366,10 @@ def cmd_df(args: argparse.Namespace) -> int:
         got: list[Stats | LfsError] = [LfsError("not asked")] * len(mounts)
 
         async def one(i: int, m: Mount) -> None:
+            foreign = foreign_network(m)
+            if foreign is not None:
+                got[i] = foreign
+                return
             try:
                 got[i] = await _with_node(m.spec, query)
             except LfsError as e:
@@ -562,6 +587,10 @@ def cmd_fid2path(args: argparse.Namespace) -> int:
     async def run() -> list[tuple[str, bytes | int]]:
         return await _with_node(m.spec, query)
 
+    foreign = foreign_network(m)
+    if foreign is not None:
+        raise foreign
+
     status = 0
     for text, result in _run_async(run):
         if isinstance(result, int):
@@ -658,6 +687,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         if m.spec in seen:
             continue
         seen.add(m.spec)
+        foreign = foreign_network(m)
+        if foreign is not None:
+            print(f"mlustre lfs: {foreign}", file=sys.stderr)
+            status = 1
+            continue
 
         async def run(spec: str = m.spec) -> list[tuple[str, str, str]]:
             return await _check_fs(spec)
