@@ -623,6 +623,29 @@ def test_utime_wins_over_cached_data_and_dirty_writes(ab):
         assert (root / "w").read_bytes() == b"w" * 7000
 
 
+def dot_inodes(path: Path) -> dict[str, int]:
+    """The inode numbers readdir gives . and .. (os.listdir hides them: ls -ia)."""
+    out = subprocess.run(["ls", "-ia", str(path)], capture_output=True, text=True,
+                         check=True, timeout=30).stdout.split()
+    pairs = dict(zip(out[1::2], (int(x) for x in out[0::2]), strict=True))
+    return {".": pairs["."], "..": pairs[".."]}
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_dot_and_dotdot_name_the_directory_and_its_parent_after_a_rename_elsewhere(ab):
+    """readdir's . and .. (answered from what we hold, no request): the directory's own
+    number and its parent's, also after B moved it to another parent."""
+    a, b = ab
+    (a / "d1" / "sub").mkdir(parents=True)
+    (a / "d2").mkdir()
+    assert dot_inodes(a / "d1" / "sub") == {".": os.stat(a / "d1" / "sub").st_ino,
+                                            "..": os.stat(a / "d1").st_ino}
+    os.rename(b / "d1" / "sub", b / "d2" / "sub")
+    assert dot_inodes(a / "d2" / "sub") == {".": os.stat(a / "d2" / "sub").st_ino,
+                                            "..": os.stat(a / "d2").st_ino}
+    assert dot_inodes(a)[".."] == os.stat(a.parent).st_ino  # (the mount's root)
+
+
 @pytest.mark.timeout(TIMEOUT)
 def test_utime_of_a_file_with_our_own_dirty_data(ab):
     """tar's way: write, then set an old mtime while the data is still dirty here (not

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -130,6 +131,33 @@ def mdc_reints(mnt: Path) -> int:
     res.check()
     m = re.search(r"^req\.MDS_REINT\s+(\d+) samples", res.stdout, re.MULTILINE)
     return int(m.group(1)) if m else 0
+
+
+def mdc_requests(mnt: Path, opc: str) -> int:
+    cid = client_instance(mnt).rsplit("-", 1)[1]
+    res = cli("lctl", "-m", mnt, "get_param", f"mdc.*-mdc-{cid}.stats")
+    res.check()
+    m = re.search(rf"^req\.{opc}\s+(\d+) samples", res.stdout, re.MULTILINE)
+    return int(m.group(1)) if m else 0
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_listing_a_directory_asks_nothing_for_dot_and_dotdot(cluster, ab):
+    """readdir's . and .. come from what the client holds (the directory, the name of
+    it in its parent): a listing costs its one page (none more for the kernel's call
+    after the last entry), no GETATTR of . or lookup of ..."""
+    a, _ = ab
+    (a / "d").mkdir()
+    (a / "d" / "f").write_bytes(b"")
+    before = {opc: mdc_requests(cluster.mnt, opc)
+              for opc in ("MDS_GETATTR", "MDS_GETATTR_NAME", "MDS_READPAGE")}
+    for _ in range(3):
+        os.stat(a / "d")  # (the name, under its lock)
+        names = subprocess.run(["ls", "-a", str(a / "d")], capture_output=True, text=True,
+                               check=True, timeout=30).stdout.split()
+        assert names == [".", "..", "f"]
+    after = {opc: mdc_requests(cluster.mnt, opc) for opc in before}
+    assert after == {**before, "MDS_READPAGE": before["MDS_READPAGE"] + 3}
 
 
 def read_as(uid: int, path: Path) -> object:

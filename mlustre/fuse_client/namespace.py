@@ -336,17 +336,23 @@ class Namespace:
         # Offsets: 1 after ".", 2 after "..", then the MDT's stable cookies + 2.
         ino, cred = self.handles.dir(fh)
         if start_id < 2:
-            dots = [(b".", ino, 1), (b"..", None, 2)][start_id:]
+            dots = [(b".", ino, 1), (b"..", self._parent_held(ino), 2)][start_id:]
             for name, dot_ino, next_id in dots:
-                attr = (await self.mdc.getattr(dot_ino) if dot_ino is not None
-                        else await self.mdc.lookup(cred, ino, b".."))["attr"]
+                if dot_ino is not None:
+                    # The kernel takes only the number and type of . and .. from a
+                    # readdirplus (fs/fuse/readdir.c links no dentry for them): what we
+                    # know answers, with no request.
+                    e = pyfuse3.EntryAttributes()
+                    e.st_ino, e.st_mode = dot_ino, stat.S_IFDIR | 0o755
+                else:  # a parent we hold no name of: ask
+                    e = self.entry(self.inodes.update(
+                        (await self.mdc.lookup(cred, ino, b".."))["attr"]), count_lookup=False)
                 # Not counted as lookups: the kernel does not forget . and ..
-                if not pyfuse3.readdir_reply(token, name,
-                                             self.entry(self.inodes.update(attr),
-                                                        count_lookup=False),
-                                             next_id):
+                if not pyfuse3.readdir_reply(token, name, e, next_id):
                     return
             start_id = 2
+        if self.handles.dir_ends_at(fh, start_id):
+            return  # (the kernel's call after the last entry: no page to ask for)
         cookie = start_id - 2
         while True:
             entries, end = await self.md.readdir_page(cred, ino, cookie, READDIR_BATCH)
@@ -357,7 +363,18 @@ class Namespace:
                 inode.lookups += 1
                 cookie = next_cookie
             if end:
+                self.handles.dir_ended(fh, cookie + 2)
                 return
+
+    def _parent_held(self, ino: int) -> int | None:
+        """The directory's parent, if we hold a name of it under a lock (a directory has
+        one name; another client's rename takes our lock on it back)."""
+        if ino == pyfuse3.ROOT_INODE:
+            return ino
+        for parent, name in self.md.names_of.get(ino, ()):
+            if self.md.name_held(parent, name, ino):
+                return parent
+        return None
 
     async def releasedir(self, fh: int) -> None:
         self.handles.remove_dir(fh)

@@ -42,6 +42,7 @@ class OpenHandles:
     def __init__(self) -> None:
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, tuple[int, list[Any]]] = {}
+        self._dir_ends: dict[int, int] = {}  # fh -> the offset its listing ended at
         self._next = 1
 
     def _fh(self) -> int:
@@ -93,3 +94,15 @@ class OpenHandles:
 
     def remove_dir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
+        self._dir_ends.pop(fh, None)
+
+    def dir_ended(self, fh: int, offset: int) -> None:
+        """The listing of handle fh ended at offset (the MDT said so)."""
+        if fh in self._dirs:
+            self._dir_ends[fh] = offset
+
+    def dir_ends_at(self, fh: int, offset: int) -> bool:
+        """Did fh's listing end at offset? Then a readdir there has nothing to give: the
+        kernel asks once more after the last entry, and names made since the stream
+        passed the end need not show (POSIX leaves it unspecified until a rewind)."""
+        return self._dir_ends.get(fh) == offset
