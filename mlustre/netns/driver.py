@@ -50,6 +50,13 @@ READY_TIMEOUT = 60.0
 TAKEOVER_TIMEOUT = 60.0  # a handover (`failover` of a target with a standby)
 
 
+def _live_pid(entry: dict[str, Any] | None) -> int | None:
+    """The PID a state entry records, if that very process (same start time) still runs."""
+    if entry and entry.get("pid") and proc_starttime(entry["pid"]) == entry.get("start"):
+        return int(entry["pid"])
+    return None
+
+
 class NetnsError(Exception):
     """A failure to report in one line (a command that failed, a host that is unknown)."""
 
@@ -271,10 +278,7 @@ class NetnsCluster:
         return standby
 
     def standby_pid(self, target: str) -> int | None:
-        entry = self.state["standbys"].get(self.topo.target(target).name)
-        if entry and entry.get("pid") and proc_starttime(entry["pid"]) == entry.get("start"):
-            return int(entry["pid"])
-        return None
+        return _live_pid(self.state["standbys"].get(self.topo.target(target).name))
 
     def stop_standby(self, target: str) -> None:
         pid = self.standby_pid(target)
@@ -353,10 +357,7 @@ class NetnsCluster:
         return opts
 
     def server_pid(self, target: str) -> int | None:
-        entry = self.state["servers"].get(self.topo.target(target).name)
-        if entry and entry.get("pid") and proc_starttime(entry["pid"]) == entry.get("start"):
-            return int(entry["pid"])
-        return None
+        return _live_pid(self.state["servers"].get(self.topo.target(target).name))
 
     def stop_server(self, target: str, *, crash: bool = False, timeout: float = 60) -> None:
         """SIGTERM: a graceful stop, which freezes the target's SIR barrier first (a
