@@ -374,6 +374,10 @@ def cmd_df(args: argparse.Namespace) -> int:
                 got[i] = await _with_node(m.spec, query)
             except LfsError as e:
                 got[i] = e
+            except BaseExceptionGroup as eg:  # (a connection's task failed) - that mount's
+                got[i] = LfsError(f"{m.spec}: {_leaf(eg)}")
+            except Exception as e:  # (one mount failing must not end the others)
+                got[i] = LfsError(f"{m.spec}: {e}")
 
         async with trio.open_nursery() as nursery:
             for i, m in enumerate(mounts):
