@@ -38,6 +38,12 @@ SCENARIOS = [
      "os.symlink('target', 's')", "os.readlink('s') == 'target'"),
     ("chmod", "MDT0000", "crash_after:MDS_REINT:once", "open('f', 'w').write('x')",
      "os.chmod('f', 0o600)", "oct(os.stat('f').st_mode & 0o777) == '0o600'"),
+    # A chmod of a file this client created is answered under its write-back lock; its
+    # fsync sends it (md_writeback.py): the fsync waits for the MDT and completes.
+    ("chmod-writeback", "MDT0000", "crash_after:MDS_REINT:once",
+     "fd = os.open('f', os.O_CREAT | os.O_WRONLY); os.fsync(fd); os.close(fd)",
+     "fd = os.open('f', os.O_WRONLY); os.fchmod(fd, 0o604); os.fsync(fd); os.close(fd)",
+     "oct(os.stat('f').st_mode & 0o777) == '0o604'"),
     ("setxattr", "MDT0000", "crash_after:MDS_REINT:once", "open('f', 'w').write('x')",
      "os.setxattr('f', 'user.k', b'v', os.XATTR_CREATE)",
      "os.getxattr('f', 'user.k') == b'v'"),
@@ -50,6 +56,10 @@ SCENARIOS = [
 ]
 
 
+# Files made without a write-back lock, so that the operation itself goes to the MDT.
+NO_WRITEBACK = {"chmod"}
+
+
 def server_pid(c, target: str) -> int:
     return next(s["pid"] for s in c.status()["servers"] if s["name"].endswith(target))
 
@@ -60,6 +70,8 @@ def test_crash_points(cluster_factory):  # noqa: F811
     for name, target, loc, setup, op, check in SCENARIOS:
         d = c.mnt / name
         d.mkdir()
+        wb = "0" if name in NO_WRITEBACK else "1"
+        cli("lctl", "-m", c.mnt, "set_param", f"llite.*.attr_writeback={wb}").check()
         if setup:
             subprocess.run([sys.executable, "-c", f"import os; {setup}"], cwd=d, check=True)
         pid = server_pid(c, target)

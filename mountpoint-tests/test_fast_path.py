@@ -220,3 +220,18 @@ def test_kept_opens_do_not_keep_objects_of_files_removed_elsewhere(cluster, ab):
     os.unlink(b / "f")  # on B: A's kept open closes, the file's objects go
     assert wait_until(lambda: not path.exists(), 15), "objects kept by a cached open"
     assert not f.exists()
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_listxattr_of_a_file_known_to_have_none_needs_no_request(cluster, ab):
+    """cp -a lists every source file's xattrs: a file the client knows (under its
+    lock) to have none is answered locally; a change elsewhere is seen at once."""
+    a, b = ab
+    (a / "f").write_bytes(b"x")
+    before = mdc_requests(cluster.mnt, "MDS_GETXATTR")
+    assert os.listxattr(a / "f") == []
+    assert mdc_requests(cluster.mnt, "MDS_GETXATTR") == before
+    os.setxattr(b / "f", "user.k", b"v")
+    assert os.listxattr(a / "f") == ["user.k"]
+    os.removexattr(b / "f", "user.k")
+    assert os.listxattr(a / "f") == []

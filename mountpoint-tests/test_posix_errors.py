@@ -311,7 +311,12 @@ def errno_of(fn, *args) -> str | None:
 
 
 def put(path: Path, data: bytes) -> None:
-    path.write_bytes(data)  # (closed: written back, size on the MDT)
+    """Written, closed and fsynced: the size is on the MDT, and no change of ours waits
+    to be written back (the next MDT update is the test's own)."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 @pytest.mark.timeout(60)

@@ -103,6 +103,19 @@ def client_params(ops: Mount) -> ParamTree:
 
     # Seconds between periodic write-backs: dirty data is older than this at most.
     tree.add(ll + "flush_interval", lambda: ops.io.flush_interval, set_flush_interval)
+
+    def set_attr_writeback(text: str) -> None:
+        if text.strip() not in ("0", "1"):
+            raise ParamError(errno.EINVAL, "attr_writeback is 0 or 1")
+        ops.wb.enabled = text.strip() == "1"
+
+    def set_attr_writeback_age(text: str) -> None:
+        ops.wb.age = parse_positive_float(text, limit=60.0)
+
+    # Attribute write-back of the files this client creates (md_writeback.py): on or
+    # off for new files, and how long a change waits here at most.
+    tree.add(ll + "attr_writeback", lambda: int(ops.wb.enabled), set_attr_writeback)
+    tree.add(ll + "attr_writeback_age", lambda: ops.wb.age, set_attr_writeback_age)
     tree.add(ll + "cached_bytes", lambda: cache.cached_bytes)
     tree.add(ll + "dirty_bytes", lambda: cache.dirty_bytes)
     tree.add(ll + "inodes", lambda: len(ops.inodes))

@@ -85,7 +85,8 @@ class FileIo:
             await trio.sleep(self.flush_interval)
             self.writeback.queue_all()
             for inode in self.inodes.all():
-                if inode.meta_dirty and self.inodes.data_settled(inode.ino):
+                if inode.meta_dirty and self.inodes.data_settled(inode.ino) \
+                        and inode.wb is None:
                     try:
                         await self.md.push_meta(inode)
                     except (RpcError, ImportClosed) as e:
@@ -98,6 +99,7 @@ class FileIo:
         while self._closing:
             await self._closed_all.wait()
         await self.writeback.flush_all()
+        await self.md.wb.flush_all()
         for inode in self.inodes.all():
             if inode.meta_dirty:
                 await self.md.push_meta(inode)
@@ -333,6 +335,7 @@ class FileIo:
     # -- flush, fsync, release --
     async def _flush_inode(self, node: Inode) -> None:
         await self.writeback.flush_file(node.ino)
+        await self.md.wb.flush(node)
         await self.md.push_meta(node)
         if node.write_error:
             err, node.write_error = node.write_error, 0
@@ -373,7 +376,9 @@ class FileIo:
                     await self.writeback.flush_file(node.ino)
                 if node.meta_dirty:
                     # (An update the client keeps until it is committed: replayed after
-                    # an MDT crash, as the close is not.)
+                    # an MDT crash, as the close is not. Not left to a write-back lock's
+                    # flush: a client dying before it would leave the MDT a size its
+                    # clean close vouched for.)
                     await self.md.push_meta(node)
                 reported = not node.write_error
                 node.write_error = 0  # (nobody to report it to: the size goes unsure)

@@ -101,6 +101,7 @@ class FileOpen:
         return self._file_info(of, keep_cache=keep)
 
     async def _open_rpc(self, cred: list[Any], ino: int, flags: int) -> dict[str, Any]:
+        await self.md.wb.settle(ino)  # (the MDT checks permission on what we changed)
         node = self.inodes.get(ino)
         if cacheable_open(flags) and (node is None or self.md.open_lock(node) is None):
             # With the file's lock (an intent), under which its close will keep it.
@@ -116,15 +117,21 @@ class FileOpen:
                                                            pyfuse3.EntryAttributes]:
         cred = self.names.cred(ctx)
         bodies: list[dict[str, Any]] = []
+        wb_lock, wb_intent = self.md.wb.intent()  # (md_writeback.py)
 
         async def call(kw: dict[str, Any], intent: dict[str, Any]) -> dict[str, Any]:
             body = await self.mdc.create(cred, parent_inode, name, mode, open_flags=flags,
                                          exclusive=bool(flags & os.O_EXCL), intent=intent,
+                                         **({"wb_lock": wb_intent} if wb_intent else {}),
                                          **kw)
             bodies.append(body)
             return body
 
-        node = await self.names.make(parent_inode, name, call)
+        node = None
+        try:
+            node = await self.names.make(parent_inode, name, call)
+        finally:
+            self.md.wb.granted(wb_lock, bodies[0] if bodies else None, node, cred)
         lock = self.md.update_lock(node)
         if bodies[0].get("created") and lock is not None:
             node.xattrs = none_at_all(lock)  # (a new file has none)

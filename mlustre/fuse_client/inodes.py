@@ -28,7 +28,7 @@ class Inode:
                  "meta_inflight", "kill_priv", "lookups", "opens", "write_error", "meta_lock",
                  "fetching", "md", "data_gen", "size_gen", "revoking", "revoke_io", "lockless",
                  "lockless_idle", "lock_waiters", "waiter_came", "kernel_pages", "attr_at",
-                 "xattrs", "append_lock", "reported_at")
+                 "xattrs", "append_lock", "reported_at", "wb")
 
     def __init__(self, ino: int, attr: dict[str, Any]) -> None:
         self.ino = ino
@@ -61,6 +61,7 @@ class Inode:
         # When an update of ours that set size/mtime last completed (trio clock): an MDT
         # reply to a request sent before it may carry the older ones.
         self.reported_at = -math.inf
+        self.wb: Any = None  # md_writeback.WbState while we hold a write-back lock
 
 
 class Groups:
@@ -142,6 +143,19 @@ class InodeTable:
         fc = self.cache.files.get(ino)
         return fc is None or (not fc.dirty and not fc.busy)
 
+    @staticmethod
+    def ours_kept(inode: Inode, attr: dict[str, Any]) -> dict[str, Any]:
+        """attr from an MDT reply, but for what we changed under our write-back lock
+        (md_writeback.py): ours are newer than any reply made before our flush (the
+        mtime: ours, a utime's or a later write's)."""
+        if inode.wb is None or not inode.wb.changed:
+            return attr
+        out = {**attr, **{k: inode.attr[k] for k in inode.wb.changed}}
+        if "mtime_ns" in inode.wb.changed:
+            out["mtime_ns"] = inode.mtime_ns
+        out["ctime_ns"] = max(attr["ctime_ns"], inode.attr["ctime_ns"])
+        return out
+
     def update(self, attr: dict[str, Any], sent_at: float | None = None) -> Inode:
         """Merge attributes from the MDT into the inode table. sent_at: when the request
         they answer was sent (its size and mtime are older than ours if one of our size
@@ -153,6 +167,7 @@ class InodeTable:
             self.adopt_md_locks(inode)
             self.watch_layout(inode)
             return inode
+        attr = self.ours_kept(inode, attr)
         inode.attr = attr
         inode.attr_at = None  # (md_call sets it when it knows)
         if attr.get("layout"):

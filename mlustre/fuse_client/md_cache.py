@@ -33,6 +33,7 @@ from .inodes import Inode, InodeTable
 from .kernel_cache import KernelCache
 from .ldlm import LockClient
 from .ldlm_client import ClientLock, LockState, Reservation
+from .md_writeback import AttrWriteback
 from .mdc import Mdc
 from .open_handles import OpenHandles
 
@@ -77,8 +78,10 @@ class MdCache:
     """
 
     def __init__(self, locks: LockClient, mdc: Mdc, inodes: InodeTable, kernel: KernelCache,
-                 handles: OpenHandles, listings: Listings, counters: dict[str, int]) -> None:
+                 handles: OpenHandles, listings: Listings, counters: dict[str, int],
+                 wb: AttrWriteback) -> None:
         self.locks = locks
+        self.wb = wb
         self.listings = listings
         self.mdc = mdc
         self.inodes = inodes
@@ -444,7 +447,7 @@ class MdCache:
             finally:
                 inode.reported_at = trio.current_time()
                 inode.meta_inflight -= 1
-            inode.attr = attr
+            inode.attr = self.inodes.ours_kept(inode, attr)
 
     def open_lock(self, node: Inode) -> ClientLock | None:
         """A granted lock of ours on `node` whose bits every change of what an open checks
@@ -460,6 +463,8 @@ class MdCache:
         ino = lock.res[0]
         bits = lock_bits(lock)
         node = self.inodes.get(ino)
+        if node is not None and node.wb is not None:
+            await self.wb.lock_gone(node, lock)  # (what we changed under it goes first)
         if node is not None and lock in node.md:
             node.md.remove(lock)
             self.inodes.maybe_forget(node)  # (kept for this lock after the kernel forgot it)
@@ -495,6 +500,7 @@ class MdCache:
         can be opened again), and nothing the MDT locks protected can be trusted."""
         for of in self.handles.files():
             of.evicted = True
+        self.wb.forget_all()
         await self.reset(locks)
 
     async def reset(self, locks: list[ClientLock]) -> None:

@@ -107,14 +107,16 @@ class Mdc:
         self.imp.replays += 1
 
     async def _reint(self, op: int, cred: Cred, *, intent: dict[str, Any] | None = None,
-                     cancels: list[int] | None = None, **fields: Any) -> dict[str, Any]:
+                     cancels: list[int] | None = None, flush: bool = False,
+                     **fields: Any) -> dict[str, Any]:
         body = {"op": op, "cred": cred, **fields}
         if intent is not None:
             body["lock"] = intent
         if cancels:
             body["cancels"] = cancels
         # The size and mtime that written data gave a file travel with write-back.
-        return await self._call(C.MDS_REINT, body, flush=op == C.REINT_WRITE_UPDATE)
+        return await self._call(C.MDS_REINT, body,
+                                flush=flush or op == C.REINT_WRITE_UPDATE)
 
     async def getattr(self, ino: int, intent: dict[str, Any] | None = None) -> dict[str, Any]:
         """{"attr": ..., "lock": handle if the intent lock was granted}"""
@@ -204,6 +206,17 @@ class Mdc:
                       via_handle: bool = False, **kw: Any) -> dict[str, Any]:
         return await self._reint(C.REINT_SETATTR, cred, ino=ino, attrs=attrs,
                                  via_handle=via_handle, **kw)
+
+    async def writeback_setattr(self, cred: Cred, ino: int, attrs: dict[str, Any],
+                                wb: int | None) -> dict[str, Any]:
+        """What was changed under a write-back lock (md_writeback.py), `wb` its handle
+        while we hold it. Like a size update, it is write-back: the barrier's drain
+        lets it through."""
+        fields: dict[str, Any] = {"ino": ino, "attrs": attrs, "wb": wb}
+        if wb is None:
+            del fields["wb"]
+            fields["attrs"] = {k: v for k, v in attrs.items() if k != "ctime_ns"}
+        return await self._reint(C.REINT_SETATTR, cred, flush=True, **fields)
 
     async def open(self, cred: Cred, ino: int, flags: int, **kw: Any) -> dict[str, Any]:
         return await self._reint(C.REINT_OPEN, cred, ino=ino, flags=flags, **kw)

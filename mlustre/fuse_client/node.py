@@ -38,6 +38,7 @@ from .kernel_cache import KernelCache
 from .ldlm import LockClient
 from .ldlm_client import ClientLock
 from .md_cache import MD_LRU_SIZE, MdCache
+from .md_writeback import AttrWriteback
 from .namespace import Namespace
 from .open_handles import OpenHandles
 from .page_cache import PageCache
@@ -48,7 +49,8 @@ COUNTERS = ("md_cache_hits", "md_rpcs", "glimpse_rpcs", "size_refreshes",
             "size_refreshes_no_mdt", "revokes", "revoke_passes", "revoke_borrowed_io",
             "kernel_invalidations", "kernel_invalidations_left_running", "revokes_forced",
             "open_replays", "md_negative_hits", "statahead_pages",
-            "xattr_cache_hits", "kernel_entry_invalidations", "open_cache_hits")
+            "xattr_cache_hits", "kernel_entry_invalidations", "open_cache_hits",
+            "wb_locks", "wb_setattrs", "wb_flushes")
 
 
 class Mount:
@@ -59,6 +61,7 @@ class Mount:
     inodes: InodeTable
     cache: PageCache
     writeback: Writeback
+    wb: AttrWriteback
     io: FileIo
     names: Namespace
     opener: FileOpen
@@ -97,8 +100,9 @@ class Mount:
         self.inodes = InodeTable(self.cache, md_locks.ns)
         self.writeback = Writeback(self.cache, oscs, self.inodes.layout_of,
                                    self.inodes.write_failed)
+        self.wb = AttrWriteback(md_locks, mdc, self.inodes, self.counters)
         self.md = MdCache(md_locks, mdc, self.inodes, self.kernel, self.handles, Listings(),
-                          self.counters)
+                          self.counters, self.wb)
         self.data = DataLocks(ost_locks, self.inodes, self.md, self.cache, self.writeback,
                               self.kernel, self.counters)
         self.io = FileIo(self.inodes, self.cache, self.writeback, self.data, self.md, mdc,
@@ -117,7 +121,7 @@ class Mount:
                 on_blocking=self._md_blocking,
                 on_evicted=self._md_evicted,
                 on_reset=lambda locks: self.md.reset(locks),
-                drain=lambda: self.data.drain_mdt(),
+                drain=self._drain_mdt,
                 on_connected=lambda body: self.opener.mdt_connected(body))
         assert index is not None
         idx: int = index
@@ -141,6 +145,11 @@ class Mount:
         await self.md.blocking(lock)
         self.io.md_lock_gone(lock)
 
+    async def _drain_mdt(self) -> int:
+        """The MDT's barrier was called back: what written data and write-back locks
+        changed goes first (SIR: nothing to replay after the failover)."""
+        return await self.wb.flush_all() + await self.data.drain_mdt()
+
     async def _md_evicted(self, locks: list[ClientLock]) -> None:
         self.io.forget_kept_opens()
         await self.md.evicted(locks)
@@ -153,6 +162,7 @@ class Mount:
         """Background work once the kernel is connected: write-back, flusher, replay."""
         self.kernel.start(nursery)
         self.io.start(nursery)
+        nursery.start_soon(self.wb.run)
         self.opener.start(nursery)
 
     async def shutdown(self) -> None:

@@ -44,6 +44,12 @@ def known(k: XattrKnowledge | None, md: list[ClientLock], name: bytes) -> object
     return None if k.complete else UNKNOWN
 
 
+def has_none(k: XattrKnowledge | None, md: list[ClientLock]) -> bool:
+    """Is the inode known to have no xattr at all (listxattr: nothing to list)?"""
+    return (k is not None and usable(k, md) and k.complete
+            and all(v is None for v in k.values.values()))
+
+
 def learned(k: XattrKnowledge | None, lock: ClientLock, name: bytes,
             value: bytes | None) -> XattrKnowledge | None:
     """What a getxattr sent under `lock` (granted all along) said; the knowledge to keep."""

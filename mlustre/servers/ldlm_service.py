@@ -279,9 +279,11 @@ class LdlmService:
         self._update_gauges()
 
     # -- the target's own locks (an update's EX locks on the inodes it changes) --
-    def intent_lock(self, export: Export, handle: Any, res: ResId, bits: int) -> int | None:
-        """Grant `export` a PR IBITS lock with its reply, if that needs no waiting
-        (Lustre's intent locks of getattr/lookup); the server's handle, or None."""
+    def intent_lock(self, export: Export, handle: Any, res: ResId, bits: int,
+                    mode: Mode = Mode.PR) -> int | None:
+        """Grant `export` an IBITS lock (PR: Lustre's intent locks of getattr/lookup;
+        PW: a write-back lock on attributes) with its reply, if that needs no waiting;
+        the server's handle, or None."""
         if type(handle) is not int or not 0 <= handle <= U64:
             return None
         if self.at_lock_limit(export.uuid, handle):  # the reply goes out without a lock
@@ -289,7 +291,7 @@ class LdlmService:
             return None
         try:
             lock = self.namespace.try_enqueue(export.uuid, handle, res, LockType.IBITS,
-                                              Mode.PR, bits, trio.current_time())
+                                              mode, bits, trio.current_time())
         except LockError:
             return None
         if lock is None:

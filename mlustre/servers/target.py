@@ -670,7 +670,7 @@ class TargetServer:
         event = self._running.pop(key, None)
         if event is not None:
             body = {k: v for k, v in reply.body.items()
-                    if k not in ("lock", "parent_lock", "parent_attr")}  # (locks granted once)
+                    if k not in ("lock", "parent_lock", "parent_attr", "wb_lock")}  # (locks granted once)
             saved = SavedReply(reply.transno, reply.status, body)
             forgotten = self.reply_log.record(export.uuid, req.xid, saved)
             self.persist_reply(export.uuid, req.xid, saved, forgotten)

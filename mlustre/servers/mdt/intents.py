@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ...protocol import constants as C
-from ...protocol.ldlm import IBITS_FULL, IBits, ResId, inode_res
+from ...protocol.ldlm import IBITS_FULL, IBits, LockType, Mode, ResId, inode_res
 from ..ldlm_service import U64, LdlmService
 from ..target import Export
 from .errors import MdtError
@@ -28,6 +28,10 @@ from .store import MdtStore
 
 SOM = int(IBits.SOM)
 FULL = int(IBITS_FULL)
+# A write-back lock: PW on a file's attributes. Its holder changes mode, owner and times
+# itself and tells the MDT later (fuse_client/md_writeback.py); whoever else reads or
+# changes them first has the holder flush and give it back.
+WB_BITS = int(IBits.UPDATE | IBits.PERM)
 
 
 def _bits_ok(bits: Any) -> bool:
@@ -83,6 +87,45 @@ class IntentLocks:
             body["lock"] = handle
             body["lock_bits"] = bits
         return body
+
+    def with_writeback(self, export: Export, b: dict[str, Any], body: dict[str, Any],
+                       root_ok: bool) -> dict[str, Any]:
+        """A create may ask ("wb_lock": {"handle"}) for a write-back lock on the regular
+        file it made: nobody else knows the file yet, so nobody waits. Not for a client
+        whose root is squashed: it could not tell which of its changes the MDT would
+        refuse (root's chown), and must not learn it after telling its application."""
+        want = b.get("wb_lock")
+        attr = body.get("attr")
+        if (type(want) is not dict or type(attr) is not dict or body.get("created") is not True
+                or not stat.S_ISREG(attr["mode"]) or not root_ok):
+            return body
+        handle = self.ldlm.intent_lock(export, want.get("handle"), inode_res(attr["ino"]),
+                                       WB_BITS, Mode.PW)
+        if handle is not None:
+            body["wb_lock"] = handle
+        return body
+
+    def writeback_held(self, export: Export, inos: list[int]) -> list[tuple[ResId, int]]:
+        """Other clients' write-back locks on `inos` (resource, bits): what describes or
+        changes these inodes waits until their holders flushed and gave them back."""
+        ns = self.ldlm.namespace
+        out: list[tuple[ResId, int]] = []
+        for ino in inos:
+            res = inode_res(ino)
+            for lk in ns.granted_locks(res):
+                if (lk.mode is Mode.PW and lk.type is LockType.IBITS
+                        and lk.owner != export.uuid):
+                    out.append((res, WB_BITS))
+                    break
+        return out
+
+    def holds_writeback(self, export: Export, handle: Any, ino: int) -> bool:
+        """Does `export` hold write-back lock `handle` (its own handle) on `ino`?"""
+        if type(handle) is not int:
+            return False
+        lk = self.ldlm.namespace.lock_by_owner(export.uuid, handle)
+        return (lk is not None and lk.granted and lk.mode is Mode.PW
+                and lk.res == inode_res(ino))
 
     def with_parent_intent(self, export: Export, b: dict[str, Any],
                            body: dict[str, Any]) -> dict[str, Any]:

@@ -336,23 +336,69 @@ class MdtServer(TargetServer):
     async def get_root(self, export: Export, req: Message) -> dict[str, Any]:
         return {"attr": self._store().getattr(1)}
 
-    async def getattr(self, export: Export, req: Message) -> dict[str, Any]:
-        return self.intents.with_intent(export, req.body,
-                                 {"attr": self._store().getattr(_ino(req.body))})
+    async def getattr(self, export: Export, req: Message) -> Any:
+        ino = _ino(req.body)
+        if self._after_writeback(export, req, [ino], self.getattr):
+            return DEFERRED
+        return self.intents.with_intent(export, req.body, {"attr": self._store().getattr(ino)})
 
-    async def lookup(self, export: Export, req: Message) -> dict[str, Any]:
+    async def lookup(self, export: Export, req: Message) -> Any:
         b = req.body
-        attr = self._store().lookup(_cred(b), _ino(b, "parent"), _name(b))
+        store = self._store()
+        child = store.child_ino(_ino(b, "parent"), _name(b))
+        if child is not None and self._after_writeback(export, req, [child], self.lookup):
+            return DEFERRED
+        attr = store.lookup(_cred(b), _ino(b, "parent"), _name(b))
         return self.intents.with_intent(export, b, {"attr": attr})
+
+    def _after_writeback(self, export: Export, req: Message, inos: list[int],
+                         handler: Any) -> bool:
+        """Do other clients hold write-back locks on `inos` (md_writeback.py)? Then
+        the request waits, in a task of its own, until they flushed what they changed
+        and gave the locks back, and runs again (True: the reply is that task's)."""
+        wanted = self.intents.writeback_held(export, inos)
+        if not wanted:
+            return False
+        assert self._nursery is not None
+        self.count("writeback_recalls")
+        self._nursery.start_soon(self._reply_after_writeback, export, req, handler, wanted)
+        return True
+
+    async def _reply_after_writeback(self, export: Export, req: Message, handler: Any,
+                                     wanted: list[tuple[ResId, int]]) -> None:
+        try:
+            self.ldlm.unlock_local(await self.ldlm.lock_local(wanted))
+            if self.exports.get(export.uuid) is not export:
+                return  # (evicted or gone meanwhile: nobody to answer)
+            result = await handler(export, req)
+            if result is DEFERRED:
+                return  # (another write-back lock meanwhile: that task answers)
+            reply = self.make_reply(req, result)
+        except ErrnoError as e:
+            reply = self.error_reply(req, e)
+        await self._send_deferred(export, req, reply)
+
+    async def _send_deferred(self, export: Export, req: Message, reply: Message) -> None:
+        """The reply of a request that waited in a task of its own (DEFERRED)."""
+        out = await self.finish(export, req, reply)
+        if out is None:
+            return
+        try:
+            await export.endpoint.send_reply(out)
+        except ConnectionLost as e:
+            log.info("%s: reply to %s lost: %s", self.name, export.uuid, e)
 
     async def readlink(self, export: Export, req: Message) -> dict[str, Any]:
         return {"target": self._store().readlink(_ino(req.body))}
 
-    async def readdir(self, export: Export, req: Message) -> dict[str, Any]:
+    async def readdir(self, export: Export, req: Message) -> Any:
         b = req.body
         count = min(max(_int(b, "count", 256), 1), READDIR_MAX)
         ino = _ino(b)
         entries = self._store().readdir(_cred(b), ino, _int(b, "cookie", 0), count)
+        if self._after_writeback(export, req, [a["ino"] for _, a, _ in entries],
+                                 self.readdir):
+            return DEFERRED
         body: dict[str, Any] = {"entries": [[n, a, c] for n, a, c in entries],
                                 "end": len(entries) < count}
         locks = b.get("locks")
@@ -389,8 +435,10 @@ class MdtServer(TargetServer):
             raise ServiceError(errno.EPERM, "fid2path is for root only")
         return {"path": self._store().path_of(ino)}
 
-    async def access(self, export: Export, req: Message) -> dict[str, Any]:
+    async def access(self, export: Export, req: Message) -> Any:
         b = req.body
+        if self._after_writeback(export, req, [_ino(b)], self.access):
+            return DEFERRED
         self._store().access(_cred(b), _ino(b), _int(b, "mask", hi=7))
         return {}
 
@@ -441,6 +489,13 @@ class MdtServer(TargetServer):
                 raise ServiceError(errno.EINVAL, "cancels must be a list of lock handles")
             self.ldlm.cancel_handles(export, cancels)
         wanted = self._update_locks(opc, b) + self.intents.size_callbacks(export, opc, b)
+        if opc == C.REINT_SETATTR and self.intents.holds_writeback(export, b.get("wb"),
+                                                                   _ino(b)):
+            # A write-back flush: the holder's own lock keeps everyone else out; an EX
+            # lock of ours would call that very lock back and wait for this flush.
+            wanted = []
+        elif opc == C.REINT_OPEN:
+            wanted += self.intents.writeback_held(export, [_ino(b)])
         if wanted and self.ldlm.local_would_block(wanted):
             assert self._nursery is not None
             self.count("reint_waits")
@@ -461,6 +516,8 @@ class MdtServer(TargetServer):
             self.ldlm.unlock_local(locks)
         body = self.intents.with_intent(export, b, body)
         body = self.intents.with_parent_intent(export, b, body)
+        if replayed is None and "wb_lock" in b:
+            body = self.intents.with_writeback(export, b, body, self._root_unsquashed(export))
         if inline:
             # From its early cancels to these grants nothing else ran (no lock waited
             # for, nothing awaited): what the client cached under the locks it cancelled
@@ -471,6 +528,10 @@ class MdtServer(TargetServer):
                 body["parent_lock_continues"] = True
         return transno, body
 
+    def _root_unsquashed(self, export: Export) -> bool:
+        """Is root root for this client (no root squash for its NID)?"""
+        return not self.squash.enabled or self.squash.exempt(export.nid)
+
     async def _reint_after_locks(self, export: Export, req: Message, op: Any,
                                  wanted: list[tuple[ResId, int]]) -> None:
         try:
@@ -478,13 +539,7 @@ class MdtServer(TargetServer):
                 export, req.body, op, wanted, self._replayed_update(req)))
         except ErrnoError as e:
             reply = self.error_reply(req, e)
-        out = await self.finish(export, req, reply)
-        if out is None:
-            return
-        try:
-            await export.endpoint.send_reply(out)
-        except ConnectionLost as e:
-            log.info("%s: reply to %s lost: %s", self.name, export.uuid, e)
+        await self._send_deferred(export, req, reply)
 
     def _update_locks(self, opc: int, b: dict[str, Any]) -> list[tuple[ResId, int]]:
         """The inodes an update changes, with the bits of what changes: UPDATE for
@@ -581,7 +636,9 @@ class MdtServer(TargetServer):
                   replayed: ReplayedUpdate | None) -> tuple[int, dict[str, Any]]:
         attrs = body_field(b, "attrs", dict)
         allowed = {"mode", "uid", "gid", "size", "atime_ns", "mtime_ns", "atime_now",
-                   "mtime_now", "write_size"}
+                   "mtime_now", "write_size", "write_mtime_ns"}
+        if "wb" in b:
+            allowed.add("ctime_ns")  # (a write-back flush: changed at the client's time)
         if not set(attrs) <= allowed:
             raise ServiceError(errno.EINVAL, "unknown attribute")
         for k, v in attrs.items():
