@@ -236,3 +236,30 @@ def test_controlled_failover_flushes_and_leaves_nothing_to_replay(cluster_factor
         st = os.stat(client2 / "d" / f"f{i}")
         assert (st.st_mode & 0o7777, st.st_size, st.st_mtime_ns) == expected(i), i
     c.remember_pids(c.status())
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_an_idle_write_back_lock_goes_back_and_others_look_without_a_callback(cluster,
+                                                                             ab, mnt_b):
+    """After the age flush the lock goes back: another client listing a directory this
+    one filled a moment ago waits for no callback (one per file otherwise)."""
+    a, b = ab
+    set_llite(cluster.mnt, "attr_writeback_age", "0.2")
+    try:
+        given = llite_counter(cluster.mnt, "wb_given_back")
+        for i in range(10):
+            tar_like(a / f"f{i}", 0o600 | i, (i * 10**9, (i + 1) * 10**9))
+        deadline = time.monotonic() + 30
+        while llite_counter(cluster.mnt, "wb_given_back") < given + 10:
+            assert time.monotonic() < deadline, "the write-back locks were kept"
+            time.sleep(0.1)
+        recalls = mdt_stat(cluster.mnt, "writeback_recalls")
+        for i in range(10):
+            st = os.stat(b / f"f{i}")
+            assert (st.st_mode & 0o7777, st.st_mtime_ns, st.st_size) == (
+                0o600 | i, (i + 1) * 10**9, 3000)
+        assert mdt_stat(cluster.mnt, "writeback_recalls") == recalls
+        # A still answers from its cache (its other lock on each file stayed).
+        assert os.stat(a / "f3").st_mode & 0o7777 == 0o603
+    finally:
+        set_llite(cluster.mnt, "attr_writeback_age", "1")

@@ -450,6 +450,14 @@ class LockClient:
             await self._cancel(picked, concurrency)
         return len(picked)
 
+    async def cancel_these(self, locks: list[ClientLock]) -> int:
+        """Give back those of `locks` nobody uses (flushed first, as any cancel); how
+        many (idle write-back locks: md_writeback.py)."""
+        picked = self.ns.take_unused(locks)
+        if picked:
+            await self._cancel(picked)
+        return len(picked)
+
     async def cancel_lru(self, now: float | None = None) -> int:
         """Cancel the LRU's excess and aged unused locks; how many."""
         picked = self.ns.lru_candidates(trio.current_time() if now is None else now)

@@ -442,6 +442,13 @@ class ClientNamespace:
         self.stats["lru_cancels"] += len(picked)
         return picked
 
+    def take_unused(self, locks: list[ClientLock]) -> list[ClientLock]:
+        """Of `locks`, the GRANTED ones nobody uses, taken for a cancel (CANCELLING)."""
+        picked = [lk for lk in locks if lk.state is LockState.GRANTED and not lk.users]
+        for lock in picked:
+            self._to_cancelling(lock)
+        return picked
+
     def clear_lru(self) -> list[ClientLock]:
         """lru_size=clear: take every unused lock of the LRU, oldest first."""
         picked = list(self._lru.values())

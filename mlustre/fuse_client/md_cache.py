@@ -490,9 +490,12 @@ class MdCache:
                         # Our LRU gives it back (nobody waits), or an update of ours in
                         # that directory holds its lock in the kernel: in the background.
                         self.kernel.forget_entry_later(parent, name)
-        if bits & (UPDATE | PERM | LAYOUT) and not lock.flags & FL_ELC:
+        if bits & (UPDATE | PERM | LAYOUT) and not lock.flags & FL_ELC \
+                and not (node is not None and lock not in node.md
+                         and self.md_bits(node) & bits == bits):
             # (An update of ours cancelled it early: the kernel drops the attributes of
-            # the inodes that update touches by itself.)
+            # the inodes that update touches by itself. Another lock of ours covering
+            # the same bits still protects them: an idle write-back lock given back.)
             await self.kernel.invalidate(ino, attr_only=True)
 
     async def evicted(self, locks: list[ClientLock]) -> None:

@@ -106,6 +106,8 @@ class AttrWriteback:
         if self.locks.intent_end(lock, remote):
             node.md.append(lock)
             node.wb = WbState(lock, cred)
+            node.wb.since = trio.current_time()  # (given back after `age` with the rest)
+            self.dirty[node.ino] = node
             self.counters["wb_locks"] += 1
 
     # ---- changes made here -----------------------------------------------------------
@@ -282,3 +284,17 @@ class AttrWriteback:
                    if n.wb is None or n.wb.since is None or now - n.wb.since >= self.age]
             if old:
                 await self._flush_some(old)
+                await self._give_back(old)
+
+    async def _give_back(self, nodes: list[Inode]) -> None:
+        """Write-back locks go back once what was changed under them is sent: a lock
+        kept idle would make every other client's first look at the file wait for a
+        callback (a listing of a directory this client filled, one per file)."""
+        locks = []
+        for node in nodes:
+            wb = node.wb
+            if wb is not None and not wb.pending and wb.usable():
+                node.wb = None
+                locks.append(wb.lock)
+        if locks:
+            self.counters["wb_given_back"] += await self.locks.cancel_these(locks)

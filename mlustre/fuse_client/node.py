@@ -50,7 +50,7 @@ COUNTERS = ("md_cache_hits", "md_rpcs", "glimpse_rpcs", "size_refreshes",
             "kernel_invalidations", "kernel_invalidations_left_running", "revokes_forced",
             "open_replays", "md_negative_hits", "statahead_pages",
             "xattr_cache_hits", "kernel_entry_invalidations", "open_cache_hits",
-            "wb_locks", "wb_setattrs", "wb_flushes")
+            "wb_locks", "wb_setattrs", "wb_flushes", "wb_given_back")
 
 
 class Mount:
