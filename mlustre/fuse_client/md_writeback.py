@@ -18,6 +18,9 @@ without calling the lock back) when:
   flushes before the cancel;
 * this client sends another update of the file (its early lock cancel flushes first);
 * fsync; the SIR barrier's drain; unmount; the lock LRU; or FLUSH_AGE after the change.
+FLUSH_AGE after the create (or the oldest unflushed change), the lock goes back, changed
+or not: held idle, it would make every other client's first look at the file wait for
+a callback (a listing of a directory this client has just filled: one per file).
 The flush is an ordinary update: kept until committed, replayed after an MDT crash. The
 lock is replayed with the others, so nobody reads the file before the flush. An eviction
 loses what was not flushed, as it loses dirty pages.
@@ -61,7 +64,8 @@ class WbState:
         self.cred = cred  # whose changes `pending` holds (the MDT checks them again)
         self.pending: dict[str, Any] = {}
         self.changed: set[str] = set()  # attributes changed here under the lock, ever
-        self.since: float | None = None  # when the oldest unflushed change was made
+        # When the lock was granted or the oldest unflushed change made (None: neither).
+        self.since: float | None = None
         self.flushing = trio.Lock()
         self.failures = 0  # flushes the MDT refused in a row
 
@@ -79,7 +83,7 @@ class AttrWriteback:
         self.mdc = mdc
         self.inodes = inodes
         self.counters = counters
-        self.dirty: dict[int, Inode] = {}  # inodes with something to flush
+        self.dirty: dict[int, Inode] = {}  # something to flush, or a lock to give back
         self.enabled = True  # (llite.*.attr_writeback: new creates ask for the lock)
         self.age = FLUSH_AGE  # (llite.*.attr_writeback_age)
 
