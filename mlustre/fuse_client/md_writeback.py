@@ -171,11 +171,10 @@ class AttrWriteback:
         if wb is None:
             return
         async with wb.flushing:
-            self.dirty.pop(node.ino, None)
+            # (The node stays in `dirty`: its lock goes back `age` after `since`.)
             attrs = dict(wb.pending)
             size = node.meta_dirty and not node.kill_priv
             if not attrs and not size:
-                wb.since = None
                 return
             if "mtime_ns" in attrs or (attrs and size):
                 attrs["mtime_ns"] = node.mtime_ns  # (ours: a utime's, or a later write's)
@@ -186,7 +185,6 @@ class AttrWriteback:
                 if "mtime_ns" not in attrs:
                     attrs["write_mtime_ns"] = node.mtime_ns
             wb.pending = {}
-            wb.since = None
             if size:
                 node.meta_dirty = False
             node.meta_inflight += 1
@@ -228,7 +226,8 @@ class AttrWriteback:
             if k in OWNED:
                 wb.pending.setdefault(k, v)
         if wb.pending or size:
-            wb.since = trio.current_time()
+            if wb.since is None:
+                wb.since = trio.current_time()
             self.dirty[node.ino] = node
 
     async def settle(self, ino: int) -> None:
@@ -254,7 +253,8 @@ class AttrWriteback:
 
     async def flush_all(self) -> int:
         """Flush every file (barrier drain, unmount); how many had something to send."""
-        nodes = list(self.dirty.values())
+        nodes = [n for n in self.dirty.values()
+                 if n.wb is not None and (n.wb.pending or n.meta_dirty)]
         await self._flush_some(nodes)
         return len(nodes)
 
@@ -286,6 +286,8 @@ class AttrWriteback:
             now = trio.current_time()
             old = [n for n in self.dirty.values()
                    if n.wb is None or n.wb.since is None or now - n.wb.since >= self.age]
+            for node in old:
+                del self.dirty[node.ino]
             if old:
                 await self._flush_some(old)
                 await self._give_back(old)
