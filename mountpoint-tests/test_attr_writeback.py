@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import secrets
 import subprocess
 import sys
@@ -19,14 +18,9 @@ from pathlib import Path
 import pytest
 from mnthelpers import as_user, cli
 from test_fast_path import client_instance, llite_counter, mdc_reints
+from test_replay import stat_of
 
 TIMEOUT = 180
-
-
-def mdt_stat(mnt: Path, key: str) -> int:
-    res = cli("lctl", "-m", mnt, "get_param", "mdt.*.stats").check()
-    m = re.search(rf"^{key}\s+(\d+)\s+samples", res.stdout, re.MULTILINE)
-    return int(m.group(1)) if m else 0
 
 
 def set_llite(mnt: Path, name: str, value: str) -> None:
@@ -62,14 +56,14 @@ def test_setattrs_of_a_new_file_cost_no_round_trip_and_are_seen_at_once_elsewher
         assert (st.st_mode & 0o7777, st.st_size, st.st_mtime_ns) == (0o640, 3000,
                                                                       2_000_000_000)
         flushes = llite_counter(cluster.mnt, "wb_flushes")
-        recalls = mdt_stat(cluster.mnt, "writeback_recalls")
+        recalls = stat_of(cluster, "writeback_recalls")
         # B, at once: the MDT calls A's lock back, A flushes, B sees it all.
         st_b = os.stat(b / "f")
         assert (st_b.st_mode & 0o7777, st_b.st_uid, st_b.st_size, st_b.st_mtime_ns,
                 st_b.st_atime_ns) == (0o640, 0, 3000, 2_000_000_000, 1_000_000_000)
         assert st_b.st_ctime_ns == st.st_ctime_ns
         assert llite_counter(cluster.mnt, "wb_flushes") == flushes + 1
-        assert mdt_stat(cluster.mnt, "writeback_recalls") > recalls
+        assert stat_of(cluster, "writeback_recalls") > recalls
         assert (b / "f").read_bytes() == b"t" * 3000
         # And a listing on B (a readdir with attributes) after a change on A.
         tar_like(a / "g", 0o604, (3_000_000_000, 4_000_000_000))
@@ -210,7 +204,7 @@ def test_changes_survive_an_mdt_crash(cluster_factory, client2):
             st = os.stat(m / d / f"f{i}")
             assert (st.st_mode & 0o7777, st.st_size, st.st_mtime_ns) == expected(i), (d, i)
     # (Once the reads above are answered, recovery is over.)
-    assert mdt_stat(m, "replayed_updates") >= 20
+    assert stat_of(c, "replayed_updates") >= 20
     # A second client sees both: the flushed ones from the MDT (replayed flushes), the
     # pending ones through A's replayed locks, which its looks call back.
     c.mount_client(client2).check()
@@ -234,7 +228,7 @@ def test_controlled_failover_flushes_and_leaves_nothing_to_replay(cluster_factor
     res = cli("failover", m, "MDT0000", "--json").check()
     assert '"controlled"' in res.stdout, res.stdout
     assert llite_counter(m, "wb_flushes") >= flushes + 20  # (the barrier's drain)
-    assert mdt_stat(m, "replayed_updates") == 0
+    assert stat_of(c, "replayed_updates") == 0
     c.mount_client(client2).check()
     for i in range(20):
         st = os.stat(client2 / "d" / f"f{i}")
@@ -262,12 +256,12 @@ def test_an_idle_write_back_lock_goes_back_and_others_look_without_a_callback(cl
         while llite_counter(cluster.mnt, "wb_given_back") < given + 10:
             assert time.monotonic() < deadline, "the write-back locks were kept"
             time.sleep(0.1)
-        recalls = mdt_stat(cluster.mnt, "writeback_recalls")
+        recalls = stat_of(cluster, "writeback_recalls")
         for i in range(10):
             st = os.stat(b / f"f{i}")
             assert (st.st_mode & 0o7777, st.st_mtime_ns, st.st_size) == (
                 0o600 | i, (i + 1) * 10**9, 3000)
-        assert mdt_stat(cluster.mnt, "writeback_recalls") == recalls
+        assert stat_of(cluster, "writeback_recalls") == recalls
         # A still answers from its cache (its other lock on each file stayed).
         assert os.stat(a / "f3").st_mode & 0o7777 == 0o603
     finally:

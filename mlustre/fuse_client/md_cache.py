@@ -491,8 +491,7 @@ class MdCache:
                         # that directory holds its lock in the kernel: in the background.
                         self.kernel.forget_entry_later(parent, name)
         if bits & (UPDATE | PERM | LAYOUT) and not lock.flags & FL_ELC \
-                and not (node is not None and lock not in node.md
-                         and self.md_bits(node) & bits == bits):
+                and not (node is not None and self.md_bits(node) & bits == bits):
             # (An update of ours cancelled it early: the kernel drops the attributes of
             # the inodes that update touches by itself. Another lock of ours covering
             # the same bits still protects them: an idle write-back lock given back.)

@@ -37,7 +37,7 @@ from typing import Any
 import trio
 
 from ..protocol.errors import RpcError
-from ..protocol.ldlm import IBits, LockType, Mode, inode_res
+from ..protocol.ldlm import WB_BITS, LockType, Mode, inode_res
 from ..protocol.setattr_rules import Cred, check_times, owner_and_mode
 from .imports import ImportClosed
 from .inodes import Inode, InodeTable
@@ -47,7 +47,6 @@ from .mdc import Mdc
 
 log = logging.getLogger(__name__)
 
-WB_BITS = int(IBits.UPDATE | IBits.PERM)
 FLUSH_AGE = 1.0  # seconds a change waits here at most (unless someone asks first)
 FLUSH_CONCURRENCY = 8  # flushes in flight at once
 MAX_FAILURES = 5  # a change the MDT refuses this many times in a row is dropped (logged)

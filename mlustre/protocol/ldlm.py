@@ -88,6 +88,8 @@ OBJECT_EOF = (1 << 64) - 1  # an extent "to the end of the object"
 # What an update that removes or renames a name revokes on the MDT: the name's lookup
 # bit and the child's attributes (nlink, ctime). Both sides must agree on it.
 NAME_BITS = int(IBits.LOOKUP | IBits.UPDATE)
+# A write-back lock (PW) covers a file's attributes: the bits of a chmod/chown/utimes.
+WB_BITS = int(IBits.UPDATE | IBits.PERM)
 
 # LDLM wire flags (lustre_dlm_flags.h values where Lustre has them). The one list both
 # sides use: a value defined twice is a value that can drift apart.

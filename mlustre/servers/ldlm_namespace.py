@@ -209,6 +209,13 @@ class Namespace:
         r = self._resources.get(res)
         return [] if r is None else r.granted + r.waiting
 
+    def held_by_other(self, res: ResId, owner: str, mode: Mode) -> bool:
+        """Does a client other than `owner` hold a granted lock of `mode` on res? (Asked
+        for every entry of every listing: no list is built.)"""
+        r = self._resources.get(res)
+        return r is not None and any(lk.mode is mode and lk.owner != owner
+                                     for lk in r.granted)
+
     def granted_locks(self, res: ResId) -> list[ServerLock]:
         r = self._resources.get(res)
         return [] if r is None else list(r.granted)

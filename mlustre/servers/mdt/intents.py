@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ...protocol import constants as C
-from ...protocol.ldlm import IBITS_FULL, IBits, LockType, Mode, ResId, inode_res
+from ...protocol.ldlm import IBITS_FULL, WB_BITS, IBits, Mode, ResId, inode_res
 from ..ldlm_service import U64, LdlmService
 from ..target import Export
 from .errors import MdtError
@@ -28,10 +28,10 @@ from .store import MdtStore
 
 SOM = int(IBits.SOM)
 FULL = int(IBITS_FULL)
-# A write-back lock: PW on a file's attributes. Its holder changes mode, owner and times
-# itself and tells the MDT later (fuse_client/md_writeback.py); whoever else reads or
-# changes them first has the holder flush and give it back.
-WB_BITS = int(IBits.UPDATE | IBits.PERM)
+# A write-back lock: PW on a file's attributes (WB_BITS). Its holder changes mode, owner
+# and times itself and tells the MDT later (fuse_client/md_writeback.py); whoever else
+# reads or changes them first has the holder flush and give it back. (The MDT's IBITS
+# locks are all PR but these.)
 
 
 def _bits_ok(bits: Any) -> bool:
@@ -109,15 +109,8 @@ class IntentLocks:
         """Other clients' write-back locks on `inos` (resource, bits): what describes or
         changes these inodes waits until their holders flushed and gave them back."""
         ns = self.ldlm.namespace
-        out: list[tuple[ResId, int]] = []
-        for ino in inos:
-            res = inode_res(ino)
-            for lk in ns.granted_locks(res):
-                if (lk.mode is Mode.PW and lk.type is LockType.IBITS
-                        and lk.owner != export.uuid):
-                    out.append((res, WB_BITS))
-                    break
-        return out
+        return [(res, WB_BITS) for res in map(inode_res, inos)
+                if ns.held_by_other(res, export.uuid, Mode.PW)]
 
     def holds_writeback(self, export: Export, handle: Any, ino: int) -> bool:
         """Does `export` hold write-back lock `handle` (its own handle) on `ino`?"""

@@ -344,11 +344,9 @@ class MdtServer(TargetServer):
 
     async def lookup(self, export: Export, req: Message) -> Any:
         b = req.body
-        store = self._store()
-        child = store.child_ino(_ino(b, "parent"), _name(b))
-        if child is not None and self._after_writeback(export, req, [child], self.lookup):
-            return DEFERRED
-        attr = store.lookup(_cred(b), _ino(b, "parent"), _name(b))
+        attr = self._store().lookup(_cred(b), _ino(b, "parent"), _name(b))
+        if self._after_writeback(export, req, [attr["ino"]], self.lookup):
+            return DEFERRED  # (looked up again once the holder flushed)
         return self.intents.with_intent(export, b, {"attr": attr})
 
     def _after_writeback(self, export: Export, req: Message, inos: list[int],
