@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlustre import registry
 from mlustre.localcluster import mounts as mount_table
 from mlustre.localcluster.cluster import cli_command
 from mlustre.localcluster.cluster import force_unmount as cluster_force_unmount
@@ -178,8 +179,9 @@ def force_unmount(path: str | os.PathLike) -> list[str]:
 # logs
 
 
-def log_tail(data: str | os.PathLike, lines: int = 40, max_bytes: int = 60_000) -> str:
-    files = sorted(glob.glob(os.path.join(os.fspath(data), "**", "*.log"), recursive=True))
+def log_tail(data: str | os.PathLike, lines: int = 40, max_bytes: int = 60_000,
+             pattern: str = "*.log") -> str:
+    files = sorted(glob.glob(os.path.join(os.fspath(data), "**", pattern), recursive=True))
     if not files:
         return f"(no *.log files under {data})"
     chunks = []
@@ -392,6 +394,11 @@ class Cluster:
         if self.up_result is not None and self.up_result.rc != 0:
             parts.append(self.up_result.describe())
         parts.append(log_tail(self.data))
+        # Extra clients (mount_client) log where `mlustre mount` puts client logs.
+        logdir = registry.state_dir() / "logs"
+        for mnt2 in self.clients:
+            for name in sorted(logdir.glob(f"client-{mnt2.name}-*.log")):
+                parts.append(log_tail(name.parent, pattern=name.name))
         return "\n".join(parts)
 
     def teardown(self) -> list[str]:

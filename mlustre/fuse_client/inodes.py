@@ -91,6 +91,11 @@ class Groups:
         return groups
 
 
+# States of a lock whose callback has not run to its end yet (md_cache.blocking takes
+# the lock out of Inode.md when it has).
+LIVE = frozenset((LockState.GRANTED, LockState.CBPENDING, LockState.CANCELLING))
+
+
 class InodeTable:
     """Every inode the kernel or an open file knows, by number.
 
@@ -212,10 +217,16 @@ class InodeTable:
         nothing of it is left to write. While an MDT lock of ours still protects it, its
         entry stays (its clean pages go): the kernel forgets everything at drop_caches,
         and what the lock protects (attributes, names) answers the lookups after it
-        without a round trip. The MDT lock LRU bounds them; the lock's end drops it."""
+        without a round trip. The MDT lock LRU bounds them; the lock's end drops it.
+        A lock called back but not yet given back keeps it too: its callback still has
+        to find it (a write-back lock's flushes what was changed under it; dropped
+        before, those changes were lost: one callback's kernel invalidation makes the
+        kernel forget the inode while another lock's callback waits its turn). So do
+        write-back changes a failed flush left pending."""
         if inode.lookups <= 0 and inode.opens <= 0 and inode.ino != ROOT_INODE \
                 and not inode.meta_dirty and not inode.meta_inflight \
                 and not inode.meta_lock.locked() and self.data_settled(inode.ino):
             self.cache.drop_clean(inode.ino)
-            if not any(lk.state is LockState.GRANTED for lk in inode.md):
+            if not any(lk.state in LIVE for lk in inode.md) \
+                    and not (inode.wb is not None and inode.wb.pending):
                 self.inodes.pop(inode.ino, None)

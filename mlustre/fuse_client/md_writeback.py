@@ -216,6 +216,7 @@ class AttrWriteback:
                 node.reported_at = trio.current_time()
                 if node.wb is wb and not wb.usable() and not wb.pending:
                     node.wb = None  # (the lock went without a callback: an MDT restart)
+                    self.inodes.maybe_forget(node)  # (kept for what is now sent)
 
     def _keep(self, node: Inode, wb: WbState, attrs: dict[str, Any], size: bool) -> None:
         """A flush that did not happen: its changes wait again (newer ones win)."""
