@@ -54,7 +54,11 @@ from .writeback import Writeback
 
 log = logging.getLogger(__name__)
 
-OST_LRU_SIZE = 2048
+# Unused OST locks a client keeps per OST (as many as MDT locks: one per file written or
+# read lately). With 2048, a git checkout of 14,000 files gave back an older file's lock
+# for every new one (a flush pass, a kernel invalidation and a cancel each) and read the
+# objects it had just written back from the OSTs: 207 s, 177 s with this (2026-12-03).
+OST_LRU_SIZE = 32768
 WHOLE = Extent(0, OBJECT_EOF)
 EOF = -1  # "to the end of the file" for data_locks
 
