@@ -183,7 +183,7 @@ def log_tail(data: str | os.PathLike, lines: int = 40, max_bytes: int = 60_000,
              pattern: str = "*.log") -> str:
     files = sorted(glob.glob(os.path.join(os.fspath(data), "**", pattern), recursive=True))
     if not files:
-        return f"(no *.log files under {data})"
+        return f"(no {pattern} files under {data})"
     chunks = []
     for name in files:
         try:
@@ -397,8 +397,7 @@ class Cluster:
         # Extra clients (mount_client) log where `mlustre mount` puts client logs.
         logdir = registry.state_dir() / "logs"
         for mnt2 in self.clients:
-            for name in sorted(logdir.glob(f"client-{mnt2.name}-*.log")):
-                parts.append(log_tail(name.parent, pattern=name.name))
+            parts.append(log_tail(logdir, pattern=f"client-{mnt2.name}-*.log"))
         return "\n".join(parts)
 
     def teardown(self) -> list[str]:
